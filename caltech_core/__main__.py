@@ -1,0 +1,7 @@
+"""`python -m caltech_core ...`: see caltech_core.cli."""
+
+import sys
+
+from caltech_core.cli import main
+
+sys.exit(main())

@@ -1,0 +1,64 @@
+"""Shared fixtures: the real Caltech-101 (read-only) and a small real subset of it built per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+MINI_CLASSES = ("accordion", "dalmatian", "pizza")
+MINI_TRAIN_PER_CLASS = 8
+MINI_TEST_PER_CLASS = 4
+
+
+def _real_root() -> Path:
+    root = Path(os.environ.get("CALTECH101_ROOT", REPO.parent / "shared" / "caltech101"))
+    if not (root / "101_ObjectCategories").is_dir():
+        pytest.fail(f"Caltech-101 not found at {root}; set CALTECH101_ROOT (see README)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def caltech_root() -> Path:
+    """The full real dataset with its official split files."""
+    return _real_root()
+
+
+@pytest.fixture(scope="session")
+def mini_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real three-class Caltech-101 tree (symlinked images, filtered split files)."""
+    real = _real_root()
+    root = tmp_path_factory.mktemp("mini_caltech")
+    images = root / "101_ObjectCategories"
+    for cls in (*MINI_CLASSES, "BACKGROUND_Google"):
+        (images / cls).mkdir(parents=True)
+    for split, per_class in (("train", MINI_TRAIN_PER_CLASS), ("test", MINI_TEST_PER_CLASS)):
+        kept: list[str] = []
+        counts = dict.fromkeys((*MINI_CLASSES, "BACKGROUND_Google"), 0)
+        for line in (real / f"{split}.txt").read_text().split():
+            cls = line.split("/")[0]
+            if cls in counts and counts[cls] < per_class:
+                counts[cls] += 1
+                kept.append(line)
+                (images / line).symlink_to(real / "101_ObjectCategories" / line)
+        (root / f"{split}.txt").write_text("\n".join(kept) + "\n")
+    return root
+
+
+@pytest.fixture
+def studio_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty store folder, also exported as CALTECH_STUDIO_HOME."""
+    home = tmp_path / "studio"
+    home.mkdir()
+    monkeypatch.setenv("CALTECH_STUDIO_HOME", str(home))
+    return home
+
+
+@pytest.fixture(autouse=True)
+def _few_threads() -> None:
+    # Two cores on CI: keep torch from oversubscribing when helpers run beside the tests.
+    import torch
+
+    torch.set_num_threads(2)
