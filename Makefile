@@ -4,7 +4,10 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# The team's shared copy of the dataset, when it sits beside the checkout; otherwise the code's own default.
+ifneq ($(wildcard ../shared/caltech101/101_ObjectCategories),)
 export CALTECH101_ROOT ?= $(abspath ../shared/caltech101)
+endif
 
 .PHONY: run test lint bench clean
 

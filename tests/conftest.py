@@ -62,3 +62,39 @@ def _few_threads() -> None:
     import torch
 
     torch.set_num_threads(2)
+
+
+# ---- data layer fixtures (caltech_core.data / imagecache / transforms) -------------------------------------
+
+
+@pytest.fixture
+def odd_images(tmp_path: Path) -> dict[str, Path]:
+    """Tiny images in awkward formats plus broken files, keyed by kind (readable kinds first)."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    files = {
+        "rgb_jpeg": ("rgb.jpg", Image.fromarray(rgb)),
+        "gray": ("gray.jpg", Image.fromarray(rgb[..., 0])),
+        "cmyk": ("cmyk.jpg", Image.fromarray(rgb).convert("CMYK")),
+        "rgba_png": ("alpha.png", Image.fromarray(np.dstack([rgb, np.full((40, 60), 128, np.uint8)]))),
+        "png16": ("deep.png", Image.fromarray(np.full((40, 60), 65535, np.uint16))),
+        "gif": ("palette.gif", Image.fromarray(rgb).convert("P")),
+    }
+    out: dict[str, Path] = {}
+    for kind, (name, img) in files.items():
+        img.save(folder / name)
+        out[kind] = folder / name
+    Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(folder / "big.jpg", quality=95)
+    data = (folder / "big.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    out["truncated"] = folder / "truncated.jpg"
+    (folder / "text.jpg").write_text("this is not an image\n")
+    out["text"] = folder / "text.jpg"
+    (folder / "empty.jpg").write_bytes(b"")
+    out["empty"] = folder / "empty.jpg"
+    return out

@@ -1,0 +1,138 @@
+"""Images/second of the study's data pipeline vs ours, side by side on the same real training images.
+
+(a) study: ImageFolder-style PIL open + Resize(256) + RandomCrop(224) + RandomHorizontalFlip + ToTensor +
+    Normalize, through a DataLoader with num_workers = cores (decodes every JPEG every epoch).
+(b) ours: BatchLoader over a warm ImageCache (random crop + horizontal flip per image, batched normalise),
+    everything on the CPU, float batches out: the like-for-like comparison.
+(c) ours, host share with a CUDA device: the uint8 crop batches the CPU prepares when the float conversion and
+    normalisation run on the GPU (BatchLoader.host_batches), i.e. the CPU cost per image when training on CUDA.
+
+    python bench/data_pipeline.py --count 2000            # $CALTECH101_ROOT or ./data/caltech101
+    python bench/data_pipeline.py --root ../shared/caltech101 --count 500 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+from torchvision.datasets.folder import default_loader
+
+# Run from anywhere: put the repository root on the path before importing caltech_core.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from caltech_core import data
+from caltech_core.config import TrainConfig
+from caltech_core.imagecache import ImageCache
+from caltech_core.transforms import NORMALIZATION, BatchLoader
+
+
+class StudyDataset(Dataset):
+    """What torchvision's ImageFolder does per item: PIL open/convert, then the transform."""
+
+    def __init__(self, samples: list[data.Sample], transform: T.Compose) -> None:
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        s = self.samples[i]
+        return self.transform(default_loader(str(s.path))), s.label
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass  # not Linux: fall back to platform's description
+    return platform.processor() or platform.machine()
+
+
+def time_epoch(batches) -> tuple[float, int]:
+    start, n = time.perf_counter(), 0
+    for x, _ in batches:
+        n += len(x)
+    return time.perf_counter() - start, n
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default=None, help="dataset root (default: $CALTECH101_ROOT, ./data/caltech101)")
+    parser.add_argument("--count", type=int, default=3000, help="training images to use (default 3000)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="study DataLoader workers")
+    parser.add_argument("--cache-dir", default=None, help="image cache folder (default: a temporary one)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args(argv)
+
+    splits = data.load_splits(args.root)
+    pool = splits.train + splits.val  # the study's training list (train.txt), real JPEGs
+    samples = pool[: args.count]
+    cfg = TrainConfig(augment=("crop", "hflip"), batch_size=args.batch_size)
+    mean, std = NORMALIZATION[cfg.normalization]
+
+    study = DataLoader(
+        StudyDataset(samples, T.Compose([
+            T.Resize(256), T.RandomCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std),
+        ])),
+        batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+    )
+    study_s, study_n = time_epoch(study)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cache_dir = Path(args.cache_dir) if args.cache_dir else Path(tmp)
+        start = time.perf_counter()
+        cache = ImageCache.build([s.path for s in samples], cache_dir, resize_size=cfg.resize_size)
+        build_s = time.perf_counter() - start
+        kept = [s for s in samples if cache.index_of(s.path) is not None]
+        loader = BatchLoader(
+            cache, [cache.index_of(s.path) for s in kept], [s.label for s in kept], batch_size=args.batch_size,
+            train=True, cfg=cfg, device="cpu", generator=torch.Generator().manual_seed(0),
+        )
+        time_epoch(loader)  # first pass pulls the memmap into the page cache: "warm cache" as in later epochs
+        ours_s, ours_n = time_epoch(loader)
+        host_s, host_n = time_epoch(loader.host_batches())
+
+    result = {
+        "machine": {
+            "cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
+        },
+        "images": len(samples), "batch_size": args.batch_size, "study_workers": args.workers,
+        "study_images_per_s": round(study_n / study_s, 1),
+        "ours_images_per_s": round(ours_n / ours_s, 1),
+        "speedup": round((ours_n / ours_s) / (study_n / study_s), 1),
+        "ours_host_share_images_per_s": round(host_n / host_s, 1),
+        "speedup_host_share": round((host_n / host_s) / (study_n / study_s), 1),
+        "cache_build_s": round(build_s, 1),
+        "cache_build_images_per_s": round(len(samples) / build_s, 1),
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        m = result["machine"]
+        print(f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, Python {m['python']}")
+        print(f"images: {len(samples)} training images, batch {args.batch_size}, random crop 224 + hflip")
+        print(f"(a) study pipeline (PIL + DataLoader, {args.workers} workers): {result['study_images_per_s']:8.1f} img/s")
+        print(f"(b) ours (warm uint8 memmap cache, batched):          {result['ours_images_per_s']:8.1f} img/s")
+        print(f"(c) ours, CPU share when training on CUDA (uint8 crops): {result['ours_host_share_images_per_s']:8.1f} img/s")
+        print(f"speed-up (b)/(a): {result['speedup']}x   (c)/(a): {result['speedup_host_share']}x")
+        print(f"one-off cache build: {result['cache_build_s']} s ({result['cache_build_images_per_s']} img/s)")
+    return result
+
+
+if __name__ == "__main__":
+    main()

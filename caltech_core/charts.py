@@ -1,0 +1,167 @@
+"""Plotly figure builders shared by the dashboard pages and the report.
+
+Every function is pure: plain rows (the store's dicts) in, a `go.Figure` out, so they are testable
+without a browser and never import Streamlit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import plotly.graph_objects as go
+
+from caltech_core.config import TrainConfig
+
+TRAIN_COLOR = "#1f6feb"
+VAL_COLOR = "#d1242f"
+_LAYOUT = {"template": "plotly_white", "margin": {"l": 50, "r": 20, "t": 50, "b": 45}, "height": 340}
+
+
+def _figure(title: str, x: str, y: str, **extra: Any) -> go.Figure:
+    fig = go.Figure()
+    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, **{**_LAYOUT, **extra})
+    return fig
+
+
+def _column(rows: Sequence[Mapping[str, Any]], key: str) -> list[Any]:
+    return [row.get(key) for row in rows]
+
+
+def class_counts_figure(images_per_class: Mapping[str, int]) -> go.Figure:
+    """Images per class, most populous first (the study's Figure 2)."""
+    ordered = sorted(images_per_class.items(), key=lambda item: (-item[1], item[0]))
+    fig = _figure("Images per class", "class", "images", height=420)
+    fig.add_bar(x=[c for c, _ in ordered], y=[n for _, n in ordered], marker_color=TRAIN_COLOR,
+                hovertemplate="%{x}: %{y} images<extra></extra>")
+    fig.update_xaxes(tickangle=-60, tickfont={"size": 9})
+    return fig
+
+
+def lr_schedule_figure(cfg: TrainConfig) -> go.Figure:
+    """The StepLR learning rate for every epoch of `cfg`, before launching it."""
+    epochs = list(range(1, cfg.epochs + 1))
+    fig = _figure("Learning-rate schedule (StepLR)", "epoch", "learning rate", height=260)
+    fig.add_scatter(x=epochs, y=[cfg.lr_at(e - 1) for e in epochs], mode="lines+markers",
+                    line_shape="hv", line_color=TRAIN_COLOR, name="lr")
+    fig.update_yaxes(type="log", exponentformat="e")
+    return fig
+
+
+def loss_figure(epochs: Sequence[Mapping[str, Any]]) -> go.Figure:
+    """Train and validation loss per epoch."""
+    fig = _figure("Loss", "epoch", "cross-entropy")
+    x = _column(epochs, "epoch")
+    fig.add_scatter(x=x, y=_column(epochs, "train_loss"), mode="lines+markers", name="train",
+                    line_color=TRAIN_COLOR)
+    fig.add_scatter(x=x, y=_column(epochs, "val_loss"), mode="lines+markers", name="validation",
+                    line_color=VAL_COLOR)
+    return fig
+
+
+def accuracy_figure(epochs: Sequence[Mapping[str, Any]]) -> go.Figure:
+    """Train and validation accuracy per epoch (0-1 shown as percent)."""
+    fig = _figure("Accuracy", "epoch", "accuracy")
+    x = _column(epochs, "epoch")
+    fig.add_scatter(x=x, y=_column(epochs, "train_acc"), mode="lines+markers", name="train",
+                    line_color=TRAIN_COLOR)
+    fig.add_scatter(x=x, y=_column(epochs, "val_acc"), mode="lines+markers", name="validation",
+                    line_color=VAL_COLOR)
+    fig.update_yaxes(tickformat=".0%", rangemode="tozero")
+    return fig
+
+
+def lr_figure(epochs: Sequence[Mapping[str, Any]]) -> go.Figure:
+    """The learning rate actually used in each finished epoch."""
+    fig = _figure("Learning rate", "epoch", "lr", height=260)
+    fig.add_scatter(x=_column(epochs, "epoch"), y=_column(epochs, "lr"), mode="lines+markers",
+                    line_shape="hv", line_color=TRAIN_COLOR, name="lr")
+    fig.update_yaxes(type="log", exponentformat="e")
+    return fig
+
+
+def batch_loss_figure(batches: Sequence[Mapping[str, Any]]) -> go.Figure:
+    """Training loss of every recorded batch on the epoch axis (batch b of n in epoch e at e - 1 + b / n)."""
+    per_epoch: dict[int, int] = {}
+    for row in batches:
+        per_epoch[row["epoch"]] = max(per_epoch.get(row["epoch"], 0), row["batch"])
+    finished = [n for e, n in per_epoch.items() if e < max(per_epoch, default=0)]
+    # The epoch in progress has only some of its batches: size it like the finished ones.
+    full = max(finished, default=0)
+    x = [row["epoch"] - 1 + row["batch"] / max(full, per_epoch[row["epoch"]]) for row in batches]
+    fig = _figure("Per-batch training loss", "epoch", "loss", height=260)
+    fig.add_scatter(x=x, y=_column(batches, "loss"), mode="lines", line_color=TRAIN_COLOR, name="batch loss")
+    return fig
+
+
+def val_curves_figure(curves: Mapping[str, Sequence[Mapping[str, Any]]], metric: str = "val_acc") -> go.Figure:
+    """Overlay one metric (default validation accuracy) of several runs; keys are the legend labels."""
+    titles = {"val_acc": "Validation accuracy", "val_loss": "Validation loss",
+              "train_acc": "Training accuracy", "train_loss": "Training loss"}
+    fig = _figure(titles.get(metric, metric), "epoch", metric, height=400)
+    for label, rows in curves.items():
+        fig.add_scatter(x=_column(rows, "epoch"), y=_column(rows, metric), mode="lines+markers", name=label)
+    if metric.endswith("_acc"):
+        fig.update_yaxes(tickformat=".0%")
+    return fig
+
+
+def accuracy_bar_figure(labels: Sequence[str], values: Sequence[float | None],
+                        title: str = "Test accuracy") -> go.Figure:
+    """One bar per run (e.g. test accuracy); missing values are left out."""
+    pairs = [(lab, v) for lab, v in zip(labels, values, strict=True) if v is not None]
+    fig = _figure(title, "run", "accuracy", height=380)
+    fig.add_bar(x=[p[0] for p in pairs], y=[p[1] for p in pairs], marker_color=TRAIN_COLOR,
+                text=[f"{p[1]:.1%}" for p in pairs], textposition="outside",
+                hovertemplate="%{x}: %{y:.2%}<extra></extra>")
+    fig.update_yaxes(tickformat=".0%", range=[0, 1.08])
+    return fig
+
+
+def per_class_accuracy_figure(per_class_acc: Mapping[str, float] | Sequence[float],
+                              classes: Sequence[str] | None = None) -> go.Figure:
+    """Per-class accuracy, worst first, so the hard classes are on the left."""
+    if isinstance(per_class_acc, Mapping):
+        items = list(per_class_acc.items())
+    else:
+        names = list(classes) if classes is not None else [str(i) for i in range(len(per_class_acc))]
+        items = list(zip(names, per_class_acc, strict=True))
+    items.sort(key=lambda item: (item[1], item[0]))
+    fig = _figure("Per-class test accuracy", "class", "accuracy", height=420)
+    fig.add_bar(x=[c for c, _ in items], y=[a for _, a in items], marker_color=TRAIN_COLOR,
+                hovertemplate="%{x}: %{y:.1%}<extra></extra>")
+    fig.update_yaxes(tickformat=".0%", range=[0, 1.02])
+    fig.update_xaxes(tickangle=-60, tickfont={"size": 9})
+    return fig
+
+
+def confusion_figure(confusion: Sequence[Sequence[float]], classes: Sequence[str],
+                     normalize: bool = True) -> go.Figure:
+    """Interactive confusion matrix (rows = true class); row-normalised by default."""
+    rows = [list(map(float, r)) for r in confusion]
+    if normalize:
+        rows = [[v / s for v in r] if (s := sum(r)) else r for r in rows]
+    labels = list(classes)
+    fig = go.Figure(go.Heatmap(
+        z=rows, x=labels, y=labels, colorscale="Blues", zmin=0,
+        hovertemplate="true %{y}<br>predicted %{x}<br>%{z:.2f}<extra></extra>",
+    ))
+    side = max(420, min(1100, 12 * len(labels) + 200))
+    fig.update_layout(title="Confusion matrix" + (" (row-normalised)" if normalize else ""),
+                      xaxis_title="predicted", yaxis_title="true", template="plotly_white",
+                      height=side, margin={"l": 120, "r": 20, "t": 50, "b": 120})
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def topk_figure(predictions: Iterable[tuple[str, float]], title: str = "Top-5") -> go.Figure:
+    """Horizontal bars of (class, probability), most likely on top."""
+    preds = list(predictions)
+    fig = _figure(title, "probability", "", height=60 + 34 * max(len(preds), 1))
+    fig.add_bar(x=[p for _, p in preds], y=[c for c, _ in preds], orientation="h",
+                marker_color=TRAIN_COLOR, text=[f"{p:.1%}" for _, p in preds], textposition="auto",
+                hovertemplate="%{y}: %{x:.2%}<extra></extra>")
+    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(range=[0, 1], tickformat=".0%")
+    fig.update_layout(margin={"l": 10, "r": 10, "t": 40, "b": 30})
+    return fig

@@ -1,0 +1,427 @@
+"""`python -m caltech_core ...`: dataset summary, foreground training, runs, classification, resume, report.
+
+Results go to stdout (with `--json`: machine-readable), progress bars and errors to stderr.
+Exit codes: 0 success; 1 a failure the message explains (missing dataset, unknown run, a failed run);
+2 invalid usage or configuration (the ConfigError message names the field and its allowed range);
+130 training stopped with Ctrl-C (the run is "cancelled" and can be resumed).
+
+`train --json` prints one JSON object per run; the LAST line is always one JSON object with `run_id`,
+`status`, `best_val_acc`, `test_acc`, `epochs` (list of per-epoch dicts) — for a preset with several
+configs (a sweep) it describes the best run (highest validation accuracy) and adds `runs`, the summary of
+every run, and `preset`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from caltech_core.config import ARCHITECTURES, DEVICES, TRAIN_MODES, ConfigError, TrainConfig
+from caltech_core.store import RunStore, default_home
+
+log = logging.getLogger("caltech_core.cli")
+
+# CLI option (dest) -> TrainConfig field, for options that map one to one.
+_CONFIG_OPTIONS = {
+    "arch": "arch", "pretrained": "pretrained", "weights": "weights_path", "train": "train", "aug": "augment",
+    "lr": "lr", "epochs": "epochs", "step_size": "step_size", "gamma": "gamma", "batch_size": "batch_size",
+    "momentum": "momentum", "weight_decay": "weight_decay", "seed": "seed", "classes": "classes",
+    "max_per_class": "max_per_class", "image_size": "image_size", "retrain": "retrain_on_train_val",
+    "patience": "early_stopping_patience", "device": "device", "name": "name", "group": "group",
+    "optimizer": "optimizer",
+}
+
+
+class CliError(Exception):
+    """A user-facing failure: printed on stderr without a traceback, exit code `code`."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+def _store(args: argparse.Namespace) -> RunStore:
+    return RunStore(Path(args.store) if args.store else default_home())
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, allow_nan=False, default=str), flush=True)
+
+
+def _num(value: float | None, pct: bool = True) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}%" if pct else f"{value:.4g}"
+
+
+def _run_summary(store: RunStore, run_id: int) -> dict[str, Any]:
+    run = store.get_run(run_id)
+    assert run is not None  # the caller created it
+    results = run.results
+    return {
+        "run_id": run.id,
+        "name": run.name,
+        "group": run.group,
+        "arch": run.arch,
+        "status": run.status,
+        "error": run.error,
+        "device": run.device,
+        "best_val_acc": run.best_val_acc,
+        "best_epoch": results.get("best_epoch"),
+        "test_acc": run.test_acc,
+        "mean_class_acc": results.get("mean_class_acc"),
+        "retrain_test_acc": results.get("retrain_test_acc"),
+        "seconds": run.duration,
+        "epochs": store.epochs(run_id),
+        "config": run.config.to_dict(),
+    }
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+def cmd_data(args: argparse.Namespace) -> int:
+    """Dataset summary (split sizes, classes, unreadable images)."""
+    from tqdm import tqdm
+
+    from caltech_core import data
+
+    with tqdm(desc="checking images", unit="img", file=sys.stderr, leave=False, mininterval=0.5) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)  # update() honours mininterval; refresh() would redraw per image
+
+        summary = data.dataset_summary(args.root, progress=progress)
+    if args.json:
+        _print_json(summary)
+        return 0
+    splits = summary["splits"]
+    print(f"root:        {summary['root']}")
+    print(f"classes:     {summary['num_classes']}")
+    print(f"train/val/test: {splits['train']} / {splits['val']} / {splits['test']}")
+    print(f"unreadable:  {len(summary['unreadable'])}")
+    for path in summary["unreadable"]:
+        print(f"  {path}")
+    if summary.get("skipped"):
+        print(f"skipped split lines: {len(summary['skipped'])}")
+    return 0
+
+
+def _train_configs(args: argparse.Namespace, store: RunStore) -> tuple[list[TrainConfig], str | None]:
+    """The configs to train: the preset's (or the default) with every option given on the command line."""
+    overrides: dict[str, Any] = {}
+    for option, field_name in _CONFIG_OPTIONS.items():
+        value = getattr(args, option, None)
+        if value is not None:
+            overrides[field_name] = value
+    if args.weights is not None:
+        overrides["pretrained"] = True  # a weights file only makes sense for a pretrained model
+    if args.preset:
+        from caltech_core import experiments
+
+        try:
+            bases = experiments.resolve_configs(args.preset, store)
+        except KeyError as exc:
+            raise CliError(str(exc.args[0]) if exc.args else str(exc), 2) from exc
+    else:
+        bases = [TrainConfig()]
+    configs = [TrainConfig.from_dict({**base.to_dict(), **overrides}) for base in bases]
+    return configs, args.preset
+
+
+def _progress_bar(cfg: TrainConfig, label: str) -> tuple[Any, Any]:
+    """A tqdm bar on stderr counting epochs (fractional), and the on_progress callback feeding it."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.epochs, desc=label, unit="epoch", file=sys.stderr, dynamic_ncols=True,
+               bar_format="{desc} {percentage:3.0f}%|{bar}| {n:.2f}/{total} epochs [{elapsed}<{remaining}{postfix}]")
+
+    last = {"phase": None, "at": 0.0}
+
+    def update(p: Any) -> None:
+        now = time.monotonic()
+        if p.phase == last["phase"] and now - last["at"] < 0.25:
+            return  # the engine reports every image while caching; redraw a few times a second
+        last.update(phase=p.phase, at=now)
+        bar.n = round(p.fraction * p.epochs, 2)
+        if p.phase in ("training", "validating"):
+            detail = f"batch {p.batch}/{p.batches}"
+        elif p.phase_total:
+            detail = f"{p.phase_done}/{p.phase_total}"
+        else:
+            detail = ""
+        bar.set_postfix_str(f"{p.phase} {detail}".strip(), refresh=False)
+        bar.refresh()
+
+    return bar, update
+
+
+def _run_foreground(store: RunStore, run_id: int, root: str | None, *, resume: bool, label: str) -> str:
+    """Train one stored run in this process (same path as the job manager); Ctrl-C cancels it cleanly."""
+    from caltech_core import jobs
+
+    record = store.get_run(run_id)
+    assert record is not None
+    stop = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        def on_sigint(signum: int, frame: Any) -> None:
+            if stop.is_set():  # a second Ctrl-C: give up at once
+                raise KeyboardInterrupt
+            print("\nstopping after this batch (Ctrl-C again to abort)...", file=sys.stderr)
+            stop.set()
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    bar, update = _progress_bar(record.config, label)
+    try:
+        status = jobs.run_job(store, run_id, data_root=root, resume=resume, stop=stop, on_progress=update)
+    finally:
+        bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if stop.is_set() and status == "cancelled":
+        raise KeyboardInterrupt
+    return status
+
+
+def _report_run(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        _print_json(summary)
+        return
+    line = (f"run #{summary['run_id']} {summary['name'] or summary['arch']}: {summary['status']}, "
+            f"best val {_num(summary['best_val_acc'])}, test {_num(summary['test_acc'])}")
+    if summary["error"]:
+        line += f" ({summary['error']})"
+    print(line, flush=True)
+
+
+def _exit_code(statuses: list[str]) -> int:
+    return 1 if any(s == "failed" for s in statuses) else 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train in the foreground through the store; one run, or every config of a preset in order."""
+    from caltech_core import data
+
+    store = _store(args)
+    configs, preset = _train_configs(args, store)
+    data.resolve_root(args.root)  # a missing dataset is reported before any run is created
+    summaries: list[dict[str, Any]] = []
+    for i, cfg in enumerate(configs, 1):
+        run_id = store.create_run(cfg)
+        label = f"[{i}/{len(configs)}] #{run_id}" if len(configs) > 1 else f"#{run_id}"
+        try:
+            _run_foreground(store, run_id, args.root, resume=False, label=label)
+        except KeyboardInterrupt:
+            _report_run(_run_summary(store, run_id), args.json)
+            print(f"run #{run_id} cancelled; continue it with: python -m caltech_core resume {run_id}",
+                  file=sys.stderr)
+            return 130
+        summary = _run_summary(store, run_id)
+        summaries.append(summary)
+        _report_run(summary, args.json)
+    if len(summaries) > 1:
+        scored = [s for s in summaries if s["best_val_acc"] is not None]
+        best = max(scored, key=lambda s: s["best_val_acc"]) if scored else summaries[-1]
+        brief = [{k: s[k] for k in ("run_id", "name", "status", "best_val_acc", "test_acc")} for s in summaries]
+        final = {**best, "preset": preset, "best_run_id": best["run_id"], "runs": brief}
+        if args.json:
+            _print_json(final)
+        else:
+            print(f"best: run #{best['run_id']} {best['name']} (val {_num(best['best_val_acc'])})")
+    return _exit_code([s["status"] for s in summaries])
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Continue an interrupted or cancelled run from its last checkpoint, in the foreground."""
+    from caltech_core import jobs
+
+    store = _store(args)
+    store.mark_interrupted()  # a run whose process died still says "running"
+    run = store.get_run(args.id)
+    if run is None:
+        raise CliError(f"run {args.id} does not exist in {store.home}")
+    if run.status not in jobs.RESUMABLE_STATUSES:
+        raise CliError(f"run {args.id} is {run.status}; only interrupted or cancelled runs can be resumed")
+    try:
+        _run_foreground(store, run.id, args.root, resume=True, label=f"#{run.id}")
+    except KeyboardInterrupt:
+        _report_run(_run_summary(store, run.id), args.json)
+        return 130
+    summary = _run_summary(store, run.id)
+    _report_run(summary, args.json)
+    return _exit_code([summary["status"]])
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    """List stored runs."""
+    store = _store(args)
+    runs = store.list_runs(group=args.group, status=args.status, arch=args.arch, newest_first=False)
+    rows = [{"run_id": r.id, "name": r.name, "group": r.group, "arch": r.arch, "status": r.status,
+             "epochs": r.epochs_done, "best_val_acc": r.best_val_acc, "test_acc": r.test_acc,
+             "error": r.error} for r in runs]
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print(f"no runs in {store.home}")
+        return 0
+    print(f"{'id':>4}  {'status':<11} {'arch':<18} {'epochs':>6} {'val':>7} {'test':>7}  name")
+    for r in rows:
+        print(f"{r['run_id']:>4}  {r['status']:<11} {r['arch']:<18} {r['epochs']:>6} "
+              f"{_num(r['best_val_acc']):>7} {_num(r['test_acc']):>7}  {r['name']}")
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    """Top-K classes of each image with a trained run's best weights; a bad file never stops the others."""
+    from caltech_core import inference
+
+    store = _store(args)
+    if store.get_run(args.run) is None:
+        raise CliError(f"run {args.run} does not exist in {store.home}")
+    try:
+        classifier = inference.Classifier.from_run(store, args.run)
+    except inference.CheckpointError as exc:
+        raise CliError(str(exc)) from exc
+    results: list[dict[str, Any]] = []
+    for name in args.images:
+        try:
+            image = inference.open_upload(Path(name).read_bytes(), Path(name).name)
+            top = classifier.predict([image], top=args.top)[0]
+        except (OSError, inference.ImageError) as exc:
+            message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            results.append({"file": name, "error": message})
+            continue
+        results.append({"file": name, "top": [{"class": c, "prob": p} for c, p in top]})
+    if args.json:
+        _print_json(results)
+        return 0
+    for item in results:
+        if "error" in item:
+            print(f"{item['file']}: error: {item['error']}")
+        else:
+            best = ", ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in item["top"])
+            print(f"{item['file']}: {best}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Rebuild the study's tables and figures from the store; write report.md (+ figures) to --out."""
+    from caltech_core import report
+
+    store = _store(args)
+    rep = report.build_report(store, args.root)
+    out = Path(args.out) if args.out else store.home / "report"
+    path = report.export_markdown(rep, out)
+    if args.json:
+        _print_json({**report.report_summary(rep), "markdown": str(path)})
+    else:
+        print(f"report written to {path}")
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------------------------
+
+def _aug_list(text: str) -> tuple[str, ...]:
+    if text.strip().lower() in ("", "none"):
+        return ()
+    return tuple(a.strip() for a in text.split(",") if a.strip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and `--help` docs)."""
+    from caltech_core.experiments import PRESETS
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", metavar="DIR",
+                        help="run store folder (default: $CALTECH_STUDIO_HOME, else ~/.caltech_studio)")
+    common.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    rooted = argparse.ArgumentParser(add_help=False)
+    rooted.add_argument("--root", metavar="PATH",
+                        help="Caltech-101 folder (default: $CALTECH101_ROOT, else ./data/caltech101)")
+
+    parser = argparse.ArgumentParser(prog="python -m caltech_core", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("data", parents=[common, rooted], help="dataset summary")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("train", parents=[common, rooted], help="train in the foreground (a run or a preset sweep)",
+                       description="Train in the foreground. Options left out keep the preset's (or the "
+                                   "baseline's) value; a preset with several configs runs them all.")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="an experiment of the study")
+    p.add_argument("--arch", choices=ARCHITECTURES)
+    p.add_argument("--pretrained", action="store_true", default=None, help="start from ImageNet weights")
+    p.add_argument("--weights", metavar="PATH", help="a local ImageNet weights file (implies --pretrained)")
+    p.add_argument("--train", choices=TRAIN_MODES, help="which layers are trained")
+    p.add_argument("--aug", type=_aug_list, metavar="LIST", help="augmentations, e.g. crop,hflip (or none)")
+    p.add_argument("--optimizer", choices=("sgd", "adamw"))
+    p.add_argument("--lr", type=float)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--step-size", type=int, help="StepLR step (epochs)")
+    p.add_argument("--gamma", type=float, help="StepLR factor")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--classes", type=int, metavar="K", help="first K classes only")
+    p.add_argument("--max-per-class", type=int, metavar="M", help="at most M images per class and split")
+    p.add_argument("--image-size", type=int, help="crop size fed to the network")
+    p.add_argument("--retrain", action="store_true", default=None, help="retrain on train+val, report test")
+    p.add_argument("--patience", type=int, help="early stopping patience in epochs (0 = off)")
+    p.add_argument("--device", choices=DEVICES)
+    p.add_argument("--name", help="a name for the run")
+    p.add_argument("--group", help="a group (sweep) name")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("runs", parents=[common], help="list stored runs")
+    p.add_argument("--group")
+    p.add_argument("--status")
+    p.add_argument("--arch")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("classify", parents=[common], help="classify images with a trained run")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--run", type=int, required=True, metavar="ID")
+    p.add_argument("--top", type=int, default=5, metavar="K")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("resume", parents=[common, rooted], help="continue an interrupted or cancelled run")
+    p.add_argument("id", type=int, metavar="ID")
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("report", parents=[common, rooted], help="rebuild the study's tables and figures")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: STORE/report)")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m caltech_core`; returns the exit code."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"error: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    except FileNotFoundError as exc:  # DatasetNotFoundError included: its message says what to do
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

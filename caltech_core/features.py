@@ -1,0 +1,146 @@
+"""Frozen-backbone fast path: compute backbone features once, then train only the head on them.
+
+Applies when the backbone is frozen (train mode "fc") and the training transform has no randomness, so every
+epoch would feed the frozen backbone the very same center crops. The features of every cached image are
+computed once (frozen BatchNorm layers and the backbone have no dropout, so eval mode is what the plain loop
+runs too) and stored in ``cache_dir/features/<key>.pt``, the key hashing the architecture, the backbone's
+weights, the crop size, the resize size, the normalisation and the image files (path, size, mtime).
+
+`FeatureLoader` then replays the plain `BatchLoader`'s batches — same `plan_epoch` draws from the same
+generator, same batch split, same dropped single-image last batch — over the cached features. The head
+(including AlexNet/VGG's dropout layers) runs exactly as inside the full model, drawing the same dropout
+masks from the global RNG in the same order, so losses match the plain loop up to float rounding of the
+backbone (conv kernels may sum in another order for another batch composition).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from caltech_core.config import TrainConfig
+from caltech_core.evaluation import autocast_for
+from caltech_core.imagecache import ImageCache
+from caltech_core.models import is_backbone_frozen
+from caltech_core.transforms import BatchLoader, is_deterministic, plan_epoch
+
+FEATURES_VERSION = 1
+
+
+def fast_path_applies(cfg: TrainConfig, model: nn.Module) -> bool:
+    """cfg asks for it, only the classifier trains and the training transform is deterministic."""
+    return cfg.fast_path and cfg.train == "fc" and is_deterministic(cfg) and is_backbone_frozen(model, cfg.arch)
+
+
+def _weights_digest(module: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def feature_key(cfg: TrainConfig, backbone: nn.Module, paths: Sequence[Path]) -> str:
+    """Hash of everything the cached features depend on (order of `paths` does not matter)."""
+    files = []
+    for p in sorted(str(p) for p in paths):
+        st = os.stat(p)
+        files.append([p, st.st_size, st.st_mtime_ns])
+    spec = {
+        "version": FEATURES_VERSION, "arch": cfg.arch, "weights": _weights_digest(backbone),
+        "image_size": cfg.image_size, "resize_size": cfg.resize_size, "normalization": cfg.normalization,
+        "files": files,
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _atomic_save(obj: dict, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@torch.no_grad()
+def cached_features(
+    cfg: TrainConfig, backbone: nn.Module, cache: ImageCache, cache_dir: Path, device: torch.device,
+    *, batch_size: int = 64, should_stop: Callable[[], bool] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor | None:
+    """(len(cache), D) float32 features of every cached image, in cache order, on `device`.
+
+    Read from disk when present, else computed in eval mode and saved. None when `should_stop` said stop.
+    """
+    folder = Path(cache_dir) / "features"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{feature_key(cfg, backbone, cache.paths)}.pt"
+    if path.is_file():
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        row = {p: i for i, p in enumerate(stored["paths"])}
+        order = torch.tensor([row[str(p)] for p in cache.paths], dtype=torch.long)
+        return stored["features"][order].to(device)
+
+    backbone.eval()
+    loader = BatchLoader(
+        cache, list(range(len(cache))), [0] * len(cache), batch_size=batch_size, train=False, cfg=cfg,
+        device=device,
+    )
+    chunks = []
+    for i, (x, _) in enumerate(loader):
+        if should_stop is not None and should_stop():
+            return None
+        with autocast_for(device, cfg.amp):
+            chunks.append(backbone(x).float())
+        if progress is not None:
+            progress(i + 1, len(loader))
+    features = torch.cat(chunks) if chunks else torch.zeros(0, 0, device=device)
+    # Stored by sorted path so that any order of the same images reuses the file.
+    ranks = sorted(range(len(cache)), key=lambda i: str(cache.paths[i]))
+    _atomic_save(
+        {"paths": [str(cache.paths[i]) for i in ranks], "features": features[torch.tensor(ranks)].cpu()}, path
+    )
+    return features
+
+
+class FeatureLoader:
+    """The batches `BatchLoader(cache, indices, labels, ...)` would yield, as rows of precomputed features."""
+
+    def __init__(
+        self, features: torch.Tensor, indices: Sequence[int], labels: Sequence[int], *, batch_size: int,
+        train: bool, cfg: TrainConfig, generator: torch.Generator | None = None,
+    ) -> None:
+        self.features = features
+        self.indices = torch.as_tensor(np.asarray(indices, dtype=np.int64), device=features.device)
+        self.labels = torch.as_tensor(np.asarray(labels, dtype=np.int64), device=features.device)
+        self.batch_size = batch_size
+        self.train = train
+        self.cfg = cfg
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
+
+    def __len__(self) -> int:
+        n = len(self.indices)
+        batches = math.ceil(n / self.batch_size)
+        if self.train and n > 1 and n % self.batch_size == 1:  # BatchLoader drops a lone last image
+            batches -= 1
+        return batches
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # Same draws from the same generator as BatchLoader, so the order (and generator state) match.
+        plan = plan_epoch(len(self.indices), train=self.train, cfg=self.cfg, generator=self.generator)
+        order = plan.order.to(self.features.device)
+        for b in range(len(self)):
+            positions = order[b * self.batch_size: (b + 1) * self.batch_size]
+            yield self.features[self.indices[positions]], self.labels[positions]

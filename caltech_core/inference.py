@@ -1,0 +1,326 @@
+"""Classify uploaded images with a trained run or ImageNet EfficientNet-Lite0, and explain with Grad-CAM.
+
+`open_upload` turns untrusted bytes into a safe RGB image or raises `ImageError` with a message a user
+can act on. `Classifier` wraps a model, its class names and its eval preprocessing; checkpoints are read
+with `torch.load(weights_only=True)`, so a crafted pickle is refused instead of executed.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import nn
+from torchvision.transforms import v2
+
+from caltech_core.config import TrainConfig
+
+IMAGENET_CLASSES_FILE = Path(__file__).with_name("imagenet_classes.txt")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)
+UPLOAD_TYPES = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
+
+
+class ImageError(ValueError):
+    """An upload that cannot be classified; the message is meant for the user."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unsafe or does not fit the run's model."""
+
+
+# -- uploads ------------------------------------------------------------------------------------------
+def open_upload(data: bytes, name: str) -> Image.Image:
+    """Decode an uploaded file into an RGB image (first frame); raise ImageError saying what is wrong.
+
+    Pillow's pixel limit (`Image.MAX_IMAGE_PIXELS`) is enforced from the header, before any pixel
+    is decoded, so a tiny file declaring a gigantic image costs nothing.
+    """
+    if not data:
+        raise ImageError(f"{name}: the file is empty.")
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{name}: the image is too large to open safely ({exc}).") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{name}: not an image file Pillow can read (JPEG, PNG, WebP, BMP, GIF).") from exc
+    except OSError as exc:
+        raise ImageError(f"{name}: the image file is damaged or truncated ({exc}).") from exc
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageError(f"{name}: the image has no pixels ({width}x{height}).")
+    if limit and width * height > limit:
+        raise ImageError(
+            f"{name}: {width}x{height} pixels is more than the {limit:,} pixels allowed; "
+            "scale the image down and upload it again."
+        )
+    try:
+        image.seek(0)  # animated GIF/WebP: the first frame
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return _to_rgb(image)
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"{name}: the image data is damaged or truncated ({exc}).") from exc
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB for every mode Pillow opens: 16-bit and float greyscale are scaled, transparency goes on white."""
+    mode = image.mode
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        # convert("L") would clip 16-bit values to 255 (a white image); scale the real range instead.
+        arr = np.asarray(image, dtype=np.float64)
+        low, high = float(arr.min()), float(arr.max())
+        scaled = (arr - low) / (high - low) * 255.0 if high > low else np.zeros_like(arr)
+        return Image.fromarray(scaled.round().astype(np.uint8)).convert("RGB")
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+# -- the classifier -----------------------------------------------------------------------------------
+@dataclass
+class Classifier:
+    """A model in eval mode with its class names and the preprocessing it was evaluated with."""
+
+    model: nn.Module
+    classes: list[str]
+    arch: str
+    image_size: int = 224
+    resize_size: int = 256
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    title: str = ""
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # One Classifier is shared by all dashboard sessions; Grad-CAM hooks must not interleave.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        self.model.to(self.device).eval()
+        self._crop = v2.Compose([
+            v2.ToImage(),
+            v2.Resize(self.resize_size, interpolation=v2.InterpolationMode(self.interpolation), antialias=True),
+            v2.CenterCrop(self.image_size),
+        ])
+        self._normalize = v2.Compose([
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(self.mean), list(self.std)),
+        ])
+
+    # -- constructors ---------------------------------------------------------------------------------
+    @classmethod
+    def from_run(cls, run_store: Any, run_id: int, *, device: torch.device | str | None = None) -> Classifier:
+        """The best-validation weights of a finished run, with its class names and eval transform."""
+        from caltech_core import models
+
+        record = run_store.get_run(run_id)
+        if record is None:
+            raise CheckpointError(f"Run {run_id} does not exist.")
+        cfg = _config_of(record)
+        path = Path(run_store.run_dir(run_id)) / "best.pt"
+        if not path.is_file():
+            raise CheckpointError(f"Run {run_id} has no saved weights ({path} is missing); train it first.")
+        state = load_state_dict(path)
+        results = dict(getattr(record, "results", None) or {})
+        classes = _class_names(state, results, cfg)
+        model = models.build_model(cfg.arch, len(classes), pretrained=False)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path} does not fit a {cfg.arch} with {len(classes)} classes: {exc}") from exc
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if cfg.normalization == "imagenet" else (HALF, HALF)
+        label = cfg.name or cfg.arch
+        return cls(model=model, classes=classes, arch=cfg.arch, image_size=cfg.image_size,
+                   resize_size=cfg.resize_size, mean=mean, std=std, title=f"Run #{run_id}: {label}",
+                   device=_device(device))
+
+    @classmethod
+    def imagenet_lite0(cls, *, device: torch.device | str | None = None) -> Classifier:
+        """ImageNet-pretrained EfficientNet-Lite0 with its 1000 ImageNet classes (offline weights)."""
+        from caltech_core import models
+
+        model = models.imagenet_lite0()
+        classes = IMAGENET_CLASSES_FILE.read_text().splitlines()
+        # The preprocessing these weights were trained with (timm's pretrained_cfg, see models.py).
+        return cls(model=model, classes=classes, arch="efficientnet_lite0", image_size=224,
+                   resize_size=round(224 / models.LITE0_CROP_PCT), mean=models.LITE0_MEAN, std=models.LITE0_STD,
+                   interpolation=models.LITE0_INTERPOLATION,
+                   title="EfficientNet-Lite0 (ImageNet, 1000 classes)", device=_device(device))
+
+    # -- preprocessing --------------------------------------------------------------------------------
+    def model_view(self, image: Image.Image) -> Image.Image:
+        """The image as the network sees it (resized and centre-cropped), for overlays."""
+        return v2.functional.to_pil_image(self._crop(image))
+
+    def _batch(self, images: list[Image.Image]) -> torch.Tensor:
+        return torch.stack([self._normalize(self._crop(img)) for img in images]).to(self.device)
+
+    # -- predictions ----------------------------------------------------------------------------------
+    def predict(self, images: list[Image.Image], top: int = 5) -> list[list[tuple[str, float]]]:
+        """The `top` most likely classes of every image as (class name, probability), best first."""
+        if not images:
+            return []
+        top = max(1, min(top, len(self.classes)))
+        with self._lock, torch.inference_mode():
+            probs = torch.softmax(self.model(self._batch(images)).float(), dim=1)
+            values, indices = probs.topk(top, dim=1)
+        return [
+            [(self.classes[i], float(p)) for p, i in zip(vals.tolist(), idx.tolist(), strict=True)]
+            for vals, idx in zip(values, indices, strict=True)
+        ]
+
+    def class_index(self, name: str) -> int:
+        """Index of a class name (for Grad-CAM of a predicted class)."""
+        return self.classes.index(name)
+
+    def gradcam(self, image: Image.Image, class_index: int) -> np.ndarray:
+        """Grad-CAM of `class_index` at the last conv layer: HxW float array in [0, 1], H = W = image_size.
+
+        The map is aligned with `model_view(image)` (the centre crop the network sees).
+        """
+        layer = target_layer(self.model, self.arch)
+        captured: dict[str, torch.Tensor] = {}
+
+        def keep(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+            captured["activation"] = output
+            output.register_hook(lambda grad: captured.__setitem__("gradient", grad))
+
+        with self._lock:
+            handle = layer.register_forward_hook(keep)
+            try:
+                with torch.enable_grad():
+                    x = self._batch([image]).requires_grad_(True)
+                    logits = self.model(x)
+                    self.model.zero_grad(set_to_none=True)
+                    logits[0, class_index].backward()
+            finally:
+                handle.remove()
+        activation = captured["activation"].detach()[0]
+        gradient = captured["gradient"].detach()[0]
+        weights = gradient.mean(dim=(1, 2), keepdim=True)
+        cam = torch.relu((weights * activation).sum(dim=0))[None, None]
+        cam = torch.nn.functional.interpolate(cam, size=(self.image_size, self.image_size), mode="bilinear",
+                                              align_corners=False)[0, 0]
+        peak = float(cam.max())
+        cam = cam / peak if peak > 0 else torch.zeros_like(cam)
+        return cam.clamp(0, 1).cpu().numpy().astype(np.float32)
+
+
+@dataclass
+class Outcome:
+    """One uploaded file: its image and top classes, or the message saying why it was not classified."""
+
+    name: str
+    image: Image.Image | None = None
+    predictions: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+
+
+def classify_uploads(classifier: Classifier, uploads: list[tuple[str, bytes]], top: int = 5) -> list[Outcome]:
+    """Decode and classify every (name, bytes) upload; a bad file gets its message, the others still classify."""
+    outcomes = []
+    for name, data in uploads:
+        try:
+            outcomes.append(Outcome(name, image=open_upload(data, name)))
+        except ImageError as exc:
+            outcomes.append(Outcome(name, error=str(exc)))
+    good = [o for o in outcomes if o.image is not None]
+    for outcome, preds in zip(good, classifier.predict([o.image for o in good], top=top), strict=True):
+        outcome.predictions = preds
+    return outcomes
+
+
+# -- Grad-CAM helpers ---------------------------------------------------------------------------------
+def target_layer(model: nn.Module, arch: str) -> nn.Module:
+    """The layer Grad-CAM reads: the last convolutional feature map of each architecture.
+
+    For AlexNet/VGG it is the ReLU after the last conv (the last in-place op on that map, so the hooked
+    tensor is final); for ResNets the whole last stage; for EfficientNet the head's conv+BN+act.
+    """
+    if arch.startswith("resnet") and hasattr(model, "layer4"):
+        return model.layer4
+    if arch in ("alexnet", "vgg16") and hasattr(model, "features"):
+        relus = [m for m in model.features if isinstance(m, nn.ReLU)]
+        return relus[-1] if relus else model.features
+    if arch == "efficientnet_lite0":
+        for name in ("bn2", "conv_head"):
+            if hasattr(model, name):
+                return getattr(model, name)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError(f"{arch}: no convolution layer for Grad-CAM")
+    return convs[-1]
+
+
+def overlay(image: Image.Image, heatmap: np.ndarray, alpha: float = 0.45) -> Image.Image:
+    """Blend a [0, 1] heatmap (resized to the image) over it with a blue-to-red colour map."""
+    heat = Image.fromarray((np.clip(heatmap, 0, 1) * 255).astype(np.uint8)).resize(image.size,
+                                                                                        Image.BILINEAR)
+    h = np.asarray(heat, dtype=np.float32) / 255.0
+    # A small jet-like map: blue -> cyan -> yellow -> red.
+    stops = np.array([0.0, 0.35, 0.65, 1.0])
+    colors = np.array([[0, 0, 160], [0, 200, 255], [255, 230, 0], [220, 0, 0]], dtype=np.float32)
+    rgb = np.stack([np.interp(h, stops, colors[:, c]) for c in range(3)], axis=-1)
+    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    blended = (1 - alpha) * base + alpha * rgb
+    return Image.fromarray(blended.clip(0, 255).astype(np.uint8))
+
+
+# -- checkpoints ---------------------------------------------------------------------------------------
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read model weights with `weights_only=True`; a checkpoint holding code or objects is refused."""
+    import pickle
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"Refused to load {path.name}: it contains Python objects, not just weights "
+            "(only weights-only checkpoints are loaded, so it cannot run code)."
+        ) from exc
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {exc}") from exc
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict", "model_state"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key] | ({"__classes__": obj["classes"]} if "classes" in obj else {})
+                break
+    if not isinstance(obj, dict) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} holds no model weights.")
+    return obj
+
+
+def _class_names(state: dict[str, Any], results: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """Class names from the checkpoint or the run's results, else from the dataset split of its config."""
+    names = state.pop("__classes__", None) or results.get("classes")
+    if names:
+        return [str(n) for n in names]
+    from caltech_core import data
+
+    try:
+        return list(data.Splits.from_config(cfg).classes)
+    except FileNotFoundError as exc:
+        raise CheckpointError(
+            "The run's class names are not stored with it and the dataset is not available to look them up."
+        ) from exc
+
+
+def _config_of(record: Any) -> TrainConfig:
+    cfg = getattr(record, "config", None)
+    return cfg if isinstance(cfg, TrainConfig) else TrainConfig.from_dict(dict(cfg))
+
+
+def _device(device: torch.device | str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)

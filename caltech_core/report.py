@@ -1,0 +1,448 @@
+"""Rebuild the study's tables and figures from the run store, and export them as Markdown + figures.
+
+Each experiment section comes from one preset (caltech_core.experiments). A stored run counts for a preset
+member when its defining configuration equals the member's (any group), or when it carries the preset's
+group and agrees on the fields that tell the members apart (so a reduced-scale run of the LR grid still
+feeds the LR-grid figure; the row then says which settings differ from the study's). Finished runs give
+the numbers (mean and sample standard deviation over seeds); diverged/failed runs are counted but not
+averaged. Experiments without runs are marked "missing — run preset X", never filled in.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import shutil
+import statistics
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+
+from caltech_core import charts
+from caltech_core.config import TrainConfig
+from caltech_core.experiments import PRESETS, Preset, differing_fields, same_value
+
+DASH = "—"
+
+# (preset, study item, section title, kind). Kind "curves" draws validation curves; "table" draws a bar chart
+# of test accuracy per member. Figure numbers 3-7 follow the order of the study's training-curve figures.
+SECTIONS: tuple[tuple[str, str, str, str], ...] = (
+    ("baseline", "Figure 3", "Baseline training curves (AlexNet from scratch)", "curves"),
+    ("lr-grid", "Figure 4", "Learning-rate grid", "curves"),
+    ("more-epochs", "Figure 5", "More epochs (60 epochs, step 40)", "curves"),
+    ("step-grid", "Figure 6", "Step-size grid (LR 1e-2, 60 epochs)", "curves"),
+    ("retrain", "Figure 7", "Best configuration retrained on train+val", "curves"),
+    ("transfer", "Figure 8", "Transfer learning (ImageNet AlexNet)", "curves"),
+    ("freezing", "Table 2", "Which layers to train (pretrained AlexNet)", "table"),
+    ("augmentation", "Table 3", "Data augmentation", "table"),
+    ("architectures", "Table 4", "Architectures", "table"),
+    ("best-offline", "Extra", "Best offline (EfficientNet-Lite0, 2-core CPU)", "table"),
+)
+
+
+@dataclass
+class MemberResult:
+    """The runs behind one row of an experiment table and their summary."""
+
+    label: str
+    config: TrainConfig
+    run_ids: list[int] = field(default_factory=list)  # finished runs used for the numbers
+    statuses: dict[str, int] = field(default_factory=dict)  # every matched run, by status
+    seeds: list[int] = field(default_factory=list)
+    val_acc: list[float] = field(default_factory=list)
+    test_acc: list[float] = field(default_factory=list)
+    differs: list[str] = field(default_factory=list)  # settings where the runs depart from the study's
+    study: float | None = None  # the study's number, percent
+    curves: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # legend label -> epoch rows
+
+    @property
+    def missing(self) -> bool:
+        return not self.statuses
+
+
+@dataclass
+class Section:
+    """One table or figure of the study, rebuilt."""
+
+    key: str
+    item: str
+    title: str
+    preset: str | None
+    columns: list[str]
+    rows: list[dict[str, Any]]
+    figures: dict[str, go.Figure] = field(default_factory=dict)
+    missing: bool = False
+    message: str = ""
+    notes: list[str] = field(default_factory=list)
+    members: list[MemberResult] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    """Every section of the study, in the study's order."""
+
+    generated: float
+    store_home: str
+    sections: list[Section]
+    notes: list[str] = field(default_factory=list)
+
+    def section(self, key: str) -> Section:
+        return next(s for s in self.sections if s.key == key)
+
+    @property
+    def missing_presets(self) -> list[str]:
+        """Presets whose experiment has no run at all (what to queue next)."""
+        return [s.preset for s in self.sections if s.missing and s.preset]
+
+
+# -- numbers -------------------------------------------------------------------------------------
+
+def mean_spread(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (None when fewer than two values)."""
+    if not values:
+        return None, None
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def format_pct(mean: float | None, spread: float | None = None, n: int | None = None) -> str:
+    """'61.2%', '61.2 ± 1.3% (n=3)' or '—' for a fraction in [0, 1]."""
+    if mean is None:
+        return DASH
+    text = f"{100 * mean:.1f}"
+    if spread is not None:
+        text += f" ± {100 * spread:.1f}"
+    text += "%"
+    if n is not None and n > 1:
+        text += f" (n={n})"
+    return text
+
+
+def _finite(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def run_test_acc(run: Any) -> float | None:
+    """Test accuracy of a run; for train+val retraining, the retrained model's when recorded."""
+    results = run.results or {}
+    if run.config.retrain_on_train_val and _finite(results.get("retrain_test_acc")) is not None:
+        return _finite(results["retrain_test_acc"])
+    return _finite(run.test_acc if run.test_acc is not None else results.get("test_acc"))
+
+
+def run_val_acc(run: Any) -> float | None:
+    results = run.results or {}
+    return _finite(run.best_val_acc if run.best_val_acc is not None else results.get("best_val_acc"))
+
+
+# -- matching runs to experiments -----------------------------------------------------------------
+
+def matches(run: Any, preset: Preset, member: TrainConfig) -> bool:
+    """Does `run` count for `member` of `preset`? (Same defining config, or same group and varied fields.)"""
+    if not differing_fields(run.config, member):
+        return True
+    if run.group != preset.group:
+        return False
+    if not preset.varies:
+        return len(preset.configs) == 1
+    return all(same_value(getattr(run.config, f), getattr(member, f)) for f in preset.varies)
+
+
+_COUNTED = ("finished", "diverged", "failed", "cancelled", "interrupted")
+
+
+def _member_result(preset: Preset, member: TrainConfig, runs: list[Any], store: Any) -> MemberResult:
+    label = preset.member_label(member)
+    result = MemberResult(label=label, config=member, study=preset.study_ref.number_for(label))
+    differs: set[str] = set()
+    for run in runs:
+        if run.status not in _COUNTED or not matches(run, preset, member):
+            continue
+        result.statuses[run.status] = result.statuses.get(run.status, 0) + 1
+        if run.status != "finished":
+            continue
+        result.run_ids.append(run.id)
+        result.seeds.append(run.config.seed)
+        differs.update(differing_fields(run.config, member))
+        if (v := run_val_acc(run)) is not None:
+            result.val_acc.append(v)
+        if (t := run_test_acc(run)) is not None:
+            result.test_acc.append(t)
+        rows = store.epochs(run.id)
+        if rows:
+            result.curves[f"{label} #{run.id}"] = rows
+    result.differs = sorted(differs)
+    return result
+
+
+def _member_row(m: MemberResult, preset: Preset) -> dict[str, Any]:
+    val_mean, val_sd = mean_spread(m.val_acc)
+    test_mean, test_sd = mean_spread(m.test_acc)
+    if m.missing:
+        setting = f"missing — run preset {preset.name}"
+    elif not m.run_ids:
+        setting = "no finished run"
+    elif m.differs:
+        setting = "differs from the study in: " + ", ".join(m.differs)
+    else:
+        setting = "study setting"
+    return {
+        "experiment": m.label,
+        "runs": len(m.run_ids),
+        "statuses": ", ".join(f"{k} {v}" for k, v in sorted(m.statuses.items())) or DASH,
+        "seeds": ", ".join(str(s) for s in sorted(set(m.seeds))) or DASH,
+        "val_acc": format_pct(val_mean, val_sd, len(m.val_acc)),
+        "test_acc": format_pct(test_mean, test_sd, len(m.test_acc)),
+        "study": f"{m.study:.1f}%" if m.study is not None else DASH,
+        "setting": setting,
+        # Raw numbers (fractions) for JSON consumers and charts.
+        "val_acc_mean": val_mean, "val_acc_sd": val_sd, "test_acc_mean": test_mean, "test_acc_sd": test_sd,
+        "study_pct": m.study, "run_ids": list(m.run_ids),
+    }
+
+
+MEMBER_COLUMNS = ["experiment", "runs", "statuses", "seeds", "val_acc", "test_acc", "study", "setting"]
+
+
+def _experiment_section(preset_name: str, item: str, title: str, kind: str, runs: list[Any], store: Any) -> Section:
+    preset = PRESETS[preset_name]
+    members = [_member_result(preset, cfg, runs, store) for cfg in preset.configs]
+    rows = [_member_row(m, preset) for m in members]
+    section = Section(
+        key=preset_name, item=item, title=title, preset=preset_name, columns=list(MEMBER_COLUMNS),
+        rows=rows, members=members,
+    )
+    if preset.study_ref.note:
+        section.notes.append(preset.study_ref.note)
+    section.notes.append(f"Study metric: {preset.study_ref.metric}; '{DASH}' where the study's value is not available.")
+    if all(m.missing for m in members):
+        section.missing = True
+        section.message = f"missing — run preset {preset_name} (python -m caltech_core train --preset {preset_name})"
+        return section
+    curves = {label: rows for m in members for label, rows in m.curves.items()}
+    if kind == "curves" and curves:
+        if len(curves) == 1:
+            only = next(iter(curves.values()))
+            section.figures["loss"] = _titled(charts.loss_figure(only), f"{item}: {title} — loss")
+            section.figures["accuracy"] = _titled(charts.accuracy_figure(only), f"{item}: {title} — accuracy")
+        else:
+            section.figures["val_acc"] = _titled(charts.val_curves_figure(curves, "val_acc"), f"{item}: {title}")
+            section.figures["val_loss"] = _titled(
+                charts.val_curves_figure(curves, "val_loss"), f"{item}: {title} — validation loss")
+    if kind == "table":
+        labels = [m.label for m in members]
+        values = [r["test_acc_mean"] for r in rows]
+        if any(v is not None for v in values):
+            section.figures["test_acc"] = _titled(
+                charts.accuracy_bar_figure(labels, values, "Test accuracy"), f"{item}: {title} — test accuracy")
+        if curves:
+            section.figures["val_acc"] = _titled(
+                charts.val_curves_figure(curves, "val_acc"), f"{item}: {title} — validation accuracy")
+    return section
+
+
+def _titled(fig: go.Figure, title: str) -> go.Figure:
+    fig.update_layout(title=title)
+    return fig
+
+
+def _dataset_sections(data_root: Any) -> list[Section]:
+    from caltech_core import data  # imported lazily: the report of an empty store needs no dataset
+
+    try:
+        summary = data.dataset_summary(data_root, scan=False)
+    except (FileNotFoundError, ValueError) as exc:
+        message = f"missing — dataset not available: {exc}"
+        return [
+            Section("table1", "Table 1", "Dataset split sizes", None, ["split", "images"], [], missing=True,
+                    message=message),
+            Section("figure2", "Figure 2", "Images per class", None, ["class", "images"], [], missing=True,
+                    message=message),
+        ]
+    splits = summary["splits"]
+    table1 = Section(
+        "table1", "Table 1", "Dataset split sizes", None, ["split", "images"],
+        [{"split": k, "images": int(splits[k])} for k in ("train", "val", "test")]
+        + [{"split": "classes", "images": int(summary["num_classes"])}],
+        notes=[f"Dataset at {summary['root']}; {len(summary.get('skipped', []))} split-file lines skipped "
+               "(missing or non-image files). Train/validation: the official training list halved per class."],
+    )
+    per_class = summary["images_per_class"]
+    counts = sorted(per_class.values())
+    figure2 = Section(
+        "figure2", "Figure 2", "Images per class", None, ["statistic", "images"],
+        [{"statistic": "classes", "images": len(counts)},
+         {"statistic": "fewest", "images": counts[0] if counts else 0},
+         {"statistic": "median", "images": statistics.median(counts) if counts else 0},
+         {"statistic": "most", "images": counts[-1] if counts else 0}],
+        figures={"histogram": _titled(charts.class_counts_figure(per_class), "Figure 2: images per class")},
+    )
+    return [table1, figure2]
+
+
+def build_report(store: Any, data_root: Any = None) -> Report:
+    """Rebuild every table and figure of the study from `store` (and the dataset for Table 1 / Figure 2)."""
+    runs = store.list_runs(newest_first=False)
+    sections = _dataset_sections(data_root)
+    for preset_name, item, title, kind in SECTIONS:
+        sections.append(_experiment_section(preset_name, item, title, kind, runs, store))
+    return Report(generated=time.time(), store_home=str(getattr(store, "home", "")), sections=sections)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def report_summary(report: Report) -> dict[str, Any]:
+    """The report as plain JSON-able data (no figures)."""
+    return _jsonable({
+        "generated": report.generated,
+        "store": report.store_home,
+        "missing_presets": report.missing_presets,
+        "notes": list(report.notes),
+        "sections": [
+            {"key": s.key, "item": s.item, "title": s.title, "preset": s.preset, "missing": s.missing,
+             "message": s.message, "columns": s.columns, "rows": s.rows, "notes": s.notes,
+             "figures": sorted(s.figures)}
+            for s in report.sections
+        ],
+    })
+
+
+# -- export -------------------------------------------------------------------------------------
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_filename(name: str, default: str = "figure") -> str:
+    """A file name made of letters, digits, '.', '_' and '-' only, never hidden, never a path."""
+    cleaned = _UNSAFE.sub("-", str(name)).strip(".-_")[:80]
+    return cleaned or default
+
+
+def safe_path(folder: Path, name: str, suffix: str = "") -> Path:
+    """`folder/<sanitised name><suffix>`, guaranteed to stay inside `folder` (ValueError otherwise)."""
+    folder = Path(folder).resolve()
+    path = (folder / (safe_filename(name) + suffix)).resolve()
+    if not path.is_relative_to(folder) or path == folder:
+        raise ValueError(f"export path {name!r} would leave {folder}")
+    return path
+
+
+def _md_cell(value: Any) -> str:
+    return str(value if value is not None else DASH).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(columns: list[str], rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_md_cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return lines
+
+
+def _write_pngs(figures: list[tuple[go.Figure, Path]]) -> str | None:
+    """Write PNGs with kaleido (one Chrome for all); returns why it failed, or None on success."""
+    if not figures:
+        return None
+    import plotly.io as pio
+
+    try:
+        pio.write_images([f for f, _ in figures], [p for _, p in figures], format="png", width=900, height=450)
+    except Exception as exc:  # kaleido missing, Chrome missing or crashed: fall back to HTML figures only
+        for _, path in figures:
+            path.unlink(missing_ok=True)
+        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    return None
+
+
+def export_markdown(report: Report, out_dir: str | Path, *, png: bool | None = None) -> Path:
+    """Write `out_dir/report.md` and `out_dir/figures/` (interactive HTML, plus PNG when possible).
+
+    HTML figures share one offline `figures/plotly.min.js`. PNGs need kaleido and a Chrome/Chromium;
+    `png=None` tries and notes why when it cannot, `png=True` raises instead, `png=False` skips them.
+    Returns the path of report.md.
+    """
+    import plotly.offline
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fig_dir = out / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    planned: list[tuple[Section, str, go.Figure, Path]] = []
+    used: set[str] = set()
+    for section in report.sections:
+        for key, fig in section.figures.items():
+            stem = safe_filename(f"{section.item}-{section.key}-{key}")
+            while stem in used:
+                stem += "-x"
+            used.add(stem)
+            planned.append((section, key, fig, safe_path(fig_dir, stem)))
+    if planned:
+        (fig_dir / "plotly.min.js").write_text(plotly.offline.get_plotlyjs(), encoding="utf-8")
+    for _, _, fig, stem_path in planned:
+        fig.write_html(stem_path.with_suffix(".html"), include_plotlyjs="plotly.min.js", full_html=True)
+    png_note = None
+    if png is not False:
+        png_note = _write_pngs([(fig, p.with_suffix(".png")) for _, _, fig, p in planned])
+        if png_note and png:
+            raise RuntimeError(f"PNG export failed ({png_note}); install kaleido and Chrome/Chromium")
+
+    lines = [
+        "# Caltech-101 CNN study — rebuilt from the run store",
+        "",
+        f"Generated {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(report.generated))} "
+        f"from `{report.store_home}`. Accuracies are mean ± sample standard deviation over finished runs "
+        f"(n = number of runs); '{DASH}' means no value.",
+        "",
+    ]
+    if png_note:
+        lines += [f"> PNG figures unavailable here ({png_note}); the figures are interactive HTML files.", ""]
+    lines += [f"> {n}" for n in report.notes]
+    by_section: dict[str, list[tuple[str, Path]]] = {}
+    for section, key, _, stem_path in planned:
+        by_section.setdefault(section.key, []).append((key, stem_path))
+    for section in report.sections:
+        lines += [f"## {section.item}: {section.title}", ""]
+        if section.missing:
+            lines += [f"**{section.message}**", ""]
+        if section.rows:
+            lines += _md_table(section.columns, section.rows) + [""]
+        for key, stem_path in by_section.get(section.key, []):
+            png_file = stem_path.with_suffix(".png")
+            rel = f"figures/{stem_path.name}"
+            if png_file.exists():
+                lines.append(f"![{section.item} {key}]({rel}.png)")
+            lines += [f"[{section.item} — {key} (interactive)]({rel}.html)", ""]
+        lines += [f"*{n}*" for n in section.notes] + [""]
+    md = safe_path(out, "report", ".md")
+    md.write_text("\n".join(lines), encoding="utf-8")
+    return md
+
+
+def export_zip(report: Report, *, png: bool | None = None) -> bytes:
+    """The exported bundle (report.md + figures/) as the bytes of a zip file."""
+    tmp = Path(tempfile.mkdtemp(prefix="caltech-report-"))
+    try:
+        export_markdown(report, tmp, png=png)
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+            for path in sorted(tmp.rglob("*")):
+                if path.is_file():
+                    zf.write(path, path.relative_to(tmp).as_posix())
+        return buffer.getvalue()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

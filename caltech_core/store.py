@@ -1,0 +1,509 @@
+"""The run store: one folder with a SQLite database (WAL mode) and a sub-folder per run.
+
+Layout under `home`: `runs.sqlite`, `runs/<id>/` (checkpoints, written by the engine), `cache/` (image and
+feature caches). Every write is a single transaction, so a reader in another thread or process sees a run
+either before or after a write, never half of it. Each thread gets its own connection.
+
+Timestamps are Unix seconds (float). Metrics are written as they happen, so a second reader (the
+dashboard, the CLI) sees the same curves while a run trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from caltech_core.config import TrainConfig
+
+STATUSES: tuple[str, ...] = ("queued", "running", "finished", "cancelled", "diverged", "failed", "interrupted")
+ACTIVE_STATUSES: tuple[str, ...] = ("queued", "running")
+DONE_STATUSES: tuple[str, ...] = ("finished", "cancelled", "diverged", "failed", "interrupted")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL DEFAULT '',
+    group_name TEXT NOT NULL DEFAULT '',
+    arch TEXT NOT NULL,
+    config TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    device TEXT,
+    error TEXT,
+    results TEXT,
+    best_val_acc REAL,
+    test_acc REAL,
+    checkpoint_epoch INTEGER,
+    owner_pid INTEGER,
+    owner_start TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
+CREATE INDEX IF NOT EXISTS runs_group ON runs(group_name);
+CREATE TABLE IF NOT EXISTS epochs (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    epoch INTEGER NOT NULL,
+    train_loss REAL, train_acc REAL, val_loss REAL, val_acc REAL, lr REAL, seconds REAL,
+    UNIQUE(run_id, epoch)
+);
+CREATE TABLE IF NOT EXISTS batches (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    epoch INTEGER NOT NULL,
+    batch INTEGER NOT NULL,
+    loss REAL,
+    UNIQUE(run_id, epoch, batch)
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    kind TEXT NOT NULL,
+    path TEXT NOT NULL,
+    UNIQUE(run_id, kind)
+);
+"""
+
+_EPOCH_FIELDS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+
+
+class RunNotFoundError(KeyError):
+    """No run with this id in the store."""
+
+    def __init__(self, run_id: int) -> None:
+        super().__init__(run_id)
+        self.run_id = run_id
+
+    def __str__(self) -> str:
+        return f"run {self.run_id} does not exist in this store"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One row of the runs table, with `config` parsed back to a TrainConfig and `results` to a dict."""
+
+    id: int
+    name: str
+    group: str
+    arch: str
+    config: TrainConfig
+    status: str
+    created: float
+    started: float | None
+    finished: float | None
+    device: str | None
+    error: str | None
+    results: dict[str, Any] = field(default_factory=dict)
+    best_val_acc: float | None = None
+    test_acc: float | None = None
+    checkpoint_epoch: int | None = None  # last epoch whose last.pt is on disk (as reported by the engine)
+    epochs_done: int = 0  # rows in the epochs table
+
+    @property
+    def label(self) -> str:
+        """A short human name: `#id name` (or the architecture when unnamed)."""
+        return f"#{self.id} {self.name or self.arch}"
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to finish (or to now while running)."""
+        if self.started is None:
+            return None
+        return (self.finished or time.time()) - self.started
+
+
+def default_home() -> Path:
+    """`$CALTECH_STUDIO_HOME`, else `~/.caltech_studio`."""
+    env = os.environ.get("CALTECH_STUDIO_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".caltech_studio"
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of `pid` (guards against a recycled pid); None when unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22 (starttime); the command name in field 2 may contain spaces, so split after its ')'.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _process_alive(pid: int | None, start: str | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return start is None or _process_start(pid) in (None, start)
+
+
+def _json_default(value: Any) -> Any:
+    # Results carry numpy arrays / scalars, Paths and tensors; store them as plain JSON.
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"cannot store {type(value).__name__} as JSON")
+
+
+def _clean_float(value: Any) -> float | None:
+    """SQLite has no NaN: a diverged loss is stored as NULL."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=_json_default, allow_nan=False) if value is not None else "null"
+
+
+def _sanitize(value: Any) -> Any:
+    """Replace non-finite floats (anywhere in a results dict) by None so the JSON stays standard."""
+    value = json.loads(json.dumps(value, default=_json_default))
+    return _replace_nonfinite(value)
+
+
+def _replace_nonfinite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list):
+        return [_replace_nonfinite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _replace_nonfinite(v) for k, v in value.items()}
+    return value
+
+
+class RunStore:
+    """SQLite-backed store of runs, per-epoch metrics, per-batch losses and artifacts (thread-safe)."""
+
+    def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
+        self.home = Path(home).expanduser() if home is not None else default_home()
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "runs").mkdir(exist_ok=True)
+        self.cache_dir.mkdir(exist_ok=True)
+        self.db_path = self.home / "runs.sqlite"
+        self._local = threading.local()
+        conn = self._conn()
+        with conn:
+            conn.executescript(_SCHEMA)
+
+    # -- connections ----------------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            # isolation_level=None: we open transactions explicitly (BEGIN IMMEDIATE) so every write is one.
+            conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+        return conn
+
+    def _write(self, sql: str, params: Iterable[Any] = (), *, many: bool = False) -> sqlite3.Cursor:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            cur = conn.executemany(sql, params) if many else conn.execute(sql, tuple(params))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return cur
+
+    def _transaction(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, params in statements:
+                conn.execute(sql, params)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their threads end)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def journal_mode(self) -> str:
+        """The database's journal mode ('wal')."""
+        return self._conn().execute("PRAGMA journal_mode").fetchone()[0]
+
+    # -- folders --------------------------------------------------------------------------------
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    def run_dir(self, run_id: int) -> Path:
+        """The run's folder (checkpoints); created on demand."""
+        path = self.home / "runs" / str(int(run_id))
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # -- runs -----------------------------------------------------------------------------------
+    def create_run(self, cfg: TrainConfig, *, status: str = "queued") -> int:
+        """Store a new run with its configuration; returns its id."""
+        _check_status(status)
+        pid = os.getpid()
+        cur = self._write(
+            "INSERT INTO runs (name, group_name, arch, config, status, created, owner_pid, owner_start)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (cfg.name, cfg.group, cfg.arch, json.dumps(cfg.to_dict()), status, time.time(), pid,
+             _process_start(pid)),
+        )
+        run_id = int(cur.lastrowid)
+        self.run_dir(run_id)
+        return run_id
+
+    def set_status(self, run_id: int, status: str, error: str | None = None, *, device: str | None = None) -> None:
+        """Change a run's status; 'running' stamps the start (and this process as owner), an end status the finish."""
+        _check_status(status)
+        now = time.time()
+        sets = ["status = ?", "error = ?"]
+        params: list[Any] = [status, error]
+        if status == "running":
+            pid = os.getpid()
+            sets += ["started = COALESCE(started, ?)", "finished = NULL", "owner_pid = ?", "owner_start = ?"]
+            params += [now, pid, _process_start(pid)]
+        elif status == "queued":
+            pid = os.getpid()
+            sets += ["finished = NULL", "owner_pid = ?", "owner_start = ?"]
+            params += [pid, _process_start(pid)]
+        else:
+            sets.append("finished = ?")
+            params.append(now)
+        if device is not None:
+            sets.append("device = ?")
+            params.append(device)
+        cur = self._write(f"UPDATE runs SET {', '.join(sets)} WHERE id = ?", (*params, int(run_id)))
+        if cur.rowcount == 0:
+            raise RunNotFoundError(run_id)
+
+    def set_checkpoint(self, run_id: int, epoch: int, path: str | os.PathLike[str], kind: str = "last") -> None:
+        """Record that `path` holds the checkpoint after `epoch` (one transaction with the artifact row)."""
+        statements: list[tuple[str, tuple[Any, ...]]] = [(
+            "INSERT INTO artifacts (run_id, kind, path) VALUES (?, ?, ?)"
+            " ON CONFLICT(run_id, kind) DO UPDATE SET path = excluded.path",
+            (int(run_id), kind, str(path)),
+        )]
+        if kind == "last":
+            statements.append(("UPDATE runs SET checkpoint_epoch = ? WHERE id = ?", (int(epoch), int(run_id))))
+        self._transaction(statements)
+
+    def add_artifact(self, run_id: int, kind: str, path: str | os.PathLike[str]) -> None:
+        """Record a file belonging to a run (one per kind; a new path replaces the old)."""
+        self._write(
+            "INSERT INTO artifacts (run_id, kind, path) VALUES (?, ?, ?)"
+            " ON CONFLICT(run_id, kind) DO UPDATE SET path = excluded.path",
+            (int(run_id), kind, str(path)),
+        )
+
+    def artifacts(self, run_id: int) -> dict[str, Path]:
+        """kind -> path of the run's recorded files."""
+        rows = self._conn().execute("SELECT kind, path FROM artifacts WHERE run_id = ?", (int(run_id),))
+        return {r["kind"]: Path(r["path"]) for r in rows}
+
+    def set_results(self, run_id: int, results: Mapping[str, Any]) -> None:
+        """Store the final results (JSON); `best_val_acc` / `test_acc` also go to their own columns."""
+        clean = _sanitize(dict(results))
+        cur = self._write(
+            "UPDATE runs SET results = ?, best_val_acc = ?, test_acc = ? WHERE id = ?",
+            (_dumps(clean), _clean_float(clean.get("best_val_acc")), _clean_float(clean.get("test_acc")),
+             int(run_id)),
+        )
+        if cur.rowcount == 0:
+            raise RunNotFoundError(run_id)
+
+    def get_run(self, run_id: int) -> RunRecord | None:
+        """The run, or None when there is no such id."""
+        row = self._conn().execute(_SELECT_RUN + " WHERE r.id = ?", (int(run_id),)).fetchone()
+        return _record(row) if row is not None else None
+
+    def list_runs(
+        self,
+        arch: str | None = None,
+        status: str | Iterable[str] | None = None,
+        group: str | None = None,
+        *,
+        name: str | None = None,
+        limit: int | None = None,
+        newest_first: bool = True,
+    ) -> list[RunRecord]:
+        """Runs matching every given filter (status may be one or several), newest first by default."""
+        where: list[str] = []
+        params: list[Any] = []
+        if arch is not None:
+            where.append("r.arch = ?")
+            params.append(arch)
+        if status is not None:
+            statuses = [status] if isinstance(status, str) else list(status)
+            where.append(f"r.status IN ({', '.join('?' * len(statuses))})")
+            params += statuses
+        if group is not None:
+            where.append("r.group_name = ?")
+            params.append(group)
+        if name is not None:
+            where.append("r.name = ?")
+            params.append(name)
+        sql = _SELECT_RUN
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY r.id " + ("DESC" if newest_first else "ASC")
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        return [_record(row) for row in self._conn().execute(sql, params)]
+
+    def groups(self) -> list[str]:
+        """Sweep groups that have at least one run, sorted."""
+        rows = self._conn().execute(
+            "SELECT DISTINCT group_name FROM runs WHERE group_name != '' ORDER BY group_name"
+        )
+        return [r[0] for r in rows]
+
+    def delete_run(self, run_id: int) -> None:
+        """Delete a finished run, its metrics and its folder; an active run is refused."""
+        run = self.get_run(run_id)
+        if run is None:
+            raise RunNotFoundError(run_id)
+        if run.status in ACTIVE_STATUSES:
+            raise ValueError(f"run {run_id} is {run.status}; cancel it before deleting it")
+        self._transaction([
+            ("DELETE FROM batches WHERE run_id = ?", (int(run_id),)),
+            ("DELETE FROM epochs WHERE run_id = ?", (int(run_id),)),
+            ("DELETE FROM artifacts WHERE run_id = ?", (int(run_id),)),
+            ("DELETE FROM runs WHERE id = ?", (int(run_id),)),
+        ])
+        shutil.rmtree(self.home / "runs" / str(int(run_id)), ignore_errors=True)
+
+    # -- metrics --------------------------------------------------------------------------------
+    def add_epoch(self, run_id: int, metrics: Any) -> None:
+        """Store one epoch's metrics (an EpochMetrics or a dict); a repeated epoch replaces the old row."""
+        get = metrics.get if isinstance(metrics, Mapping) else lambda k: getattr(metrics, k, None)
+        values = [_clean_float(get(k)) for k in _EPOCH_FIELDS]
+        self._write(
+            "INSERT INTO epochs (run_id, epoch, " + ", ".join(_EPOCH_FIELDS) + ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(run_id, epoch) DO UPDATE SET "
+            + ", ".join(f"{k} = excluded.{k}" for k in _EPOCH_FIELDS),
+            (int(run_id), int(get("epoch")), *values),
+        )
+
+    def add_batches(self, run_id: int, rows: Iterable[Any]) -> None:
+        """Store batch losses in one transaction; rows are (epoch, batch, loss) tuples or dicts."""
+        params = []
+        for row in rows:
+            if isinstance(row, Mapping):
+                epoch, batch, loss = row["epoch"], row["batch"], row["loss"]
+            else:
+                epoch, batch, loss = row
+            params.append((int(run_id), int(epoch), int(batch), _clean_float(loss)))
+        if params:
+            self._write(
+                "INSERT INTO batches (run_id, epoch, batch, loss) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(run_id, epoch, batch) DO UPDATE SET loss = excluded.loss",
+                params, many=True,
+            )
+
+    def epochs(self, run_id: int) -> list[dict[str, Any]]:
+        """Per-epoch metrics in epoch order."""
+        rows = self._conn().execute(
+            "SELECT epoch, " + ", ".join(_EPOCH_FIELDS) + " FROM epochs WHERE run_id = ? ORDER BY epoch",
+            (int(run_id),),
+        )
+        return [dict(r) for r in rows]
+
+    def batches(self, run_id: int) -> list[dict[str, Any]]:
+        """Per-batch training losses in order."""
+        rows = self._conn().execute(
+            "SELECT epoch, batch, loss FROM batches WHERE run_id = ? ORDER BY epoch, batch", (int(run_id),)
+        )
+        return [dict(r) for r in rows]
+
+    def truncate_after(self, run_id: int, epoch: int) -> None:
+        """Drop epoch and batch rows after `epoch` (resume restarts there; nothing lost, nothing doubled)."""
+        self._transaction([
+            ("DELETE FROM epochs WHERE run_id = ? AND epoch > ?", (int(run_id), int(epoch))),
+            ("DELETE FROM batches WHERE run_id = ? AND epoch > ?", (int(run_id), int(epoch))),
+        ])
+
+    # -- crash recovery -------------------------------------------------------------------------
+    def mark_interrupted(self, *, only_dead: bool = True) -> list[int]:
+        """Turn runs left queued/running by a process that no longer exists into 'interrupted'.
+
+        With `only_dead=False` every queued/running run is marked (a caller that knows none is alive).
+        Runs owned by a live process (e.g. a CLI training beside the dashboard) are left alone.
+        """
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            rows = conn.execute(
+                "SELECT id, owner_pid, owner_start FROM runs WHERE status IN ('queued', 'running')"
+            ).fetchall()
+            dead = [
+                r["id"] for r in rows
+                if not only_dead or not _process_alive(r["owner_pid"], r["owner_start"])
+            ]
+            now = time.time()
+            for run_id in dead:
+                conn.execute(
+                    "UPDATE runs SET status = 'interrupted', finished = ?,"
+                    " error = 'the process running it stopped unexpectedly; resume it to continue' WHERE id = ?",
+                    (now, run_id),
+                )
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return dead
+
+
+_SELECT_RUN = (
+    "SELECT r.*, (SELECT COUNT(*) FROM epochs e WHERE e.run_id = r.id) AS epochs_done FROM runs r"
+)
+
+
+def _record(row: sqlite3.Row) -> RunRecord:
+    return RunRecord(
+        id=row["id"],
+        name=row["name"],
+        group=row["group_name"],
+        arch=row["arch"],
+        config=TrainConfig.from_dict(json.loads(row["config"])),
+        status=row["status"],
+        created=row["created"],
+        started=row["started"],
+        finished=row["finished"],
+        device=row["device"],
+        error=row["error"],
+        results=(json.loads(row["results"]) if row["results"] else None) or {},
+        best_val_acc=row["best_val_acc"],
+        test_acc=row["test_acc"],
+        checkpoint_epoch=row["checkpoint_epoch"],
+        epochs_done=row["epochs_done"],
+    )
+
+
+def _check_status(status: str) -> None:
+    if status not in STATUSES:
+        raise ValueError(f"unknown status {status!r}; one of {', '.join(STATUSES)}")

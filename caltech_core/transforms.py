@@ -1,0 +1,272 @@
+"""Batched training/evaluation transforms over the uint8 image cache (torchvision transforms v2 functional ops).
+
+Per batch: crops are copied straight out of the memmapped cache into one (N, S, S, 3) uint8 host tensor
+(pinned when the device is CUDA), moved with non_blocking, viewed as NCHW (which makes it channels_last),
+then converted to float and normalised in one fused op on the device. Flips and rotation are applied per image
+to the crop in the background thread. All random
+choices of an epoch (order, crop offsets, flips, angles) are drawn up front from the caller's torch.Generator,
+so a run is reproducible whatever the background prefetch thread's timing.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+if TYPE_CHECKING:
+    from caltech_core.config import TrainConfig
+    from caltech_core.imagecache import ImageCache
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+PREFETCH = 2  # batches prepared ahead by the background thread
+
+
+def is_deterministic(cfg: TrainConfig) -> bool:
+    """True when the training transform has no randomness (no augmentations): features can be cached."""
+    return not cfg.augment
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """Every random choice of one pass, drawn up front: image order and per-image augmentation parameters."""
+
+    order: torch.Tensor  # positions into the loader's indices
+    crop_u: torch.Tensor | None  # (n, 2) uniform [0, 1): random crop offsets (y, x); None = centre crop
+    hflip: torch.Tensor  # (n,) bool
+    vflip: torch.Tensor  # (n,) bool
+    angle: torch.Tensor  # (n,) degrees
+
+
+def plan_epoch(n: int, *, train: bool, cfg: TrainConfig, generator: torch.Generator) -> EpochPlan:
+    """The random choices of one pass over `n` images (eval: fixed order, centre crop, no flips)."""
+    aug = set(cfg.augment) if train else set()
+    order = torch.randperm(n, generator=generator) if train else torch.arange(n)
+    crop_u = torch.rand(n, 2, generator=generator) if "crop" in aug else None
+    hflip = torch.rand(n, generator=generator) < 0.5 if "hflip" in aug else torch.zeros(n, dtype=torch.bool)
+    vflip = torch.rand(n, generator=generator) < 0.5 if "vflip" in aug else torch.zeros(n, dtype=torch.bool)
+    if "rotate" in aug:
+        angle = (torch.rand(n, generator=generator) * 2 - 1) * cfg.rotate_degrees
+    else:
+        angle = torch.zeros(n)
+    return EpochPlan(order, crop_u, hflip, vflip, angle)
+
+
+def crop_offset(length: int, size: int, u: float | None) -> int:
+    """Start of a `size` window in `length` pixels: u uniform in [0, 1) → RandomCrop, None → CenterCrop."""
+    room = length - size
+    if room <= 0:
+        return 0
+    if u is None:
+        return int(round(room / 2.0))  # torchvision's center_crop rounding
+    return min(int(u * (room + 1)), room)  # = torch.randint(0, room + 1) as in RandomCrop
+
+
+def crop_into(
+    image: np.ndarray, out: np.ndarray, u_y: float | None, u_x: float | None, hflip: bool = False,
+    vflip: bool = False,
+) -> None:
+    """Copy a (S, S) window of an HWC uint8 image into `out` (S, S, 3), then flip it as asked.
+
+    Images smaller than the window are zero-padded around the centre, like torchvision's crop.
+    """
+    size = out.shape[0]
+    h, w = image.shape[:2]
+    y, x = crop_offset(h, size, u_y), crop_offset(w, size, u_x)
+    patch = image[y: y + size, x: x + size]
+    if patch.shape[:2] == (size, size):
+        out[...] = patch
+    else:
+        out.fill(0)  # like torchvision's crop of a too-small image: pad with zeros around the centre
+        py, px = (size - patch.shape[0]) // 2, (size - patch.shape[1]) // 2
+        out[py: py + patch.shape[0], px: px + patch.shape[1]] = patch
+    dims = [d for d, flag in ((1, hflip), (0, vflip)) if flag]
+    if dims:
+        # torch.flip has a real kernel; numpy would copy a reversed (W, 3) axis 3 bytes at a time (~10x slower).
+        t = torch.from_numpy(out)
+        t.copy_(t.flip(dims))
+
+
+def normalization_affine(normalization: str, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, bias) per channel with (x / 255 - mean) / std == x * scale + bias, for a uint8 x."""
+    mean, std = (torch.tensor(v, dtype=torch.float32, device=device) for v in NORMALIZATION[normalization])
+    return 1.0 / (255.0 * std), -mean / std
+
+
+def normalize_batch(batch: torch.Tensor, normalization: str) -> torch.Tensor:
+    """uint8 NCHW → float32 normalised NCHW (channels_last): v2's to_dtype(scale=True) + normalize, fused.
+
+    One conversion then one in-place multiply-add (x * scale + bias) instead of to_dtype + normalize's passes.
+    """
+    scale, bias = normalization_affine(normalization, batch.device)
+    x = batch.to(torch.float32, memory_format=torch.channels_last)
+    return x.mul_(scale.view(1, 3, 1, 1)).add_(bias.view(1, 3, 1, 1))
+
+
+def rotate_into(out: np.ndarray, angle: float) -> None:
+    """Rotate one HWC uint8 crop in place about its centre (nearest, black corners: RandomRotation's defaults).
+
+    Runs v2's rotate on the PIL kernel: on the CPU that is several times faster than the tensor kernel.
+    """
+    rotated = F.rotate(Image.fromarray(out), angle, interpolation=InterpolationMode.NEAREST)
+    out[...] = np.asarray(rotated)
+
+
+class BatchLoader:
+    """Iterable of (images float NCHW normalised on `device`, labels int64 on `device`) from an ImageCache.
+
+    train=True: shuffled; random crop if "crop" in cfg.augment else centre crop; flips / rotation per image as
+    configured. train=False: fixed order, centre crop of cfg.image_size (Resize(256)+CenterCrop(224)).
+    A final training batch of a single image is dropped (BatchNorm cannot train on one sample).
+    The next batches are prepared by a background thread while the caller computes.
+    """
+
+    def __init__(
+        self, cache: ImageCache, indices: Sequence[int], labels: Sequence[int], *, batch_size: int, train: bool,
+        cfg: TrainConfig, device: torch.device | str = "cpu", generator: torch.Generator | None = None,
+    ) -> None:
+        if len(indices) != len(labels):
+            raise ValueError(f"indices ({len(indices)}) and labels ({len(labels)}) differ in length")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1 (got {batch_size})")
+        self.cache = cache
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+        self.batch_size = batch_size
+        self.train = train
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
+        self.size = cfg.image_size
+
+    def __len__(self) -> int:
+        n = len(self.indices)
+        batches = math.ceil(n / self.batch_size)
+        if self.train and n > 1 and n % self.batch_size == 1:
+            batches -= 1
+        return batches
+
+    @property
+    def num_samples(self) -> int:
+        """Images actually yielded per pass (a dropped single-image last training batch excluded)."""
+        return min(len(self.indices), len(self) * self.batch_size)
+
+    def _plan(self) -> EpochPlan:
+        return plan_epoch(len(self.indices), train=self.train, cfg=self.cfg, generator=self.generator)
+
+    def _host_iter(self, plan: EpochPlan, *, pin: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Each batch as one uint8 NHWC host tensor (pinned when `pin`) with its labels."""
+        # Plain Python lists: per-image tensor indexing would cost more than the crop itself.
+        crops = plan.crop_u.tolist() if plan.crop_u is not None else None
+        hflip, vflip, angle = plan.hflip.tolist(), plan.vflip.tolist(), plan.angle.tolist()
+        indices, s = self.indices.tolist(), self.size
+        for b in range(len(self)):
+            positions = plan.order[b * self.batch_size: (b + 1) * self.batch_size]
+            host = torch.empty((len(positions), s, s, 3), dtype=torch.uint8, pin_memory=pin)
+            rows = host.numpy()
+            for row, pos in enumerate(positions.tolist()):
+                u_y, u_x = crops[pos] if crops is not None else (None, None)
+                crop_into(self.cache[indices[pos]], rows[row], u_y, u_x, hflip[pos], vflip[pos])
+                if angle[pos] != 0.0:
+                    rotate_into(rows[row], angle[pos])
+            yield host, self.labels[positions]
+
+    def host_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One pass of (uint8 NHWC crops, labels) on the host, before the float conversion.
+
+        This is all the CPU does per batch when the device is CUDA (the conversion then runs on the GPU);
+        the same random draws as iterating the loader.
+        """
+        return self._host_iter(self._plan())
+
+    def _finish(self, host: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Host NHWC batch → normalised float NCHW (channels_last) + labels on the device."""
+        cuda = self.device.type == "cuda"
+        batch = host.to(self.device, non_blocking=cuda).permute(0, 3, 1, 2)  # NHWC memory = channels_last
+        return normalize_batch(batch, self.cfg.normalization), labels.to(self.device, non_blocking=cuda)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        plan = self._plan()  # drawn here, in the caller's thread, so the generator is never shared
+        cuda = self.device.type == "cuda"
+        # On CUDA the thread only fills pinned host tensors (device work stays on the caller's stream); on the
+        # CPU it does the whole batch so that all data preparation overlaps the model's compute.
+        results: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=PREFETCH)
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for host, labels in self._host_iter(plan, pin=cuda):
+                    item = (host, labels) if cuda else self._finish(host, labels)
+                    while not stop.is_set():
+                        try:
+                            results.put(("batch", item), timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                results.put(("done", None))
+            except BaseException as exc:  # handed to the consumer, which re-raises it
+                results.put(("error", exc))
+
+        worker = threading.Thread(target=produce, name="batch-prefetch", daemon=True)
+        worker.start()
+        try:
+            while True:
+                kind, item = results.get()
+                if kind == "done":
+                    return
+                if kind == "error":
+                    raise item
+                yield self._finish(*item) if cuda else item
+        finally:
+            stop.set()
+            while worker.is_alive():
+                try:
+                    results.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+            worker.join()
+
+
+def denormalize(x: torch.Tensor, normalization: str) -> np.ndarray:
+    """Float normalised NCHW → list-like uint8 NHWC array (what the model sees, for display)."""
+    mean, std = NORMALIZATION[normalization]
+    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    img = (x.float() * s + m).clamp(0, 1).mul(255).round().to(torch.uint8)
+    return img.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def preview_images(
+    cache: ImageCache, indices: Sequence[int], cfg: TrainConfig, n: int, *, seed: int | None = None,
+    train: bool = True,
+) -> list[np.ndarray]:
+    """Up to `n` images as the model sees them after the (training) transform, denormalised to uint8 HWC.
+
+    The first `n` of `indices` are shown in order; `seed` (default cfg.seed) fixes the augmentation draws.
+    """
+    chosen = list(indices)[: max(n, 0)]
+    if not chosen:
+        return []
+    gen = torch.Generator().manual_seed(cfg.seed if seed is None else seed)
+    plan = plan_epoch(len(chosen), train=train, cfg=cfg, generator=gen)
+    plan = replace(plan, order=torch.arange(len(chosen)))  # keep the given order; augmentation still per image
+    loader = BatchLoader(cache, chosen, [0] * len(chosen), batch_size=len(chosen), train=False, cfg=cfg)
+    host, labels = next(loader._host_iter(plan))
+    x, _ = loader._finish(host, labels)
+    return list(denormalize(x, cfg.normalization))

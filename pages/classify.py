@@ -1,0 +1,60 @@
+"""Classify: upload images, see each one's top-5 classes and a Grad-CAM heatmap of the top class."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from caltech_core import charts, inference
+from pages._shared import get_store, run_label
+
+LITE0 = "imagenet-lite0"
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=4)
+def _classifier(choice: str | int, home: str) -> inference.Classifier:
+    # `home` is part of the key: two stores may both have a run #1.
+    if choice == LITE0:
+        return inference.Classifier.imagenet_lite0()
+    return inference.Classifier.from_run(get_store(), int(choice))
+
+
+st.title("Classify images")
+store = get_store()
+finished = [r for r in store.list_runs(status="finished") if (store.run_dir(r.id) / "best.pt").is_file()]
+labels = {LITE0: "EfficientNet-Lite0 pretrained on ImageNet (1000 classes, no training needed)"}
+labels.update({r.id: f"{run_label(r)} · {len(r.results.get('classes') or [])} classes" for r in finished})
+choice = st.selectbox("Model", list(labels), format_func=labels.get)
+
+try:
+    classifier = _classifier(choice, str(store.home))
+except (inference.CheckpointError, RuntimeError, OSError) as exc:
+    st.error(f"This model cannot be loaded: {exc}")
+    st.stop()
+
+files = st.file_uploader(
+    "Images (JPEG, PNG, WebP, BMP or GIF; the first frame of an animation)",
+    type=list(inference.UPLOAD_TYPES), accept_multiple_files=True,
+)
+show_cam = st.toggle("Grad-CAM heatmap of the top class", value=True)
+if not files:
+    st.caption("Upload one or more images to see the classes the model gives them.")
+    st.stop()
+
+with st.spinner(f"Classifying {len(files)} image(s)…"):
+    outcomes = inference.classify_uploads(classifier, [(f.name, f.getvalue()) for f in files])
+
+for outcome in outcomes:
+    st.divider()
+    if outcome.error:
+        st.error(outcome.error, icon=":material/broken_image:")
+        continue
+    top_class, top_prob = outcome.predictions[0]
+    st.markdown(f"**{outcome.name}** → **{top_class}** ({top_prob:.1%})")
+    image_col, chart_col, cam_col = st.columns([1, 1.3, 1])
+    image_col.image(outcome.image, caption=f"{outcome.image.width}×{outcome.image.height}", width="stretch")
+    chart_col.plotly_chart(charts.topk_figure(outcome.predictions, title="Top-5"),
+                           key=f"top5-{outcome.name}-{id(outcome)}")
+    if show_cam:
+        heat = classifier.gradcam(outcome.image, classifier.class_index(top_class))
+        cam_col.image(inference.overlay(classifier.model_view(outcome.image), heat),
+                      caption=f"Grad-CAM: where '{top_class}' was seen", width="stretch")

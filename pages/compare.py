@@ -1,0 +1,100 @@
+"""Compare: filter runs, overlay their validation curves, tabulate and download their accuracies."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from caltech_core import charts, experiments
+from caltech_core.config import ARCH_LABELS, ARCHITECTURES, AUGMENTATIONS, TRAIN_MODES
+from caltech_core.store import STATUSES
+from pages._shared import format_seconds, get_store, results_of
+
+st.title("Compare runs")
+store = get_store()
+runs = store.list_runs()
+if not runs:
+    st.info("No runs yet. Queue one on the Train page.")
+    st.stop()
+
+# -- filters ---------------------------------------------------------------------------------------------
+c1, c2, c3, c4, c5 = st.columns(5)
+archs = c1.multiselect("Architecture", ARCHITECTURES, format_func=ARCH_LABELS.get)
+modes = c2.multiselect("Layers trained", TRAIN_MODES)
+augs = c3.multiselect("Augmentation (has all)", [*AUGMENTATIONS, "none"])
+statuses = c4.multiselect("Status", STATUSES, default=["finished"])
+groups = c5.multiselect("Group", store.groups())
+
+
+def _keep(rec) -> bool:
+    cfg = rec.config
+    if archs and cfg.arch not in archs:
+        return False
+    if modes and cfg.train not in modes:
+        return False
+    if "none" in augs and cfg.augment:
+        return False
+    if any(a not in cfg.augment for a in augs if a != "none"):
+        return False
+    if statuses and rec.status not in statuses:
+        return False
+    return not (groups and rec.group not in groups)
+
+
+shown = [r for r in runs if _keep(r)]
+if not shown:
+    st.warning("No run matches these filters.")
+    st.stop()
+
+
+def _row(rec) -> dict:
+    cfg, res = rec.config, results_of(rec)
+    return {
+        "run": rec.id, "name": rec.name, "group": rec.group, "status": rec.status,
+        "architecture": ARCH_LABELS.get(cfg.arch, cfg.arch), "pretrained": cfg.pretrained, "train": cfg.train,
+        "augment": "+".join(cfg.augment) or "none", "lr": cfg.lr, "epochs": cfg.epochs,
+        "step": cfg.step_size, "batch": cfg.batch_size, "image size": cfg.image_size,
+        "best val acc": rec.best_val_acc if rec.best_val_acc is not None else res.get("best_val_acc"),
+        "test acc": rec.test_acc if rec.test_acc is not None else res.get("test_acc"),
+        "retrain test acc": res.get("retrain_test_acc"),
+        "duration": format_seconds(rec.duration),
+    }
+
+
+table = pd.DataFrame([_row(r) for r in shown])
+percent = st.column_config.NumberColumn(format="percent")
+columns = {"best val acc": percent, "test acc": percent, "retrain test acc": percent,
+           "lr": st.column_config.NumberColumn(format="%.5f")}
+
+st.subheader("Results")
+st.dataframe(table, hide_index=True, width="stretch", column_config=columns)
+st.download_button("Download CSV", table.to_csv(index=False).encode(), file_name="caltech101-runs.csv",
+                   mime="text/csv", icon=":material/download:")
+
+# -- curves and bars ---------------------------------------------------------------------------------------
+st.subheader("Curves")
+labels = {r.id: f"#{r.id} {r.name or ARCH_LABELS.get(r.arch, r.arch)}" for r in shown}
+picked = st.multiselect("Runs to overlay", list(labels), default=list(labels)[:6], format_func=labels.get)
+metric = st.radio("Metric", ["val_acc", "val_loss", "train_acc", "train_loss"], horizontal=True,
+                  format_func=lambda m: m.replace("_", " ").replace("acc", "accuracy"))
+st.plotly_chart(charts.val_curves_figure({labels[i]: store.epochs(i) for i in picked}, metric), key="curves")
+st.plotly_chart(charts.accuracy_bar_figure([labels[r.id] for r in shown], list(table["test acc"])),
+                key="test_bars")
+
+# -- sweep groups ------------------------------------------------------------------------------------------
+shown_groups = sorted({r.group for r in shown if r.group})
+if shown_groups:
+    st.subheader("Sweep groups")
+for group in shown_groups:
+    members = table[table["group"] == group]
+    best = experiments.best_member(store, group)
+    note = ""
+    if best is not None:
+        val = f" (validation {best.best_val_acc:.1%})" if best.best_val_acc is not None else ""
+        note = f" · best: #{best.id} {best.name}{val}"
+    st.markdown(f"**{group}** · {len(members)} run(s){note}")
+    best_id = best.id if best else None
+    styled = members.style.apply(
+        lambda row, b=best_id: ["background-color: #d6f5d6" if row["run"] == b else "" for _ in row], axis=1
+    ).format({"best val acc": "{:.1%}", "test acc": "{:.1%}", "retrain test acc": "{:.1%}"}, na_rep="—")
+    st.dataframe(styled, hide_index=True, width="stretch", key=f"group-{group}")

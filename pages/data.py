@@ -1,0 +1,100 @@
+"""Data: where the dataset is, how it is split, how many images each class has, and what they look like."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from caltech_core import charts, data
+from pages._shared import data_root, default_download_dir, get_store, missing_data_message
+
+st.title("Data")
+
+root = data_root()
+if root is None:
+    st.warning(missing_data_message())
+    st.subheader("Download Caltech-101")
+    dest = st.text_input("Download into", value=str(default_download_dir()),
+                         help="The folder that will hold 101_ObjectCategories/, train.txt and test.txt.")
+    if st.button("Download dataset", icon=":material/download:"):
+        bar = st.progress(0.0, text="Connecting…")
+
+        def _progress(done: int, total: int) -> None:
+            mb = done / 1e6
+            if total:
+                bar.progress(min(done / total, 1.0), text=f"{mb:.0f} of {total / 1e6:.0f} MB")
+            else:
+                bar.progress(0.0, text=f"{mb:.0f} MB downloaded")
+
+        try:
+            with st.spinner("Downloading and unpacking…"):
+                got = data.download_dataset(Path(dest), progress=_progress)
+        except data.DatasetNotFoundError as exc:
+            bar.empty()
+            st.error(f"Download failed; this machine may be offline. {exc}")
+        else:
+            bar.progress(1.0, text="Done")
+            st.success(f"Caltech-101 is ready at {got}. Set CALTECH101_ROOT={got} if that is not the default "
+                       "folder, then reload.")
+    st.stop()
+
+st.success(f"Dataset found at `{root}`", icon=":material/check_circle:")
+
+scan_bar = st.empty()
+
+
+def _scan_progress(done: int, total: int) -> None:
+    # The first scan decodes every image once (cached per file afterwards), so it is worth a bar.
+    if total:
+        scan_bar.progress(done / total, text=f"Checking images: {done} of {total}")
+
+
+try:
+    summary = data.dataset_summary(root, cache_dir=get_store().cache_dir, progress=_scan_progress)
+except (data.DatasetNotFoundError, data.SplitError) as exc:
+    st.error(str(exc))
+    st.stop()
+scan_bar.empty()
+
+left, right = st.columns([1, 2])
+with left:
+    st.subheader("Splits")
+    splits = summary["splits"]
+    st.dataframe(
+        pd.DataFrame({"split": list(splits), "images": list(splits.values())}),
+        hide_index=True, width="stretch",
+    )
+    st.caption(f"{summary['num_classes']} classes (BACKGROUND_Google excluded); the official train list is "
+               "halved per class into train and validation, as in the study.")
+    st.metric("Images in classes", sum(summary["images_per_class"].values()))
+with right:
+    st.plotly_chart(charts.class_counts_figure(summary["images_per_class"]), key="class_counts")
+
+st.subheader("Sample images")
+col_class, col_split = st.columns([2, 1])
+classes = summary["classes"]
+default = classes.index("dalmatian") if "dalmatian" in classes else 0
+chosen = col_class.selectbox("Class", classes, index=default)
+split_name = col_split.radio("Split", ["train", "val", "test"], horizontal=True)
+splits_obj = data.load_splits(root)
+paths = data.sample_paths(splits_obj, chosen, 12, split=split_name)
+if not paths:
+    st.info(f"No {split_name} images of {chosen}.")
+for start in range(0, len(paths), 6):
+    for col, path in zip(st.columns(6), paths[start:start + 6], strict=False):
+        col.image(str(path), caption=path.name, width="stretch")
+
+st.subheader("Problem files")
+if summary["unreadable"]:
+    st.warning(f"{len(summary['unreadable'])} image(s) cannot be decoded and are left out of training.")
+    reasons = summary.get("unreadable_reasons", {})
+    st.dataframe(pd.DataFrame({"file": summary["unreadable"],
+                               "reason": [reasons.get(p, "") for p in summary["unreadable"]]}),
+                 hide_index=True, width="stretch")
+else:
+    st.caption("Every listed image decodes.")
+if summary["skipped"]:
+    st.warning(f"{len(summary['skipped'])} line(s) of the split files name missing or non-image files.")
+    st.dataframe(pd.DataFrame(summary["skipped"]), hide_index=True, width="stretch")

@@ -1,0 +1,140 @@
+"""Monitor: the queue, the running job's progress and live curves, and the results of finished runs."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from caltech_core import charts
+from caltech_core.store import ACTIVE_STATUSES
+from pages._shared import format_seconds, get_manager, get_store, results_of, run_label
+
+REFRESH_SECONDS = 2.0
+RESUMABLE = ("cancelled", "interrupted")
+
+st.title("Monitor")
+store = get_store()
+manager = get_manager()
+
+# -- the queue -------------------------------------------------------------------------------------------
+current = manager.current()
+queued = manager.queued()
+if current is None and not queued:
+    st.info("Nothing is training. Queue a run on the Train page.")
+else:
+    rows = []
+    for run_id in ([current] if current is not None else []) + queued:
+        rec = store.get_run(run_id)
+        if rec is not None:
+            rows.append({"run": run_id, "name": rec.name, "architecture": rec.arch, "status": rec.status,
+                         "epochs": rec.config.epochs})
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+runs = store.list_runs()
+if not runs:
+    st.stop()
+
+# -- which run -------------------------------------------------------------------------------------------
+ids = [r.id for r in runs]
+labels = {r.id: run_label(r) for r in runs}
+wanted = st.query_params.get("run")
+if wanted is not None and wanted.isdigit() and int(wanted) in labels:
+    default = int(wanted)
+elif current is not None and current in labels:
+    default = current
+else:
+    default = ids[0]
+run_id = st.selectbox("Run", ids, index=ids.index(default), format_func=labels.get)
+st.query_params["run"] = str(run_id)
+
+
+def _buttons(rec) -> None:
+    """Cancel for queued/running runs, resume for cancelled/interrupted ones."""
+    if rec.status in ACTIVE_STATUSES:
+        if st.button("Cancel run", key=f"cancel-{rec.id}", icon=":material/stop_circle:"):
+            manager.cancel(rec.id)
+            st.toast(f"Cancelling run #{rec.id}…")
+            st.rerun()
+    elif rec.status in RESUMABLE and st.button("Resume run", key=f"resume-{rec.id}", icon=":material/play_circle:"):
+        try:
+            manager.resume(rec.id)
+        except ValueError as exc:
+            st.error(str(exc))
+        else:
+            st.rerun()
+
+
+def _progress(rec) -> None:
+    prog = manager.progress(rec.id)
+    if prog is None:
+        return
+    done_epochs = f"epoch {min(prog.epoch + 1, prog.epochs)} of {prog.epochs}" if prog.epochs else ""
+    batch = f", batch {prog.batch} of {prog.batches}" if prog.batches else ""
+    eta = f" · ETA {format_seconds(prog.eta_seconds)}" if prog.eta_seconds is not None else ""
+    st.progress(min(max(prog.fraction, 0.0), 1.0), text=f"{prog.phase}: {done_epochs}{batch}{eta}")
+
+
+def _curves(rec) -> None:
+    epochs = store.epochs(rec.id)
+    batches = store.batches(rec.id)
+    if not epochs and not batches:
+        st.caption("No metrics yet.")
+        return
+    left, right = st.columns(2)
+    left.plotly_chart(charts.loss_figure(epochs), key="loss")
+    right.plotly_chart(charts.accuracy_figure(epochs), key="accuracy")
+    left, right = st.columns(2)
+    left.plotly_chart(charts.lr_figure(epochs), key="lr")
+    right.plotly_chart(charts.batch_loss_figure(batches), key="batch_loss")
+
+
+def _live_view() -> None:
+    rec = store.get_run(run_id)
+    st.markdown(f"**{run_label(rec)}**")
+    _progress(rec)
+    _buttons(rec)
+    if rec.error:
+        st.error(rec.error)
+    _curves(rec)
+    if rec.status not in ACTIVE_STATUSES and st.session_state.get("live_run") == rec.id:
+        # The run just ended: redraw the whole page once to show its results and stop refreshing.
+        st.session_state.pop("live_run", None)
+        st.rerun(scope="app")
+
+
+record = store.get_run(run_id)
+if record.status in ACTIVE_STATUSES:
+    st.session_state["live_run"] = record.id
+    st.fragment(run_every=REFRESH_SECONDS)(_live_view)()
+else:
+    _live_view()
+
+# -- results -------------------------------------------------------------------------------------------
+results = results_of(record)
+if record.status == "finished" or results.get("test_acc") is not None:
+    st.subheader("Results")
+    cols = st.columns(4)
+    test_acc = results.get("test_acc")
+    cols[0].metric("Test accuracy", f"{test_acc:.1%}" if test_acc is not None else "—")
+    best = results.get("best_val_acc")
+    cols[1].metric("Best validation accuracy", f"{best:.1%}" if best is not None else "—",
+                   help=f"epoch {results.get('best_epoch')}" if results.get("best_epoch") else None)
+    mean_class = results.get("mean_class_acc")
+    cols[2].metric("Mean per-class accuracy", f"{mean_class:.1%}" if mean_class is not None else "—")
+    retrain = results.get("retrain_test_acc")
+    cols[3].metric("Test after retraining on train+val", f"{retrain:.1%}" if retrain is not None else "—")
+    classes = results.get("classes") or []
+    per_class = results.get("per_class_acc")
+    if per_class:
+        st.plotly_chart(charts.per_class_accuracy_figure(per_class, classes or None), key="per_class")
+    confusion = results.get("confusion")
+    if confusion and classes and len(confusion) == len(classes):
+        normalize = st.toggle("Row-normalise the confusion matrix", value=True)
+        st.plotly_chart(charts.confusion_figure(confusion, classes, normalize=normalize), key="confusion")
+
+with st.expander("Configuration"):
+    st.code(json.dumps(record.config.to_dict(), indent=2), language="json")
+    if record.device:
+        st.caption(f"Device: {record.device} · duration {format_seconds(record.duration)}")

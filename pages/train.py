@@ -1,0 +1,234 @@
+"""Train: every hyperparameter of a run, previews of its schedule and augmentations, and the queue button."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import streamlit as st
+
+from caltech_core import charts, data, experiments
+from caltech_core.config import (
+    ARCH_LABELS,
+    ARCHITECTURES,
+    AUGMENTATION_LABELS,
+    AUGMENTATIONS,
+    DEVICES,
+    OPTIMIZERS,
+    TRAIN_MODE_LABELS,
+    TRAIN_MODES,
+    ConfigError,
+    TrainConfig,
+)
+from pages._shared import data_root, format_seconds, get_manager, get_store
+
+BASELINE = "baseline-defaults"
+# Optional counts are shown as 0 = "not set" because number inputs cannot be empty.
+OPTIONAL_INTS = ("classes", "max_per_class", "per_class_train")
+
+
+def _apply(cfg: TrainConfig) -> None:
+    """Put a config's values into the form widgets."""
+    for key, value in cfg.to_dict().items():
+        if key in OPTIONAL_INTS:
+            value = value or 0
+        elif key == "weights_path":
+            value = value or ""
+        st.session_state[f"f_{key}"] = value
+
+
+def _on_preset() -> None:
+    name = st.session_state["preset"]
+    _apply(TrainConfig() if name == BASELINE else experiments.PRESETS[name].configs[0])
+
+
+def _form_config() -> TrainConfig:
+    """The form's values as a TrainConfig (ConfigError names the field and its range)."""
+    values: dict[str, Any] = {key[2:]: value for key, value in st.session_state.items()
+                              if isinstance(key, str) and key.startswith("f_")}
+    for key in OPTIONAL_INTS:
+        values[key] = values[key] or None
+    values["weights_path"] = values["weights_path"].strip() or None
+    values["augment"] = tuple(values["augment"])
+    return TrainConfig.from_dict(values)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _seconds_per_image(arch: str, train_mode: str, image_size: int, batch: int, device: str) -> float:
+    """Time forward+backward of one small random batch (after a warm-up step): seconds per image."""
+    import torch
+
+    from caltech_core import engine, models
+
+    dev = engine.resolve_device(device)
+    model = models.build_model(arch, 10).to(dev)
+    models.apply_train_mode(model, arch, train_mode)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=1e-3)
+    x = torch.randn(batch, 3, image_size, image_size, device=dev)
+    y = torch.randint(0, 10, (batch,), device=dev)
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return min(times[1:]) / batch
+
+
+st.title("Train a network")
+if "f_arch" not in st.session_state:
+    _apply(TrainConfig())
+
+# -- presets -----------------------------------------------------------------------------------------
+preset_names = [BASELINE, *experiments.PRESETS]
+col_preset, col_queue_preset = st.columns([3, 1], vertical_alignment="bottom")
+preset = col_preset.selectbox(
+    "Start from", preset_names, key="preset", on_change=_on_preset,
+    format_func=lambda n: "Study baseline (AlexNet from scratch)" if n == BASELINE
+    else f"Preset: {experiments.PRESETS[n].title}",
+    help="Fills the form with the preset's first run; the button on the right queues all of its runs.",
+)
+if preset != BASELINE:
+    p = experiments.PRESETS[preset]
+    st.caption(f"{p.description} ({len(p.configs)} run(s), feeds {p.study_ref.item}).")
+    if col_queue_preset.button(f"Queue all {len(p.configs)} runs", key="queue_preset"):
+        ids = experiments.submit_preset(get_manager(), preset)
+        st.success(f"Queued runs {', '.join(f'#{i}' for i in ids)}.")
+
+# -- the form ----------------------------------------------------------------------------------------
+model_col, opt_col, data_col = st.columns(3)
+with model_col:
+    st.subheader("Model")
+    arch = st.selectbox("Architecture", ARCHITECTURES, key="f_arch", format_func=ARCH_LABELS.get)
+    pretrained = st.checkbox("ImageNet-pretrained weights", key="f_pretrained")
+    if pretrained:
+        from caltech_core import models
+
+        status = models.weights_status(arch)
+        (st.success if status.available else st.warning)(status.message)
+    st.selectbox("Layers trained", TRAIN_MODES, key="f_train", format_func=TRAIN_MODE_LABELS.get)
+    st.multiselect("Augmentations", AUGMENTATIONS, key="f_augment", format_func=AUGMENTATION_LABELS.get)
+    st.number_input("Rotation degrees (±)", key="f_rotate_degrees", step=5.0,
+                    help="Used when Rotation is selected; 0 to 180.")
+    st.number_input("Image size (crop, px)", key="f_image_size", step=16,
+                    help="224 as in the study; 32 to 512. The shorter side is resized to 256/224 of it first.")
+with opt_col:
+    st.subheader("Optimisation")
+    st.selectbox("Optimizer", OPTIMIZERS, key="f_optimizer")
+    st.number_input("Learning rate", key="f_lr", step=1e-4, format="%.5f", help="> 0 and <= 10")
+    st.number_input("Momentum", key="f_momentum", step=0.05, format="%.3f", help="[0, 1)")
+    st.number_input("Weight decay", key="f_weight_decay", step=1e-4, format="%.5f", help="[0, 1]")
+    st.number_input("Epochs", key="f_epochs", step=1, help="1 to 1000")
+    st.number_input("StepLR step size (epochs)", key="f_step_size", step=1, help="1 to 1000")
+    st.number_input("StepLR gamma", key="f_gamma", step=0.05, format="%.3f", help="(0, 1]")
+    st.number_input("Batch size", key="f_batch_size", step=16, help="1 to 4096")
+    st.number_input("Early stopping patience (epochs, 0 = off)", key="f_early_stopping_patience", step=1)
+with data_col:
+    st.subheader("Data and run")
+    st.number_input("Classes (first K, 0 = all 101)", key="f_classes", step=1)
+    st.number_input("Max images per class (0 = all)", key="f_max_per_class", step=1)
+    st.checkbox("Retrain on train+val, then test", key="f_retrain_on_train_val",
+                help="The study's final step: after choosing the epochs on validation, retrain on both.")
+    st.number_input("Seed", key="f_seed", step=1)
+    st.selectbox("Device", DEVICES, key="f_device",
+                 help="auto = CUDA when available, else CPU.")
+    st.text_input("Run name", key="f_name")
+    st.text_input("Group (sweep)", key="f_group")
+    with st.expander("Advanced"):
+        st.number_input("Train fraction of the official train list", key="f_train_fraction", step=0.05,
+                        format="%.2f")
+        st.number_input("Split seed", key="f_split_seed", step=1)
+        st.number_input("Training images per class (classic protocol, 0 = off)", key="f_per_class_train", step=1)
+        st.text_input("Local ImageNet weights file (optional)", key="f_weights_path")
+        st.checkbox("Frozen-backbone fast path (cache features)", key="f_fast_path")
+        st.checkbox("Mixed precision on CUDA", key="f_amp")
+
+try:
+    cfg: TrainConfig | None = _form_config()
+    problem = None
+except ConfigError as exc:
+    cfg, problem = None, exc
+
+# -- previews ------------------------------------------------------------------------------------------
+if cfg is not None:
+    sched_col, est_col = st.columns([2, 1])
+    sched_col.plotly_chart(charts.lr_schedule_figure(cfg), key="lr_preview")
+    with est_col:
+        st.subheader("Time per epoch")
+        root = data_root()
+        splits = None
+        if root is not None:
+            try:
+                splits = data.Splits.from_config(cfg, root)
+            except (data.SplitError, FileNotFoundError) as exc:
+                st.warning(str(exc))
+        if splits is not None:
+            st.caption(f"{len(splits.train)} training, {len(splits.val)} validation, {len(splits.test)} test "
+                       f"images in {splits.num_classes} classes.")
+        if st.button("Estimate on this device", key="estimate"):
+            probe = min(cfg.batch_size, 8)
+            with st.spinner("Timing one training step…"):
+                per_image = _seconds_per_image(cfg.arch, cfg.train, cfg.image_size, probe, cfg.device)
+            st.session_state["estimate"] = (cfg.arch, cfg.train, cfg.image_size, per_image)
+        est = st.session_state.get("estimate")
+        if est and est[:3] == (cfg.arch, cfg.train, cfg.image_size):
+            per_image = est[3]
+            if splits is not None:
+                # Validation is forward-only: about a third of a training step per image.
+                seconds = per_image * (len(splits.train) + len(splits.val) / 3)
+                st.metric("Estimated time per epoch", format_seconds(seconds),
+                          help="From a timed forward+backward of a small random batch; the frozen-feature "
+                               "fast path is much faster after its first epoch.")
+                st.caption(f"{math.ceil(len(splits.train) / cfg.batch_size)} batches per epoch; "
+                           f"whole run ≈ {format_seconds(seconds * cfg.epochs)}.")
+            else:
+                st.metric("Seconds per training image", f"{per_image:.4f}")
+
+    with st.expander("Augmentation preview: training images as the model sees them", expanded=bool(cfg.augment)):
+        if data_root() is None:
+            st.info("No dataset found; see the Data page.")
+        else:
+            if st.button("New random draw", key="reshuffle"):
+                st.session_state["preview_seed"] = st.session_state.get("preview_seed", 0) + 1
+            try:
+                from caltech_core import imagecache, transforms
+
+                splits = splits or data.Splits.from_config(cfg, data_root())
+                picked = splits.train[:: max(1, len(splits.train) // 6)][:6]
+                cache = imagecache.ImageCache.build([s.path for s in picked], get_store().cache_dir,
+                                                    resize_size=cfg.resize_size)
+                shown = transforms.preview_images(cache, list(range(len(cache))), cfg, 6,
+                                                  seed=st.session_state.get("preview_seed", 0))
+                for col, img, path in zip(st.columns(6), shown, cache.paths, strict=False):
+                    col.image(img, caption=f"{path.parent.name}", width="stretch")
+            except (data.SplitError, FileNotFoundError) as exc:
+                st.warning(str(exc))
+
+# -- queue ----------------------------------------------------------------------------------------------
+if problem is not None:
+    st.error(f"**{problem.field}**: {problem.message}", icon=":material/error:")
+if st.button("Queue run", type="primary", icon=":material/play_arrow:", key="queue"):
+    if cfg is None:
+        st.error(f"Not queued. Fix **{problem.field}**: {problem.message}")
+    else:
+        weights_ok = True
+        if cfg.pretrained and not cfg.weights_path:
+            from caltech_core import models
+
+            status = models.weights_status(cfg.arch)
+            weights_ok = status.available
+            if not weights_ok:
+                st.error(f"Not queued: {status.message}")
+        if weights_ok:
+            run_id = get_manager().submit(cfg)
+            st.session_state["last_queued"] = run_id
+if "last_queued" in st.session_state:
+    run_id = st.session_state["last_queued"]
+    st.success(f"Queued run #{run_id}.")
+    st.page_link("pages/monitor.py", label=f"Watch run #{run_id} in Monitor", icon=":material/monitoring:",
+                 query_params={"run": str(run_id)})

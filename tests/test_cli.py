@@ -1,0 +1,206 @@
+"""`python -m caltech_core ...` with real tiny runs: JSON outputs, exit codes and messages."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from caltech_core.cli import main
+from caltech_core.config import TrainConfig
+from caltech_core.store import RunStore
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["--arch", "resnet18", "--image-size", "64", "--batch-size", "4", "--classes", "2", "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    # Tiny batches gain nothing from intra-op threads, and on a shared 2-core machine they lose a lot.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    """main() in this process; returns (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(argv))
+        except SystemExit as exc:  # argparse usage errors
+            code = int(exc.code or 0)
+    return code, out.getvalue(), err.getvalue()
+
+
+def run_module(*argv: str) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "caltech_core", *argv], cwd=REPO, capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, mini_root: Path) -> tuple[Path, dict[str, Any]]:
+    """A store holding one real finished two-epoch run, trained through the CLI; and its JSON summary."""
+    torch.set_num_threads(1)
+    home = tmp_path_factory.mktemp("cli_store")
+    code, out, err = run_cli("train", *TINY, "--epochs", "2", "--name", "cli run", "--root", str(mini_root),
+                             "--store", str(home), "--json")
+    assert code == 0, err
+    return home, json.loads(out.strip().splitlines()[-1])
+
+
+def test_train_json_last_line(trained: tuple[Path, dict[str, Any]]) -> None:
+    home, summary = trained
+    assert summary["status"] == "finished"
+    assert summary["name"] == "cli run" and summary["arch"] == "resnet18"
+    assert [e["epoch"] for e in summary["epochs"]] == [1, 2]
+    assert 0.0 <= summary["best_val_acc"] <= 1.0 and 0.0 <= summary["test_acc"] <= 1.0
+    assert summary["config"]["image_size"] == 64 and summary["config"]["batch_size"] == 4
+    run = RunStore(home).get_run(summary["run_id"])
+    assert run.status == "finished" and run.test_acc == summary["test_acc"]
+
+
+def test_runs_lists_the_store(trained: tuple[Path, dict[str, Any]]) -> None:
+    home, summary = trained
+    code, out, _ = run_cli("runs", "--store", str(home), "--json")
+    assert code == 0
+    rows = json.loads(out)
+    assert [(r["run_id"], r["status"], r["epochs"]) for r in rows] == [(summary["run_id"], "finished", 2)]
+    code, out, _ = run_cli("runs", "--store", str(home))
+    assert code == 0 and "cli run" in out and "finished" in out
+    code, out, _ = run_cli("runs", "--store", str(home), "--group", "nothing", "--json")
+    assert json.loads(out) == []
+
+
+def test_classify_good_bad_and_missing_files(trained: tuple[Path, dict[str, Any]], mini_root: Path,
+                                             tmp_path: Path) -> None:
+    home, summary = trained
+    good = next((mini_root / "101_ObjectCategories" / "accordion").iterdir())
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("this is not an image")
+    missing = tmp_path / "missing.png"
+    code, out, err = run_cli("classify", str(bad), str(good), str(missing), "--run", str(summary["run_id"]),
+                             "--top", "2", "--store", str(home), "--json")
+    assert code == 0, err
+    results = json.loads(out)
+    assert [r["file"] for r in results] == [str(bad), str(good), str(missing)]
+    assert "error" in results[0] and "top" not in results[0]
+    top = results[1]["top"]
+    assert len(top) == 2 and {t["class"] for t in top} == {"accordion", "dalmatian"}
+    assert top[0]["prob"] >= top[1]["prob"] and sum(t["prob"] for t in top) == pytest.approx(1.0, abs=1e-4)
+    assert "error" in results[2]
+
+    code, _, err = run_cli("classify", str(good), "--run", "999", "--store", str(home), "--json")
+    assert code == 1 and "run 999 does not exist" in err
+
+
+def test_invalid_config_exits_2_naming_the_field(tmp_path: Path, mini_root: Path) -> None:
+    code, out, err = run_cli("train", "--lr", "-1", "--root", str(mini_root), "--store", str(tmp_path))
+    assert code == 2 and out == ""
+    assert "lr: must be > 0 and <= 10 (got -1.0)" in err
+    code, _, err = run_cli("train", "--epochs", "0", "--root", str(mini_root), "--store", str(tmp_path))
+    assert code == 2 and "epochs: must be a whole number from 1 to 1000" in err
+    code, _, err = run_cli("train", "--aug", "crop,zoom", "--root", str(mini_root), "--store", str(tmp_path))
+    assert code == 2 and "augment" in err and "zoom" in err
+    code, _, err = run_cli("train", "--arch", "lenet", "--store", str(tmp_path))
+    assert code == 2 and "--arch" in err
+    assert RunStore(tmp_path).list_runs() == []  # nothing was stored for a rejected configuration
+
+
+def test_missing_dataset_is_a_message_not_a_traceback(tmp_path: Path) -> None:
+    proc = run_module("data", "--root", str(tmp_path / "nowhere"), "--json")
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert "101_ObjectCategories" in proc.stderr and "Traceback" not in proc.stderr
+    code, _, err = run_cli("train", "--root", str(tmp_path / "nowhere"), "--store", str(tmp_path / "s"))
+    assert code == 1 and "Caltech-101 not found" in err
+    assert RunStore(tmp_path / "s").list_runs() == []
+
+
+def test_data_json_is_one_object(mini_root: Path) -> None:
+    proc = run_module("data", "--root", str(mini_root), "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)  # the whole of stdout is exactly one JSON object
+    assert summary["num_classes"] == 3 and summary["root"] == str(mini_root.resolve())
+    assert summary["splits"] == {"train": 12, "val": 12, "test": 12}
+    assert summary["unreadable"] == []
+
+
+def test_preset_sweep_prints_each_run_then_a_summary(tmp_path: Path, mini_root: Path) -> None:
+    code, out, err = run_cli("train", "--preset", "more-epochs", *TINY, "--epochs", "1", "--root", str(mini_root),
+                             "--store", str(tmp_path), "--json")
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.strip().splitlines()]
+    assert len(lines) == 3
+    runs, summary = lines[:2], lines[2]
+    assert [r["group"] for r in runs] == ["more-epochs"] * 2 and runs[0]["run_id"] < runs[1]["run_id"]
+    assert [r["run_id"] for r in summary["runs"]] == [r["run_id"] for r in runs]
+    best = max(runs, key=lambda r: r["best_val_acc"])
+    assert summary["run_id"] == summary["best_run_id"] == best["run_id"]
+    assert summary["status"] == "finished" and summary["preset"] == "more-epochs" and len(summary["epochs"]) == 1
+
+
+def test_resume_command(tmp_path: Path, mini_root: Path) -> None:
+    store = RunStore(tmp_path)
+    run_id = store.create_run(TrainConfig(arch="resnet18", image_size=64, batch_size=8, classes=2, epochs=1,
+                                          device="cpu"))
+    store.set_status(run_id, "cancelled")  # cancelled before any checkpoint: resume starts it over
+    code, out, err = run_cli("resume", str(run_id), "--root", str(mini_root), "--store", str(tmp_path), "--json")
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["run_id"] == run_id and result["status"] == "finished" and len(result["epochs"]) == 1
+    code, _, err = run_cli("resume", str(run_id), "--store", str(tmp_path))
+    assert code == 1 and "is finished" in err
+    code, _, err = run_cli("resume", "42", "--store", str(tmp_path))
+    assert code == 1 and "run 42 does not exist" in err
+
+
+def test_report_writes_markdown(trained: tuple[Path, dict[str, Any]], tmp_path: Path, mini_root: Path) -> None:
+    home, _ = trained
+    code, out, err = run_cli("report", "--store", str(home), "--root", str(mini_root), "--out", str(tmp_path),
+                             "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert Path(summary["markdown"]).is_file() and Path(summary["markdown"]).parent == tmp_path
+    assert summary["sections"]
+
+
+def test_ctrl_c_cancels_cleanly_and_resume_finishes(tmp_path: Path, mini_root: Path) -> None:
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "caltech_core", "train", *TINY, "--epochs", "8", "--root", str(mini_root),
+           "--store", str(tmp_path), "--json"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env=os.environ | {"OMP_NUM_THREADS": "1"})
+    store = None
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if (tmp_path / "runs.sqlite").exists():
+            store = store or RunStore(tmp_path)
+            runs = store.list_runs()
+            if runs and runs[0].epochs_done >= 1:
+                break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["status"] == "cancelled" and 1 <= len(result["epochs"]) < 8
+    run_id = result["run_id"]
+    assert store.get_run(run_id).status == "cancelled"
+
+    code, out, err = run_cli("resume", str(run_id), "--json", "--root", str(mini_root),
+                             "--store", str(tmp_path))
+    assert code == 0, err
+    assert [e["epoch"] for e in json.loads(out.strip().splitlines()[-1])["epochs"]] == list(range(1, 9))

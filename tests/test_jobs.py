@@ -1,0 +1,239 @@
+"""The job manager with real (tiny) training runs: FIFO, concurrent readers, cancel, faults, kill -9 + resume."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from caltech_core import engine
+from caltech_core.config import ConfigError, TrainConfig
+from caltech_core.jobs import JobManager, get_manager
+from caltech_core.store import RunStore
+
+REPO = Path(__file__).resolve().parent.parent
+EPOCH_FIELDS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Any:
+    # Tiny batches gain nothing from intra-op threads, and on a shared 2-core machine they lose a lot.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny(**changes: Any) -> TrainConfig:
+    """Two real classes of the mini dataset, 64 px, ResNet-18 on the CPU."""
+    base = {"arch": "resnet18", "image_size": 64, "epochs": 1, "batch_size": 8, "classes": 2, "device": "cpu"}
+    return TrainConfig(**(base | changes))
+
+
+def wait_for(condition: Any, timeout: float = 180.0, every: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(every)
+
+
+def test_two_submitters_run_in_fifo_order_while_readers_poll(tmp_path: Path, mini_root: Path) -> None:
+    store = RunStore(tmp_path)
+    manager = JobManager(store, data_root=mini_root)
+    barrier = threading.Barrier(2)
+    submitted: dict[str, int] = {}
+
+    def submit(name: str) -> None:
+        barrier.wait()  # both submit at the same moment
+        submitted[name] = manager.submit(tiny(name=name, epochs=1, batch_size=4))
+
+    submitters = [threading.Thread(target=submit, args=(name,)) for name in ("a", "b")]
+    for t in submitters:
+        t.start()
+    for t in submitters:
+        t.join()
+    first, second = sorted(submitted.values())
+
+    stop = threading.Event()
+    problems: list[str] = []
+    reads = [0]
+
+    def reader() -> None:
+        own = RunStore(tmp_path)  # a reader with its own connection, like the dashboard
+        try:
+            while not stop.is_set():
+                for run in own.list_runs():
+                    epochs = own.epochs(run.id)  # read after the run row: a "finished" run must be complete
+                    batches = own.batches(run.id)
+                    if [e["epoch"] for e in epochs] != list(range(1, len(epochs) + 1)):
+                        problems.append(f"epochs of run {run.id} not consecutive: {epochs}")
+                    if any(e[k] is None for e in epochs for k in EPOCH_FIELDS):
+                        problems.append(f"half-written epoch row in run {run.id}: {epochs}")
+                    for e in epochs:  # batch rows of an epoch land before its epoch row
+                        if len([b for b in batches if b["epoch"] == e["epoch"]]) != 2:
+                            problems.append(f"run {run.id} epoch {e['epoch']} has an epoch row but not its batches")
+                    if run.status == "finished" and (len(epochs) != 1 or run.test_acc is None):
+                        problems.append(f"run {run.id} finished without its epochs or results")
+                    reads[0] += 1
+                time.sleep(0.005)  # poll like a dashboard, not a busy loop stealing the CPU
+        except Exception as exc:
+            problems.append(f"reader raised {exc!r}")
+
+    readers = [threading.Thread(target=reader) for _ in range(3)]
+    for t in readers:
+        t.start()
+    phases: set[str] = set()
+    fractions: list[float] = []
+    while manager.current() is not None or manager.queued():
+        p = manager.progress(first)
+        if p is not None:
+            phases.add(p.phase)
+            fractions.append(p.fraction)
+            assert 0.0 <= p.fraction <= 1.0 and p.epochs == 1
+        time.sleep(0.02)
+    assert manager.wait(timeout=300)
+    stop.set()
+    for t in readers:
+        t.join()
+
+    assert problems == []
+    assert reads[0] > 10
+    a, b = store.get_run(first), store.get_run(second)
+    assert a.status == b.status == "finished"
+    assert a.started <= a.finished <= b.started  # one at a time, in submission order
+    assert [e["epoch"] for e in store.epochs(first)] == [1]
+    assert a.results["classes"] == ["accordion", "dalmatian"] and a.best_val_acc is not None
+    assert "training" in phases and max(fractions) > 0
+    assert manager.progress(first) is None
+    manager.shutdown(wait=True)
+
+
+def test_cancel_queued_and_running_then_resume(tmp_path: Path, mini_root: Path) -> None:
+    store = RunStore(tmp_path)
+    manager = JobManager(store, data_root=mini_root)
+    first = manager.submit(tiny(name="long", epochs=2, batch_size=2))
+    second = manager.submit(tiny(name="waiting"))
+    wait_for(lambda: manager.current() == first)
+    assert manager.queued() == [second]
+    assert manager.progress(second).phase == "queued"
+
+    assert manager.cancel(second)
+    assert manager.queued() == []
+    assert store.get_run(second).status == "cancelled" and store.get_run(second).started is None
+
+    # Cancel in the middle of epoch 2.
+    wait_for(lambda: (p := manager.progress(first)) is not None and p.epoch >= 1 and 1 <= p.batch < p.batches)
+    assert manager.cancel(first)
+    assert manager.wait(first, timeout=120)
+    run = store.get_run(first)
+    assert run.status == "cancelled"
+    epochs = store.epochs(first)
+    assert len(epochs) == 1
+    assert all(e[k] is not None for e in epochs for k in EPOCH_FIELDS)
+    assert manager.cancel(first) is False  # nothing to cancel any more
+
+    with pytest.raises(ValueError, match="only interrupted or cancelled"):
+        manager.resume(store.create_run(tiny()))  # a queued-in-store run is not resumable
+    manager.resume(first)
+    assert manager.wait(first, timeout=300)
+    run = store.get_run(first)
+    assert run.status == "finished", run.error
+    assert [e["epoch"] for e in store.epochs(first)] == [1, 2]
+    per_epoch = [(b["epoch"], b["batch"]) for b in store.batches(first)]
+    assert per_epoch == [(e, b) for e in (1, 2) for b in (1, 2, 3, 4)]  # 8 train images / batch 2
+    manager.shutdown(wait=True)
+
+
+def test_failures_are_recorded_and_the_queue_goes_on(
+    tmp_path: Path, mini_root: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    def runner(cfg: TrainConfig, data: Any, callbacks: Any, **kwargs: Any) -> engine.RunResult:
+        if cfg.name == "boom":
+            raise ValueError("boom in the training loop")
+        if cfg.name == "oom":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return engine.train(cfg, data, callbacks, **kwargs)
+
+    store = RunStore(tmp_path)
+    manager = JobManager(store, data_root=mini_root, runner=runner)
+    with pytest.raises(ConfigError, match="lr"):
+        manager.submit({"lr": -1.0})
+    with caplog.at_level(logging.ERROR, logger="caltech_core.jobs"):
+        boom = manager.submit(tiny(name="boom"))
+        oom = manager.submit(tiny(name="oom", batch_size=8))
+        ok = manager.submit(tiny(name="ok"))
+        assert manager.wait(timeout=300)
+
+    assert store.get_run(boom).status == "failed"
+    assert store.get_run(boom).error == "ValueError: boom in the training loop"
+    oom_run = store.get_run(oom)
+    assert oom_run.status == "failed" and "reduce the batch size" in oom_run.error and "8" in oom_run.error
+    assert store.get_run(ok).status == "finished"
+    # The full traceback goes to the log.
+    assert any(r.exc_info and "boom" in str(r.exc_info[1]) for r in caplog.records)
+    assert manager.alive
+    manager.shutdown(wait=True)
+    assert not manager.alive
+    with pytest.raises(RuntimeError, match="shut down"):
+        manager.submit(tiny())
+
+
+def test_get_manager_is_one_per_home(tmp_path: Path) -> None:
+    got: list[JobManager] = []
+    threads = [threading.Thread(target=lambda: got.append(get_manager(tmp_path / "x"))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(m) for m in got}) == 1
+    other = get_manager(tmp_path / "y")
+    assert other is not got[0] and other.store.home == (tmp_path / "y").resolve()
+    for manager in (got[0], other):
+        manager.shutdown(wait=True)
+    assert get_manager(tmp_path / "x") is not got[0]  # a shut-down manager is replaced
+    get_manager(tmp_path / "x").shutdown(wait=True)
+
+
+def test_kill_9_then_resume_loses_and_duplicates_nothing(tmp_path: Path, mini_root: Path) -> None:
+    home = tmp_path / "home"
+    cmd = [
+        sys.executable, "-m", "caltech_core", "train", "--root", str(mini_root), "--store", str(home),
+        "--arch", "resnet18", "--image-size", "64", "--epochs", "6", "--batch-size", "4", "--classes", "2",
+        "--device", "cpu", "--name", "killed",
+    ]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    with (tmp_path / "stderr.txt").open("w") as err:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, env=env)
+        try:
+            wait_for(lambda: home.joinpath("runs.sqlite").exists(), timeout=120)
+            store = RunStore(home)
+            wait_for(lambda: store.list_runs() and store.get_run(store.list_runs()[0].id).epochs_done >= 1,
+                     timeout=240)
+            assert proc.poll() is None, "the run finished before it could be killed"
+        finally:
+            proc.kill()  # SIGKILL: no clean-up of any kind
+            proc.wait()
+    run_id = store.list_runs()[0].id
+    assert store.get_run(run_id).status == "running"  # what a dead process leaves behind
+
+    manager = JobManager(store, data_root=mini_root)
+    assert manager.interrupted == [run_id]
+    assert store.get_run(run_id).status == "interrupted"
+    manager.resume(run_id)
+    assert manager.wait(run_id, timeout=300)
+    run = store.get_run(run_id)
+    assert run.status == "finished", run.error
+    assert [e["epoch"] for e in store.epochs(run_id)] == [1, 2, 3, 4, 5, 6]
+    pairs = [(b["epoch"], b["batch"]) for b in store.batches(run_id)]
+    assert pairs == [(e, b) for e in range(1, 7) for b in (1, 2)]
+    assert run.test_acc is not None
+    manager.shutdown(wait=True)

@@ -1,0 +1,176 @@
+"""Every dashboard page through Streamlit's AppTest: with and without data, form validation, queue, results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from caltech_core import jobs
+from caltech_core.config import TrainConfig
+from caltech_core.store import RunStore
+
+APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
+PAGES = ("data", "train", "monitor", "compare", "classify")
+TINY = {"f_arch": "resnet18", "f_image_size": 64, "f_classes": 2, "f_max_per_class": 4, "f_batch_size": 4,
+        "f_step_size": 1}
+
+
+def _page(page: str, **query: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params.update(query)
+    at.switch_page(f"pages/{page}.py")
+    return at.run()
+
+
+def _texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [e.value for e in at.error] + [w.value for w in at.warning]
+    parts += [s.value for s in at.success] + [i.value for i in at.info] + [c.value for c in at.caption]
+    return "\n".join(str(p) for p in parts)
+
+
+@pytest.fixture
+def with_data(mini_root: Path, studio_home: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("CALTECH101_ROOT", str(mini_root))
+    yield studio_home
+    jobs.get_manager(studio_home).shutdown(wait=True)
+
+
+@pytest.fixture(scope="module")
+def trained_home(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store holding one tiny real finished run (trained by the job manager on the mini dataset)."""
+    import os
+
+    home = tmp_path_factory.mktemp("trained")
+    old = os.environ.get("CALTECH101_ROOT")
+    os.environ["CALTECH101_ROOT"] = str(mini_root)
+    try:
+        manager = jobs.JobManager(RunStore(home))
+        run_id = manager.submit(TrainConfig(arch="resnet18", image_size=64, epochs=2, step_size=1,
+                                            batch_size=8, name="tiny", group="demo"))
+        assert manager.wait(run_id, timeout=300)
+        manager.shutdown(wait=True)
+    finally:
+        if old is None:
+            os.environ.pop("CALTECH101_ROOT")
+        else:
+            os.environ["CALTECH101_ROOT"] = old
+    assert RunStore(home).get_run(run_id).status == "finished"
+    return home
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_pages_render_with_the_dataset(page: str, with_data: Path) -> None:
+    at = _page(page)
+    assert not at.exception, at.exception
+    assert at.title[0].value
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_pages_render_without_a_dataset(page: str, studio_home: Path, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    monkeypatch.setenv("CALTECH101_ROOT", str(empty))
+    at = _page(page)
+    assert not at.exception, at.exception
+    if page == "data":
+        assert "not found" in _texts(at)
+        assert any(b.label == "Download dataset" for b in at.button)
+
+
+def test_data_page_shows_splits_and_samples(with_data: Path) -> None:
+    at = _page("data")
+    split_table = at.dataframe[0].value
+    assert dict(zip(split_table["split"], split_table["images"], strict=True)) == {"train": 12, "val": 12, "test": 12}
+    assert len(at.image) == 4  # the sample grid: the 4 training dalmatians of the mini split
+
+
+def test_train_form_refuses_an_invalid_value(with_data: Path) -> None:
+    at = _page("train")
+    at.number_input(key="f_lr").set_value(-0.5)
+    at.button(key="queue").click().run()
+    assert not at.exception
+    errors = " ".join(e.value for e in at.error)
+    assert "lr" in errors and "must be > 0 and <= 10" in errors
+    assert RunStore(with_data).list_runs() == []
+
+
+def test_a_queued_run_shows_in_monitor_and_finishes(with_data: Path) -> None:
+    at = _page("train")
+    for key, value in {**TINY, "f_epochs": 2}.items():
+        at.session_state[key] = value
+    at.button(key="queue").click().run()
+    assert not at.exception, at.exception
+    [run] = RunStore(with_data).list_runs()
+    assert f"Queued run #{run.id}" in _texts(at)
+
+    monitor = _page("monitor", run=str(run.id))
+    assert not monitor.exception, monitor.exception
+    assert monitor.selectbox[0].value == run.id
+    assert jobs.get_manager(with_data).wait(run.id, timeout=300)
+    monitor.run()
+    assert not monitor.exception, monitor.exception
+    assert RunStore(with_data).get_run(run.id).status == "finished"
+    assert any(m.label == "Test accuracy" and m.value.endswith("%") for m in monitor.metric)
+    assert len(RunStore(with_data).epochs(run.id)) == 2
+
+
+def test_cancel_button_stops_a_run(with_data: Path) -> None:
+    manager = jobs.get_manager(with_data)
+    run_id = manager.submit(TrainConfig(arch="resnet18", image_size=64, classes=2, max_per_class=4, epochs=200,
+                                        batch_size=4))
+    at = _page("monitor", run=str(run_id))
+    assert not at.exception, at.exception
+    at.button(key=f"cancel-{run_id}").click().run()
+    assert manager.wait(run_id, timeout=120)
+    assert RunStore(with_data).get_run(run_id).status == "cancelled"
+    at.run()
+    assert any(b.label == "Resume run" for b in at.button)
+
+
+def test_compare_lists_finished_runs_and_offers_csv(trained_home: Path, mini_root: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CALTECH_STUDIO_HOME", str(trained_home))
+    monkeypatch.setenv("CALTECH101_ROOT", str(mini_root))
+    at = _page("compare")
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert list(table["name"]) == ["tiny"] and 0 <= table["test acc"][0] <= 1
+    assert "demo" in _texts(at)  # the sweep group's table
+
+
+def test_classify_a_run_and_imagenet_uploads(trained_home: Path, mini_root: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CALTECH_STUDIO_HOME", str(trained_home))
+    monkeypatch.setenv("CALTECH101_ROOT", str(mini_root))
+    photo = (mini_root / "101_ObjectCategories" / "dalmatian").glob("*.jpg")
+    jpeg = next(iter(sorted(photo))).read_bytes()
+    uploads = [("dog.jpg", jpeg, "image/jpeg"), ("notes.jpg", b"just text" * 50, "image/jpeg")]
+
+    at = _page("classify")
+    assert at.selectbox[0].value == "imagenet-lite0"
+    at.file_uploader[0].set_value(uploads).run()
+    assert not at.exception, at.exception
+    assert "**dog.jpg** → **dalmatian**" in _texts(at)
+    assert any("notes.jpg" in e.value and "not an image" in e.value for e in at.error)
+
+    run_id = RunStore(trained_home).list_runs()[0].id
+    at.selectbox[0].set_value(run_id).run()
+    assert not at.exception, at.exception
+    mini_classes = ("accordion", "dalmatian", "pizza")
+    assert any(f"**dog.jpg** → **{c}**" in _texts(at) for c in mini_classes)
+
+
+def test_chart_builders_place_and_normalise_values() -> None:
+    from caltech_core import charts
+
+    rows = [{"epoch": 1, "batch": b, "loss": 1.0} for b in (1, 2, 3, 4)] + [{"epoch": 2, "batch": 1, "loss": 0.5}]
+    assert list(charts.batch_loss_figure(rows).data[0].x) == [0.25, 0.5, 0.75, 1.0, 1.25]
+    heat = charts.confusion_figure([[3, 1], [0, 0]], ["a", "b"]).data[0]
+    assert [list(r) for r in heat.z] == [[0.75, 0.25], [0, 0]]
+    bars = charts.class_counts_figure({"few": 2, "many": 9, "mid": 5}).data[0]
+    assert list(bars.x) == ["many", "mid", "few"]  # most populous first, like the study's Figure 2
+    lr = charts.lr_schedule_figure(TrainConfig(lr=0.01, epochs=4, step_size=2, gamma=0.1)).data[0]
+    assert list(lr.y) == pytest.approx([0.01, 0.01, 0.001, 0.001])

@@ -1,0 +1,172 @@
+"""The study report rebuilt from a store of tiny real runs, its export, and export-path sanitising."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from caltech_core.data import load_splits
+from caltech_core.experiments import PRESETS
+from caltech_core.jobs import JobManager
+from caltech_core.report import (
+    Report,
+    build_report,
+    export_markdown,
+    export_zip,
+    format_pct,
+    report_summary,
+    safe_filename,
+    safe_path,
+)
+from caltech_core.store import RunStore
+
+TINY = {"image_size": 64, "epochs": 1, "step_size": 1, "batch_size": 4, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def filled_store(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> RunStore:
+    """Tiny real runs: the baseline with two seeds and one augmentation member; the rest left missing."""
+    store = RunStore(tmp_path_factory.mktemp("report-store"))
+    manager = JobManager(store, data_root=mini_root)
+    try:
+        for seed in (1, 2):
+            manager.submit(PRESETS["baseline"].configs[0].replace(seed=seed, **TINY))
+        manager.submit(PRESETS["augmentation"].configs[1].replace(**TINY))  # "crop"
+        assert manager.wait(timeout=300)
+    finally:
+        manager.shutdown(wait=True)
+    assert [r.status for r in store.list_runs()] == ["finished"] * 3, [r.error for r in store.list_runs()]
+    return store
+
+
+@pytest.fixture(scope="module")
+def report(filled_store: RunStore, mini_root: Path) -> Report:
+    return build_report(filled_store, mini_root)
+
+
+def test_tables_come_from_the_runs_and_missing_experiments_say_so(
+    report: Report, filled_store: RunStore, mini_root: Path
+) -> None:
+    splits = load_splits(mini_root)
+    table1 = {r["split"]: r["images"] for r in report.section("table1").rows}
+    assert table1 == {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test), "classes": 3}
+    assert "histogram" in report.section("figure2").figures
+
+    runs = filled_store.list_runs(newest_first=False)
+    baseline = report.section("baseline")
+    assert not baseline.missing
+    (row,) = baseline.rows
+    assert row["runs"] == 2 and row["seeds"] == "1, 2"
+    vals = [r.best_val_acc for r in runs[:2]]
+    assert row["val_acc_mean"] == pytest.approx(sum(vals) / 2)
+    assert "(n=2)" in row["val_acc"] and "±" in row["val_acc"]
+    assert "differs from the study in" in row["setting"] and "image_size" in row["setting"]
+    assert set(baseline.figures) == {"val_acc", "val_loss"}  # two runs: overlaid curves
+
+    # Reduced-scale runs count only in their own preset: the LR grid's 1e-3 member is the baseline's config,
+    # but these runs differ from it (64 px, 1 epoch), so the LR grid is still missing.
+    assert report.section("lr-grid").missing
+
+    aug = report.section("augmentation")
+    aug_rows = {r["experiment"]: r for r in aug.rows}
+    assert aug_rows["crop"]["runs"] == 1 and aug_rows["none"]["runs"] == 0
+    assert aug_rows["crop"]["test_acc_mean"] == pytest.approx(runs[2].test_acc)
+    assert "test_acc" in aug.figures
+
+    for key in ("lr-grid", "more-epochs", "step-grid", "retrain", "transfer", "freezing", "architectures", "best-offline"):
+        section = report.section(key)
+        assert section.missing and section.message.startswith(f"missing — run preset {key}"), key
+        assert not section.figures
+    arch_rows = {r["experiment"]: r for r in report.section("architectures").rows}
+    assert arch_rows["resnet50"]["study"] == "95.9%" and arch_rows["vgg16"]["study"] == "—"
+    assert {r["experiment"]: r["study"] for r in report.section("freezing").rows}["conv only"] == "34.0%"
+    assert set(report.missing_presets) == {
+        "lr-grid", "more-epochs", "step-grid", "retrain", "transfer", "freezing", "architectures", "best-offline"}
+
+
+def test_summary_is_plain_json(report: Report) -> None:
+    summary = report_summary(report)
+    again = json.loads(json.dumps(summary, allow_nan=False))
+    assert [s["key"] for s in again["sections"]][:3] == ["table1", "figure2", "baseline"]
+    assert "architectures" in again["missing_presets"]
+
+
+def test_export_writes_markdown_and_linked_figures(report: Report, tmp_path: Path) -> None:
+    md = export_markdown(report, tmp_path / "out", png=False)
+    assert md == (tmp_path / "out" / "report.md").resolve()
+    text = md.read_text()
+    assert "## Table 1: Dataset split sizes" in text and "## Table 4: Architectures" in text
+    assert "missing — run preset architectures" in text
+    links = re.findall(r"\]\((figures/[^)]+)\)", text)
+    assert links and all((md.parent / link).is_file() for link in links)
+    html = (md.parent / "figures" / "Figure-2-figure2-histogram.html").read_text()
+    assert 'src="plotly.min.js"' in html  # one shared, offline copy of plotly.js
+    assert (md.parent / "figures" / "plotly.min.js").stat().st_size > 1_000_000
+
+
+def test_export_png_or_says_why(report: Report, tmp_path: Path) -> None:
+    md = export_markdown(report, tmp_path, png=None)
+    text = md.read_text()
+    htmls = sorted((tmp_path / "figures").glob("*.html"))
+    pngs = sorted((tmp_path / "figures").glob("*.png"))
+    if pngs:
+        assert len(pngs) == len(htmls)
+        assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    else:
+        assert "PNG figures unavailable here" in text
+
+
+def test_export_zip_holds_the_bundle(report: Report) -> None:
+    with zipfile.ZipFile(io.BytesIO(export_zip(report, png=False))) as zf:
+        names = zf.namelist()
+    assert "report.md" in names and "figures/plotly.min.js" in names
+    assert all(not n.startswith(("/", "..")) for n in names)
+
+
+def test_report_without_dataset_marks_table1_missing(tmp_path: Path) -> None:
+    report = build_report(RunStore(tmp_path / "home"), tmp_path / "no-dataset-here")
+    assert report.section("table1").missing and "dataset" in report.section("table1").message
+    assert report.section("baseline").missing
+    export_markdown(report, tmp_path / "out", png=False)  # an empty report still exports
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "/abs/path", "..", ".hidden", "a/b\\c", "", "ü ñ *?"])
+def test_export_names_cannot_escape_their_folder(name: str, tmp_path: Path) -> None:
+    cleaned = safe_filename(name)
+    assert cleaned and "/" not in cleaned and "\\" not in cleaned and not cleaned.startswith(".")
+    path = safe_path(tmp_path, name, ".html")
+    assert path.parent == tmp_path.resolve()
+
+
+def test_format_pct() -> None:
+    assert format_pct(None) == "—"
+    assert format_pct(0.5) == "50.0%"
+    assert format_pct(0.5, 0.012, 3) == "50.0 ± 1.2% (n=3)"
+
+
+def test_a_run_at_the_study_setting_counts_wherever_its_config_appears(tmp_path: Path) -> None:
+    """Matching by configuration: an ungrouped baseline run also fills the LR grid's 1e-3 row."""
+    store = RunStore(tmp_path / "home")
+    cfg = PRESETS["baseline"].configs[0].replace(name="my own run", group="", seed=7)
+    run_id = store.create_run(cfg)
+    store.add_epoch(run_id, {"epoch": 1, "train_loss": 4.0, "train_acc": 0.1, "val_loss": 3.9, "val_acc": 0.2,
+                             "lr": 1e-3, "seconds": 1.0})
+    store.set_results(run_id, {"best_val_acc": 0.2, "test_acc": 0.19})
+    store.set_status(run_id, "finished")
+    diverged = store.create_run(PRESETS["lr-grid"].configs[4])  # lr=0.1
+    store.set_status(diverged, "diverged", "loss became nan")
+    report = build_report(store, tmp_path / "no-dataset-here")
+    (base_row,) = report.section("baseline").rows
+    assert base_row["runs"] == 1 and base_row["setting"] == "study setting" and base_row["seeds"] == "7"
+    assert base_row["test_acc"] == "19.0%"
+    assert set(report.section("baseline").figures) == {"loss", "accuracy"}  # one run: its own curves
+    lr_rows = {r["experiment"]: r for r in report.section("lr-grid").rows}
+    assert lr_rows["lr=0.001"]["runs"] == 1
+    assert lr_rows["lr=0.1"]["runs"] == 0 and lr_rows["lr=0.1"]["statuses"] == "diverged 1"
+    assert lr_rows["lr=0.1"]["setting"] == "no finished run"
+    assert report.section("transfer").missing

@@ -1,0 +1,167 @@
+"""The SQLite run store: round trip, WAL, filters, truncation, crash recovery."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from caltech_core.config import TrainConfig
+from caltech_core.engine import EpochMetrics
+from caltech_core.store import RunNotFoundError, RunStore, default_home
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _metrics(epoch: int, val_acc: float = 0.5) -> EpochMetrics:
+    return EpochMetrics(epoch=epoch, train_loss=1.0 / epoch, train_acc=0.1 * epoch, val_loss=2.0 / epoch,
+                        val_acc=val_acc, lr=0.01, seconds=1.5)
+
+
+def test_default_home_follows_environment(studio_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert default_home() == studio_home
+    monkeypatch.delenv("CALTECH_STUDIO_HOME")
+    assert default_home() == Path.home() / ".caltech_studio"
+
+
+def test_round_trip_wal_and_layout(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "home")
+    assert (tmp_path / "home" / "runs.sqlite").is_file()
+    assert (tmp_path / "home" / "cache").is_dir()
+    assert store.journal_mode() == "wal"
+
+    cfg = TrainConfig(arch="resnet18", augment=("crop", "hflip"), lr=0.01, epochs=3, name="r18", group="g1")
+    run_id = store.create_run(cfg)
+    assert store.run_dir(run_id) == tmp_path / "home" / "runs" / str(run_id)
+    assert store.run_dir(run_id).is_dir()
+    run = store.get_run(run_id)
+    assert run is not None
+    assert run.config == cfg  # parsed back to an equal TrainConfig (tuple augment included)
+    assert (run.status, run.name, run.group, run.arch, run.started) == ("queued", "r18", "g1", "resnet18", None)
+
+    store.set_status(run_id, "running", device="cpu")
+    for epoch in (1, 2):
+        store.add_epoch(run_id, _metrics(epoch))
+    store.add_batches(run_id, [(1, 1, 2.3), (1, 2, 2.1), {"epoch": 2, "batch": 1, "loss": float("nan")}])
+    store.set_results(run_id, {
+        "best_val_acc": np.float64(0.75), "test_acc": 0.5, "confusion": np.array([[1, 0], [2, 3]]),
+        "per_class_acc": {"a": float("nan"), "b": 1.0}, "checkpoint_path": store.run_dir(run_id) / "best.pt",
+    })
+    store.set_status(run_id, "finished")
+
+    # A second store object (another connection, like another process) sees the same data.
+    other = RunStore(tmp_path / "home")
+    run = other.get_run(run_id)
+    assert run is not None
+    assert run.status == "finished" and run.device == "cpu"
+    assert run.started is not None and run.finished is not None and run.finished >= run.started
+    assert run.best_val_acc == 0.75 and run.test_acc == 0.5
+    assert run.results["confusion"] == [[1, 0], [2, 3]]
+    assert run.results["per_class_acc"] == {"a": None, "b": 1.0}  # NaN stored as null: valid JSON
+    assert run.epochs_done == 2
+    epochs = other.epochs(run_id)
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert epochs[1]["train_loss"] == pytest.approx(0.5) and epochs[1]["val_acc"] == 0.5
+    assert other.batches(run_id) == [
+        {"epoch": 1, "batch": 1, "loss": 2.3}, {"epoch": 1, "batch": 2, "loss": 2.1},
+        {"epoch": 2, "batch": 1, "loss": None},
+    ]
+    # The raw column holds standard JSON (no NaN tokens) for any other reader.
+    raw = sqlite3.connect(tmp_path / "home" / "runs.sqlite").execute(
+        "SELECT results FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
+    assert "NaN" not in raw and json.loads(raw)["best_val_acc"] == 0.75
+
+
+def test_epoch_rows_are_unique_and_truncate_after(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    run_id = store.create_run(TrainConfig(epochs=5))
+    for epoch in (1, 2, 3):
+        store.add_epoch(run_id, _metrics(epoch))
+        store.add_batches(run_id, [(epoch, b, 1.0) for b in (1, 2)])
+    store.add_epoch(run_id, _metrics(3, val_acc=0.9))  # the same epoch again replaces, never duplicates
+    assert [e["val_acc"] for e in store.epochs(run_id)] == [0.5, 0.5, 0.9]
+
+    store.truncate_after(run_id, 1)
+    assert [e["epoch"] for e in store.epochs(run_id)] == [1]
+    assert {b["epoch"] for b in store.batches(run_id)} == {1}
+    assert len(store.batches(run_id)) == 2
+
+
+def test_list_runs_filters_groups_and_delete(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    a = store.create_run(TrainConfig(arch="alexnet", group="lr-grid", name="a"))
+    b = store.create_run(TrainConfig(arch="resnet18", group="lr-grid", name="b"))
+    c = store.create_run(TrainConfig(arch="resnet18", name="c"))
+    store.set_status(b, "running")
+    store.set_status(b, "finished")
+    store.set_status(c, "failed", "boom")
+
+    assert [r.id for r in store.list_runs()] == [c, b, a]
+    assert [r.id for r in store.list_runs(newest_first=False)] == [a, b, c]
+    assert [r.id for r in store.list_runs(arch="resnet18")] == [c, b]
+    assert [r.id for r in store.list_runs(status="finished")] == [b]
+    assert [r.id for r in store.list_runs(status=("failed", "queued"))] == [c, a]
+    assert [r.id for r in store.list_runs(group="lr-grid", arch="resnet18")] == [b]
+    assert store.list_runs(limit=1)[0].id == c
+    assert store.get_run(c).error == "boom"
+    assert store.groups() == ["lr-grid"]
+    assert store.get_run(999) is None
+    with pytest.raises(RunNotFoundError):
+        store.set_status(999, "finished")
+    with pytest.raises(ValueError, match="unknown status"):
+        store.set_status(a, "done")
+
+    with pytest.raises(ValueError, match="cancel it"):
+        store.delete_run(a)  # still queued
+    store.add_epoch(b, _metrics(1))
+    store.delete_run(b)
+    assert store.get_run(b) is None and store.epochs(b) == []
+    assert not (tmp_path / "runs" / str(b)).exists()
+
+
+def test_mark_interrupted_only_touches_runs_of_dead_processes(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    mine = store.create_run(TrainConfig(name="mine"))
+    store.set_status(mine, "running")
+    # Another process creates a run, marks it running and exits without finishing it.
+    code = (
+        "import sys; from caltech_core.store import RunStore; from caltech_core.config import TrainConfig;"
+        "s = RunStore(sys.argv[1]); i = s.create_run(TrainConfig(name='orphan')); s.set_status(i, 'running');"
+        "j = s.create_run(TrainConfig(name='orphan-queued')); print(i, j)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True,
+                         cwd=REPO)
+    orphan, orphan_queued = map(int, out.stdout.split())
+
+    assert sorted(store.mark_interrupted()) == [orphan, orphan_queued]
+    assert store.get_run(mine).status == "running"  # this process is alive: its run is left alone
+    orphan_run = store.get_run(orphan)
+    assert orphan_run.status == "interrupted" and "resume" in orphan_run.error
+    assert store.mark_interrupted() == []
+    assert store.mark_interrupted(only_dead=False) == [mine]
+
+
+def test_checkpoint_and_artifacts(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    run_id = store.create_run(TrainConfig())
+    last = store.run_dir(run_id) / "last.pt"
+    store.set_checkpoint(run_id, 2, last)
+    store.add_artifact(run_id, "best", store.run_dir(run_id) / "best.pt")
+    store.set_checkpoint(run_id, 3, last)
+    assert store.get_run(run_id).checkpoint_epoch == 3
+    assert store.artifacts(run_id) == {"last": last, "best": store.run_dir(run_id) / "best.pt"}
+
+
+def test_nonfinite_epoch_values_are_stored_as_null(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    run_id = store.create_run(TrainConfig())
+    store.add_epoch(run_id, {"epoch": 1, "train_loss": math.inf, "train_acc": 0.1, "val_loss": None,
+                             "val_acc": None, "lr": 0.1, "seconds": 1.0})
+    row = store.epochs(run_id)[0]
+    assert row["train_loss"] is None and row["val_loss"] is None and row["train_acc"] == 0.1
