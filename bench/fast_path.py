@@ -27,10 +27,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from caltech_core import engine  # noqa: E402
-from caltech_core.config import TrainConfig  # noqa: E402
-from caltech_core.data import load_splits  # noqa: E402
-from caltech_core.imagecache import ImageCache  # noqa: E402
+from caltech_core import engine
+from caltech_core.config import TrainConfig
+from caltech_core.data import load_splits
+from caltech_core.imagecache import ImageCache
 
 
 def machine() -> str:

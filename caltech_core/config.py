@@ -131,8 +131,13 @@ class TrainConfig:
     # -- derived values ---------------------------------------------------------------------
     @property
     def normalization(self) -> str:
-        """'imagenet' for pretrained weights, 'half' ((0.5, 0.5, 0.5)) from scratch, as in the study."""
-        return "imagenet" if self.pretrained else "half"
+        """'imagenet' for pretrained weights, 'half' ((0.5, 0.5, 0.5)) from scratch, as in the study.
+
+        EfficientNet-Lite0's TF ImageNet weights were trained on inputs scaled to [-1, 1], which is 'half'.
+        """
+        if self.pretrained and self.arch != "efficientnet_lite0":
+            return "imagenet"
+        return "half"
 
     @property
     def resize_size(self) -> int:

@@ -281,7 +281,7 @@ def _build_presets() -> dict[str, Preset]:
 # by bench/best_offline.py (docs/benchmarks.md has the numbers).
 BEST_OFFLINE_HEAD = TrainConfig(
     arch="efficientnet_lite0", pretrained=True, train="fc", fast_path=True, augment=(),
-    optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, epochs=30, step_size=20, batch_size=256,
+    optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=0.0, epochs=60, step_size=40, batch_size=64,
     retrain_on_train_val=True,
 )
 

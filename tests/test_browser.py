@@ -165,7 +165,7 @@ def test_queue_watch_and_cancel_runs(server, page) -> None:
     assert store.get_run(run_id).status == "finished"
     page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .scatterlayer .trace .points path').length"
                            f" > {first}", timeout=30_000)
-    page.get_by_text("Test accuracy").wait_for()
+    page.get_by_text("Test accuracy", exact=True).wait_for()
     _settle(page)
     _shot(page, "monitor", docs=True)
 

@@ -1,0 +1,133 @@
+"""Training throughput on real cached data (our BatchLoader) vs the ceiling (synthetic input already on device).
+
+For each architecture: images/second of full training steps (forward, backward, SGD step; AMP bf16/fp16 and
+channels_last on CUDA, fp32 on the CPU, exactly as engine.train) fed by BatchLoader over the decoded-image
+cache with the study's augmentation, and the same steps on one synthetic batch that never leaves the device.
+ratio = real / synthetic: near 1 means the input pipeline keeps the device busy.
+
+    .venv/bin/python bench/gpu_throughput.py --archs resnet18,efficientnet_lite0 --iters 5 --image-size 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from caltech_core.config import ARCHITECTURES, TrainConfig
+from caltech_core.data import load_splits
+from caltech_core.engine import resolve_device
+from caltech_core.evaluation import autocast_for
+from caltech_core.imagecache import ImageCache
+from caltech_core.models import build_model
+from caltech_core.transforms import BatchLoader
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA)"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU: {cpu}, {os.cpu_count()} cores visible, {torch.get_num_threads()} torch threads"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(cfg: TrainConfig, batches, num_classes: int, device: torch.device, warmup: int, iters: int) -> float:
+    """Images per second of `iters` training steps on `batches` after `warmup` untimed steps."""
+    torch.manual_seed(0)
+    model = build_model(cfg.arch, num_classes).to(
+        device, memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    )
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
+    criterion = torch.nn.CrossEntropyLoss()
+    seen, started = 0, 0.0
+    for step, (x, y) in enumerate(itertools.islice(batches, warmup + iters)):
+        if step == warmup:
+            _sync(device)
+            started, seen = time.perf_counter(), 0
+        with autocast_for(device, cfg.amp):
+            loss = criterion(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        seen += len(y)
+    _sync(device)
+    return seen / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default=None, help="Caltech-101 root (default: $CALTECH101_ROOT)")
+    parser.add_argument("--archs", default=",".join(ARCHITECTURES))
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--augment", default="crop,hflip", help="training augmentations of the real loader")
+    parser.add_argument("--cache-dir", default=None, help="image cache folder (default: a temporary one)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    device = resolve_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    data = load_splits(args.root)
+    cache_dir = Path(args.cache_dir) if args.cache_dir else Path(tempfile.mkdtemp(prefix="throughput-"))
+    # Enough training images for warmup + iters batches without reshuffling mid-measurement.
+    needed = (args.warmup + args.iters) * args.batch_size
+    samples = (data.train * (needed // max(len(data.train), 1) + 1))[:needed]
+    print(f"device: {device_name(device)}")
+    print(f"batch {args.batch_size}, image {args.image_size}, {args.warmup} warm-up + {args.iters} timed steps, "
+          f"real data augmented with {args.augment or 'nothing'}")
+    t = time.perf_counter()
+    unique = list(dict.fromkeys(s.path for s in samples))
+    cfg0 = TrainConfig(image_size=args.image_size, augment=args.augment)
+    cache = ImageCache.build(unique, cache_dir, resize_size=cfg0.resize_size)
+    print(f"image cache for {len(unique)} images: {time.perf_counter() - t:.1f} s (not timed below)\n")
+
+    print("| architecture | real data (img/s) | synthetic on device (img/s) | real / synthetic |")
+    print("|---|---|---|---|")
+    for arch in [a.strip() for a in args.archs.split(",") if a.strip()]:
+        cfg = cfg0.replace(arch=arch, batch_size=args.batch_size, device=device.type)
+        loader = BatchLoader(
+            cache, [cache.index_of(s.path) for s in samples], [s.label for s in samples],
+            batch_size=args.batch_size, train=True, cfg=cfg, device=device,
+            generator=torch.Generator().manual_seed(0),
+        )
+        real = measure(cfg, iter(loader), data.num_classes, device, args.warmup, args.iters)
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=gen).to(device)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, data.num_classes, (args.batch_size,), generator=gen).to(device)
+        synthetic = measure(cfg, itertools.repeat((x, y)), data.num_classes, device, args.warmup, args.iters)
+        print(f"| {arch} | {real:.1f} | {synthetic:.1f} | {real / synthetic:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
