@@ -30,6 +30,8 @@ from torchvision.datasets.folder import default_loader
 # Run from anywhere: put the repository root on the path before importing caltech_core.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from machine import cpu_model
+
 from caltech_core import data
 from caltech_core.config import TrainConfig
 from caltech_core.imagecache import ImageCache
@@ -49,16 +51,6 @@ class StudyDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         s = self.samples[i]
         return self.transform(default_loader(str(s.path))), s.label
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass  # not Linux: fall back to platform's description
-    return platform.processor() or platform.machine()
 
 
 def time_epoch(batches) -> tuple[float, int]:

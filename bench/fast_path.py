@@ -15,8 +15,6 @@ The decoded-image cache is built first and timed separately, so no run pays for 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -27,23 +25,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from machine import describe
+
 from caltech_core import engine
 from caltech_core.config import TrainConfig
 from caltech_core.data import load_splits
 from caltech_core.imagecache import ImageCache
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} with "
-            f"{torch.get_num_threads()} threads, device cpu")
 
 
 def main() -> None:
@@ -69,7 +56,7 @@ def main() -> None:
     data = load_splits(args.root, classes=args.classes, max_per_class=args.max_per_class)
     work = Path(tempfile.mkdtemp(prefix="fastpath-"))
     cache_dir = Path(args.cache_dir) if args.cache_dir else work / "cache"
-    print(f"machine: {machine()}")
+    print(f"machine: {describe()}")
     print(f"config: {args.arch} ({'ImageNet' if args.pretrained else 'random-init'} backbone), train=fc, "
           f"{args.epochs} epochs, batch {args.batch_size}, image {args.image_size}, {len(data.classes)} classes, "
           f"train/val/test = {len(data.train)}/{len(data.val)}/{len(data.test)}")

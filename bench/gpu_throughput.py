@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -23,6 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from machine import describe
+
 from caltech_core.config import ARCHITECTURES, TrainConfig
 from caltech_core.data import load_splits
 from caltech_core.engine import resolve_device
@@ -30,20 +30,6 @@ from caltech_core.evaluation import autocast_for
 from caltech_core.imagecache import ImageCache
 from caltech_core.models import build_model
 from caltech_core.transforms import BatchLoader
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA)"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU: {cpu}, {os.cpu_count()} cores visible, {torch.get_num_threads()} torch threads"
 
 
 def _sync(device: torch.device) -> None:
@@ -101,7 +87,7 @@ def main() -> None:
     # Enough training images for warmup + iters batches without reshuffling mid-measurement.
     needed = (args.warmup + args.iters) * args.batch_size
     samples = (data.train * (needed // max(len(data.train), 1) + 1))[:needed]
-    print(f"device: {device_name(device)}")
+    print(f"device: {describe(device)}")
     print(f"batch {args.batch_size}, image {args.image_size}, {args.warmup} warm-up + {args.iters} timed steps, "
           f"real data augmented with {args.augment or 'nothing'}")
     t = time.perf_counter()

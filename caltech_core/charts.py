@@ -48,25 +48,24 @@ def lr_schedule_figure(cfg: TrainConfig) -> go.Figure:
     return fig
 
 
+def _train_val_figure(epochs: Sequence[Mapping[str, Any]], metric: str, title: str, y_title: str) -> go.Figure:
+    """`train_<metric>` and `val_<metric>` per epoch on one chart."""
+    fig = _figure(title, "epoch", y_title)
+    x = _column(epochs, "epoch")
+    for split, name, color in (("train", "train", TRAIN_COLOR), ("val", "validation", VAL_COLOR)):
+        fig.add_scatter(x=x, y=_column(epochs, f"{split}_{metric}"), mode="lines+markers", name=name,
+                        line_color=color)
+    return fig
+
+
 def loss_figure(epochs: Sequence[Mapping[str, Any]]) -> go.Figure:
     """Train and validation loss per epoch."""
-    fig = _figure("Loss", "epoch", "cross-entropy")
-    x = _column(epochs, "epoch")
-    fig.add_scatter(x=x, y=_column(epochs, "train_loss"), mode="lines+markers", name="train",
-                    line_color=TRAIN_COLOR)
-    fig.add_scatter(x=x, y=_column(epochs, "val_loss"), mode="lines+markers", name="validation",
-                    line_color=VAL_COLOR)
-    return fig
+    return _train_val_figure(epochs, "loss", "Loss", "cross-entropy")
 
 
 def accuracy_figure(epochs: Sequence[Mapping[str, Any]]) -> go.Figure:
     """Train and validation accuracy per epoch (0-1 shown as percent)."""
-    fig = _figure("Accuracy", "epoch", "accuracy")
-    x = _column(epochs, "epoch")
-    fig.add_scatter(x=x, y=_column(epochs, "train_acc"), mode="lines+markers", name="train",
-                    line_color=TRAIN_COLOR)
-    fig.add_scatter(x=x, y=_column(epochs, "val_acc"), mode="lines+markers", name="validation",
-                    line_color=VAL_COLOR)
+    fig = _train_val_figure(epochs, "acc", "Accuracy", "accuracy")
     fig.update_yaxes(tickformat=".0%", rangemode="tozero")
     return fig
 

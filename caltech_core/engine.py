@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import gc
 import math
-import os
 import random
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from caltech_core.checkpoints import save_atomic
 from caltech_core.config import TrainConfig
 from caltech_core.data import Sample, Splits
 from caltech_core.evaluation import Evaluation, autocast_for, evaluate
@@ -231,12 +230,12 @@ def _train(
         # best.pt: best validation accuracy so far; without validation images, simply the last epoch.
         if val is None or best_val_acc is None or val.acc > best_val_acc:
             best_val_acc, best_epoch = (val.acc if val else None), epoch
-            _atomic_save(
+            save_atomic(
                 {"model": model.state_dict(), "classes": list(data.classes), "config": cfg.to_dict(),
                  "epoch": epoch},
                 workdir / "best.pt",
             )
-        _atomic_save(
+        save_atomic(
             {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
              "rng": _rng_state(loader_gen), "metrics": [m.to_dict() for m in history],
@@ -356,15 +355,3 @@ def _set_rng_state(state: dict[str, Any], loader_gen: torch.Generator) -> None:
     random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def _atomic_save(obj: dict[str, Any], path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: never a half-written checkpoint."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

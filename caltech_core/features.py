@@ -19,7 +19,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from caltech_core.checkpoints import save_atomic
 from caltech_core.config import TrainConfig
 from caltech_core.evaluation import autocast_for
 from caltech_core.imagecache import ImageCache
@@ -61,17 +61,6 @@ def feature_key(cfg: TrainConfig, backbone: nn.Module, paths: Sequence[Path]) ->
         "files": files,
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def _atomic_save(obj: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @torch.no_grad()
@@ -109,7 +98,7 @@ def cached_features(
     features = torch.cat(chunks) if chunks else torch.zeros(0, 0, device=device)
     # Stored by sorted path so that any order of the same images reuses the file.
     ranks = sorted(range(len(cache)), key=lambda i: str(cache.paths[i]))
-    _atomic_save(
+    save_atomic(
         {"paths": [str(cache.paths[i]) for i in ranks], "features": features[torch.tensor(ranks)].cpu()}, path
     )
     return features

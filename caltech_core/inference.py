@@ -37,14 +37,20 @@ class CheckpointError(RuntimeError):
 
 
 # -- uploads ------------------------------------------------------------------------------------------
-def open_upload(data: bytes, name: str) -> Image.Image:
+def open_upload(data: bytes, name: str, *, max_bytes: int | None = None) -> Image.Image:
     """Decode an uploaded file into an RGB image (first frame); raise ImageError saying what is wrong.
 
+    A file larger than `max_bytes` (the dashboard passes its upload limit) is refused before decoding.
     Pillow's pixel limit (`Image.MAX_IMAGE_PIXELS`) is enforced from the header, before any pixel
     is decoded, so a tiny file declaring a gigantic image costs nothing.
     """
     if not data:
         raise ImageError(f"{name}: the file is empty.")
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ImageError(
+            f"{name}: the file is {_megabytes(len(data))}, more than the {_megabytes(max_bytes)} upload limit; "
+            "scale the image down or save it with more compression, then upload it again."
+        )
     limit = Image.MAX_IMAGE_PIXELS
     try:
         image = Image.open(io.BytesIO(data))
@@ -69,6 +75,11 @@ def open_upload(data: bytes, name: str) -> Image.Image:
         return _to_rgb(image)
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         raise ImageError(f"{name}: the image data is damaged or truncated ({exc}).") from exc
+
+
+def _megabytes(size: int) -> str:
+    """'20 MB', '20.5 MB', '0.001 MB' in the units Streamlit's server.maxUploadSize uses (MiB)."""
+    return f"{size / 2**20:.3g} MB"
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -226,12 +237,14 @@ class Outcome:
     error: str | None = None
 
 
-def classify_uploads(classifier: Classifier, uploads: list[tuple[str, bytes]], top: int = 5) -> list[Outcome]:
-    """Decode and classify every (name, bytes) upload; a bad file gets its message, the others still classify."""
+def classify_uploads(classifier: Classifier, uploads: list[tuple[str, bytes]], top: int = 5, *,
+                     max_bytes: int | None = None) -> list[Outcome]:
+    """Decode and classify every (name, bytes) upload; a bad or oversized file gets its message, the others
+    still classify."""
     outcomes = []
     for name, data in uploads:
         try:
-            outcomes.append(Outcome(name, image=open_upload(data, name)))
+            outcomes.append(Outcome(name, image=open_upload(data, name, max_bytes=max_bytes)))
         except ImageError as exc:
             outcomes.append(Outcome(name, error=str(exc)))
     good = [o for o in outcomes if o.image is not None]

@@ -214,6 +214,15 @@ def _results_dict(result: Any, classes: list[str]) -> dict[str, Any]:
     return out
 
 
+def skipped_files(splits: Any, cfg: TrainConfig, cache_dir: Path) -> list[dict[str, str]]:
+    """Files a run left out, as {"path", "reason"} rows: split-file lines naming missing or non-image files,
+    empty class folders, and listed images that cannot be decoded (read from the image cache's index)."""
+    from caltech_core.imagecache import ImageCache
+
+    unreadable = ImageCache.build(splits.all_paths(), cache_dir, resize_size=cfg.resize_size).unreadable
+    return [s.to_dict() for s in (*splits.skipped, *unreadable)]
+
+
 def _device_name(cfg: TrainConfig) -> str | None:
     try:
         from caltech_core import engine
@@ -270,7 +279,15 @@ def run_job(
         error = getattr(result, "error", None)
         if status == "failed" and error and "out of memory" in error.lower() and "batch size" not in error:
             error = f"{oom_message(cfg)} ({error})"
-        store.set_results(run_id, _results_dict(result, splits.classes))
+        results = _results_dict(result, splits.classes)
+        if status == "finished" or getattr(result, "epochs", None):
+            # The engine trained on what was readable; say what it left out (the image cache remembers
+            # unreadable files, so this only stats them).
+            try:
+                results["skipped"] = skipped_files(splits, cfg, store.cache_dir)
+            except OSError as exc:  # a finished run must not turn "failed" over this list
+                log.warning("run %s: could not list skipped files: %s", run_id, exc)
+        store.set_results(run_id, results)
         store.set_status(run_id, status, error)
     except Exception as exc:
         log.exception("run %s failed", run_id)

@@ -6,7 +6,9 @@ Not a page itself (the leading underscore keeps it out of navigation). Resources
 
 from __future__ import annotations
 
+import logging
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,8 @@ import streamlit as st
 
 from caltech_core import data, store
 from caltech_core.config import ARCH_LABELS, TrainConfig
+
+log = logging.getLogger(__name__)
 
 FINISHED = "finished"
 ACTIVE = ("queued", "running")
@@ -55,14 +59,36 @@ def _manager(home: str) -> Any:
     return jobs.get_manager(Path(home))
 
 
+def store_problem(home: Path, exc: BaseException) -> str:
+    """What to tell the user when the store cannot be opened; names the file and what to do."""
+    db = home / "runs.sqlite"
+    if isinstance(exc, sqlite3.DatabaseError):
+        return (f"The run store `{db}` cannot be read ({exc}). Nothing was changed or deleted. Restore it from "
+                "a backup, or move it aside (e.g. rename it to runs.sqlite.bad) to start an empty store, or set "
+                "CALTECH_STUDIO_HOME to another folder; then reload this page.")
+    return (f"The studio home `{home}` cannot be used ({exc}). Make it a writable folder, or set "
+            "CALTECH_STUDIO_HOME to another folder; then reload this page.")
+
+
+def _open_or_stop(opener: Any, what: str) -> Any:
+    """Call `opener(home)`; on a broken store show why (full trace to the server log) and stop the page."""
+    home = studio_home()
+    try:
+        return opener(str(home))
+    except (sqlite3.DatabaseError, OSError) as exc:
+        log.exception("cannot open the %s of %s", what, home)
+        st.error(store_problem(home, exc), icon=":material/database:")
+        st.stop()
+
+
 def get_store() -> store.RunStore:
-    """The run store of this studio home, shared by all sessions."""
-    return _store(str(studio_home()))
+    """The run store of this studio home, shared by all sessions (a broken store stops the page with advice)."""
+    return _open_or_stop(_store, "run store")
 
 
 def get_manager() -> Any:
     """The process-wide job manager (one training at a time, shared by all sessions)."""
-    return _manager(str(studio_home()))
+    return _open_or_stop(_manager, "job manager")
 
 
 def data_root() -> Path | None:
@@ -85,6 +111,28 @@ def missing_data_message() -> str:
 def default_download_dir() -> Path:
     """Where the download button puts the dataset: $CALTECH101_ROOT if set, else ./data/caltech101."""
     return Path(os.environ.get("CALTECH101_ROOT") or Path("data") / "caltech101")
+
+
+def download_folders() -> list[Path]:
+    """The folders the Data page may download into: ./data, the studio home and $CALTECH101_ROOT (if set)."""
+    folders = [Path("data"), studio_home()]
+    if os.environ.get("CALTECH101_ROOT"):
+        folders.append(Path(os.environ["CALTECH101_ROOT"]))
+    return [f.expanduser().resolve() for f in folders]
+
+
+def confined_download_dir(text: str) -> Path:
+    """The typed download folder, resolved (symlinks and '..' included); ValueError saying where it may go
+    when it lies outside every folder of `download_folders()`."""
+    allowed = download_folders()
+    places = ", ".join(f"`{f}`" for f in allowed)
+    if not text.strip():
+        raise ValueError(f"Type the folder to download into; it must be inside {places}.")
+    dest = Path(text.strip()).expanduser().resolve()
+    if not any(dest.is_relative_to(folder) for folder in allowed):
+        raise ValueError(f"Not downloaded: `{dest}` is outside the folders the studio may write to ({places}). "
+                         "Choose a folder inside one of them, e.g. data/caltech101.")
+    return dest
 
 
 def run_config(record: Any) -> TrainConfig | None:

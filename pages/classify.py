@@ -40,8 +40,10 @@ if not files:
     st.caption("Upload one or more images to see the classes the model gives them.")
     st.stop()
 
+# The browser already refuses files over server.maxUploadSize; checking again here covers any other client.
+max_bytes = int(st.get_option("server.maxUploadSize")) * 2**20
 with st.spinner(f"Classifying {len(files)} image(s)…"):
-    outcomes = inference.classify_uploads(classifier, [(f.name, f.getvalue()) for f in files])
+    outcomes = inference.classify_uploads(classifier, [(f.name, f.getvalue()) for f in files], max_bytes=max_bytes)
 
 for outcome in outcomes:
     st.divider()

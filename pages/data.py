@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import streamlit as st
 
 from caltech_core import charts, data
-from pages._shared import data_root, default_download_dir, get_store, missing_data_message
+from pages._shared import (
+    confined_download_dir,
+    data_root,
+    default_download_dir,
+    get_store,
+    missing_data_message,
+)
 
 st.title("Data")
 
@@ -19,6 +23,11 @@ if root is None:
     dest = st.text_input("Download into", value=str(default_download_dir()),
                          help="The folder that will hold 101_ObjectCategories/, train.txt and test.txt.")
     if st.button("Download dataset", icon=":material/download:"):
+        try:
+            target = confined_download_dir(dest)
+        except ValueError as exc:
+            st.error(str(exc))
+            st.stop()
         bar = st.progress(0.0, text="Connecting…")
 
         def _progress(done: int, total: int) -> None:
@@ -30,7 +39,7 @@ if root is None:
 
         try:
             with st.spinner("Downloading and unpacking…"):
-                got = data.download_dataset(Path(dest), progress=_progress)
+                got = data.download_dataset(target, progress=_progress)
         except data.DatasetNotFoundError as exc:
             bar.empty()
             st.error(f"Download failed; this machine may be offline. {exc}")

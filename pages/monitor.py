@@ -134,6 +134,13 @@ if record.status == "finished" or results.get("test_acc") is not None:
         normalize = st.toggle("Row-normalise the confusion matrix", value=True)
         st.plotly_chart(charts.confusion_figure(confusion, classes, normalize=normalize), key="confusion")
 
+skipped = results.get("skipped") or []
+if skipped:
+    st.warning(f"{len(skipped)} file(s) were left out of this run (missing, not images, or unreadable); "
+               "it trained on the rest.", icon=":material/warning:")
+    with st.expander("Files left out"):
+        st.dataframe(pd.DataFrame(skipped, columns=["path", "reason"]), hide_index=True, width="stretch")
+
 with st.expander("Configuration"):
     st.code(json.dumps(record.config.to_dict(), indent=2), language="json")
     if record.device:
