@@ -1,4 +1,5 @@
-"""The dashboard in a real Chromium: classify uploads, queue and watch a run, cancel one; screenshots of every page."""
+"""The dashboard in a real Chromium: classify uploads, queue and watch a run, cancel one; screenshots of every page;
+an oversized upload, a server killed mid-run, a broken store."""
 
 from __future__ import annotations
 
@@ -6,15 +7,18 @@ import os
 import re
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from caltech_core.config import TrainConfig
 from caltech_core.store import RunStore
 
 pytestmark = pytest.mark.browser
@@ -33,38 +37,51 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """`streamlit run streamlit_app.py` on a free port with the mini dataset and an empty store."""
-    home = tmp_path_factory.mktemp("browser_home")
+def _start_server(root: Path, home: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
+    """`streamlit run streamlit_app.py` on a free port; returns the process and its URL once it is healthy."""
     port = _free_port()
-    env = {**os.environ, "CALTECH101_ROOT": str(mini_root), "CALTECH_STUDIO_HOME": str(home)}
-    log = (tmp_path_factory.mktemp("logs") / "streamlit.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
+    # One torch thread: tiny batches gain nothing from more, and on a shared 2-core machine they lose a lot.
+    env = {**os.environ, "CALTECH101_ROOT": str(root), "CALTECH_STUDIO_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    with log_path.open("a") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
+             "--server.address", "127.0.0.1", "--server.headless", "true"],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.read().strip() == b"ok":
-                    break
-        except OSError:
-            pass
+    while not _healthy(url):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            pytest.fail(f"streamlit did not start (see {log.name})")
+            pytest.fail(f"streamlit did not start (see {log_path})")
         time.sleep(0.5)
-    yield url, home
+    return proc, url
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+            return response.read().strip() == b"ok"
+    except OSError:
+        return False
+
+
+def _stop_server(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
-    log.close()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """`streamlit run streamlit_app.py` on a free port with the mini dataset and an empty store."""
+    home = tmp_path_factory.mktemp("browser_home")
+    proc, url = _start_server(mini_root, home, tmp_path_factory.mktemp("logs") / "streamlit.log")
+    yield url, home
+    _stop_server(proc)
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +110,12 @@ def _settle(page) -> None:
 
 
 def _shot(page, name: str, docs: bool = False) -> None:
+    """Screenshot into test-output/; README's copies in docs/ are refreshed only when asked
+    (UPDATE_DOC_SCREENSHOTS=1), so a test run never changes tracked files."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     path = SHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
-    if docs:
+    if docs and os.environ.get("UPDATE_DOC_SCREENSHOTS") == "1":
         DOC_SHOTS.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, DOC_SHOTS / f"{name}.png")
 
@@ -188,3 +207,101 @@ def test_queue_watch_and_cancel_runs(server, page) -> None:
         page.goto(f"{url}/report")
         _settle(page)
         _shot(page, "report")
+
+
+def test_upload_over_the_limit_is_refused_and_the_server_stays_up(server, page, mini_root: Path,
+                                                                   tmp_path: Path) -> None:
+    url, _ = server
+    limit_mb = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())["server"]["maxUploadSize"]
+    dog = sorted((mini_root / "101_ObjectCategories" / "dalmatian").glob("*.jpg"))[0]
+    huge = tmp_path / "huge.jpg"
+    data = dog.read_bytes()
+    huge.write_bytes(data + b"\0" * (limit_mb * 2**20 + 1 - len(data)))  # a valid JPEG, just too big
+    page.goto(f"{url}/classify")
+    _settle(page)
+    page.locator("input[type='file']").set_input_files([str(huge), str(dog)])
+    page.get_by_text(re.compile(r"image_0001\.jpg → dalmatian")).wait_for(timeout=120_000)
+    page.get_by_text(re.compile(r"File must be .*MB or smaller")).wait_for()
+    _settle(page)
+    assert "huge.jpg →" not in page.inner_text("body")
+    assert _healthy(url)
+
+
+def test_killing_the_server_mid_run_leaves_a_resumable_interrupted_run(
+    browser, mini_root: Path, tmp_path: Path,
+) -> None:
+    home, log = tmp_path / "home", tmp_path / "streamlit.log"
+    epochs = 12
+    proc, url = _start_server(mini_root, home, log)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        run_id = _queue(page, url, epochs=epochs)
+        store = RunStore(home)
+        deadline = time.monotonic() + 300
+        while store.get_run(run_id).epochs_done < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None
+        proc.kill()  # SIGKILL: no shutdown hook, no clean-up of any kind
+        proc.wait()
+        killed = store.get_run(run_id)
+        assert killed.status == "running", f"the run was {killed.status} before the server was killed"
+        assert 2 <= killed.epochs_done < epochs
+
+        proc, url = _start_server(mini_root, home, log)
+        page.goto(f"{url}/monitor?run={run_id}")
+        _settle(page)
+        page.get_by_text(re.compile(rf"#{run_id} ResNet-18.*\(interrupted\)")).first.wait_for()
+        assert store.get_run(run_id).status == "interrupted"
+        page.get_by_role("button", name=re.compile("Resume run")).click()
+        deadline = time.monotonic() + 300
+        while store.get_run(run_id).status in ("interrupted", "queued", "running") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        run = store.get_run(run_id)
+        assert run.status == "finished", run.error
+        assert [e["epoch"] for e in store.epochs(run_id)] == list(range(1, epochs + 1))
+        batches = [(b["epoch"], b["batch"]) for b in store.batches(run_id)]
+        assert len(batches) == len(set(batches)) and {e for e, _ in batches} == set(range(1, epochs + 1))
+        page.get_by_text("Test accuracy", exact=True).wait_for()
+    finally:
+        context.close()
+        _stop_server(proc)
+
+
+def test_broken_store_and_unexpected_errors_show_no_traceback(browser, mini_root: Path, tmp_path: Path) -> None:
+    home, log = tmp_path / "home", tmp_path / "streamlit.log"
+    home.mkdir()
+    db = home / "runs.sqlite"
+    garbage = b"this is not an SQLite database " * 64
+    db.write_bytes(garbage)
+    proc, url = _start_server(mini_root, home, log)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        # Bad input: a corrupt store file. The page says which file and what to do; the file is untouched.
+        page.goto(f"{url}/monitor")
+        _settle(page)
+        page.get_by_text(re.compile("cannot be read")).wait_for()
+        body = page.inner_text("body")
+        assert str(db) in body and "Nothing was changed or deleted" in body and "Traceback" not in body
+        assert db.read_bytes() == garbage
+        first_log = log.read_text()
+        assert "file is not a database" in first_log and "Traceback" in first_log  # the full trace, for the admin
+        # The user follows the advice: moves the file aside. A run row with a mangled config is an error no
+        # page expects; Streamlit shows its redacted notice, the trace goes only to the server log.
+        db.rename(home / "runs.sqlite.bad")
+        store = RunStore(home)
+        run_id = store.create_run(TrainConfig(arch="resnet18", name="mangled"))
+        with sqlite3.connect(db) as conn:
+            conn.execute("UPDATE runs SET config = '{not json' WHERE id = ?", (run_id,))
+        page.goto(f"{url}/monitor")
+        _settle(page)
+        page.get_by_text(re.compile("This app has encountered an error")).wait_for()
+        body = page.inner_text("body")
+        assert "Traceback" not in body and "JSONDecodeError" not in body and "not json" not in body
+    finally:
+        context.close()
+        _stop_server(proc)
+    assert "JSONDecodeError" in log.read_text()[len(first_log):]
