@@ -28,6 +28,14 @@ def _column(rows: Sequence[Mapping[str, Any]], key: str) -> list[Any]:
     return [row.get(key) for row in rows]
 
 
+def _whole_epochs(fig: go.Figure) -> go.Figure:
+    """Tick every whole epoch on short runs (Plotly would otherwise label half epochs)."""
+    xs = [x for trace in fig.data for x in (trace.x or ()) if x is not None]
+    if xs and max(xs) <= 15:
+        fig.update_xaxes(tick0=1, dtick=1)
+    return fig
+
+
 def class_counts_figure(images_per_class: Mapping[str, int]) -> go.Figure:
     """Images per class, most populous first (the study's Figure 2)."""
     ordered = sorted(images_per_class.items(), key=lambda item: (-item[1], item[0]))
@@ -45,7 +53,7 @@ def lr_schedule_figure(cfg: TrainConfig) -> go.Figure:
     fig.add_scatter(x=epochs, y=[cfg.lr_at(e - 1) for e in epochs], mode="lines+markers",
                     line_shape="hv", line_color=TRAIN_COLOR, name="lr")
     fig.update_yaxes(type="log", exponentformat="e")
-    return fig
+    return _whole_epochs(fig)
 
 
 def _train_val_figure(epochs: Sequence[Mapping[str, Any]], metric: str, title: str, y_title: str) -> go.Figure:
@@ -55,7 +63,7 @@ def _train_val_figure(epochs: Sequence[Mapping[str, Any]], metric: str, title: s
     for split, name, color in (("train", "train", TRAIN_COLOR), ("val", "validation", VAL_COLOR)):
         fig.add_scatter(x=x, y=_column(epochs, f"{split}_{metric}"), mode="lines+markers", name=name,
                         line_color=color)
-    return fig
+    return _whole_epochs(fig)
 
 
 def loss_figure(epochs: Sequence[Mapping[str, Any]]) -> go.Figure:
@@ -76,7 +84,7 @@ def lr_figure(epochs: Sequence[Mapping[str, Any]]) -> go.Figure:
     fig.add_scatter(x=_column(epochs, "epoch"), y=_column(epochs, "lr"), mode="lines+markers",
                     line_shape="hv", line_color=TRAIN_COLOR, name="lr")
     fig.update_yaxes(type="log", exponentformat="e")
-    return fig
+    return _whole_epochs(fig)
 
 
 def batch_loss_figure(batches: Sequence[Mapping[str, Any]]) -> go.Figure:
@@ -90,7 +98,7 @@ def batch_loss_figure(batches: Sequence[Mapping[str, Any]]) -> go.Figure:
     x = [row["epoch"] - 1 + row["batch"] / max(full, per_epoch[row["epoch"]]) for row in batches]
     fig = _figure("Per-batch training loss", "epoch", "loss", height=260)
     fig.add_scatter(x=x, y=_column(batches, "loss"), mode="lines", line_color=TRAIN_COLOR, name="batch loss")
-    return fig
+    return _whole_epochs(fig)
 
 
 def val_curves_figure(curves: Mapping[str, Sequence[Mapping[str, Any]]], metric: str = "val_acc") -> go.Figure:
@@ -102,7 +110,7 @@ def val_curves_figure(curves: Mapping[str, Sequence[Mapping[str, Any]]], metric:
         fig.add_scatter(x=_column(rows, "epoch"), y=_column(rows, metric), mode="lines+markers", name=label)
     if metric.endswith("_acc"):
         fig.update_yaxes(tickformat=".0%")
-    return fig
+    return _whole_epochs(fig)
 
 
 def accuracy_bar_figure(labels: Sequence[str], values: Sequence[float | None],

@@ -97,6 +97,26 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def seconds_per_training_image(arch: str, train_mode: str, image_size: int, batch: int, device: str) -> float:
+    """Time a forward+backward+SGD step on one small random batch (best of two after a warm-up): s/image."""
+    dev = resolve_device(device)
+    model = build_model(arch, 10).to(dev)
+    apply_train_mode(model, arch, train_mode)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    x = torch.randn(batch, 3, image_size, image_size, device=dev)
+    y = torch.randint(0, 10, (batch,), device=dev)
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return min(times[1:]) / batch
+
+
 def train(
     cfg: TrainConfig, data: Splits, callbacks: Callbacks | None = None, *, workdir: Path, cache_dir: Path,
     resume: bool = False,

@@ -159,9 +159,11 @@ def results_of(record: Any) -> dict[str, Any]:
 
 
 def format_seconds(seconds: float | None) -> str:
-    """'1 h 02 min', '3 min 05 s', '12 s'; '—' when unknown."""
+    """'1 h 02 min', '3 min 05 s', '12 s', '0.4 s'; '—' when unknown."""
     if seconds is None:
         return "—"
+    if seconds < 9.95:
+        return f"{seconds:.1f} s" if seconds >= 0.05 else "< 0.1 s"
     s = int(round(seconds))
     if s >= 3600:
         return f"{s // 3600} h {s % 3600 // 60:02d} min"

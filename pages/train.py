@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import streamlit as st
@@ -56,33 +55,19 @@ def _form_config() -> TrainConfig:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _seconds_per_image(arch: str, train_mode: str, image_size: int, batch: int, device: str) -> float:
-    """Time forward+backward of one small random batch (after a warm-up step): seconds per image."""
-    import torch
+    from caltech_core import engine
 
-    from caltech_core import engine, models
-
-    dev = engine.resolve_device(device)
-    model = models.build_model(arch, 10).to(dev)
-    models.apply_train_mode(model, arch, train_mode)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=1e-3)
-    x = torch.randn(batch, 3, image_size, image_size, device=dev)
-    y = torch.randint(0, 10, (batch,), device=dev)
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return min(times[1:]) / batch
+    return engine.seconds_per_training_image(arch, train_mode, image_size, batch, device)
 
 
 st.title("Train a network")
 if "f_arch" not in st.session_state:
-    _apply(TrainConfig())
+    # Streamlit forgets a widget's value once its page is left: bring back the form as the user left it.
+    saved = st.session_state.get("train_form")
+    if saved:
+        st.session_state.update(saved)
+    else:
+        _apply(TrainConfig())
 
 # -- presets -----------------------------------------------------------------------------------------
 preset_names = [BASELINE, *experiments.PRESETS]
@@ -147,6 +132,8 @@ with data_col:
         st.text_input("Local ImageNet weights file (optional)", key="f_weights_path")
         st.checkbox("Frozen-backbone fast path (cache features)", key="f_fast_path")
         st.checkbox("Mixed precision on CUDA", key="f_amp")
+st.session_state["train_form"] = {key: value for key, value in st.session_state.items()
+                                  if isinstance(key, str) and key.startswith("f_")}
 
 try:
     cfg: TrainConfig | None = _form_config()
@@ -174,8 +161,8 @@ if cfg is not None:
             probe = min(cfg.batch_size, 8)
             with st.spinner("Timing one training step…"):
                 per_image = _seconds_per_image(cfg.arch, cfg.train, cfg.image_size, probe, cfg.device)
-            st.session_state["estimate"] = (cfg.arch, cfg.train, cfg.image_size, per_image)
-        est = st.session_state.get("estimate")
+            st.session_state["epoch_estimate"] = (cfg.arch, cfg.train, cfg.image_size, per_image)
+        est = st.session_state.get("epoch_estimate")
         if est and est[:3] == (cfg.arch, cfg.train, cfg.image_size):
             per_image = est[3]
             if splits is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,36 @@ def test_train_form_refuses_an_invalid_value(with_data: Path) -> None:
     errors = " ".join(e.value for e in at.error)
     assert "lr" in errors and "must be > 0 and <= 10" in errors
     assert RunStore(with_data).list_runs() == []
+
+
+def test_train_form_survives_visiting_another_page(with_data: Path) -> None:
+    at = _page("train")
+    at.number_input(key="f_lr").set_value(0.0123)
+    at.selectbox(key="f_arch").set_value("resnet18")
+    at.run()
+    at.switch_page("pages/monitor.py").run()
+    # In a browser Streamlit drops the state of widgets that a run did not draw; AppTest keeps it, so drop
+    # it here as the server does.
+    for name in TrainConfig().to_dict():
+        del at.session_state[f"f_{name}"]
+    at.switch_page("pages/train.py").run()
+    assert not at.exception
+    assert at.number_input(key="f_lr").value == 0.0123  # the page brought the form back
+    assert at.selectbox(key="f_arch").value == "resnet18"
+
+
+def test_time_per_epoch_estimate_on_this_device(with_data: Path) -> None:
+    at = _page("train")
+    for key, value in TINY.items():
+        (at.selectbox if key == "f_arch" else at.number_input)(key=key).set_value(value)
+    at.run()
+    at.button(key="estimate").click().run()
+    assert not at.exception
+    estimate = [m for m in at.metric if m.label == "Estimated time per epoch"]
+    assert estimate, [m.label for m in at.metric]
+    # A tiny subset takes well under a second per epoch: shown as such, never as "0 s".
+    assert re.fullmatch(r"(< 0\.1|\d+\.\d) s", estimate[0].value), estimate[0].value
+    assert "batches per epoch" in _texts(at)
 
 
 def test_a_queued_run_shows_in_monitor_and_finishes(with_data: Path) -> None:
