@@ -26,6 +26,8 @@ import numpy as np
 from PIL import Image
 from sklearn.model_selection import StratifiedShuffleSplit
 
+from caltech_core.store import default_home
+
 if TYPE_CHECKING:
     from caltech_core.config import TrainConfig
 
@@ -364,9 +366,8 @@ def _workers() -> int:
 
 
 def default_cache_dir() -> Path:
-    """`<studio home>/cache` (same home rule as store.default_home: $CALTECH_STUDIO_HOME or ~/.caltech_studio)."""
-    home = os.environ.get("CALTECH_STUDIO_HOME", "").strip()
-    return (Path(home).expanduser() if home else Path.home() / ".caltech_studio") / "cache"
+    """`<studio home>/cache`: the cache folder of the run store's home."""
+    return default_home() / "cache"
 
 
 def scan_unreadable(

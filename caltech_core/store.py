@@ -122,7 +122,7 @@ class RunRecord:
 
 def default_home() -> Path:
     """`$CALTECH_STUDIO_HOME`, else `~/.caltech_studio`."""
-    env = os.environ.get("CALTECH_STUDIO_HOME")
+    env = os.environ.get("CALTECH_STUDIO_HOME", "").strip()
     return Path(env).expanduser() if env else Path.home() / ".caltech_studio"
 
 

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -103,6 +104,26 @@ def test_classify_good_bad_and_missing_files(trained: tuple[Path, dict[str, Any]
 
     code, _, err = run_cli("classify", str(good), "--run", "999", "--store", str(home), "--json")
     assert code == 1 and "run 999 does not exist" in err
+
+
+def test_a_copied_store_folder_opens_elsewhere(trained: tuple[Path, dict[str, Any]], mini_root: Path,
+                                              tmp_path: Path) -> None:
+    """A store trained headless (say on a GPU machine) is a folder: copied elsewhere it lists and classifies."""
+    home, summary = trained
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(home, moved)
+    original = home.rename(home.with_name(home.name + "-away"))  # nothing may still point at the old folder
+    try:
+        code, out, err = run_cli("runs", "--store", str(moved), "--json")
+        assert code == 0, err
+        assert [r["run_id"] for r in json.loads(out)] == [summary["run_id"]]
+        image = next((mini_root / "101_ObjectCategories" / "dalmatian").iterdir())
+        code, out, err = run_cli("classify", str(image), "--run", str(summary["run_id"]), "--store", str(moved),
+                                 "--json")
+        assert code == 0, err
+        assert len(json.loads(out)[0]["top"]) == 2
+    finally:
+        original.rename(home)
 
 
 def test_invalid_config_exits_2_naming_the_field(tmp_path: Path, mini_root: Path) -> None:
