@@ -95,12 +95,13 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     from caltech_core import data
 
+    root = data.resolve_root(args.root)  # a missing dataset is reported before any progress bar is drawn
     with tqdm(desc="checking images", unit="img", file=sys.stderr, leave=False, mininterval=0.5) as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)  # update() honours mininterval; refresh() would redraw per image
 
-        summary = data.dataset_summary(args.root, progress=progress)
+        summary = data.dataset_summary(root, progress=progress)
     if args.json:
         _print_json(summary)
         return 0
