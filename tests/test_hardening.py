@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from apptest_pages import open_page, page_texts
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 from torch import nn
@@ -23,21 +24,7 @@ from caltech_core.inference import Classifier, ImageError, classify_uploads, ope
 from caltech_core.store import RunStore
 
 REPO = Path(__file__).resolve().parent.parent
-APP = str(REPO / "streamlit_app.py")
 REAL_CLASSES = ("accordion", "dalmatian")
-
-
-def _page(page: str, **query: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.query_params.update(query)
-    at.switch_page(f"pages/{page}.py")
-    return at.run()
-
-
-def _texts(at: AppTest) -> str:
-    parts = [m.value for m in at.markdown] + [e.value for e in at.error] + [w.value for w in at.warning]
-    parts += [s.value for s in at.success] + [i.value for i in at.info] + [c.value for c in at.caption]
-    return "\n".join(str(p) for p in parts)
 
 
 def _jpeg(seed: int = 0, size: int = 48) -> bytes:
@@ -81,12 +68,12 @@ def test_classify_page_refuses_a_file_over_the_configured_limit(with_data: Path,
     limit_mb = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())["server"]["maxUploadSize"]
     dog = sorted((mini_root / "101_ObjectCategories" / "dalmatian").glob("*.jpg"))[0].read_bytes()
     huge = _padded(_jpeg(3), limit_mb * 2**20 + 1)
-    at = _page("classify")
+    at = open_page("classify")
     at.file_uploader[0].set_value([("huge.jpg", huge, "image/jpeg"), ("dog.jpg", dog, "image/jpeg")]).run()
     assert not at.exception, at.exception
     errors = [e.value for e in at.error]
     assert any("huge.jpg" in e and f"more than the {limit_mb} MB upload limit" in e for e in errors), errors
-    assert "**dog.jpg** → **dalmatian**" in _texts(at)  # the other file still classifies
+    assert "**dog.jpg** → **dalmatian**" in page_texts(at)  # the other file still classifies
 
 
 # -- configuration errors: the same words in the CLI and the UI ---------------------------------------------
@@ -103,7 +90,7 @@ def test_cli_and_train_page_give_the_same_message_for_a_bad_value(
         code = cli_main(["train", flag, str(value), "--root", str(mini_root), "--store", str(tmp_path / "cli")])
     assert code == 2 and expected in err.getvalue()
 
-    at = _page("train")
+    at = open_page("train")
     at.number_input(key=f"f_{field}").set_value(value)
     at.button(key="queue").click().run()
     assert not at.exception, at.exception
@@ -151,7 +138,7 @@ def test_training_skips_bad_files_and_the_monitor_lists_them(
     assert "unreadable" in skipped["image_9001.jpg"]
     assert skipped["image_9002.jpg"] == "train.txt: listed but missing"
 
-    at = _page("monitor", run=str(run_id))
+    at = open_page("monitor", run=str(run_id))
     assert not at.exception, at.exception
     assert any("2 file(s) were left out" in w.value for w in at.warning)
     table = at.dataframe[-1].value
@@ -162,7 +149,7 @@ def test_training_skips_bad_files_and_the_monitor_lists_them(
 def test_two_sessions_queue_at_the_same_moment_and_run_in_order(with_data: Path) -> None:
     tiny = {"f_arch": "resnet18", "f_image_size": 64, "f_classes": 2, "f_max_per_class": 4, "f_batch_size": 4,
             "f_epochs": 1, "f_device": "cpu"}
-    sessions = [_page("train"), _page("train")]
+    sessions = [open_page("train"), open_page("train")]
     for i, at in enumerate(sessions):
         for key, value in {**tiny, "f_name": f"session {i}"}.items():
             at.session_state[key] = value
@@ -185,7 +172,7 @@ def test_two_sessions_queue_at_the_same_moment_and_run_in_order(with_data: Path)
     queued = [at.session_state["last_queued"] for at in sessions]
     for at, run_id in zip(sessions, queued, strict=True):
         assert not at.exception, at.exception
-        assert f"Queued run #{run_id}" in _texts(at)
+        assert f"Queued run #{run_id}" in page_texts(at)
     assert len(set(queued)) == 2
 
     assert jobs.get_manager(with_data).wait(timeout=300)
@@ -226,7 +213,7 @@ def test_data_page_refuses_a_download_folder_outside_and_downloads_nothing(
     empty.mkdir()
     monkeypatch.setenv("CALTECH101_ROOT", str(empty))
     escape = tmp_path / "escape" / "caltech101"
-    at = _page("data")
+    at = open_page("data")
     at.text_input[0].set_value(str(empty / ".." / "escape" / "caltech101"))
     at.button[0].click().run()
     assert not at.exception, at.exception
@@ -251,9 +238,9 @@ def test_a_corrupt_store_is_explained_and_left_untouched(
     db = studio_home / "runs.sqlite"
     garbage = b"this is not an SQLite database " * 64
     db.write_bytes(garbage)
-    at = _page(page)
+    at = open_page(page)
     assert not at.exception, at.exception
     message = " ".join(e.value for e in at.error)
     assert str(db) in message and "cannot be read" in message and "Nothing was changed or deleted" in message
-    assert "Traceback" not in _texts(at)
+    assert "Traceback" not in page_texts(at)
     assert db.read_bytes() == garbage

@@ -6,29 +6,15 @@ import re
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
+from apptest_pages import open_page, page_texts
 
 from caltech_core import jobs
 from caltech_core.config import TrainConfig
 from caltech_core.store import RunStore
 
-APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 PAGES = ("data", "train", "monitor", "compare", "classify")
 TINY = {"f_arch": "resnet18", "f_image_size": 64, "f_classes": 2, "f_max_per_class": 4, "f_batch_size": 4,
         "f_step_size": 1}
-
-
-def _page(page: str, **query: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.query_params.update(query)
-    at.switch_page(f"pages/{page}.py")
-    return at.run()
-
-
-def _texts(at: AppTest) -> str:
-    parts = [m.value for m in at.markdown] + [e.value for e in at.error] + [w.value for w in at.warning]
-    parts += [s.value for s in at.success] + [i.value for i in at.info] + [c.value for c in at.caption]
-    return "\n".join(str(p) for p in parts)
 
 
 @pytest.fixture
@@ -63,7 +49,7 @@ def trained_home(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 @pytest.mark.parametrize("page", PAGES)
 def test_pages_render_with_the_dataset(page: str, with_data: Path) -> None:
-    at = _page(page)
+    at = open_page(page)
     assert not at.exception, at.exception
     assert at.title[0].value
 
@@ -74,22 +60,22 @@ def test_pages_render_without_a_dataset(page: str, studio_home: Path, tmp_path: 
     empty = tmp_path / "nothing"
     empty.mkdir()
     monkeypatch.setenv("CALTECH101_ROOT", str(empty))
-    at = _page(page)
+    at = open_page(page)
     assert not at.exception, at.exception
     if page == "data":
-        assert "not found" in _texts(at)
+        assert "not found" in page_texts(at)
         assert any(b.label == "Download dataset" for b in at.button)
 
 
 def test_data_page_shows_splits_and_samples(with_data: Path) -> None:
-    at = _page("data")
+    at = open_page("data")
     split_table = at.dataframe[0].value
     assert dict(zip(split_table["split"], split_table["images"], strict=True)) == {"train": 12, "val": 12, "test": 12}
     assert len(at.image) == 4  # the sample grid: the 4 training dalmatians of the mini split
 
 
 def test_train_form_refuses_an_invalid_value(with_data: Path) -> None:
-    at = _page("train")
+    at = open_page("train")
     at.number_input(key="f_lr").set_value(-0.5)
     at.button(key="queue").click().run()
     assert not at.exception
@@ -99,7 +85,7 @@ def test_train_form_refuses_an_invalid_value(with_data: Path) -> None:
 
 
 def test_train_form_survives_visiting_another_page(with_data: Path) -> None:
-    at = _page("train")
+    at = open_page("train")
     at.number_input(key="f_lr").set_value(0.0123)
     at.selectbox(key="f_arch").set_value("resnet18")
     at.run()
@@ -115,7 +101,7 @@ def test_train_form_survives_visiting_another_page(with_data: Path) -> None:
 
 
 def test_time_per_epoch_estimate_on_this_device(with_data: Path) -> None:
-    at = _page("train")
+    at = open_page("train")
     for key, value in TINY.items():
         (at.selectbox if key == "f_arch" else at.number_input)(key=key).set_value(value)
     at.run()
@@ -125,19 +111,19 @@ def test_time_per_epoch_estimate_on_this_device(with_data: Path) -> None:
     assert estimate, [m.label for m in at.metric]
     # A tiny subset takes well under a second per epoch: shown as such, never as "0 s".
     assert re.fullmatch(r"(< 0\.1|\d+\.\d) s", estimate[0].value), estimate[0].value
-    assert "batches per epoch" in _texts(at)
+    assert "batches per epoch" in page_texts(at)
 
 
 def test_a_queued_run_shows_in_monitor_and_finishes(with_data: Path) -> None:
-    at = _page("train")
+    at = open_page("train")
     for key, value in {**TINY, "f_epochs": 2}.items():
         at.session_state[key] = value
     at.button(key="queue").click().run()
     assert not at.exception, at.exception
     [run] = RunStore(with_data).list_runs()
-    assert f"Queued run #{run.id}" in _texts(at)
+    assert f"Queued run #{run.id}" in page_texts(at)
 
-    monitor = _page("monitor", run=str(run.id))
+    monitor = open_page("monitor", run=str(run.id))
     assert not monitor.exception, monitor.exception
     assert monitor.selectbox[0].value == run.id
     assert jobs.get_manager(with_data).wait(run.id, timeout=300)
@@ -152,7 +138,7 @@ def test_cancel_button_stops_a_run(with_data: Path) -> None:
     manager = jobs.get_manager(with_data)
     run_id = manager.submit(TrainConfig(arch="resnet18", image_size=64, classes=2, max_per_class=4, epochs=200,
                                         batch_size=4))
-    at = _page("monitor", run=str(run_id))
+    at = open_page("monitor", run=str(run_id))
     assert not at.exception, at.exception
     at.button(key=f"cancel-{run_id}").click().run()
     assert manager.wait(run_id, timeout=120)
@@ -165,11 +151,11 @@ def test_compare_lists_finished_runs_and_offers_csv(trained_home: Path, mini_roo
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CALTECH_STUDIO_HOME", str(trained_home))
     monkeypatch.setenv("CALTECH101_ROOT", str(mini_root))
-    at = _page("compare")
+    at = open_page("compare")
     assert not at.exception, at.exception
     table = at.dataframe[0].value
     assert list(table["name"]) == ["tiny"] and 0 <= table["test acc"][0] <= 1
-    assert "demo" in _texts(at)  # the sweep group's table
+    assert "demo" in page_texts(at)  # the sweep group's table
 
 
 def test_classify_a_run_and_imagenet_uploads(trained_home: Path, mini_root: Path,
@@ -180,18 +166,18 @@ def test_classify_a_run_and_imagenet_uploads(trained_home: Path, mini_root: Path
     jpeg = next(iter(sorted(photo))).read_bytes()
     uploads = [("dog.jpg", jpeg, "image/jpeg"), ("notes.jpg", b"just text" * 50, "image/jpeg")]
 
-    at = _page("classify")
+    at = open_page("classify")
     assert at.selectbox[0].value == "imagenet-lite0"
     at.file_uploader[0].set_value(uploads).run()
     assert not at.exception, at.exception
-    assert "**dog.jpg** → **dalmatian**" in _texts(at)
+    assert "**dog.jpg** → **dalmatian**" in page_texts(at)
     assert any("notes.jpg" in e.value and "not an image" in e.value for e in at.error)
 
     run_id = RunStore(trained_home).list_runs()[0].id
     at.selectbox[0].set_value(run_id).run()
     assert not at.exception, at.exception
     mini_classes = ("accordion", "dalmatian", "pizza")
-    assert any(f"**dog.jpg** → **{c}**" in _texts(at) for c in mini_classes)
+    assert any(f"**dog.jpg** → **{c}**" in page_texts(at) for c in mini_classes)
 
 
 def test_chart_builders_place_and_normalise_values() -> None:

@@ -1,0 +1,24 @@
+"""Driving dashboard pages with Streamlit's AppTest (shared by the page and hardening tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
+
+
+def open_page(page: str, timeout: float = 120, **query: str) -> AppTest:
+    """Run the app on `pages/<page>.py` with the given query parameters."""
+    at = AppTest.from_file(APP, default_timeout=timeout)
+    at.query_params.update(query)
+    at.switch_page(f"pages/{page}.py")
+    return at.run()
+
+
+def page_texts(at: AppTest) -> str:
+    """Every text element's value (markdown, alerts, captions), one per line."""
+    parts = [m.value for m in at.markdown] + [e.value for e in at.error] + [w.value for w in at.warning]
+    parts += [s.value for s in at.success] + [i.value for i in at.info] + [c.value for c in at.caption]
+    return "\n".join(str(p) for p in parts)
