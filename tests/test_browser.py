@@ -168,30 +168,30 @@ def test_classify_uploads_show_top5(server, page, mini_root: Path, tmp_path: Pat
 def test_queue_watch_and_cancel_runs(server, page) -> None:
     url, home = server
     _shot_pages = {"data": "", "compare": "/compare"}
+    store = RunStore(home)
+
+    # A short run to its end: the Monitor shows its curves and results.
     run_id = _queue(page, url, epochs=3)
     _shot(page, "train")
-    page.goto(f"{url}/monitor?run={run_id}")
-    _settle(page)
-    store = RunStore(home)
-    # Live curves: the page refreshes in place while the run trains; points are added epoch by epoch.
     deadline = time.monotonic() + 300
-    while len(store.epochs(run_id)) < 1 and time.monotonic() < deadline:
-        time.sleep(0.5)
-    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 4", timeout=60_000)
-    first = _points(page)
     while store.get_run(run_id).status in ("queued", "running") and time.monotonic() < deadline:
         time.sleep(0.5)
     assert store.get_run(run_id).status == "finished"
-    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .scatterlayer .trace .points path').length"
-                           f" > {first}", timeout=30_000)
-    page.get_by_text("Test accuracy", exact=True).wait_for()
+    page.goto(f"{url}/monitor?run={run_id}")
     _settle(page)
+    page.get_by_text("Test accuracy", exact=True).wait_for()
     _shot(page, "monitor", docs=True)
 
-    # Cancel: a long run stops at its next batch and offers to resume.
+    # A long run: while it trains, its curves gain points in place (no reload); then it is cancelled.
+    # (Long, so the growth is seen during training whatever the machine's speed, never only at the end.)
     long_id = _queue(page, url, epochs=200)
     page.goto(f"{url}/monitor?run={long_id}")
     _settle(page)
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 4", timeout=120_000)
+    first = _points(page)
+    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .scatterlayer .trace .points path').length"
+                           f" > {first}", timeout=120_000)
+    assert store.get_run(long_id).status == "running"
     page.get_by_role("button", name=re.compile("Cancel run")).click()
     deadline = time.monotonic() + 120
     while store.get_run(long_id).status != "cancelled" and time.monotonic() < deadline:
