@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from caltech_core.config import ConfigError, TrainConfig
+from caltech_core.store import RunRecord
 
 # Fields that identify *what* experiment a run is; the rest (name, group, seed, device, speed switches)
 # say how or where it ran and must not split the results into separate rows.
@@ -316,11 +317,10 @@ def preset_for_group(group: str) -> Preset | None:
 
 # -- using the store -------------------------------------------------------------------------
 
-def _val_acc(record: Any) -> float | None:
-    value = getattr(record, "best_val_acc", None)
+def _val_acc(record: RunRecord) -> float | None:
+    value = record.best_val_acc
     if value is None:
-        results = getattr(record, "results", None) or {}
-        value = results.get("best_val_acc")
+        value = record.results.get("best_val_acc")
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     return float(value)

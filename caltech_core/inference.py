@@ -137,12 +137,12 @@ class Classifier:
         record = run_store.get_run(run_id)
         if record is None:
             raise CheckpointError(f"Run {run_id} does not exist.")
-        cfg = _config_of(record)
+        cfg = record.config
         path = Path(run_store.run_dir(run_id)) / "best.pt"
         if not path.is_file():
             raise CheckpointError(f"Run {run_id} has no saved weights ({path} is missing); train it first.")
         state = load_state_dict(path)
-        results = dict(getattr(record, "results", None) or {})
+        results = record.results
         classes = _class_names(state, results, cfg)
         model = models.build_model(cfg.arch, len(classes), pretrained=False)
         try:
@@ -326,11 +326,6 @@ def _class_names(state: dict[str, Any], results: dict[str, Any], cfg: TrainConfi
         raise CheckpointError(
             "The run's class names are not stored with it and the dataset is not available to look them up."
         ) from exc
-
-
-def _config_of(record: Any) -> TrainConfig:
-    cfg = getattr(record, "config", None)
-    return cfg if isinstance(cfg, TrainConfig) else TrainConfig.from_dict(dict(cfg))
 
 
 def _device(device: torch.device | str | None) -> torch.device:

@@ -15,7 +15,7 @@ from typing import Any
 import streamlit as st
 
 from caltech_core import data, store
-from caltech_core.config import ARCH_LABELS, TrainConfig
+from caltech_core.config import ARCH_LABELS
 
 log = logging.getLogger(__name__)
 
@@ -135,27 +135,12 @@ def confined_download_dir(text: str) -> Path:
     return dest
 
 
-def run_config(record: Any) -> TrainConfig | None:
-    """The TrainConfig of a run record (the store may hold it as a config or as a dict)."""
-    cfg = getattr(record, "config", None)
-    if isinstance(cfg, TrainConfig):
-        return cfg
-    if isinstance(cfg, dict):
-        return TrainConfig.from_dict(cfg)
-    return None
-
-
-def run_label(record: Any) -> str:
+def run_label(record: store.RunRecord) -> str:
     """'#12 ResNet-18 · name (finished)': short, unique, readable."""
-    cfg = run_config(record)
-    arch = ARCH_LABELS.get(cfg.arch, cfg.arch) if cfg else "?"
-    name = f" · {cfg.name}" if cfg and cfg.name else ""
+    cfg = record.config
+    arch = ARCH_LABELS.get(cfg.arch, cfg.arch)
+    name = f" · {cfg.name}" if cfg.name else ""
     return f"#{record.id} {arch}{name} ({record.status})"
-
-
-def results_of(record: Any) -> dict[str, Any]:
-    """The results dict of a run ({} until it has some)."""
-    return dict(getattr(record, "results", None) or {})
 
 
 def format_seconds(seconds: float | None) -> str:

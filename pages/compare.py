@@ -8,7 +8,7 @@ import streamlit as st
 from caltech_core import charts, experiments
 from caltech_core.config import ARCH_LABELS, ARCHITECTURES, AUGMENTATIONS, TRAIN_MODES
 from caltech_core.store import STATUSES
-from pages._shared import format_seconds, get_store, results_of
+from pages._shared import format_seconds, get_store
 
 st.title("Compare runs")
 store = get_store()
@@ -48,7 +48,7 @@ if not shown:
 
 
 def _row(rec) -> dict:
-    cfg, res = rec.config, results_of(rec)
+    cfg, res = rec.config, rec.results
     return {
         "run": rec.id, "name": rec.name, "group": rec.group, "status": rec.status,
         "architecture": ARCH_LABELS.get(cfg.arch, cfg.arch), "pretrained": cfg.pretrained, "train": cfg.train,

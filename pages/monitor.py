@@ -9,7 +9,7 @@ import streamlit as st
 
 from caltech_core import charts
 from caltech_core.store import ACTIVE_STATUSES
-from pages._shared import format_seconds, get_manager, get_store, results_of, run_label
+from pages._shared import format_seconds, get_manager, get_store, run_label
 
 REFRESH_SECONDS = 2.0
 RESUMABLE = ("cancelled", "interrupted")
@@ -112,7 +112,7 @@ else:
     _live_view()
 
 # -- results -------------------------------------------------------------------------------------------
-results = results_of(record)
+results = record.results
 if record.status == "finished" or results.get("test_acc") is not None:
     st.subheader("Results")
     cols = st.columns(4)
