@@ -19,6 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 from torchvision.transforms import v2
 
+from caltech_core.checkpoints import CheckpointError, read_weights
 from caltech_core.config import TrainConfig
 
 IMAGENET_CLASSES_FILE = Path(__file__).with_name("imagenet_classes.txt")
@@ -30,10 +31,6 @@ UPLOAD_TYPES = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
 
 class ImageError(ValueError):
     """An upload that cannot be classified; the message is meant for the user."""
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, unsafe or does not fit the run's model."""
 
 
 # -- uploads ------------------------------------------------------------------------------------------
@@ -141,9 +138,8 @@ class Classifier:
         path = Path(run_store.run_dir(run_id)) / "best.pt"
         if not path.is_file():
             raise CheckpointError(f"Run {run_id} has no saved weights ({path} is missing); train it first.")
-        state = load_state_dict(path)
-        results = record.results
-        classes = _class_names(state, results, cfg)
+        state, extras = read_weights(path)
+        classes = _class_names(extras.get("classes") or record.results.get("classes"), cfg)
         model = models.build_model(cfg.arch, len(classes), pretrained=False)
         try:
             model.load_state_dict(state)
@@ -290,32 +286,8 @@ def overlay(image: Image.Image, heatmap: np.ndarray, alpha: float = 0.45) -> Ima
 
 
 # -- checkpoints ---------------------------------------------------------------------------------------
-def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read model weights with `weights_only=True`; a checkpoint holding code or objects is refused."""
-    import pickle
-
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"Refused to load {path.name}: it contains Python objects, not just weights "
-            "(only weights-only checkpoints are loaded, so it cannot run code)."
-        ) from exc
-    except (OSError, RuntimeError, EOFError) as exc:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {exc}") from exc
-    if isinstance(obj, dict):
-        for key in ("model", "state_dict", "model_state"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key] | ({"__classes__": obj["classes"]} if "classes" in obj else {})
-                break
-    if not isinstance(obj, dict) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} holds no model weights.")
-    return obj
-
-
-def _class_names(state: dict[str, Any], results: dict[str, Any], cfg: TrainConfig) -> list[str]:
-    """Class names from the checkpoint or the run's results, else from the dataset split of its config."""
-    names = state.pop("__classes__", None) or results.get("classes")
+def _class_names(names: list[str] | None, cfg: TrainConfig) -> list[str]:
+    """The stored class names, else those of the dataset split of the run's config."""
     if names:
         return [str(n) for n in names]
     from caltech_core import data

@@ -26,6 +26,7 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
+from caltech_core.checkpoints import CheckpointError, read_weights
 from caltech_core.config import ARCHITECTURES, TRAIN_MODES
 
 # ImageNet preprocessing of the EfficientNet-Lite0 weights (timm pretrained_cfg of tf_efficientnet_lite0).
@@ -103,15 +104,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsUnavailableError(f"weights file not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a corrupt or non-tensor pickle: say which file, keep the cause
-        raise WeightsUnavailableError(f"cannot read weights file {path}: {exc}") from exc
-    for key in ("state_dict", "model"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsUnavailableError(f"{path} does not hold a state dict of tensors")
-    return dict(obj)
+        return read_weights(path)[0]
+    except CheckpointError as exc:  # say which file and why, as the weights error the UI shows
+        raise WeightsUnavailableError(f"cannot use weights file {path}: {exc}") from exc
 
 
 def load_by_position(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
