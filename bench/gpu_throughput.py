@@ -103,7 +103,7 @@ def main() -> None:
         loader = BatchLoader(
             cache, [cache.index_of(s.path) for s in samples], [s.label for s in samples],
             batch_size=args.batch_size, train=True, cfg=cfg, device=device,
-            generator=torch.Generator().manual_seed(0),
+            generator=torch.Generator().manual_seed(0), reuse_buffers=True,  # as the engine's loaders
         )
         real = measure(cfg, iter(loader), data.num_classes, device, args.warmup, args.iters)
         gen = torch.Generator().manual_seed(0)

@@ -205,7 +205,7 @@ def _train(
             return FeatureLoader(features, indices, labels, batch_size=cfg.batch_size, train=train, cfg=cfg,
                                  generator=generator)
         return BatchLoader(cache, indices, labels, batch_size=cfg.batch_size, train=train, cfg=cfg,
-                           device=device, generator=generator)
+                           device=device, generator=generator, reuse_buffers=True)
 
     train_loader, val_loader, test_loader = loader(data.train, True), loader(data.val, False), loader(data.test, False)
 

@@ -85,7 +85,7 @@ def cached_features(
     backbone.eval()
     loader = BatchLoader(
         cache, list(range(len(cache))), [0] * len(cache), batch_size=batch_size, train=False, cfg=cfg,
-        device=device,
+        device=device, reuse_buffers=True,
     )
     chunks = []
     for i, (x, _) in enumerate(loader):

@@ -14,7 +14,8 @@ MINI_TEST_PER_CLASS = 4
 
 
 def _real_root() -> Path:
-    root = Path(os.environ.get("CALTECH101_ROOT", REPO.parent / "shared" / "caltech101"))
+    # Absolute: the mini tree symlinks into it, and a relative link target would dangle.
+    root = Path(os.environ.get("CALTECH101_ROOT", REPO.parent / "shared" / "caltech101")).absolute()
     if not (root / "101_ObjectCategories").is_dir():
         pytest.fail(f"Caltech-101 not found at {root}; set CALTECH101_ROOT (see README)")
     return root

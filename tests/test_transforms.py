@@ -16,6 +16,7 @@ from caltech_core.config import TrainConfig
 from caltech_core.imagecache import ImageCache
 from caltech_core.transforms import (
     NORMALIZATION,
+    PREFETCH,
     BatchLoader,
     crop_offset,
     denormalize,
@@ -43,11 +44,11 @@ def _cfg(*augment: str, pretrained: bool = False) -> TrainConfig:
     return TrainConfig(image_size=SIZE, augment=augment, pretrained=pretrained, batch_size=4)
 
 
-def _loader(cache, cfg, *, train=True, seed=0, indices=None, batch_size=4):
+def _loader(cache, cfg, *, train=True, seed=0, indices=None, batch_size=4, reuse_buffers=False):
     indices = list(range(len(cache))) if indices is None else indices
     return BatchLoader(
         cache, indices, [i % 3 for i in range(len(indices))], batch_size=batch_size, train=train, cfg=cfg,
-        device="cpu", generator=torch.Generator().manual_seed(seed),
+        device="cpu", generator=torch.Generator().manual_seed(seed), reuse_buffers=reuse_buffers,
     )
 
 
@@ -174,6 +175,22 @@ def test_breaking_out_early_stops_the_prefetch_thread(cache):
     next(iterator)
     iterator.close()
     assert threading.active_count() == before
+
+
+def test_reused_buffers_give_the_same_batches_and_recycle_memory(cache):
+    cfg = _cfg("crop", "hflip")
+    indices = list(range(8)) * 4  # 32 images: 16 batches of 2, more than the ring holds
+    fresh = [x.clone() for x, _ in _loader(cache, cfg, indices=indices, batch_size=2)]
+    reused, pointers = [], []
+    for x, _ in _loader(cache, cfg, indices=indices, batch_size=2, reuse_buffers=True):
+        reused.append(x.clone())  # copied before the next draw: the loader will overwrite x later
+        pointers.append(x.data_ptr())
+        assert x.is_contiguous(memory_format=torch.channels_last)
+    assert len(reused) == len(fresh) == 16
+    for a, b in zip(fresh, reused, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    ring = PREFETCH + 2
+    assert len(set(pointers)) == ring and pointers[ring:] == pointers[:-ring]
 
 
 def test_errors_in_the_prefetch_thread_reach_the_caller(cache):
