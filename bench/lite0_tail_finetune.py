@@ -22,6 +22,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -72,21 +73,26 @@ def block_maps(cfg: TrainConfig, splits: Splits, work: Path) -> dict[str, tuple[
     return out
 
 
+def in_chunks(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: int = 256) -> torch.Tensor:
+    """fn over `x` in batches of `size` rows, concatenated (bounded memory for 2892-image splits)."""
+    return torch.cat([fn(x[i: i + size]) for i in range(0, len(x), size)])
+
+
 def run(setting: str, maps: dict[str, tuple[torch.Tensor, ...]], num_classes: int, seed: int) -> dict:
     """Train one tail on the cached maps; accuracies on val/test, plain and flip-averaged."""
     first, tail_lr, head_lr, epochs, step = SETTINGS[setting]
     torch.manual_seed(seed)
     model = build_model("efficientnet_lite0", num_classes, pretrained=True)
-    blocks = list(model.blocks[FROZEN_BLOCKS:])
-    frozen = nn.Sequential(*blocks[: first - FROZEN_BLOCKS]) if first < 8 else nn.Sequential(
-        *blocks, model.conv_head, model.bn2)
-    tail = nn.Sequential(*blocks[first - FROZEN_BLOCKS:], model.conv_head, model.bn2) if first < 8 else None
+    # What follows the cached maps, in order; the first `first - FROZEN_BLOCKS` of them stay frozen.
+    layers = [*model.blocks[FROZEN_BLOCKS:], nn.Sequential(model.conv_head, model.bn2)]
+    cut = first - FROZEN_BLOCKS
+    frozen = nn.Sequential(*layers[:cut]).eval()
+    tail = nn.Sequential(*layers[cut:]) if cut < len(layers) else None
     head = nn.Sequential(nn.Dropout(0.2), model.classifier)
-    frozen.eval()
     start = time.perf_counter()
-    with torch.no_grad():  # the frozen part of the tail once, batched
-        data = {k: tuple(torch.cat([frozen(t[i: i + 256]) for i in range(0, len(t), 256)]) for t in v[:2])
-                + (v[2],) for k, v in maps.items()}
+    with torch.no_grad():  # the frozen part of the tail once
+        data = {split: (in_chunks(frozen, images), in_chunks(frozen, flipped), labels)
+                for split, (images, flipped, labels) in maps.items()}
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         features = tail(x) if tail is not None else x
@@ -119,9 +125,9 @@ def run(setting: str, maps: dict[str, tuple[torch.Tensor, ...]], num_classes: in
                 module.eval()
         images, flipped, labels = data[split]
         with torch.no_grad():
-            prob = torch.cat([forward(images[i: i + 256]).softmax(1) for i in range(0, len(images), 256)])
+            prob = in_chunks(forward, images).softmax(1)
             if tta:
-                prob += torch.cat([forward(flipped[i: i + 256]).softmax(1) for i in range(0, len(images), 256)])
+                prob += in_chunks(forward, flipped).softmax(1)
         return round(float((prob.argmax(1) == labels).float().mean()), 4)
 
     return {"setting": setting, "val": accuracy("val", False), "val_flip_tta": accuracy("val", True),

@@ -186,7 +186,6 @@ class BatchLoader:
         self.device = torch.device(device)
         self.generator = generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
         self.size = cfg.image_size
-        self.reuse_buffers = reuse_buffers
         # Kept across epochs, so later epochs reuse the memory and the turn keeps counting.
         reuse = reuse_buffers and self.device.type == "cpu"
         s = self.size
@@ -216,7 +215,7 @@ class BatchLoader:
         indices, s = self.indices.tolist(), self.size
         for b in range(len(self)):
             positions = plan.order[b * self.batch_size: (b + 1) * self.batch_size]
-            if self._host_ring is not None and not pin:
+            if self._host_ring is not None:  # CPU only, so never asked to pin
                 host = self._host_ring(len(positions))
             else:
                 host = torch.empty((len(positions), s, s, 3), dtype=torch.uint8, pin_memory=pin)
