@@ -24,7 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from caltech_core import status as run_status
 from caltech_core.config import ARCHITECTURES, DEVICES, TRAIN_MODES, ConfigError, TrainConfig
+from caltech_core.status import RunStatus
 from caltech_core.store import RunStore, default_home
 
 log = logging.getLogger("caltech_core.cli")
@@ -189,7 +191,7 @@ def _run_foreground(store: RunStore, run_id: int, root: str | None, *, resume: b
         bar.close()
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-    if stop.is_set() and status == "cancelled":
+    if stop.is_set() and status == RunStatus.CANCELLED:
         raise KeyboardInterrupt
     return status
 
@@ -244,15 +246,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """Continue an interrupted or cancelled run from its last checkpoint, in the foreground."""
-    from caltech_core import jobs
 
     store = _store(args)
     store.mark_interrupted()  # a run whose process died still says "running"
     run = store.get_run(args.id)
     if run is None:
         raise CliError(f"run {args.id} does not exist in {store.home}")
-    if run.status not in jobs.RESUMABLE_STATUSES:
-        raise CliError(f"run {args.id} is {run.status}; only interrupted or cancelled runs can be resumed")
+    if run.status not in run_status.RESUMABLE:
+        raise CliError(f"run {args.id} is {run.status}; only "
+                       f"{' or '.join(run_status.names(run_status.RESUMABLE))} runs can be resumed")
     try:
         _run_foreground(store, run.id, args.root, resume=True, label=f"#{run.id}")
     except KeyboardInterrupt:

@@ -211,5 +211,3 @@ def _integer(name: str, value: Any, low: int, high: int) -> None:
     if not low <= value <= high:
         raise ConfigError(name, f"must be a whole number from {low} to {high} (got {value!r})")
 
-
-DEFAULT_CONFIG = TrainConfig()

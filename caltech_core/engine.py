@@ -30,9 +30,8 @@ from caltech_core.evaluation import Evaluation, autocast_for, evaluate
 from caltech_core.features import FeatureLoader, cached_features, fast_path_applies
 from caltech_core.imagecache import ImageCache
 from caltech_core.models import apply_train_mode, build_model, set_train_mode_eval, split_for_features
+from caltech_core.status import RunStatus
 from caltech_core.transforms import BatchLoader
-
-STATUSES = ("finished", "cancelled", "diverged", "failed")
 
 
 @dataclass
@@ -67,7 +66,7 @@ class Callbacks:
 class RunResult:
     """Outcome of `train`. per_class_acc maps class name → test accuracy; confusion[true][pred] counts."""
 
-    status: str
+    status: RunStatus  # finished | cancelled | diverged | failed
     epochs: list[EpochMetrics] = field(default_factory=list)
     best_val_acc: float | None = None
     best_epoch: int | None = None
@@ -131,7 +130,7 @@ def train(
         error = _failure_message(exc, cfg)
     _free_memory()
     last = workdir / "last.pt"
-    return RunResult("failed", epochs=history, error=error, checkpoint_path=last if last.is_file() else None,
+    return RunResult(RunStatus.FAILED, epochs=history, error=error, checkpoint_path=last if last.is_file() else None,
                      classes=list(data.classes))
 
 
@@ -196,7 +195,7 @@ def _train(
             should_stop=cb.should_stop, progress=lambda done, total: _phase(cb, "features", done, total),
         )
         if features is None:
-            return _stopped("cancelled", None, history, workdir, best_val_acc, best_epoch, data)
+            return _stopped(RunStatus.CANCELLED, None, history, workdir, best_val_acc, best_epoch, data)
 
     def loader(samples: list[Sample], train: bool) -> BatchLoader | FeatureLoader:
         indices, labels = [cache.index_of(s.path) for s in samples], [s.label for s in samples]
@@ -218,7 +217,7 @@ def _train(
         loss_sum, correct, seen = 0.0, 0, 0
         for batch, (x, y) in enumerate(train_loader, start=1):
             if cb.should_stop is not None and cb.should_stop():
-                return _stopped("cancelled", None, history, workdir, best_val_acc, best_epoch, data)
+                return _stopped(RunStatus.CANCELLED, None, history, workdir, best_val_acc, best_epoch, data)
             with autocast_for(device, cfg.amp):
                 logits = net(x)
                 loss = criterion(logits.float(), y)
@@ -232,7 +231,7 @@ def _train(
             if not math.isfinite(value):
                 message = (f"loss became {value} at epoch {epoch}, batch {batch} (learning rate {lr:g}); "
                            "training diverged: lower the learning rate")
-                return _stopped("diverged", message, history, workdir, best_val_acc, best_epoch, data)
+                return _stopped(RunStatus.DIVERGED, message, history, workdir, best_val_acc, best_epoch, data)
             loss_sum += value * len(y)
             correct += int((logits.argmax(dim=1) == y).sum())
             seen += len(y)
@@ -274,7 +273,7 @@ def _train(
     model.load_state_dict(torch.load(workdir / "best.pt", map_location=device, weights_only=True)["model"])
     test: Evaluation | None = evaluate(net, test_loader, data.num_classes, amp=cfg.amp) if data.test else None
     result = RunResult(
-        "finished", epochs=list(history), best_val_acc=best_val_acc, best_epoch=best_epoch,
+        RunStatus.FINISHED, epochs=list(history), best_val_acc=best_val_acc, best_epoch=best_epoch,
         test_acc=test.acc if test else None, mean_class_acc=test.mean_class_acc if test else None,
         per_class_acc=_per_class(test, data.classes), confusion=test.confusion.tolist() if test else None,
         checkpoint_path=workdir / "best.pt", classes=list(data.classes), fast_path=features is not None,
@@ -291,10 +290,10 @@ def _train(
         retrained = train(again, merged, Callbacks(should_stop=cb.should_stop),
                           workdir=retrain_dir, cache_dir=cache_dir)
         shutil.rmtree(retrain_dir, ignore_errors=True)  # only its test accuracy is kept
-        if retrained.status == "finished":
+        if retrained.status == RunStatus.FINISHED:
             result.retrain_test_acc = retrained.test_acc
         else:
-            result.status = retrained.status if retrained.status == "cancelled" else result.status
+            result.status = retrained.status if retrained.status == RunStatus.CANCELLED else result.status
             result.error = f"retraining on train+val {retrained.status}: {retrained.error or ''}".strip()
     return result
 
@@ -308,7 +307,7 @@ def _phase(cb: Callbacks, name: str, done: int = 0, total: int = 0) -> None:
 
 
 def _stopped(
-    status: str, message: str | None, history: list[EpochMetrics], workdir: Path, best_val_acc: float | None,
+    status: RunStatus, message: str | None, history: list[EpochMetrics], workdir: Path, best_val_acc: float | None,
     best_epoch: int | None, data: Splits,
 ) -> RunResult:
     """A cancelled or diverged run: curves and the last checkpoint are kept, no test."""

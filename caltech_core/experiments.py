@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from caltech_core.config import ConfigError, TrainConfig
+from caltech_core.status import RunStatus
 from caltech_core.store import RunRecord
 
 # Fields that identify *what* experiment a run is; the rest (name, group, seed, device, speed switches)
@@ -310,11 +311,6 @@ def get_preset(name: str) -> Preset:
         raise KeyError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None
 
 
-def preset_for_group(group: str) -> Preset | None:
-    """The preset whose members carry `group`, if any."""
-    return next((p for p in PRESETS.values() if p.group == group), None)
-
-
 # -- using the store -------------------------------------------------------------------------
 
 def _val_acc(record: RunRecord) -> float | None:
@@ -328,7 +324,7 @@ def _val_acc(record: RunRecord) -> float | None:
 
 def best_member(store: Any, group: str) -> Any | None:
     """The finished run of `group` with the highest best validation accuracy (earliest run wins ties)."""
-    candidates = [r for r in store.list_runs(group=group) if r.status == "finished" and _val_acc(r) is not None]
+    candidates = [r for r in store.list_runs(group=group) if r.status == RunStatus.FINISHED and _val_acc(r) is not None]
     if not candidates:
         return None
     return max(sorted(candidates, key=lambda r: r.id), key=_val_acc)

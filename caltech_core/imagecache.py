@@ -15,14 +15,14 @@ import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from caltech_core.data import Skipped
 
@@ -36,15 +36,22 @@ Progress = Callable[[int, int], None]
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode as 8-bit RGB: 16/32-bit grayscale is rescaled, transparency composited on white."""
-    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+    """A decoded image as upright 8-bit RGB — the one conversion training (this cache) and Classify share.
+
+    EXIF orientation is applied; 16/32-bit and float grayscale are scaled by their type's full range (so a
+    dark 16-bit image stays dark); CMYK and palette go through Pillow; transparency is composited on white.
+    """
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         # Pillow's convert("L") clips 16-bit values at 255 (an all-white image); scale the range instead.
         arr = np.asarray(img).astype(np.float64)
-        peak = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        top = arr.max(initial=0)
+        if img.mode == "F":
+            peak = 1.0 if top <= 1.0 else 255.0 if top <= 255 else 65535.0
+        else:
+            peak = 65535.0 if img.mode.startswith("I;16") or top > 255 else 255.0
         gray = np.clip(arr * (255.0 / peak), 0, 255).round().astype(np.uint8)
         return Image.fromarray(gray).convert("RGB")
-    if img.mode == "F":
-        return img.convert("L").convert("RGB")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -252,9 +259,6 @@ class ImageCache:
     def index_of(self, path: str | Path) -> int | None:
         """Index of `path` in this cache, None when it is not cached (unreadable or not requested)."""
         return self._pos.get(Path(path).absolute())
-
-    def indices_of(self, paths: Sequence[str | Path]) -> list[int | None]:
-        return [self.index_of(p) for p in paths]
 
 
 def _save(directory: Path, resize_size: int, index: _Index) -> None:

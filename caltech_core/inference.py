@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from torch import nn
 from torchvision.transforms import v2
 
 from caltech_core.checkpoints import CheckpointError, read_weights
 from caltech_core.config import TrainConfig
+from caltech_core.imagecache import to_rgb
 
 IMAGENET_CLASSES_FILE = Path(__file__).with_name("imagenet_classes.txt")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -68,8 +69,7 @@ def open_upload(data: bytes, name: str, *, max_bytes: int | None = None) -> Imag
     try:
         image.seek(0)  # animated GIF/WebP: the first frame
         image.load()
-        image = ImageOps.exif_transpose(image)
-        return _to_rgb(image)
+        return to_rgb(image)
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         raise ImageError(f"{name}: the image data is damaged or truncated ({exc}).") from exc
 
@@ -77,22 +77,6 @@ def open_upload(data: bytes, name: str, *, max_bytes: int | None = None) -> Imag
 def _megabytes(size: int) -> str:
     """'20 MB', '20.5 MB', '0.001 MB' in the units Streamlit's server.maxUploadSize uses (MiB)."""
     return f"{size / 2**20:.3g} MB"
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """RGB for every mode Pillow opens: 16-bit and float greyscale are scaled, transparency goes on white."""
-    mode = image.mode
-    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        # convert("L") would clip 16-bit values to 255 (a white image); scale the real range instead.
-        arr = np.asarray(image, dtype=np.float64)
-        low, high = float(arr.min()), float(arr.max())
-        scaled = (arr - low) / (high - low) * 255.0 if high > low else np.zeros_like(arr)
-        return Image.fromarray(scaled.round().astype(np.uint8)).convert("RGB")
-    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 # -- the classifier -----------------------------------------------------------------------------------

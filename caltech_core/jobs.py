@@ -16,12 +16,13 @@ from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from caltech_core import status as run_status
 from caltech_core.config import ConfigError, TrainConfig
+from caltech_core.status import RunStatus
 from caltech_core.store import RunNotFoundError, RunStore
 
 log = logging.getLogger(__name__)
 
-RESUMABLE_STATUSES: tuple[str, ...] = ("interrupted", "cancelled")
 BATCH_FLUSH_EVERY = 20  # batch rows buffered before a write ...
 BATCH_FLUSH_SECONDS = 1.0  # ... or after this long, whichever comes first; always at epoch end
 
@@ -256,8 +257,8 @@ def run_job(
     stop = stop or threading.Event()
     tracker = tracker or _Tracker(store, run_id, cfg, stop, on_progress)
     runner = runner or _default_runner()
-    store.set_status(run_id, "running", device=_device_name(cfg))
-    status = "failed"
+    store.set_status(run_id, RunStatus.RUNNING, device=_device_name(cfg))
+    status = RunStatus.FAILED
     try:
         from caltech_core import data
 
@@ -275,12 +276,12 @@ def run_job(
         tracker.on_phase("preparing")
         result = runner(cfg, splits, tracker.callbacks(), workdir=workdir, cache_dir=store.cache_dir, resume=resume)
         tracker.flush()
-        status = getattr(result, "status", "finished")
+        status = run_status.check(getattr(result, "status", RunStatus.FINISHED))
         error = getattr(result, "error", None)
-        if status == "failed" and error and "out of memory" in error.lower() and "batch size" not in error:
+        if status == RunStatus.FAILED and error and "out of memory" in error.lower() and "batch size" not in error:
             error = f"{oom_message(cfg)} ({error})"
         results = _results_dict(result, splits.classes)
-        if status == "finished" or getattr(result, "epochs", None):
+        if status == RunStatus.FINISHED or getattr(result, "epochs", None):
             # The engine trained on what was readable; say what it left out (the image cache remembers
             # unreadable files, so this only stats them).
             try:
@@ -299,7 +300,7 @@ def run_job(
             message = str(exc)
         else:
             message = f"{type(exc).__name__}: {exc}"
-        status = "failed"
+        status = RunStatus.FAILED
         store.set_status(run_id, status, message)
     finally:
         tracker.on_phase("done")
@@ -352,7 +353,7 @@ class JobManager:
             if self._closing:
                 raise RuntimeError("the job manager is shut down")
             # Created under the lock, so the queue order is the id order even with concurrent submitters.
-            run_id = self.store.create_run(cfg, status="queued")
+            run_id = self.store.create_run(cfg, status=RunStatus.QUEUED)
             self._queue.append(run_id)
             self._cond.notify_all()
         return run_id
@@ -363,7 +364,7 @@ class JobManager:
             if run_id in self._queue:
                 self._queue.remove(run_id)
                 self._resume.discard(run_id)
-                self.store.set_status(run_id, "cancelled")
+                self.store.set_status(run_id, RunStatus.CANCELLED)
                 return True
             if run_id == self._current:
                 self._stops[run_id].set()
@@ -376,13 +377,14 @@ class JobManager:
             record = self.store.get_run(run_id)
             if record is None:
                 raise RunNotFoundError(run_id)
-            if record.status not in RESUMABLE_STATUSES:
+            if record.status not in run_status.RESUMABLE:
                 raise ValueError(
-                    f"run {run_id} is {record.status}; only {' or '.join(RESUMABLE_STATUSES)} runs can be resumed"
+                    f"run {run_id} is {record.status}; only {' or '.join(run_status.names(run_status.RESUMABLE))}"
+                    " runs can be resumed"
                 )
             if self._closing:
                 raise RuntimeError("the job manager is shut down")
-            self.store.set_status(run_id, "queued", record.error)
+            self.store.set_status(run_id, RunStatus.QUEUED, record.error)
             self._resume.add(run_id)
             self._queue.append(run_id)
             self._cond.notify_all()
@@ -404,7 +406,7 @@ class JobManager:
             if tracker is None and run_id in self._queue:
                 record = self.store.get_run(run_id)
                 epochs = record.config.epochs if record else 0
-                return Progress(run_id, "queued", 0, epochs, 0, 0, 0.0, None, 0.0)
+                return Progress(run_id, RunStatus.QUEUED.value, 0, epochs, 0, 0, 0.0, None, 0.0)
         return tracker.snapshot() if tracker is not None else None
 
     def wait(self, run_id: int | None = None, timeout: float | None = None) -> bool:
@@ -425,7 +427,7 @@ class JobManager:
         with self._cond:
             self._closing = True
             for run_id in self._queue:
-                self.store.set_status(run_id, "interrupted", "the studio was shut down before this run started")
+                self.store.set_status(run_id, RunStatus.INTERRUPTED, "the studio was shut down before this run started")
             self._queue.clear()
             if self._current is not None:
                 self._stops[self._current].set()
@@ -458,12 +460,12 @@ class JobManager:
             try:
                 status = run_job(self.store, run_id, data_root=self.data_root, runner=self._runner,
                                  resume=resume, stop=stop, tracker=self._trackers[run_id])
-                if self._closing and status == "cancelled":
-                    self.store.set_status(run_id, "interrupted", "the studio was shut down during this run")
+                if self._closing and status == RunStatus.CANCELLED:
+                    self.store.set_status(run_id, RunStatus.INTERRUPTED, "the studio was shut down during this run")
             except Exception as exc:  # the store itself failed; keep the worker alive for the next job
                 log.exception("job %s could not be run", run_id)
                 try:
-                    self.store.set_status(run_id, "failed", f"{type(exc).__name__}: {exc}")
+                    self.store.set_status(run_id, RunStatus.FAILED, f"{type(exc).__name__}: {exc}")
                 except Exception:
                     log.exception("could not record the failure of run %s", run_id)
             finally:

@@ -25,8 +25,10 @@ from typing import Any
 import plotly.graph_objects as go
 
 from caltech_core import charts
+from caltech_core import status as run_status
 from caltech_core.config import TrainConfig
 from caltech_core.experiments import PRESETS, Preset, differing_fields, same_value
+from caltech_core.status import RunStatus
 
 DASH = "—"
 
@@ -157,18 +159,15 @@ def matches(run: Any, preset: Preset, member: TrainConfig) -> bool:
     return all(same_value(getattr(run.config, f), getattr(member, f)) for f in preset.varies)
 
 
-_COUNTED = ("finished", "diverged", "failed", "cancelled", "interrupted")
-
-
 def _member_result(preset: Preset, member: TrainConfig, runs: list[Any], store: Any) -> MemberResult:
     label = preset.member_label(member)
     result = MemberResult(label=label, config=member, study=preset.study_ref.number_for(label))
     differs: set[str] = set()
     for run in runs:
-        if run.status not in _COUNTED or not matches(run, preset, member):
+        if run.status not in run_status.DONE or not matches(run, preset, member):
             continue
         result.statuses[run.status] = result.statuses.get(run.status, 0) + 1
-        if run.status != "finished":
+        if run.status != RunStatus.FINISHED:
             continue
         result.run_ids.append(run.id)
         result.seeds.append(run.config.seed)

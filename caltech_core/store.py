@@ -23,11 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from caltech_core import status as run_status
 from caltech_core.config import TrainConfig
-
-STATUSES: tuple[str, ...] = ("queued", "running", "finished", "cancelled", "diverged", "failed", "interrupted")
-ACTIVE_STATUSES: tuple[str, ...] = ("queued", "running")
-DONE_STATUSES: tuple[str, ...] = ("finished", "cancelled", "diverged", "failed", "interrupted")
+from caltech_core.status import RunStatus
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -95,7 +93,7 @@ class RunRecord:
     group: str
     arch: str
     config: TrainConfig
-    status: str
+    status: RunStatus
     created: float
     started: float | None
     finished: float | None
@@ -262,9 +260,9 @@ class RunStore:
         return path
 
     # -- runs -----------------------------------------------------------------------------------
-    def create_run(self, cfg: TrainConfig, *, status: str = "queued") -> int:
+    def create_run(self, cfg: TrainConfig, *, status: str = RunStatus.QUEUED) -> int:
         """Store a new run with its configuration; returns its id."""
-        _check_status(status)
+        status = run_status.check(status)
         pid = os.getpid()
         cur = self._write(
             "INSERT INTO runs (name, group_name, arch, config, status, created, owner_pid, owner_start)"
@@ -278,15 +276,15 @@ class RunStore:
 
     def set_status(self, run_id: int, status: str, error: str | None = None, *, device: str | None = None) -> None:
         """Change a run's status; 'running' stamps the start (and this process as owner), an end status the finish."""
-        _check_status(status)
+        status = run_status.check(status)
         now = time.time()
         sets = ["status = ?", "error = ?"]
         params: list[Any] = [status, error]
-        if status == "running":
+        if status == RunStatus.RUNNING:
             pid = os.getpid()
             sets += ["started = COALESCE(started, ?)", "finished = NULL", "owner_pid = ?", "owner_start = ?"]
             params += [now, pid, _process_start(pid)]
-        elif status == "queued":
+        elif status == RunStatus.QUEUED:
             pid = os.getpid()
             sets += ["finished = NULL", "owner_pid = ?", "owner_start = ?"]
             params += [pid, _process_start(pid)]
@@ -387,7 +385,7 @@ class RunStore:
         run = self.get_run(run_id)
         if run is None:
             raise RunNotFoundError(run_id)
-        if run.status in ACTIVE_STATUSES:
+        if run.status in run_status.ACTIVE:
             raise ValueError(f"run {run_id} is {run.status}; cancel it before deleting it")
         self._transaction([
             ("DELETE FROM batches WHERE run_id = ?", (int(run_id),)),
@@ -457,8 +455,10 @@ class RunStore:
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
+            active = run_status.names(run_status.ACTIVE)
             rows = conn.execute(
-                "SELECT id, owner_pid, owner_start FROM runs WHERE status IN ('queued', 'running')"
+                f"SELECT id, owner_pid, owner_start FROM runs WHERE status IN ({', '.join('?' * len(active))})",
+                active,
             ).fetchall()
             dead = [
                 r["id"] for r in rows
@@ -467,9 +467,9 @@ class RunStore:
             now = time.time()
             for run_id in dead:
                 conn.execute(
-                    "UPDATE runs SET status = 'interrupted', finished = ?,"
+                    "UPDATE runs SET status = ?, finished = ?,"
                     " error = 'the process running it stopped unexpectedly; resume it to continue' WHERE id = ?",
-                    (now, run_id),
+                    (RunStatus.INTERRUPTED.value, now, run_id),
                 )
         except BaseException:
             conn.execute("ROLLBACK")
@@ -490,7 +490,7 @@ def _record(row: sqlite3.Row) -> RunRecord:
         group=row["group_name"],
         arch=row["arch"],
         config=TrainConfig.from_dict(json.loads(row["config"])),
-        status=row["status"],
+        status=RunStatus(row["status"]),
         created=row["created"],
         started=row["started"],
         finished=row["finished"],
@@ -502,8 +502,3 @@ def _record(row: sqlite3.Row) -> RunRecord:
         checkpoint_epoch=row["checkpoint_epoch"],
         epochs_done=row["epochs_done"],
     )
-
-
-def _check_status(status: str) -> None:
-    if status not in STATUSES:
-        raise ValueError(f"unknown status {status!r}; one of {', '.join(STATUSES)}")

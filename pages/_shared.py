@@ -19,9 +19,6 @@ from caltech_core.config import ARCH_LABELS
 
 log = logging.getLogger(__name__)
 
-FINISHED = "finished"
-ACTIVE = ("queued", "running")
-
 
 def _use_st_navigation() -> None:
     """Make a fresh server use streamlit_app.py's st.navigation even when the first URL is a sub-page.

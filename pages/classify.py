@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from caltech_core import charts, inference
+from caltech_core.status import RunStatus
 from pages._shared import get_store, run_label
 
 LITE0 = "imagenet-lite0"
@@ -20,7 +21,7 @@ def _classifier(choice: str | int, home: str) -> inference.Classifier:
 
 st.title("Classify images")
 store = get_store()
-finished = [r for r in store.list_runs(status="finished") if (store.run_dir(r.id) / "best.pt").is_file()]
+finished = [r for r in store.list_runs(status=RunStatus.FINISHED) if (store.run_dir(r.id) / "best.pt").is_file()]
 labels = {LITE0: "EfficientNet-Lite0 pretrained on ImageNet (1000 classes, no training needed)"}
 labels.update({r.id: f"{run_label(r)} · {len(r.results.get('classes') or [])} classes" for r in finished})
 choice = st.selectbox("Model", list(labels), format_func=labels.get)

@@ -6,8 +6,8 @@ import pandas as pd
 import streamlit as st
 
 from caltech_core import charts, experiments
+from caltech_core import status as run_status
 from caltech_core.config import ARCH_LABELS, ARCHITECTURES, AUGMENTATIONS, TRAIN_MODES
-from caltech_core.store import STATUSES
 from pages._shared import format_seconds, get_store
 
 st.title("Compare runs")
@@ -22,7 +22,7 @@ c1, c2, c3, c4, c5 = st.columns(5)
 archs = c1.multiselect("Architecture", ARCHITECTURES, format_func=ARCH_LABELS.get)
 modes = c2.multiselect("Layers trained", TRAIN_MODES)
 augs = c3.multiselect("Augmentation (has all)", [*AUGMENTATIONS, "none"])
-statuses = c4.multiselect("Status", STATUSES, default=["finished"])
+statuses = c4.multiselect("Status", run_status.names(run_status.ALL), default=[run_status.RunStatus.FINISHED.value])
 groups = c5.multiselect("Group", store.groups())
 
 

@@ -8,11 +8,11 @@ import pandas as pd
 import streamlit as st
 
 from caltech_core import charts
-from caltech_core.store import ACTIVE_STATUSES
+from caltech_core import status as run_status
+from caltech_core.status import RunStatus
 from pages._shared import format_seconds, get_manager, get_store, run_label
 
 REFRESH_SECONDS = 2.0
-RESUMABLE = ("cancelled", "interrupted")
 
 st.title("Monitor")
 store = get_store()
@@ -52,12 +52,12 @@ st.query_params["run"] = str(run_id)
 
 def _buttons(rec) -> None:
     """Cancel for queued/running runs, resume for cancelled/interrupted ones."""
-    if rec.status in ACTIVE_STATUSES:
+    if rec.status in run_status.ACTIVE:
         if st.button("Cancel run", key=f"cancel-{rec.id}", icon=":material/stop_circle:"):
             manager.cancel(rec.id)
             st.toast(f"Cancelling run #{rec.id}…")
             st.rerun()
-    elif rec.status in RESUMABLE and st.button("Resume run", key=f"resume-{rec.id}", icon=":material/play_circle:"):
+    elif rec.status in run_status.RESUMABLE and st.button("Resume run", key=f"resume-{rec.id}", icon=":material/play_circle:"):
         try:
             manager.resume(rec.id)
         except ValueError as exc:
@@ -98,14 +98,14 @@ def _live_view() -> None:
     if rec.error:
         st.error(rec.error)
     _curves(rec)
-    if rec.status not in ACTIVE_STATUSES and st.session_state.get("live_run") == rec.id:
+    if rec.status not in run_status.ACTIVE and st.session_state.get("live_run") == rec.id:
         # The run just ended: redraw the whole page once to show its results and stop refreshing.
         st.session_state.pop("live_run", None)
         st.rerun(scope="app")
 
 
 record = store.get_run(run_id)
-if record.status in ACTIVE_STATUSES:
+if record.status in run_status.ACTIVE:
     st.session_state["live_run"] = record.id
     st.fragment(run_every=REFRESH_SECONDS)(_live_view)()
 else:
@@ -113,7 +113,7 @@ else:
 
 # -- results -------------------------------------------------------------------------------------------
 results = record.results
-if record.status == "finished" or results.get("test_acc") is not None:
+if record.status == RunStatus.FINISHED or results.get("test_acc") is not None:
     st.subheader("Results")
     cols = st.columns(4)
     test_acc = results.get("test_acc")

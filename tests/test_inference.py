@@ -195,3 +195,39 @@ def test_missing_weights_and_unknown_run_are_clear_errors(tmp_path: Path) -> Non
         Classifier.from_run(store, run_id)
     with pytest.raises(CheckpointError, match="does not exist"):
         Classifier.from_run(store, 999)
+
+
+def test_training_and_classify_see_the_same_pixels(tmp_path: Path) -> None:
+    """The same awkward files decoded by the training cache and by Classify's upload reader are identical."""
+    from caltech_core.imagecache import ImageCache
+
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (30, 40), dtype=np.uint8)
+    palette = Image.fromarray(rgb).convert("P")
+    palette.info["transparency"] = 0
+    rotated = Image.fromarray(rgb)
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # EXIF orientation: rotate 90 degrees clockwise to display
+    files = {
+        # A dark 16-bit image: a full-range stretch would brighten it, scaling by 65535 keeps it dark.
+        "deep.png": (Image.fromarray(rng.integers(1000, 9000, (30, 40)).astype(np.uint16)), {}),
+        "cmyk.jpg": (Image.fromarray(rgb).convert("CMYK"), {}),
+        "palette.png": (palette, {"transparency": 0}),
+        "alpha.png": (Image.fromarray(np.dstack([rgb, alpha])), {}),
+        "rotated.jpg": (rotated, {"exif": exif}),
+    }
+    paths = []
+    for name, (image, options) in files.items():
+        image.save(tmp_path / name, **options)
+        paths.append(tmp_path / name)
+    cache = ImageCache.build(paths, tmp_path / "cache", resize_size=30)  # 30 = the shorter side: no resize
+    assert not cache.unreadable
+    for path in paths:
+        trained = cache[cache.index_of(path)]
+        classified = np.asarray(open_upload(path.read_bytes(), path.name))
+        assert trained.shape == classified.shape, path.name
+        assert np.array_equal(trained, classified), path.name
+    deep = np.asarray(open_upload((tmp_path / "deep.png").read_bytes(), "deep.png"))
+    assert deep.max() <= round(9000 * 255 / 65535)
+    assert cache[cache.index_of(tmp_path / "rotated.jpg")].shape == (40, 30, 3)  # shown upright

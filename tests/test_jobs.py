@@ -141,7 +141,7 @@ def test_cancel_queued_and_running_then_resume(tmp_path: Path, mini_root: Path) 
     assert all(e[k] is not None for e in epochs for k in EPOCH_FIELDS)
     assert manager.cancel(first) is False  # nothing to cancel any more
 
-    with pytest.raises(ValueError, match="only interrupted or cancelled"):
+    with pytest.raises(ValueError, match="only cancelled or interrupted"):
         manager.resume(store.create_run(tiny()))  # a queued-in-store run is not resumable
     manager.resume(first)
     assert manager.wait(first, timeout=300)

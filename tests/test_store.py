@@ -165,3 +165,18 @@ def test_nonfinite_epoch_values_are_stored_as_null(tmp_path: Path) -> None:
                              "val_acc": None, "lr": 0.1, "seconds": 1.0})
     row = store.epochs(run_id)[0]
     assert row["train_loss"] is None and row["val_loss"] is None and row["train_acc"] == 0.1
+
+
+def test_status_sets_are_one_definition(tmp_path: Path) -> None:
+    from caltech_core import status
+
+    assert set(status.RunStatus) == status.ACTIVE | status.DONE and not status.ACTIVE & status.DONE
+    assert status.RESUMABLE <= status.DONE
+    assert status.names(status.ACTIVE) == ["queued", "running"]
+    store = RunStore(tmp_path / "s")
+    run_id = store.create_run(TrainConfig(epochs=1))
+    store.set_status(run_id, "diverged")
+    run = store.get_run(run_id)
+    assert run.status is status.RunStatus.DIVERGED and run.status == "diverged"
+    assert [r.id for r in store.list_runs(status=status.DONE)] == [run_id]
+    assert store.list_runs(status=status.ACTIVE) == []
