@@ -1,4 +1,5 @@
-"""`python -m caltech_core ...`: dataset summary, foreground training, runs, classification, resume, report.
+"""`python -m caltech_core ...`: dataset summary, foreground training, runs, classification, resume, evaluation,
+report.
 
 Results go to stdout (with `--json`: machine-readable), progress bars and errors to stderr.
 Exit codes: 0 success; 1 a failure the message explains (missing dataset, unknown run, a failed run);
@@ -318,6 +319,27 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Recompute a run's per-image results of one split from best.pt; print accuracy and the file's path."""
+    from caltech_core import predictions
+
+    store = _store(args)
+    if store.get_run(args.run) is None:
+        raise CliError(f"run {args.run} does not exist in {store.home}")
+    try:
+        results, path = predictions.recompute(store, args.run, args.split, data_root=args.root)
+    except predictions.ResultsError as exc:
+        raise CliError(str(exc)) from exc
+    summary = {"run_id": args.run, **results.summary(), "path": str(path)}
+    if args.json:
+        _print_json(summary)
+        return 0
+    print(f"run #{args.run} on {summary['images']} {args.split} images: accuracy {_num(summary['acc'])}, "
+          f"mean per-class accuracy {_num(summary['mean_class_acc'])}")
+    print(f"per-image results: {path}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """Rebuild the study's tables and figures from the store; write report.md (+ figures) to --out."""
     from caltech_core import report
@@ -402,6 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", parents=[common, rooted], help="continue an interrupted or cancelled run")
     p.add_argument("id", type=int, metavar="ID")
     p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("evaluate", parents=[common, rooted],
+                       help="per-image results of a run's best weights on the test or validation split")
+    p.add_argument("run", type=int, metavar="RUN")
+    p.add_argument("--split", choices=("test", "val"), default="test")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", parents=[common, rooted], help="rebuild the study's tables and figures")
     p.add_argument("--out", metavar="DIR", help="output folder (default: STORE/report)")

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from caltech_core import predictions
 from caltech_core.checkpoints import save_atomic
 from caltech_core.config import TrainConfig
 from caltech_core.data import Sample, Splits
@@ -254,6 +255,8 @@ def _train(
                  "epoch": epoch},
                 workdir / "best.pt",
             )
+            if val is not None:  # the best weights' per-image validation results, free from this pass
+                _save_results(val, data.val, data.classes, "val", workdir)
         save_atomic(
             {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
@@ -272,6 +275,8 @@ def _train(
     _phase(cb, "testing")
     model.load_state_dict(torch.load(workdir / "best.pt", map_location=device, weights_only=True)["model"])
     test: Evaluation | None = evaluate(net, test_loader, data.num_classes, amp=cfg.amp) if data.test else None
+    if test is not None:
+        _save_results(test, data.test, data.classes, "test", workdir)
     result = RunResult(
         RunStatus.FINISHED, epochs=list(history), best_val_acc=best_val_acc, best_epoch=best_epoch,
         test_acc=test.acc if test else None, mean_class_acc=test.mean_class_acc if test else None,
@@ -316,6 +321,13 @@ def _stopped(
         status, epochs=list(history), best_val_acc=best_val_acc, best_epoch=best_epoch,
         checkpoint_path=last if last.is_file() else None, error=message, classes=list(data.classes),
     )
+
+
+def _save_results(evaluation: Evaluation, samples: list[Sample], classes: list[str], split: str,
+                  workdir: Path) -> None:
+    """Per-image results of `split` beside the checkpoints (predictions.py reads them)."""
+    results = predictions.ImageResults.from_predictions(evaluation.predictions, samples, classes, split)
+    predictions.save(results, predictions.results_path(workdir, split))
 
 
 def _per_class(test: Evaluation | None, classes: list[str]) -> dict[str, float] | None:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -104,6 +105,42 @@ def test_classify_good_bad_and_missing_files(trained: tuple[Path, dict[str, Any]
 
     code, _, err = run_cli("classify", str(good), "--run", "999", "--store", str(home), "--json")
     assert code == 1 and "run 999 does not exist" in err
+
+
+def test_evaluate_recomputes_per_image_results(trained: tuple[Path, dict[str, Any]], mini_root: Path) -> None:
+    from caltech_core import predictions
+
+    home, summary = trained
+    run_dir = RunStore(home).run_dir(summary["run_id"])
+    written = predictions.load(run_dir / "predictions-test.npz")  # by the engine during training
+    (run_dir / "predictions-test.npz").unlink()
+    code, out, err = run_cli("evaluate", str(summary["run_id"]), "--root", str(mini_root), "--store", str(home),
+                             "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["split"] == "test" and result["images"] == 8  # 2 classes x 4 test images
+    assert result["acc"] == pytest.approx(summary["test_acc"])
+    assert result["mean_class_acc"] == pytest.approx(summary["mean_class_acc"])
+    again = predictions.load(result["path"])
+    assert Path(result["path"]) == run_dir / "predictions-test.npz"
+    assert again.labels.tolist() == written.labels.tolist() and list(again.paths) == list(written.paths)
+    assert again.top_classes.tolist() == written.top_classes.tolist()
+    assert np.allclose(again.top_probs, written.top_probs, atol=1e-5)
+    assert np.allclose(again.losses, written.losses, atol=1e-4)
+
+    code, out, err = run_cli("evaluate", str(summary["run_id"]), "--split", "val", "--root", str(mini_root),
+                             "--store", str(home))
+    assert code == 0, err
+    assert f"accuracy {100 * summary['best_val_acc']:.1f}%" in out
+    assert str(run_dir / "predictions-val.npz") in out
+
+    code, _, err = run_cli("evaluate", "999", "--store", str(home))
+    assert code == 1 and "run 999 does not exist" in err
+    store = RunStore(home)
+    untrained = store.create_run(TrainConfig(arch="resnet18", image_size=64, classes=2), status="cancelled")
+    code, _, err = run_cli("evaluate", str(untrained), "--root", str(mini_root), "--store", str(home))
+    assert code == 1 and "has no saved weights" in err
+    store.delete_run(untrained)
 
 
 def test_a_copied_store_folder_opens_elsewhere(trained: tuple[Path, dict[str, Any]], mini_root: Path,

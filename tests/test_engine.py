@@ -7,10 +7,11 @@ import gc
 import weakref
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from caltech_core import engine, models
+from caltech_core import engine, models, predictions
 from caltech_core.config import TrainConfig
 from caltech_core.data import Splits, load_splits
 
@@ -58,6 +59,21 @@ def test_finished_run_reports_metrics_and_weights_only_checkpoints(
         assert state["classes"] == splits.classes
     assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == r.best_epoch
     assert r.checkpoint_path == tmp_path / "best.pt"
+
+    # Per-image results of the best weights, written beside the checkpoints.
+    test = predictions.load(tmp_path / "predictions-test.npz")
+    assert [str(p) for p in test.paths] == [str(s.path) for s in splits.test]
+    assert test.labels.tolist() == [s.label for s in splits.test] and test.classes == splits.classes
+    assert test.top_classes.shape == (12, 3) and (np.diff(test.top_probs, axis=1) <= 0).all()
+    assert np.allclose(test.top_probs.sum(axis=1), 1.0, atol=1e-5)  # all 3 classes are in the "top 5"
+    assert (test.top_classes[:, 0] == test.preds).all() and np.isfinite(test.losses).all()
+    assert test.confusion().tolist() == r.confusion
+    assert test.summary()["acc"] == pytest.approx(r.test_acc)
+    assert test.summary()["mean_class_acc"] == pytest.approx(r.mean_class_acc)
+    p_true = test.top_probs[test.top_classes == test.labels[:, None]]  # every class is among the top 3
+    assert np.allclose(test.losses, -np.log(p_true), rtol=1e-3, atol=1e-5)
+    val = predictions.load(tmp_path / "predictions-val.npz")
+    assert len(val) == len(splits.val) and val.summary()["acc"] == pytest.approx(r.best_val_acc)
 
 
 def test_seeded_runs_repeat_and_resume_continues_identically(
