@@ -145,9 +145,7 @@ def per_class_accuracy_figure(per_class_acc: Mapping[str, float] | Sequence[floa
 def confusion_figure(confusion: Sequence[Sequence[float]], classes: Sequence[str],
                      normalize: bool = True) -> go.Figure:
     """Interactive confusion matrix (rows = true class); row-normalised by default."""
-    rows = [list(map(float, r)) for r in confusion]
-    if normalize:
-        rows = [[v / s for v in r] if (s := sum(r)) else r for r in rows]
+    rows = _row_normalised(confusion) if normalize else [list(map(float, r)) for r in confusion]
     labels = list(classes)
     fig = go.Figure(go.Heatmap(
         z=rows, x=labels, y=labels, colorscale="Blues", zmin=0,
@@ -155,6 +153,28 @@ def confusion_figure(confusion: Sequence[Sequence[float]], classes: Sequence[str
     ))
     side = max(420, min(1100, 12 * len(labels) + 200))
     fig.update_layout(title="Confusion matrix" + (" (row-normalised)" if normalize else ""),
+                      xaxis_title="predicted", yaxis_title="true", template="plotly_white",
+                      height=side, margin={"l": 120, "r": 20, "t": 50, "b": 120})
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def _row_normalised(confusion: Sequence[Sequence[float]]) -> list[list[float]]:
+    return [[v / s for v in r] if (s := sum(r)) else list(r) for r in ([float(v) for v in row] for row in confusion)]
+
+
+def confusion_difference_figure(first: Sequence[Sequence[float]], second: Sequence[Sequence[float]],
+                                classes: Sequence[str], titles: tuple[str, str] = ("A", "B")) -> go.Figure:
+    """Row-normalised confusion of `second` minus that of `first` (same classes): red where B puts more images."""
+    a, b = _row_normalised(first), _row_normalised(second)
+    diff = [[y - x for x, y in zip(ra, rb, strict=True)] for ra, rb in zip(a, b, strict=True)]
+    labels = list(classes)
+    fig = go.Figure(go.Heatmap(
+        z=diff, x=labels, y=labels, colorscale="RdBu", reversescale=True, zmid=0, zmin=-1, zmax=1,
+        hovertemplate=f"true %{{y}}<br>predicted %{{x}}<br>{titles[1]} − {titles[0]}: %{{z:+.2f}}<extra></extra>",
+    ))
+    side = max(420, min(1100, 12 * len(labels) + 200))
+    fig.update_layout(title=f"Confusion difference (row-normalised): {titles[1]} − {titles[0]}",
                       xaxis_title="predicted", yaxis_title="true", template="plotly_white",
                       height=side, margin={"l": 120, "r": 20, "t": 50, "b": 120})
     fig.update_yaxes(autorange="reversed")

@@ -1,4 +1,5 @@
-"""Compare: filter runs, overlay their validation curves, tabulate and download their accuracies."""
+"""Compare: filter runs, tabulate their accuracies and hyperparameters (CSV), overlay curves, compare confusion
+matrices."""
 
 from __future__ import annotations
 
@@ -48,23 +49,27 @@ if not shown:
 
 
 def _row(rec) -> dict:
+    """Accuracies first, then every hyperparameter of the run's configuration under its own name."""
     cfg, res = rec.config, rec.results
-    return {
+    row = {
         "run": rec.id, "name": rec.name, "group": rec.group, "status": rec.status,
-        "architecture": ARCH_LABELS.get(cfg.arch, cfg.arch), "pretrained": cfg.pretrained, "train": cfg.train,
-        "augment": "+".join(cfg.augment) or "none", "lr": cfg.lr, "epochs": cfg.epochs,
-        "step": cfg.step_size, "batch": cfg.batch_size, "image size": cfg.image_size,
+        "architecture": ARCH_LABELS.get(cfg.arch, cfg.arch),
         "best val acc": rec.best_val_acc if rec.best_val_acc is not None else res.get("best_val_acc"),
         "test acc": rec.test_acc if rec.test_acc is not None else res.get("test_acc"),
+        "mean class acc": res.get("mean_class_acc"),
         "retrain test acc": res.get("retrain_test_acc"),
         "duration": format_seconds(rec.duration),
     }
+    for key, value in cfg.to_dict().items():
+        if key not in ("arch", "name", "group"):
+            row[key] = "+".join(value) or "none" if isinstance(value, (list, tuple)) else value
+    return row
 
 
+ACCURACIES = ("best val acc", "test acc", "mean class acc", "retrain test acc")
 table = pd.DataFrame([_row(r) for r in shown])
 percent = st.column_config.NumberColumn(format="percent")
-columns = {"best val acc": percent, "test acc": percent, "retrain test acc": percent,
-           "lr": st.column_config.NumberColumn(format="%.5f")}
+columns = {**dict.fromkeys(ACCURACIES, percent), "lr": st.column_config.NumberColumn(format="%.5f")}
 
 st.subheader("Results")
 st.dataframe(table, hide_index=True, width="stretch", column_config=columns)
@@ -81,6 +86,31 @@ st.plotly_chart(charts.val_curves_figure({labels[i]: store.epochs(i) for i in pi
 st.plotly_chart(charts.accuracy_bar_figure([labels[r.id] for r in shown], list(table["test acc"])),
                 key="test_bars")
 
+# -- confusion matrices -------------------------------------------------------------------------------------
+with_confusion = [r for r in shown if r.results.get("confusion") and r.results.get("classes")]
+st.subheader("Confusion matrices")
+if len(with_confusion) < 2:
+    st.caption("Two finished runs with test results are needed to compare confusion matrices.")
+else:
+    by_id = {r.id: r for r in with_confusion}
+    c1, c2, c3 = st.columns([2, 2, 3])
+    first = c1.selectbox("Run A", list(by_id), index=1, format_func=labels.get, key="cm_a")
+    second = c2.selectbox("Run B", list(by_id), index=0, format_func=labels.get, key="cm_b")
+    view = c3.radio("Show", ["Side by side", "Difference (B − A)"], horizontal=True, key="cm_view")
+    res_a, res_b = by_id[first].results, by_id[second].results
+    if view == "Side by side":
+        left, right = st.columns(2)
+        for side, (col, run, res) in enumerate(((left, first, res_a), (right, second, res_b))):
+            fig = charts.confusion_figure(res["confusion"], res["classes"])
+            fig.update_layout(title=labels[run])
+            col.plotly_chart(fig, key=f"cm_side_{side}")
+    elif res_a["classes"] != res_b["classes"]:
+        st.warning("These runs were trained on different classes, so their confusion matrices cannot be "
+                   "subtracted; compare them side by side.")
+    else:
+        st.plotly_chart(charts.confusion_difference_figure(res_a["confusion"], res_b["confusion"], res_a["classes"],
+                                                           (f"#{first}", f"#{second}")), key="cm_diff")
+
 # -- sweep groups ------------------------------------------------------------------------------------------
 shown_groups = sorted({r.group for r in shown if r.group})
 if shown_groups:
@@ -96,5 +126,5 @@ for group in shown_groups:
     best_id = best.id if best else None
     styled = members.style.apply(
         lambda row, b=best_id: ["background-color: #d6f5d6" if row["run"] == b else "" for _ in row], axis=1
-    ).format({"best val acc": "{:.1%}", "test acc": "{:.1%}", "retrain test acc": "{:.1%}"}, na_rep="—")
+    ).format(dict.fromkeys(ACCURACIES, "{:.1%}"), na_rep="—")
     st.dataframe(styled, hide_index=True, width="stretch", key=f"group-{group}")
