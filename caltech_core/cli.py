@@ -1,5 +1,5 @@
 """`python -m caltech_core ...`: dataset summary, foreground training, runs, classification, resume, evaluation,
-report.
+export, report.
 
 Results go to stdout (with `--json`: machine-readable), progress bars and errors to stderr.
 Exit codes: 0 success; 1 a failure the message explains (missing dataset, unknown run, a failed run);
@@ -340,6 +340,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a run's best weights to ONNX or TorchScript with a JSON of classes and preprocessing."""
+    from caltech_core import export
+
+    store = _store(args)
+    try:
+        exported = export.export_run(store, args.run, args.format, args.out)
+    except export.ExportError as exc:
+        raise CliError(str(exc)) from exc
+    summary = {"run_id": args.run, "format": args.format, "model": str(exported.model_path),
+               "metadata": str(exported.meta_path), "max_difference": exported.max_difference}
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"{args.format} model: {exported.model_path}")
+        print(f"classes and preprocessing: {exported.meta_path}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """Rebuild the study's tables and figures from the store; write report.md (+ figures) to --out."""
     from caltech_core import report
@@ -430,6 +449,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=int, metavar="RUN")
     p.add_argument("--split", choices=("test", "val"), default="test")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", parents=[common], help="export a run's best model to ONNX or TorchScript")
+    p.add_argument("run", type=int, metavar="RUN")
+    p.add_argument("--format", choices=("onnx", "torchscript"), required=True)
+    p.add_argument("--out", metavar="DIR", required=True, help="folder for the model file and its JSON")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", parents=[common, rooted], help="rebuild the study's tables and figures")
     p.add_argument("--out", metavar="DIR", help="output folder (default: STORE/report)")
