@@ -6,6 +6,9 @@ cache with the study's augmentation, and the same steps on one synthetic batch t
 ratio = real / synthetic: near 1 means the input pipeline keeps the device busy.
 
     .venv/bin/python bench/gpu_throughput.py --archs resnet18,efficientnet_lite0 --iters 5 --image-size 64
+
+The real loader is measured with one crop thread (the 2-core tuning) and with one per core beyond two
+(`--crop-workers 1,auto`), so a run shows what scaling the crop threads with the machine buys.
 """
 
 from __future__ import annotations
@@ -63,6 +66,41 @@ def measure(cfg: TrainConfig, batches, num_classes: int, device: torch.device, w
     return seen / (time.perf_counter() - started)
 
 
+def throughput_rows(
+    cache: ImageCache, samples: list, num_classes: int, archs: list[str], device: torch.device, *,
+    batch_size: int, image_size: int, augment: str, warmup: int, iters: int,
+    crop_workers: list[int | None], log=print,
+) -> list[dict]:
+    """One row per architecture: real-loader img/s for each crop-worker count, the synthetic ceiling, ratios.
+
+    `samples` must hold at least (warmup + iters) * batch_size training samples (repeats allowed).
+    """
+    cfg0 = TrainConfig(image_size=image_size, augment=augment)
+    rows = []
+    for arch in archs:
+        cfg = cfg0.replace(arch=arch, batch_size=batch_size, device=device.type)
+        row: dict = {"arch": arch, "batch_size": batch_size, "image_size": image_size}
+        for workers in crop_workers:
+            loader = BatchLoader(
+                cache, [cache.index_of(s.path) for s in samples], [s.label for s in samples],
+                batch_size=batch_size, train=True, cfg=cfg, device=device,
+                generator=torch.Generator().manual_seed(0), reuse_buffers=True,  # as the engine's loaders
+                crop_workers=workers,
+            )
+            row[f"real_{loader.crop_workers}"] = measure(cfg, iter(loader), num_classes, device, warmup, iters)
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(batch_size, 3, image_size, image_size, generator=gen).to(device)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, num_classes, (batch_size,), generator=gen).to(device)
+        row["synthetic"] = measure(cfg, itertools.repeat((x, y)), num_classes, device, warmup, iters)
+        for key in [k for k in row if k.startswith("real_")]:
+            row[f"ratio_{key[5:]}"] = row[key] / row["synthetic"]
+        log(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default=None, help="Caltech-101 root (default: $CALTECH101_ROOT)")
@@ -75,6 +113,8 @@ def main() -> None:
     parser.add_argument("--augment", default="crop,hflip", help="training augmentations of the real loader")
     parser.add_argument("--cache-dir", default=None, help="image cache folder (default: a temporary one)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--crop-workers", default="1,auto",
+                        help="crop-thread counts of the real loader to compare ('auto' = one per core beyond two)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -92,27 +132,30 @@ def main() -> None:
           f"real data augmented with {args.augment or 'nothing'}")
     t = time.perf_counter()
     unique = list(dict.fromkeys(s.path for s in samples))
-    cfg0 = TrainConfig(image_size=args.image_size, augment=args.augment)
-    cache = ImageCache.build(unique, cache_dir, resize_size=cfg0.resize_size)
+    cache = ImageCache.build(unique, cache_dir, resize_size=TrainConfig(image_size=args.image_size).resize_size)
     print(f"image cache for {len(unique)} images: {time.perf_counter() - t:.1f} s (not timed below)\n")
+    workers = [None if w.strip() == "auto" else int(w) for w in args.crop_workers.split(",") if w.strip()]
+    rows = throughput_rows(
+        cache, samples, data.num_classes, [a.strip() for a in args.archs.split(",") if a.strip()], device,
+        batch_size=args.batch_size, image_size=args.image_size, augment=args.augment, warmup=args.warmup,
+        iters=args.iters, crop_workers=workers, log=lambda line: print(line, file=sys.stderr),
+    )
+    print(markdown_table(rows))
 
-    print("| architecture | real data (img/s) | synthetic on device (img/s) | real / synthetic |")
-    print("|---|---|---|---|")
-    for arch in [a.strip() for a in args.archs.split(",") if a.strip()]:
-        cfg = cfg0.replace(arch=arch, batch_size=args.batch_size, device=device.type)
-        loader = BatchLoader(
-            cache, [cache.index_of(s.path) for s in samples], [s.label for s in samples],
-            batch_size=args.batch_size, train=True, cfg=cfg, device=device,
-            generator=torch.Generator().manual_seed(0), reuse_buffers=True,  # as the engine's loaders
-        )
-        real = measure(cfg, iter(loader), data.num_classes, device, args.warmup, args.iters)
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=gen).to(device)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = torch.randint(0, data.num_classes, (args.batch_size,), generator=gen).to(device)
-        synthetic = measure(cfg, itertools.repeat((x, y)), data.num_classes, device, args.warmup, args.iters)
-        print(f"| {arch} | {real:.1f} | {synthetic:.1f} | {real / synthetic:.2f} |", flush=True)
+
+def markdown_table(rows: list[dict]) -> str:
+    """The rows as a Markdown table: real img/s per crop-thread count, synthetic img/s, real / synthetic."""
+    if not rows:
+        return "(no architectures measured)"
+    counts = [k[5:] for k in rows[0] if k.startswith("real_")]
+    head = ["architecture", *(f"real, {c} crop thread(s) (img/s)" for c in counts), "synthetic (img/s)",
+            *(f"ratio, {c} thread(s)" for c in counts)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["arch"], *(f"{r[f'real_{c}']:.0f}" for c in counts), f"{r['synthetic']:.0f}",
+                 *(f"{r[f'ratio_{c}']:.2f}" for c in counts)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

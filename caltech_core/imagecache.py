@@ -24,7 +24,7 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from caltech_core.data import Skipped
+from caltech_core.data import Skipped, worker_threads
 
 INDEX_VERSION = 1
 CHUNK = 128  # images decoded between index checkpoints (a crash loses at most one chunk of work)
@@ -277,7 +277,7 @@ def _decode_into(
 ) -> None:
     """Decode `todo` on a small thread pool (Pillow releases the GIL), append pixels, checkpoint the index."""
     entries, unreadable = index.entries, index.unreadable
-    workers = max(1, min(2, os.cpu_count() or 1))
+    workers = worker_threads()
     with open(directory / index.pixels, "ab") as out, ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, len(todo), CHUNK):
             chunk = todo[start: start + CHUNK]

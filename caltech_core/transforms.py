@@ -14,6 +14,7 @@ import math
 import queue
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
+
+from caltech_core.data import worker_threads
 
 if TYPE_CHECKING:
     from caltech_core.config import TrainConfig
@@ -162,6 +165,10 @@ class BatchLoader:
     A final training batch of a single image is dropped (BatchNorm cannot train on one sample).
     The next batches are prepared by a background thread while the caller computes.
 
+    crop_workers (default: one per core beyond the two pipeline threads, `worker_threads(2)`): threads that
+    crop the images of one batch side by side; every random draw is made up front, so the batches are the
+    same for any number. On a 2-core machine it is 1: the crop thread itself does the work.
+
     reuse_buffers=True (CPU only): batches (and their uint8 crops) are written into a `BufferRing` allocated
     once, so a batch is overwritten PREFETCH + 2 batches later. Fresh 10-150 MB tensors per batch cost more in page
     faults than the conversion itself; the training and evaluation loops, which finish with each batch
@@ -171,7 +178,7 @@ class BatchLoader:
     def __init__(
         self, cache: ImageCache, indices: Sequence[int], labels: Sequence[int], *, batch_size: int, train: bool,
         cfg: TrainConfig, device: torch.device | str = "cpu", generator: torch.Generator | None = None,
-        reuse_buffers: bool = False,
+        reuse_buffers: bool = False, crop_workers: int | None = None,
     ) -> None:
         if len(indices) != len(labels):
             raise ValueError(f"indices ({len(indices)}) and labels ({len(labels)}) differ in length")
@@ -186,6 +193,7 @@ class BatchLoader:
         self.device = torch.device(device)
         self.generator = generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
         self.size = cfg.image_size
+        self.crop_workers = worker_threads(reserved=2) if crop_workers is None else max(1, int(crop_workers))
         # Kept across epochs, so later epochs reuse the memory and the turn keeps counting.
         reuse = reuse_buffers and self.device.type == "cpu"
         s = self.size
@@ -213,19 +221,33 @@ class BatchLoader:
         crops = plan.crop_u.tolist() if plan.crop_u is not None else None
         hflip, vflip, angle = plan.hflip.tolist(), plan.vflip.tolist(), plan.angle.tolist()
         indices, s = self.indices.tolist(), self.size
-        for b in range(len(self)):
-            positions = plan.order[b * self.batch_size: (b + 1) * self.batch_size]
-            if self._host_ring is not None:  # CPU only, so never asked to pin
-                host = self._host_ring(len(positions))
-            else:
-                host = torch.empty((len(positions), s, s, 3), dtype=torch.uint8, pin_memory=pin)
-            rows = host.numpy()
-            for row, pos in enumerate(positions.tolist()):
+
+        def fill(rows: np.ndarray, positions: list[int], first: int) -> None:
+            for row, pos in enumerate(positions[first: first + len(rows)]):
                 u_y, u_x = crops[pos] if crops is not None else (None, None)
                 crop_into(self.cache[indices[pos]], rows[row], u_y, u_x, hflip[pos], vflip[pos])
                 if angle[pos] != 0.0:
                     rotate_into(rows[row], angle[pos])
-            yield host, self.labels[positions]
+
+        pool = ThreadPoolExecutor(self.crop_workers, "batch-crop") if self.crop_workers > 1 else None
+        try:
+            for b in range(len(self)):
+                positions = plan.order[b * self.batch_size: (b + 1) * self.batch_size].tolist()
+                if self._host_ring is not None:  # CPU only, so never asked to pin
+                    host = self._host_ring(len(positions))
+                else:
+                    host = torch.empty((len(positions), s, s, 3), dtype=torch.uint8, pin_memory=pin)
+                rows = host.numpy()
+                if pool is None:
+                    fill(rows, positions, 0)
+                else:  # contiguous slices of the batch, one per worker
+                    step = math.ceil(len(positions) / self.crop_workers)
+                    starts = range(0, len(positions), step)
+                    list(pool.map(fill, [rows[i: i + step] for i in starts], [positions] * len(starts), starts))
+                yield host, self.labels[positions]
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def host_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One pass of (uint8 NHWC crops, labels) on the host, before the float conversion.

@@ -225,3 +225,34 @@ def test_loader_on_mini_root_real_images(mini_root, tmp_path):
     x, y = _epoch(loader)
     assert x.shape == (9, 3, 64, 64) and sorted(y.tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert float(x.min()) >= -1.0 - 1e-6 and float(x.max()) <= 1.0 + 1e-6  # float32 rounding of the fused op
+
+
+@pytest.mark.parametrize("reuse_buffers", [False, True])
+def test_crop_workers_give_the_same_batches_as_one_thread(cache, reuse_buffers):
+    """Every random draw is made up front, so splitting a batch's crops over threads changes nothing."""
+    cfg = _cfg("crop", "hflip", "vflip", "rotate")
+    batches = {}
+    for workers in (1, 3):
+        loader = BatchLoader(
+            cache, list(range(len(cache))), [i % 3 for i in range(len(cache))], batch_size=5, train=True,
+            cfg=cfg, generator=torch.Generator().manual_seed(7), reuse_buffers=reuse_buffers,
+            crop_workers=workers,
+        )
+        batches[workers] = [(x.clone(), y.clone()) for x, y in loader]
+    assert len(batches[1]) == len(batches[3]) == 2
+    for (x1, y1), (x3, y3) in zip(batches[1], batches[3], strict=True):
+        assert torch.equal(x1, x3) and torch.equal(y1, y3)
+
+
+def test_worker_threads_follow_the_cores(monkeypatch):
+    monkeypatch.setattr(data.os, "cpu_count", lambda: 16)
+    assert data.worker_threads() == 16 and data.worker_threads(reserved=2) == 14
+    monkeypatch.setattr(data.os, "cpu_count", lambda: 2)
+    assert data.worker_threads() == 2 and data.worker_threads(reserved=2) == 1
+    monkeypatch.setattr(data.os, "cpu_count", lambda: 64)
+    assert data.worker_threads() == data.MAX_WORKERS
+    monkeypatch.setenv(data.THREADS_ENV, "4")
+    assert data.worker_threads() == 4 and data.worker_threads(reserved=2) == 2
+    monkeypatch.setenv(data.THREADS_ENV, "many")
+    with pytest.raises(ValueError, match="CALTECH_STUDIO_THREADS"):
+        data.worker_threads()

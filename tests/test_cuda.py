@@ -1,0 +1,175 @@
+"""The CUDA path: AMP + channels_last steps, pinned batches, resume, out-of-memory, the worker thread on a GPU.
+
+Skipped without a CUDA GPU (marker `cuda`); bench/gpu_check.py runs them on a GPU machine. Tolerances:
+a bf16/fp16 autocast step may differ from an fp32 step by rounding only, so its loss must lie within 5% of
+the fp32 loss and its weight update must point the same way (cosine similarity >= 0.98); a GPU batch must
+equal the CPU loader's batch to 1e-6 (the same uint8 crops, the same multiply-add in float32); resumed
+curves must match an uninterrupted run's to 1e-3 (cuDNN may pick other kernels, which round differently).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from caltech_core import engine
+from caltech_core.config import ARCHITECTURES, TrainConfig
+from caltech_core.data import Splits
+from caltech_core.evaluation import autocast_for
+from caltech_core.imagecache import ImageCache
+from caltech_core.jobs import JobManager
+from caltech_core.models import build_model
+from caltech_core.store import RunStore
+from caltech_core.transforms import BatchLoader
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run bench/gpu_check.py there)"),
+]
+
+CUDA = torch.device("cuda")
+
+
+def _tiny(**changes) -> TrainConfig:
+    base = dict(arch="resnet18", image_size=64, batch_size=4, epochs=3, step_size=2, lr=0.01, device="cuda")
+    return TrainConfig(**{**base, **changes})
+
+
+def _no_dropout(model: nn.Module) -> nn.Module:
+    """Dropout off, so the fp32 and the autocast step see the same network (their masks would differ)."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    if hasattr(model, "drop_rate"):
+        model.drop_rate = 0.0  # timm's EfficientNet applies its head dropout functionally
+    return model
+
+
+def _step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, amp: bool) -> tuple[float, torch.Tensor]:
+    """One SGD step as engine.train takes it; returns the loss and the flattened weight update."""
+    before = torch.cat([p.detach().flatten().float() for p in model.parameters()])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported())
+    model.train()
+    with autocast_for(CUDA, amp):
+        loss = nn.functional.cross_entropy(model(x).float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    after = torch.cat([p.detach().flatten().float() for p in model.parameters()])
+    return loss.item(), after - before
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_amp_channels_last_step_matches_fp32(arch):
+    torch.manual_seed(0)
+    reference = _no_dropout(build_model(arch, 10)).to(CUDA)
+    mixed = copy.deepcopy(reference).to(memory_format=torch.channels_last)
+    x = torch.randn(8, 3, 96, 96, device=CUDA)
+    y = torch.randint(0, 10, (8,), device=CUDA)
+    loss32, update32 = _step(reference, x, y, amp=False)
+    loss_amp, update_amp = _step(mixed, x.contiguous(memory_format=torch.channels_last), y, amp=True)
+    assert abs(loss_amp - loss32) <= 0.05 * abs(loss32), (loss32, loss_amp)
+    cosine = nn.functional.cosine_similarity(update32, update_amp, dim=0).item()
+    assert cosine >= 0.98, cosine
+
+
+def test_fp16_with_grad_scaler_trains_when_bf16_is_missing(mini_root, tmp_path, monkeypatch):
+    """Older GPUs have no bf16: the engine then runs fp16 autocast with a GradScaler."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    data = Splits.from_config(_tiny(), root=mini_root)
+    result = engine.train(_tiny(epochs=2), data, workdir=tmp_path / "run", cache_dir=tmp_path / "cache")
+    assert result.status == "finished", result.error
+    assert all(torch.isfinite(torch.tensor(m.train_loss)) for m in result.epochs)
+    scaler = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["scaler"]
+    assert scaler, "the GradScaler state is saved for resume"
+
+
+def test_pinned_batches_arrive_normalised_like_the_cpu_path(mini_root, tmp_path):
+    cfg = _tiny(augment=("crop", "hflip", "rotate"), batch_size=5)
+    data = Splits.from_config(cfg, root=mini_root)
+    cache = ImageCache.build(data.all_paths(), tmp_path / "cache", resize_size=cfg.resize_size)
+    indices, labels = [cache.index_of(s.path) for s in data.train], [s.label for s in data.train]
+
+    def batches(device: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        loader = BatchLoader(cache, indices, labels, batch_size=5, train=True, cfg=cfg, device=device,
+                             generator=torch.Generator().manual_seed(3))
+        return list(loader)
+
+    pinned = BatchLoader(cache, indices, labels, batch_size=5, train=True, cfg=cfg, device="cuda")
+    host, _ = next(pinned._host_iter(pinned._plan(), pin=True))  # what the prefetch thread hands over
+    assert host.is_pinned()
+    on_gpu, on_cpu = batches("cuda"), batches("cpu")
+    assert len(on_gpu) == len(on_cpu) > 1
+    for (xg, yg), (xc, yc) in zip(on_gpu, on_cpu, strict=True):
+        assert xg.device.type == "cuda" and xg.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(yg.cpu(), yc)
+        torch.testing.assert_close(xg.cpu(), xc, rtol=0, atol=1e-6)
+
+
+def test_resume_on_cuda_repeats_the_curves(mini_root, tmp_path):
+    cfg = _tiny(augment=("crop", "hflip"))
+    data = Splits.from_config(cfg, root=mini_root)
+    whole = engine.train(cfg, data, workdir=tmp_path / "whole", cache_dir=tmp_path / "cache")
+    assert whole.status == "finished", whole.error
+
+    epochs_seen: list = []
+    stop_after_first = engine.Callbacks(should_stop=lambda: len(epochs_seen) >= 1, on_epoch=epochs_seen.append)
+    first = engine.train(cfg, data, stop_after_first, workdir=tmp_path / "split", cache_dir=tmp_path / "cache")
+    assert first.status == "cancelled" and len(first.epochs) == 1
+    rest = engine.train(cfg, data, workdir=tmp_path / "split", cache_dir=tmp_path / "cache", resume=True)
+    assert rest.status == "finished", rest.error
+    assert [m.epoch for m in rest.epochs] == [1, 2, 3]
+    for a, b in zip(whole.epochs, rest.epochs, strict=True):
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            assert getattr(a, key) == pytest.approx(getattr(b, key), abs=1e-3), (a.epoch, key)
+
+
+@pytest.fixture
+def store(tmp_path) -> RunStore:
+    return RunStore(tmp_path / "studio")
+
+
+def test_out_of_memory_fails_with_advice_and_the_next_job_runs(mini_root, store):
+    manager = JobManager(store, data_root=mini_root)
+    try:
+        free, _ = torch.cuda.mem_get_info()
+        hog = torch.empty(max(free - (64 << 20), 0), dtype=torch.uint8, device=CUDA)  # leave 64 MiB
+        starved = manager.submit(_tiny(arch="vgg16", batch_size=8, image_size=128, epochs=1))
+        assert manager.wait(starved, timeout=300)
+        del hog
+        torch.cuda.empty_cache()
+        healthy = manager.submit(_tiny(epochs=1))
+        assert manager.wait(healthy, timeout=300)
+    finally:
+        manager.shutdown(wait=True)
+    failed = store.get_run(starved)
+    assert failed.status == "failed"
+    assert "out of memory" in failed.error.lower() and "batch size" in failed.error.lower(), failed.error
+    assert store.get_run(healthy).status == "finished"
+
+
+def test_worker_thread_trains_on_cuda_while_the_main_thread_reads_the_store(mini_root, store):
+    manager = JobManager(store, data_root=mini_root)
+    reads, seen_epochs = 0, set()
+    try:
+        run_id = manager.submit(_tiny(epochs=4))
+        deadline = time.monotonic() + 300
+        while (manager.current() == run_id or run_id in manager.queued()) and time.monotonic() < deadline:
+            seen_epochs.add(len(store.epochs(run_id)))
+            store.list_runs()
+            reads += 1
+            time.sleep(0.01)
+        assert manager.wait(run_id, timeout=60)
+    finally:
+        manager.shutdown(wait=True)
+    run = store.get_run(run_id)
+    assert run.status == "finished", run.error
+    assert run.device is not None and run.device.startswith("cuda")
+    assert [e["epoch"] for e in store.epochs(run_id)] == [1, 2, 3, 4]
+    assert reads > 10 and len(seen_epochs) > 1, (reads, seen_epochs)  # the reads overlapped the training
