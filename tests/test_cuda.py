@@ -136,17 +136,20 @@ def store(tmp_path) -> RunStore:
 
 
 def test_out_of_memory_fails_with_advice_and_the_next_job_runs(mini_root, store):
+    """A real CUDA out-of-memory: this process may use 256 MiB of the card (other processes, e.g. the
+    GPU check's training runs, keep theirs), less than VGG-16's weights alone."""
     manager = JobManager(store, data_root=mini_root)
+    total = torch.cuda.get_device_properties(CUDA).total_memory
     try:
-        free, _ = torch.cuda.mem_get_info()
-        hog = torch.empty(max(free - (64 << 20), 0), dtype=torch.uint8, device=CUDA)  # leave 64 MiB
+        torch.cuda.empty_cache()
+        torch.cuda.set_per_process_memory_fraction((256 << 20) / total)
         starved = manager.submit(_tiny(arch="vgg16", batch_size=8, image_size=128, epochs=1))
         assert manager.wait(starved, timeout=300)
-        del hog
-        torch.cuda.empty_cache()
+        torch.cuda.set_per_process_memory_fraction(1.0)
         healthy = manager.submit(_tiny(epochs=1))
         assert manager.wait(healthy, timeout=300)
     finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
         manager.shutdown(wait=True)
     failed = store.get_run(starved)
     assert failed.status == "failed"
