@@ -8,7 +8,8 @@
 --out after every part (so a run stopped at any point leaves what it had):
 1. machine: the card, versions, and the decoded-image cache build (timed on its own);
 2. throughput: bench/gpu_throughput.py for every architecture, the real loader with one crop thread (the
-   2-core tuning) and one per core, against a synthetic batch that never leaves the GPU;
+   2-core tuning) and one per core, against a synthetic batch that never leaves the GPU; then the GPU
+   settings one at a time on a synthetic batch (fp32, autocast, channels_last, fused SGD);
 3. the study's from-scratch experiments on the full split at 224 px through the studio's own store and
    `jobs.run_job` (baseline, LR grid, the best setting LR 1e-2 / 60 epochs / step 30 retrained on train+val,
    the same with crop + flip augmentation, then the step and epoch grids), several runs side by side on the
@@ -142,6 +143,7 @@ class Plan:
     budget_s: float
     device: str
     throughput_archs: list[str]
+    settings_archs: list[str]
     throughput: dict[str, Any]  # batch_size, image_size, warmup, iters
     jobs: list[TrainConfig]
     processes: int
@@ -149,7 +151,7 @@ class Plan:
     # throughput: its cap; wrap_up: seconds kept at the end to cancel, reap and write; min_start: no run is
     # started with less than this left before the wrap-up.
     caps: dict[str, float] = field(
-        default_factory=lambda: {"throughput": 120.0, "wrap_up": 25.0, "min_start": 30.0})
+        default_factory=lambda: {"throughput": 120.0, "settings": 60.0, "wrap_up": 25.0, "min_start": 30.0})
     data: dict[str, Any] = field(default_factory=dict)  # load_splits overrides (tests: fewer classes)
 
 
@@ -163,18 +165,6 @@ def _lite_arch() -> str | None:
     return None
 
 
-def _native_size(arch: str) -> int:
-    """The architecture's native input size where the models module knows one, else 224."""
-    from caltech_core import models
-
-    spec = getattr(models, "spec", None)
-    if callable(spec):
-        size = getattr(spec(arch), "input_size", None)
-        if isinstance(size, int):
-            return size
-    return {"efficientnet_lite1": 240, "efficientnet_lite2": 260}.get(arch, 224)
-
-
 def study_jobs(device: str) -> list[TrainConfig]:
     """The study's from-scratch experiments and the Lite fine-tune, longest and most important first."""
     from caltech_core.experiments import BASELINE, PRESETS
@@ -186,8 +176,9 @@ def study_jobs(device: str) -> list[TrainConfig]:
     ]
     lite = _lite_arch()
     if lite is not None:
+        # At the architecture's native input size (TrainConfig's default for it).
         tune = TrainConfig(arch=lite, pretrained=True, train="all", augment=("crop", "hflip"), batch_size=64,
-                           image_size=_native_size(lite), epochs=15, step_size=10, weight_decay=1e-4,
+                           epochs=15, step_size=10, weight_decay=1e-4,
                            retrain_on_train_val=True, device=device, group="gpu-lite")
         jobs += [tune.replace(lr=lr, name=f"gpu-lite: {lite} all layers crop+hflip lr={lr:g}") for lr in (0.01, 0.03)]
     jobs += [cfg.replace(device=device) for cfg in PRESETS["baseline"].configs]
@@ -202,6 +193,7 @@ def study_jobs(device: str) -> list[TrainConfig]:
 
 def full_plan(budget_s: float) -> Plan:
     return Plan(budget_s=budget_s, device="cuda", throughput_archs=list(ARCHITECTURES),
+                settings_archs=[a for a in ("alexnet", "resnet18", "resnet50", _lite_arch()) if a],
                 throughput={"batch_size": 128, "image_size": 224, "warmup": 5, "iters": 20},
                 jobs=study_jobs("cuda"), processes=6)
 
@@ -294,6 +286,23 @@ class Check:
             if device.type == "cuda":
                 torch.cuda.empty_cache()  # the next architecture's cuDNN autotuning gets the whole card
         self.part("throughput", {"rows": rows, **t, "augment": "crop,hflip"})
+
+    def settings(self, num_classes: int) -> None:
+        """Synthetic-batch speed of each GPU setting (fp32, autocast, channels_last, fused SGD), one at a time."""
+        from gpu_throughput import settings_rows
+
+        t = self.plan.throughput
+        cap = time.monotonic() + min(self.plan.caps["settings"], self.left())
+        rows: list[dict] = []
+        for arch in self.plan.settings_archs:
+            if time.monotonic() > cap:
+                break
+            try:
+                rows += settings_rows([arch], num_classes, torch.device(self.plan.device), batch_size=t["batch_size"],
+                                      image_size=t["image_size"], warmup=t["warmup"], iters=t["iters"], log=self.log)
+            except Exception as exc:  # keep the other architectures' figures
+                self.log(f"settings {arch} failed: {exc}")
+        self.part("settings", {"rows": rows, "batch_size": t["batch_size"], "image_size": t["image_size"]})
 
     def cuda_tests(self) -> subprocess.Popen | None:
         if not self.plan.cuda_tests:
@@ -443,6 +452,13 @@ def markdown(summary: dict[str, Any]) -> str:
                   f"batch {tp['batch_size']}, {tp['image_size']} px, augment {tp['augment']}, "
                   f"{tp['warmup']} warm-up + {tp['iters']} timed steps", "", markdown_table(measured), ""]
         lines += [f"- {r['arch']}: {r.get('error') or r.get('skipped')}" for r in tp["rows"] if "synthetic" not in r]
+    settings = parts.get("settings")
+    if settings and settings["rows"]:
+        from gpu_throughput import settings_table
+
+        lines += ["## GPU settings, one at a time (synthetic batch, img/s and speed-up over fp32)", "",
+                  f"batch {settings['batch_size']}, {settings['image_size']} px", "",
+                  settings_table(settings["rows"]), ""]
     exp = parts.get("experiments")
     if exp:
         lines += ["## Experiments (full split; several runs side by side on the one GPU)", "",
@@ -469,6 +485,7 @@ def run(plan: Plan, root: Path, out: Path, work: Path) -> dict[str, Any]:
     splits, cache = check.machine()
     if check.left() > 60:
         check.throughput(splits, cache)
+        check.settings(splits.num_classes)
     else:
         check.part("throughput", {"rows": [], "skipped": "time budget"})
     tests = check.cuda_tests()

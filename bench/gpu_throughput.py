@@ -40,15 +40,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(cfg: TrainConfig, batches, num_classes: int, device: torch.device, warmup: int, iters: int) -> float:
-    """Images per second of `iters` training steps on `batches` after `warmup` untimed steps."""
+def measure(
+    cfg: TrainConfig, batches, num_classes: int, device: torch.device, warmup: int, iters: int, *,
+    channels_last: bool | None = None, fused: bool = False,
+) -> float:
+    """Images per second of `iters` training steps on `batches` after `warmup` untimed steps.
+
+    As engine.train by default (channels_last and autocast on CUDA when cfg.amp); `channels_last` and
+    `fused` (the fused CUDA SGD kernel) switch single settings for the settings table.
+    """
     torch.manual_seed(0)
+    if channels_last is None:
+        channels_last = device.type == "cuda"
     model = build_model(cfg.arch, num_classes).to(
-        device, memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        device, memory_format=torch.channels_last if channels_last else torch.contiguous_format
     )
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4,
+                                **({"fused": True} if fused else {}))
+    scaler = torch.amp.GradScaler(
+        "cuda", enabled=device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported())
     criterion = torch.nn.CrossEntropyLoss()
     seen, started = 0, 0.0
     for step, (x, y) in enumerate(itertools.islice(batches, warmup + iters)):
@@ -64,6 +75,35 @@ def measure(cfg: TrainConfig, batches, num_classes: int, device: torch.device, w
         seen += len(y)
     _sync(device)
     return seen / (time.perf_counter() - started)
+
+
+# GPU settings measured one at a time on a synthetic batch: (label, amp, channels_last, fused SGD).
+SETTINGS = (
+    ("fp32", False, False, False),
+    ("fp32 + channels_last", False, True, False),
+    ("bf16/fp16 autocast", True, False, False),
+    ("autocast + channels_last (engine)", True, True, False),
+    ("autocast + channels_last + fused SGD", True, True, True),
+)
+
+
+def settings_rows(archs: list[str], num_classes: int, device: torch.device, *, batch_size: int, image_size: int,
+                  warmup: int, iters: int, log=print) -> list[dict]:
+    """Synthetic-batch img/s of each architecture under each of SETTINGS."""
+    rows = []
+    for arch in archs:
+        row: dict = {"arch": arch}
+        for label, amp, channels_last, fused in SETTINGS:
+            cfg = TrainConfig(arch=arch, image_size=image_size, amp=amp, device=device.type)
+            gen = torch.Generator().manual_seed(0)
+            x = torch.randn(batch_size, 3, image_size, image_size, generator=gen).to(device)
+            x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            y = torch.randint(0, num_classes, (batch_size,), generator=gen).to(device)
+            row[label] = measure(cfg, itertools.repeat((x, y)), num_classes, device, warmup, iters,
+                                 channels_last=channels_last, fused=fused)
+        log(f"settings {arch}: " + ", ".join(f"{k} {v:.0f}" for k, v in row.items() if k != "arch"))
+        rows.append(row)
+    return rows
 
 
 def throughput_rows(
@@ -141,6 +181,16 @@ def main() -> None:
         iters=args.iters, crop_workers=workers, log=lambda line: print(line, file=sys.stderr),
     )
     print(markdown_table(rows))
+
+
+def settings_table(rows: list[dict]) -> str:
+    """Settings rows as Markdown: img/s per setting, and each one's speed-up over fp32."""
+    labels = [label for label, *_ in SETTINGS]
+    lines = ["| architecture | " + " | ".join(labels) + " |", "|" + "---|" * (len(labels) + 1)]
+    for r in rows:
+        base = r[labels[0]]
+        lines.append(f"| {r['arch']} | " + " | ".join(f"{r[k]:.0f} ({r[k] / base:.2f}x)" for k in labels) + " |")
+    return "\n".join(lines)
 
 
 def markdown_table(rows: list[dict]) -> str:

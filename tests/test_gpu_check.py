@@ -46,18 +46,19 @@ def _plan(budget: float, epochs: int) -> gpu_check.Plan:
     job = TrainConfig(arch="alexnet", image_size=64, batch_size=8, epochs=epochs, step_size=2, lr=0.01,
                       device="cpu", name="tiny", group="tiny")
     return gpu_check.Plan(
-        budget_s=budget, device="cpu", throughput_archs=["alexnet"],
+        budget_s=budget, device="cpu", throughput_archs=["alexnet"], settings_archs=["alexnet"],
         throughput={"batch_size": 4, "image_size": 64, "warmup": 1, "iters": 2},
         jobs=[job, job.replace(lr=0.02, name="tiny lr=0.02")], processes=2,
-        caps={"throughput": 60.0, "wrap_up": 8.0, "min_start": 2.0},
+        caps={"throughput": 60.0, "settings": 60.0, "wrap_up": 8.0, "min_start": 2.0},
     )
 
 
 def test_a_tiny_plan_runs_every_part_and_writes_its_summary(mini_root, tmp_path):
     out = tmp_path / "out"
-    summary = gpu_check.run(_plan(budget=240, epochs=2), mini_root, out, tmp_path / "work")
+    summary = gpu_check.run(_plan(budget=900, epochs=2), mini_root, out, tmp_path / "work")  # ends when done
     on_disk = json.loads((out / "gpu_check.json").read_text())
-    assert set(on_disk["parts"]) == {"machine", "throughput", "experiments", "cuda_tests"}
+    assert set(on_disk["parts"]) == {"machine", "throughput", "settings", "experiments", "cuda_tests"}
+    assert len(on_disk["parts"]["settings"]["rows"][0]) == 1 + 5  # every setting measured
     assert on_disk["parts"]["machine"]["splits"] == {"train": 12, "val": 12, "test": 12}
     row = on_disk["parts"]["throughput"]["rows"][0]
     assert row["arch"] == "alexnet" and row["synthetic"] > 0 and row["real_1"] > 0
@@ -75,7 +76,7 @@ def test_a_tiny_plan_runs_every_part_and_writes_its_summary(mini_root, tmp_path)
 
 def test_the_budget_cancels_long_runs_cleanly(mini_root, tmp_path):
     plan = _plan(budget=45, epochs=1000)
-    plan.throughput_archs, plan.cuda_tests = [], False
+    plan.throughput_archs, plan.settings_archs, plan.cuda_tests = [], [], False
     plan.caps["wrap_up"] = 15.0  # runs are told to stop 30 s in
     started = time.monotonic()
     gpu_check.run(plan, mini_root, tmp_path / "out", tmp_path / "work")
