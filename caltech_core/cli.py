@@ -138,6 +138,8 @@ def _train_configs(args: argparse.Namespace, store: RunStore) -> tuple[list[Trai
             raise CliError(str(exc.args[0]) if exc.args else str(exc), 2) from exc
     else:
         bases = [TrainConfig()]
+    if "arch" in overrides:  # through replace(), so a new architecture brings its native image size
+        bases = [base.replace(arch=overrides["arch"]) for base in bases]
     configs = [TrainConfig.from_dict({**base.to_dict(), **overrides}) for base in bases]
     return configs, args.preset
 

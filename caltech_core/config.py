@@ -7,20 +7,15 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-ARCHITECTURES: tuple[str, ...] = ("alexnet", "vgg16", "resnet18", "resnet50", "efficientnet_lite0")
+from caltech_core.architectures import ARCH_LABELS as ARCH_LABELS  # re-exported: friendly names for the UI
+from caltech_core.architectures import ARCHITECTURES as ARCHITECTURES
+from caltech_core.architectures import get_spec
+
 TRAIN_MODES: tuple[str, ...] = ("all", "fc", "conv", "conv+head")
 AUGMENTATIONS: tuple[str, ...] = ("crop", "hflip", "rotate", "vflip")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
-# Friendly labels for the UI; the keys are the names used everywhere else.
-ARCH_LABELS = {
-    "alexnet": "AlexNet",
-    "vgg16": "VGG-16",
-    "resnet18": "ResNet-18",
-    "resnet50": "ResNet-50",
-    "efficientnet_lite0": "EfficientNet-Lite0",
-}
 TRAIN_MODE_LABELS = {
     "all": "All layers",
     "fc": "FC only (classifier; conv frozen)",
@@ -66,7 +61,7 @@ class TrainConfig:
     device: str = "auto"
     retrain_on_train_val: bool = False  # after training, retrain on train+val and report test (the study's final step)
     early_stopping_patience: int = 0  # epochs without validation improvement before stopping; 0 = off
-    image_size: int = 224  # crop size fed to the network; the cache keeps the shorter side at 256/224 of it
+    image_size: int | None = None  # crop fed to the network; None = the architecture's native size
     train_fraction: float = 0.5
     split_seed: int = 42
     classes: int | None = None  # first K classes only (quick runs)
@@ -83,6 +78,8 @@ class TrainConfig:
         if isinstance(aug, str):
             aug = tuple(a.strip() for a in aug.split(",") if a.strip())
         object.__setattr__(self, "augment", tuple(aug))
+        if self.image_size is None and self.arch in ARCHITECTURES:
+            object.__setattr__(self, "image_size", get_spec(self.arch).image_size)
         self.validate()
 
     # -- validation -------------------------------------------------------------------------
@@ -131,18 +128,14 @@ class TrainConfig:
     # -- derived values ---------------------------------------------------------------------
     @property
     def normalization(self) -> str:
-        """'imagenet' for pretrained weights, 'half' ((0.5, 0.5, 0.5)) from scratch, as in the study.
-
-        EfficientNet-Lite0's TF ImageNet weights were trained on inputs scaled to [-1, 1], which is 'half'.
-        """
-        if self.pretrained and self.arch != "efficientnet_lite0":
-            return "imagenet"
-        return "half"
+        """What the pretrained weights expect ('imagenet', or 'half' for the TF EfficientNet-Lite weights
+        trained on [-1, 1] inputs); 'half' ((0.5, 0.5, 0.5)) from scratch, as in the study."""
+        return get_spec(self.arch).normalization if self.pretrained else "half"
 
     @property
     def resize_size(self) -> int:
-        """Shorter side before cropping: the study's Resize(256) for a 224 crop, scaled alike."""
-        return round(self.image_size * 256 / 224)
+        """Shorter side before cropping: image_size / the architecture's crop_pct (the study's 256 for 224)."""
+        return get_spec(self.arch).resize_size(self.image_size)
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate StepLR gives in `epoch` (0-based)."""
@@ -167,6 +160,9 @@ class TrainConfig:
         return cls(**_coerce(kwargs))
 
     def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with `changes`; a new arch brings its native image size unless the size was set by hand."""
+        if "arch" in changes and "image_size" not in changes and self.image_size == get_spec(self.arch).image_size:
+            changes["image_size"] = None
         return dataclasses.replace(self, **changes)
 
 

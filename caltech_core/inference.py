@@ -1,4 +1,4 @@
-"""Classify uploaded images with a trained run or ImageNet EfficientNet-Lite0, and explain with Grad-CAM.
+"""Classify uploaded images with a trained run or an ImageNet model, and explain with Grad-CAM.
 
 `open_upload` turns untrusted bytes into a safe RGB image or raises `ImageError` with a message a user
 can act on. `Classifier` wraps a model, its class names and its eval preprocessing; checkpoints are read
@@ -19,14 +19,13 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 from torchvision.transforms import v2
 
+from caltech_core.architectures import get_spec
 from caltech_core.checkpoints import CheckpointError, read_weights
 from caltech_core.config import TrainConfig
 from caltech_core.imagecache import to_rgb
+from caltech_core.transforms import IMAGENET_MEAN, IMAGENET_STD, NORMALIZATION
 
 IMAGENET_CLASSES_FILE = Path(__file__).with_name("imagenet_classes.txt")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-HALF = (0.5, 0.5, 0.5)
 UPLOAD_TYPES = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
 
 
@@ -129,24 +128,28 @@ class Classifier:
             model.load_state_dict(state)
         except RuntimeError as exc:
             raise CheckpointError(f"{path} does not fit a {cfg.arch} with {len(classes)} classes: {exc}") from exc
-        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if cfg.normalization == "imagenet" else (HALF, HALF)
+        mean, std = NORMALIZATION[cfg.normalization]
         label = cfg.name or cfg.arch
         return cls(model=model, classes=classes, arch=cfg.arch, image_size=cfg.image_size,
                    resize_size=cfg.resize_size, mean=mean, std=std, title=f"Run #{run_id}: {label}",
                    device=_device(device))
 
     @classmethod
-    def imagenet_lite0(cls, *, device: torch.device | str | None = None) -> Classifier:
-        """ImageNet-pretrained EfficientNet-Lite0 with its 1000 ImageNet classes (offline weights)."""
+    def imagenet(cls, arch: str | None = None, *, device: torch.device | str | None = None) -> Classifier:
+        """An ImageNet-pretrained `arch` with its 1000 ImageNet classes and the preprocessing its weights
+        were evaluated with; by default the strongest one whose weights are on this machine."""
         from caltech_core import models
 
-        model = models.imagenet_lite0()
-        classes = IMAGENET_CLASSES_FILE.read_text().splitlines()
-        # The preprocessing these weights were trained with (timm's pretrained_cfg, see models.py).
-        return cls(model=model, classes=classes, arch="efficientnet_lite0", image_size=224,
-                   resize_size=round(224 / models.LITE0_CROP_PCT), mean=models.LITE0_MEAN, std=models.LITE0_STD,
-                   interpolation=models.LITE0_INTERPOLATION,
-                   title="EfficientNet-Lite0 (ImageNet, 1000 classes)", device=_device(device))
+        if arch is None:
+            arch = models.strongest_installed_imagenet()
+            if arch is None:
+                raise models.WeightsUnavailableError("no ImageNet weights are installed on this machine")
+        spec = get_spec(arch)
+        mean, std = NORMALIZATION[spec.normalization]
+        return cls(model=models.imagenet_model(arch), classes=IMAGENET_CLASSES_FILE.read_text().splitlines(),
+                   arch=arch, image_size=spec.image_size, resize_size=spec.resize_size(spec.image_size),
+                   mean=mean, std=std, interpolation=spec.interpolation,
+                   title=f"{spec.label} (ImageNet, 1000 classes)", device=_device(device))
 
     # -- preprocessing --------------------------------------------------------------------------------
     def model_view(self, image: Image.Image) -> Image.Image:
@@ -235,24 +238,12 @@ def classify_uploads(classifier: Classifier, uploads: list[tuple[str, bytes]], t
 
 # -- Grad-CAM helpers ---------------------------------------------------------------------------------
 def target_layer(model: nn.Module, arch: str) -> nn.Module:
-    """The layer Grad-CAM reads: the last convolutional feature map of each architecture.
+    """The layer Grad-CAM reads: the last convolutional feature map (the architecture table's choice).
 
-    For AlexNet/VGG it is the ReLU after the last conv (the last in-place op on that map, so the hooked
-    tensor is final); for ResNets the whole last stage; for EfficientNet the head's conv+BN+act.
+    AlexNet/VGG: the ReLU after the last conv; ResNets: the whole last stage; EfficientNet: the head's
+    conv+BN+act.
     """
-    if arch.startswith("resnet") and hasattr(model, "layer4"):
-        return model.layer4
-    if arch in ("alexnet", "vgg16") and hasattr(model, "features"):
-        relus = [m for m in model.features if isinstance(m, nn.ReLU)]
-        return relus[-1] if relus else model.features
-    if arch == "efficientnet_lite0":
-        for name in ("bn2", "conv_head"):
-            if hasattr(model, name):
-                return getattr(model, name)
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    if not convs:
-        raise ValueError(f"{arch}: no convolution layer for Grad-CAM")
-    return convs[-1]
+    return get_spec(arch).gradcam(model)
 
 
 def overlay(image: Image.Image, heatmap: np.ndarray, alpha: float = 0.45) -> Image.Image:

@@ -4,26 +4,34 @@ from __future__ import annotations
 
 import streamlit as st
 
-from caltech_core import charts, inference
+from caltech_core import charts, inference, models
+from caltech_core.config import ARCH_LABELS
 from caltech_core.status import RunStatus
 from pages._shared import get_store, run_label
 
-LITE0 = "imagenet-lite0"
+IMAGENET = "imagenet:"  # + the architecture, so a newly installed stronger model is not served from cache
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
 def _classifier(choice: str | int, home: str) -> inference.Classifier:
     # `home` is part of the key: two stores may both have a run #1.
-    if choice == LITE0:
-        return inference.Classifier.imagenet_lite0()
+    if isinstance(choice, str) and choice.startswith(IMAGENET):
+        return inference.Classifier.imagenet(choice.removeprefix(IMAGENET))
     return inference.Classifier.from_run(get_store(), int(choice))
 
 
 st.title("Classify images")
 store = get_store()
 finished = [r for r in store.list_runs(status=RunStatus.FINISHED) if (store.run_dir(r.id) / "best.pt").is_file()]
-labels = {LITE0: "EfficientNet-Lite0 pretrained on ImageNet (1000 classes, no training needed)"}
+imagenet_arch = models.strongest_installed_imagenet()
+labels: dict[str | int, str] = {}
+if imagenet_arch is not None:  # the strongest ImageNet model whose weights are on this machine
+    labels[IMAGENET + imagenet_arch] = (f"{ARCH_LABELS[imagenet_arch]} pretrained on ImageNet "
+                                        "(1000 classes, no training needed)")
 labels.update({r.id: f"{run_label(r)} · {len(r.results.get('classes') or [])} classes" for r in finished})
+if not labels:
+    st.info("No model to classify with: train a run on the Train page, or install ImageNet weights.")
+    st.stop()
 choice = st.selectbox("Model", list(labels), format_func=labels.get)
 
 try:

@@ -8,6 +8,7 @@ from typing import Any
 import streamlit as st
 
 from caltech_core import charts, data, experiments
+from caltech_core.architectures import get_spec
 from caltech_core.config import (
     ARCH_LABELS,
     ARCHITECTURES,
@@ -35,6 +36,11 @@ def _apply(cfg: TrainConfig) -> None:
         elif key == "weights_path":
             value = value or ""
         st.session_state[f"f_{key}"] = value
+
+
+def _on_arch() -> None:
+    """A newly picked architecture starts at its native image size (still editable below)."""
+    st.session_state["f_image_size"] = get_spec(st.session_state["f_arch"]).image_size
 
 
 def _on_preset() -> None:
@@ -89,7 +95,8 @@ if preset != BASELINE:
 model_col, opt_col, data_col = st.columns(3)
 with model_col:
     st.subheader("Model")
-    arch = st.selectbox("Architecture", ARCHITECTURES, key="f_arch", format_func=ARCH_LABELS.get)
+    arch = st.selectbox("Architecture", ARCHITECTURES, key="f_arch", format_func=ARCH_LABELS.get,
+                        on_change=_on_arch)
     pretrained = st.checkbox("ImageNet-pretrained weights", key="f_pretrained")
     if pretrained:
         from caltech_core import models
@@ -100,8 +107,10 @@ with model_col:
     st.multiselect("Augmentations", AUGMENTATIONS, key="f_augment", format_func=AUGMENTATION_LABELS.get)
     st.number_input("Rotation degrees (±)", key="f_rotate_degrees", step=5.0,
                     help="Used when Rotation is selected; 0 to 180.")
+    native = get_spec(arch)
     st.number_input("Image size (crop, px)", key="f_image_size", step=16,
-                    help="224 as in the study; 32 to 512. The shorter side is resized to 256/224 of it first.")
+                    help=f"{native.label}'s native size is {native.image_size} (224 in the study); 32 to 512. "
+                         f"The shorter side is resized to 1/{native.crop_pct:g} of it first.")
 with opt_col:
     st.subheader("Optimisation")
     st.selectbox("Optimizer", OPTIMIZERS, key="f_optimizer")

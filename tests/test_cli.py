@@ -262,3 +262,16 @@ def test_ctrl_c_cancels_cleanly_and_resume_finishes(tmp_path: Path, mini_root: P
                              "--store", str(tmp_path))
     assert code == 0, err
     assert [e["epoch"] for e in json.loads(out.strip().splitlines()[-1])["epochs"]] == list(range(1, 9))
+
+
+def test_arch_brings_its_native_image_size_unless_given(tmp_path: Path, mini_root: Path) -> None:
+    lite1 = ["train", "--arch", "efficientnet_lite1", "--pretrained", "--train", "fc", "--classes", "2",
+             "--max-per-class", "2", "--epochs", "1", "--batch-size", "4", "--device", "cpu",
+             "--root", str(mini_root), "--store", str(tmp_path), "--json"]
+    code, out, err = run_cli(*lite1)
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["status"] == "finished"
+    code, _, err = run_cli(*lite1, "--image-size", "96")
+    assert code == 0, err
+    sizes = [(r.config.image_size, r.config.resize_size) for r in RunStore(tmp_path).list_runs()]
+    assert sorted(sizes) == [(96, 109), (240, 272)]  # crop_pct 0.882 of timm's tf_efficientnet_lite1

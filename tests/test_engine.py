@@ -239,3 +239,24 @@ def test_resolve_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA GPU"):
             engine.resolve_device("cuda")
+
+
+def test_pretrained_efficientnet_lite2_fine_tunes_all_layers_at_its_native_size(
+    splits: Splits, cache_dir: Path, tmp_path: Path
+) -> None:
+    """The GPU fine-tuning setting (Lite2, ImageNet weights, all layers, 260 px) runs end to end on the CPU."""
+    cfg = TrainConfig(arch="efficientnet_lite2", pretrained=True, train="all", epochs=2, batch_size=4, lr=0.05,
+                      device="cpu")
+    assert (cfg.image_size, cfg.resize_size, cfg.normalization) == (260, 292, "half")
+    r = engine.train(cfg, splits, workdir=tmp_path, cache_dir=cache_dir)
+    assert r.status == "finished", r.error
+    assert not r.fast_path and (cache_dir / "images-292").is_dir()
+    # ImageNet features separate accordion / dalmatian / pizza after a few steps.
+    assert r.test_acc is not None and r.test_acc >= 2 / 3
+    state = torch.load(tmp_path / "best.pt", weights_only=True)["model"]
+    reference = models.imagenet_model("efficientnet_lite2").state_dict()
+    assert state["classifier.weight"].shape == (3, 1280)
+    # Started from the ImageNet weights: a few small steps keep the stem close to them, unlike a random init.
+    stem, imagenet_stem = state["conv_stem.weight"], reference["conv_stem.weight"]
+    assert (stem - imagenet_stem).norm() < 0.05 * imagenet_stem.norm()
+    assert not torch.equal(stem, imagenet_stem)  # and all layers were trained

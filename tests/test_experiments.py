@@ -71,9 +71,13 @@ def test_presets_match_the_study() -> None:
     arch = {c.arch: c for c in PRESETS["architectures"].configs}
     assert (arch["vgg16"].batch_size, arch["vgg16"].epochs) == (16, 10)
     assert (arch["resnet50"].batch_size, arch["resnet50"].epochs) == (64, 30)
-    assert "efficientnet_lite0" in arch
+    # Each EfficientNet-Lite runs at its native size (the spec's), not the preset base's 224.
+    assert {a: arch[a].image_size for a in arch if a.startswith("efficientnet")} == {
+        "efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
+    assert arch["efficientnet_lite2"].resize_size == 292 and arch["efficientnet_lite2"].normalization == "half"
     assert PRESETS["architectures"].study_ref.numbers == {
-        "vgg16": None, "resnet18": None, "resnet50": 95.9, "efficientnet_lite0": None}
+        "vgg16": None, "resnet18": None, "resnet50": 95.9, "efficientnet_lite0": None,
+        "efficientnet_lite1": None, "efficientnet_lite2": None}
     assert PRESETS["freezing"].study_ref.number_for("conv only") == 34.0
     assert PRESETS["freezing"].study_ref.number_for("all layers") is None
     demo = PRESETS["quick-demo"].configs[0]

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from caltech_core import models
+from caltech_core.architectures import get_spec
 from caltech_core.config import TrainConfig
 from caltech_core.inference import (
     CheckpointError,
@@ -52,7 +53,7 @@ def photo(caltech_root: Path) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def lite0() -> Classifier:
-    return Classifier.imagenet_lite0(device="cpu")
+    return Classifier.imagenet("efficientnet_lite0", device="cpu")
 
 
 # -- open_upload --------------------------------------------------------------------------------------
@@ -122,6 +123,27 @@ def test_imagenet_lite0_recognises_real_photos(lite0: Classifier, caltech_root: 
         probs = [p for _, p in top5]
         assert len(top5) == 5 and probs == sorted(probs, reverse=True)
         assert 0 < sum(probs) <= 1.0 + 1e-5
+
+
+def test_default_imagenet_model_is_the_strongest_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caltech_root: Path
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no torchvision weights cached
+    assert models.strongest_installed_imagenet() == "efficientnet_lite2"
+    clf = Classifier.imagenet(device="cpu")
+    # The preprocessing of Lite2's weights (timm's pretrained_cfg): 260 px crop of a bicubic 292 px resize.
+    assert (clf.arch, clf.image_size, clf.resize_size, clf.interpolation) == ("efficientnet_lite2", 260, 292,
+                                                                              "bicubic")
+    assert clf.mean == clf.std == (0.5, 0.5, 0.5) and "EfficientNet-Lite2" in clf.title
+    photo = open_upload((caltech_root / "101_ObjectCategories" / "dalmatian" / "image_0001.jpg").read_bytes(), "d")
+    assert clf.predict([photo], top=1)[0][0][0] == "dalmatian"
+    heat = clf.gradcam(photo, clf.class_index("dalmatian"))
+    assert heat.shape == (260, 260) and heat.max() == pytest.approx(1.0)
+    # A cached torchvision file with a better published top-1 (ResNet-50's V2 weights, 80.9%) wins.
+    folder = tmp_path / "torch" / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / get_spec("resnet50").weights.filename).write_bytes(b"stand-in")
+    assert models.strongest_installed_imagenet() == "resnet50"
 
 
 def test_gradcam_is_a_unit_range_map_that_depends_on_the_class(lite0: Classifier, photo: Image.Image) -> None:

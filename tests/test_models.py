@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from caltech_core import models
+from caltech_core.architectures import ARCH_LABELS, UnknownArchitectureError, get_spec
 from caltech_core.config import ARCHITECTURES, TRAIN_MODES
 
 
@@ -55,7 +56,7 @@ def test_every_architecture_builds_and_takes_a_training_step(arch: str, mini_roo
 
 
 def _expected_trainable(arch: str, mode: str, names: list[str]) -> set[str]:
-    classifier = "classifier." if arch in ("alexnet", "vgg16", "efficientnet_lite0") else "fc."
+    classifier = {"resnet18": "fc.", "resnet50": "fc."}.get(arch, "classifier.")
     head = {"alexnet": "classifier.6.", "vgg16": "classifier.6."}.get(arch, classifier)
     if mode == "all":
         return set(names)
@@ -108,7 +109,7 @@ def test_unknown_mode_and_arch_are_rejected() -> None:
         models.build_model("lenet", 3)
 
 
-@pytest.mark.parametrize("arch", ["alexnet", "resnet18", "efficientnet_lite0"])
+@pytest.mark.parametrize("arch", ["alexnet", "resnet18", "efficientnet_lite0", "efficientnet_lite2"])
 def test_backbone_and_head_compose_to_the_model(arch: str) -> None:
     torch.manual_seed(3)
     model = models.build_model(arch, 3).eval()
@@ -165,10 +166,66 @@ def test_local_weights_file(tmp_path: Path) -> None:
         models.build_model("resnet18", 7, pretrained=True, weights_path=str(tmp_path / "evil.pth"))
 
 
-def test_efficientnet_pretrained_builds_with_new_head() -> None:
-    status = models.weights_status("efficientnet_lite0")
+@pytest.mark.parametrize("arch", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_efficientnet_pretrained_builds_with_new_head(arch: str) -> None:
+    status = models.weights_status(arch)
     assert status.available, status.message
-    model = models.build_model("efficientnet_lite0", 5, pretrained=True)
-    reference = models.imagenet_lite0()
+    model = models.build_model(arch, 5, pretrained=True)
+    reference = models.imagenet_model(arch)
     assert torch.equal(model.conv_stem.weight, reference.conv_stem.weight)
+    assert torch.equal(model.blocks[-1][0].conv_pwl.weight, reference.blocks[-1][0].conv_pwl.weight)
     assert model.classifier.out_features == 5
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_every_table_entry_is_complete(arch: str) -> None:
+    """Output layer, classifier, split and Grad-CAM layer of each spec point into the model it builds."""
+    spec = get_spec(arch)
+    model = spec.build(4)
+    output = models.output_layer(model, arch)
+    assert isinstance(output, torch.nn.Linear) and output.out_features == 4
+    owned = {id(m) for m in model.modules()}
+    assert id(spec.gradcam(model)) in owned
+    classifier = model.get_submodule(spec.classifier)
+    assert id(output) in {id(m) for m in classifier.modules()}
+    backbone, head = models.split_for_features(model, arch)
+    assert {id(p) for p in head.parameters()} == {id(p) for p in classifier.parameters()}
+    assert spec.label and 32 <= spec.image_size <= 512 and spec.normalization in ("imagenet", "half")
+    assert ARCH_LABELS[arch] == spec.label
+
+
+def test_unknown_architecture_fails_loudly_everywhere() -> None:
+    from caltech_core.config import ConfigError, TrainConfig
+    from caltech_core.inference import target_layer
+
+    model = models.build_model("efficientnet_lite0", 3)
+    for call in (
+        lambda: get_spec("resnet34"),
+        lambda: models.build_model("resnet34", 3),
+        lambda: models.output_layer(model, "resnet34"),
+        lambda: models.split_for_features(model, "resnet34"),
+        lambda: models.apply_train_mode(model, "resnet34", "fc"),
+        lambda: models.weights_status("resnet34"),
+        lambda: target_layer(model, "resnet34"),
+    ):
+        with pytest.raises(UnknownArchitectureError, match=r"unknown architecture 'resnet34' \(known: alexnet"):
+            call()
+    with pytest.raises(ConfigError, match="arch: 'resnet34' is not one of") as err:
+        TrainConfig(arch="resnet34")
+    assert err.value.field == "arch"
+
+
+def test_config_takes_the_architectures_native_size_unless_set() -> None:
+    from caltech_core.config import TrainConfig
+
+    assert TrainConfig().image_size == 224
+    lite2 = TrainConfig(arch="efficientnet_lite2", pretrained=True)
+    assert (lite2.image_size, lite2.resize_size, lite2.normalization) == (260, 292, "half")
+    assert TrainConfig(arch="efficientnet_lite1").image_size == 240
+    assert TrainConfig(arch="efficientnet_lite2", image_size=128).image_size == 128  # overridable
+    # A new architecture brings its size along, unless the size had been chosen by hand.
+    assert TrainConfig().replace(arch="efficientnet_lite2").image_size == 260
+    assert TrainConfig(image_size=64).replace(arch="efficientnet_lite2").image_size == 64
+    assert lite2.replace(arch="resnet50").image_size == 224
+    assert TrainConfig.from_dict(lite2.to_dict()) == lite2
+    assert TrainConfig.from_dict({"arch": "efficientnet_lite1"}).image_size == 240

