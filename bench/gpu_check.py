@@ -176,11 +176,13 @@ def study_jobs(device: str) -> list[TrainConfig]:
     ]
     lite = _lite_arch()
     if lite is not None:
-        # At the architecture's native input size (TrainConfig's default for it).
+        # At the architecture's native input size (TrainConfig's default for it); the rate is chosen on val.
         tune = TrainConfig(arch=lite, pretrained=True, train="all", augment=("crop", "hflip"), batch_size=64,
-                           epochs=15, step_size=10, weight_decay=1e-4,
-                           retrain_on_train_val=True, device=device, group="gpu-lite")
-        jobs += [tune.replace(lr=lr, name=f"gpu-lite: {lite} all layers crop+hflip lr={lr:g}") for lr in (0.01, 0.03)]
+                           epochs=15, step_size=10, weight_decay=1e-4, retrain_on_train_val=True,
+                           device=device, group="gpu-lite")
+        for lr, epochs, step in ((0.01, 15, 10), (0.03, 15, 10), (0.01, 25, 15)):
+            jobs.append(tune.replace(lr=lr, epochs=epochs, step_size=step,
+                                     name=f"gpu-lite: {lite} all layers crop+hflip lr={lr:g} {epochs} epochs"))
     jobs += [cfg.replace(device=device) for cfg in PRESETS["baseline"].configs]
     jobs += [cfg.replace(device=device) for cfg in PRESETS["lr-grid"].configs]
     # A schedule the study did not try: twice the epochs at the best rate with augmentation (chosen on val).
@@ -334,6 +336,11 @@ class Check:
             can_start = time.monotonic() < stop_at - self.plan.caps["min_start"]
             while pending and len(running) < self.plan.processes and can_start:
                 job = pending.pop(0)
+                needed = self.estimate(job.cfg, jobs)
+                if needed is not None and needed > stop_at - time.monotonic():
+                    self.store.set_status(job.run_id, "cancelled",
+                                          f"not started: needs about {needed:.0f} s, the check's budget has less")
+                    continue
                 job.started = time.monotonic()
                 with open(self.work / f"run-{job.run_id}.log", "w") as log:
                     job.process = subprocess.Popen(
@@ -364,6 +371,18 @@ class Check:
                 tests.kill()
                 tests.wait()
             self.part("cuda_tests", junit_summary(self.out / "cuda_tests.xml", tests.returncode))
+
+    def estimate(self, cfg: TrainConfig, jobs: list[Job]) -> float | None:
+        """Seconds `cfg` would take, from the epochs the same architecture ran so far (None: no data yet).
+
+        A retrain on train+val repeats up to `epochs` epochs of about the same cost (twice the images, no
+        validation pass); 20% margin for the start-up."""
+        times = [e["seconds"] for j in jobs if j.cfg.arch == cfg.arch and j.cfg.image_size == cfg.image_size
+                 for e in self.store.epochs(j.run_id) if e.get("seconds")]
+        if len(times) < 3:
+            return None
+        per_epoch = sorted(times)[len(times) // 2]
+        return 1.2 * per_epoch * cfg.epochs * (2 if cfg.retrain_on_train_val else 1)
 
     def experiment_rows(self, jobs: list[Job]) -> dict[str, Any]:
         rows = []
@@ -509,7 +528,7 @@ def worker(store_home: Path, run_id: int, root: Path, stop_at: float) -> str:
 def _default_work() -> Path:
     """tmpfs when it has room (per-epoch checkpoints cost nothing there), else a temporary folder."""
     shm = Path("/dev/shm")
-    if shm.is_dir() and shutil.disk_usage(shm).free > 48 * 2**30:
+    if shm.is_dir() and shutil.disk_usage(shm).free > 32 * 2**30:
         return Path(tempfile.mkdtemp(prefix="gpu-check-", dir=shm))
     return Path(tempfile.mkdtemp(prefix="gpu-check-"))
 
