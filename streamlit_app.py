@@ -9,6 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 import pages._shared  # first import switches a fresh server to st.navigation; see there)
+from pages._auth import require_password
 
 st.set_page_config(page_title="Caltech-101 CNN Studio", page_icon=":material/photo_library:", layout="wide")
 
@@ -24,4 +25,6 @@ pages = [
 if (PAGES / "report.py").is_file():
     pages.append(st.Page("pages/report.py", title="Report", icon=":material/summarize:"))
 
-st.navigation(pages).run()
+page = st.navigation(pages)  # registered first, so Streamlit never runs a page script on its own
+require_password()  # every page: nothing runs until the password (if one is set) is given
+page.run()

@@ -7,6 +7,7 @@ import streamlit as st
 from caltech_core import charts, inference, models
 from caltech_core.config import ARCH_LABELS
 from caltech_core.status import RunStatus
+from pages._auth import require_password
 from pages._shared import get_store, run_label
 
 IMAGENET = "imagenet:"  # + the architecture, so a newly installed stronger model is not served from cache
@@ -20,6 +21,7 @@ def _classifier(choice: str | int, home: str) -> inference.Classifier:
     return inference.Classifier.from_run(get_store(), int(choice))
 
 
+require_password()  # also when Streamlit runs this page without the entry point (AppTest, first visit)
 st.title("Classify images")
 store = get_store()
 finished = [r for r in store.list_runs(status=RunStatus.FINISHED) if (store.run_dir(r.id) / "best.pt").is_file()]

@@ -10,10 +10,12 @@ import streamlit as st
 from caltech_core import charts
 from caltech_core import status as run_status
 from caltech_core.status import RunStatus
+from pages._auth import require_password
 from pages._shared import format_seconds, get_manager, get_store, run_label
 
 REFRESH_SECONDS = 2.0
 
+require_password()  # also when Streamlit runs this page without the entry point (AppTest, first visit)
 st.title("Monitor")
 store = get_store()
 manager = get_manager()

@@ -11,8 +11,10 @@ import streamlit as st
 
 from caltech_core.experiments import PRESETS, submit_preset
 from caltech_core.report import build_report, export_zip
+from pages._auth import require_password
 from pages._shared import data_root, get_manager, get_store
 
+require_password()  # also when Streamlit runs this page without the entry point (AppTest, first visit)
 st.title("Study report")
 st.caption(
     "Rebuilt from every run in the store. A run counts for an experiment when its configuration matches "

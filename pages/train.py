@@ -21,6 +21,7 @@ from caltech_core.config import (
     ConfigError,
     TrainConfig,
 )
+from pages._auth import require_password
 from pages._shared import data_root, format_seconds, get_manager, get_store
 
 BASELINE = "baseline-defaults"
@@ -66,6 +67,7 @@ def _seconds_per_image(arch: str, train_mode: str, image_size: int, batch: int, 
     return engine.seconds_per_training_image(arch, train_mode, image_size, batch, device)
 
 
+require_password()  # also when Streamlit runs this page without the entry point (AppTest, first visit)
 st.title("Train a network")
 if "f_arch" not in st.session_state:
     # Streamlit forgets a widget's value once its page is left: bring back the form as the user left it.
