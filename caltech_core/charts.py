@@ -15,6 +15,7 @@ from caltech_core.config import TrainConfig
 
 TRAIN_COLOR = "#1f6feb"
 VAL_COLOR = "#d1242f"
+STUDY_COLOR = "#6e7781"  # the study's own numbers: grey, dashed
 _LAYOUT = {"template": "plotly_white", "margin": {"l": 50, "r": 20, "t": 50, "b": 45}, "height": 340}
 
 
@@ -114,14 +115,30 @@ def val_curves_figure(curves: Mapping[str, Sequence[Mapping[str, Any]]], metric:
 
 
 def accuracy_bar_figure(labels: Sequence[str], values: Sequence[float | None],
-                        title: str = "Test accuracy") -> go.Figure:
-    """One bar per run (e.g. test accuracy); missing values are left out."""
+                        title: str = "Test accuracy", study: Sequence[float | None] | None = None) -> go.Figure:
+    """One bar per run (e.g. test accuracy); missing values are left out. `study` (fractions, None where
+    the study has no number) adds the study's value beside each bar."""
     pairs = [(lab, v) for lab, v in zip(labels, values, strict=True) if v is not None]
     fig = _figure(title, "run", "accuracy", height=380)
-    fig.add_bar(x=[p[0] for p in pairs], y=[p[1] for p in pairs], marker_color=TRAIN_COLOR,
+    fig.add_bar(x=[p[0] for p in pairs], y=[p[1] for p in pairs], marker_color=TRAIN_COLOR, name="ours",
                 text=[f"{p[1]:.1%}" for p in pairs], textposition="outside",
                 hovertemplate="%{x}: %{y:.2%}<extra></extra>")
+    if study is not None:
+        theirs = [(lab, v) for lab, v in zip(labels, study, strict=True) if v is not None]
+        fig.add_bar(x=[p[0] for p in theirs], y=[p[1] for p in theirs], marker_color=STUDY_COLOR, name="study",
+                    text=[f"{p[1]:.1%}" for p in theirs], textposition="outside",
+                    hovertemplate="study %{x}: %{y:.2%}<extra></extra>")
+        fig.update_layout(barmode="group")
     fig.update_yaxes(tickformat=".0%", range=[0, 1.08])
+    return fig
+
+
+def with_reference_lines(fig: go.Figure, references: Mapping[str, float]) -> go.Figure:
+    """Dashed horizontal lines at the study's final values (label -> value on the figure's y axis)."""
+    for label, value in references.items():
+        fig.add_hline(y=value, line_dash="dash", line_color=STUDY_COLOR, line_width=1.5,
+                      annotation_text=label, annotation_position="top left",
+                      annotation_font={"color": STUDY_COLOR, "size": 11})
     return fig
 
 

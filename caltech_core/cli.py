@@ -141,7 +141,11 @@ def _train_configs(args: argparse.Namespace, store: RunStore) -> tuple[list[Trai
     if "arch" in overrides:  # through replace(), so a new architecture brings its native image size
         bases = [base.replace(arch=overrides["arch"]) for base in bases]
     configs = [TrainConfig.from_dict({**base.to_dict(), **overrides}) for base in bases]
-    return configs, args.preset
+    from caltech_core.experiments import repeat_configs
+
+    # An explicit --seed is kept as given (repeats count up from it); otherwise seeds already used by runs of
+    # the same name skip ahead, so every repeat is new.
+    return repeat_configs(configs, args.repeats, None if args.seed is not None else store), args.preset
 
 
 def _progress_bar(cfg: TrainConfig, label: str) -> tuple[Any, Any]:
@@ -372,6 +376,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({**report.report_summary(rep), "markdown": str(path)})
     else:
+        print("\n".join(report.summary_lines(rep)))
         print(f"report written to {path}")
     return 0
 
@@ -406,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train in the foreground. Options left out keep the preset's (or the "
                                    "baseline's) value; a preset with several configs runs them all.")
     p.add_argument("--preset", choices=sorted(PRESETS), help="an experiment of the study")
+    p.add_argument("--repeats", type=int, default=1, metavar="N",
+                   help="train every config N times, each with a new seed and train/validation split (default 1)")
     p.add_argument("--arch", choices=ARCHITECTURES)
     p.add_argument("--pretrained", action="store_true", default=None, help="start from ImageNet weights")
     p.add_argument("--weights", metavar="PATH", help="a local ImageNet weights file (implies --pretrained)")

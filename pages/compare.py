@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from caltech_core import charts, experiments
+from caltech_core import charts, experiments, report
 from caltech_core import status as run_status
 from caltech_core.config import ARCH_LABELS, ARCHITECTURES, AUGMENTATIONS, TRAIN_MODES
 from pages._auth import require_password
@@ -77,6 +77,15 @@ st.subheader("Results")
 st.dataframe(table, hide_index=True, width="stretch", column_config=columns)
 st.download_button("Download CSV", table.to_csv(index=False).encode(), file_name="caltech101-runs.csv",
                    mime="text/csv", icon=":material/download:")
+
+repeated = report.repeat_summary(shown)
+if any(row["runs"] > 1 for row in repeated):
+    st.subheader("Repeats: mean ± standard deviation")
+    st.caption("Finished runs of the same experiment (same group, name and settings) with different seeds and "
+               "train/validation splits.")
+    st.dataframe(pd.DataFrame(repeated, columns=["experiment", "group", "runs", "seeds", "val_acc", "test_acc"]),
+                 hide_index=True, width="stretch", key="repeats",
+                 column_config={"val_acc": "validation accuracy", "test_acc": "test accuracy"})
 
 # -- curves and bars ---------------------------------------------------------------------------------------
 st.subheader("Curves")

@@ -1,7 +1,7 @@
-"""Report: the study's tables and figures rebuilt from the run store, with a zip export.
+"""Report: the study's tables and figures rebuilt from the run store, a verdict per study number, a zip export.
 
-Every table shows how many runs and seeds stand behind each number and the study's own value beside it.
-Experiments without runs say so and offer a button that queues their preset.
+Every row shows our mean ± standard deviation over repeats beside the study's number, the difference and a
+verdict; the summary on top counts the verdicts. Any preset can be queued (with repeats) from its section.
 """
 
 from __future__ import annotations
@@ -10,26 +10,38 @@ import pandas as pd
 import streamlit as st
 
 from caltech_core.experiments import PRESETS, submit_preset
-from caltech_core.report import build_report, export_zip
+from caltech_core.report import build_report, export_zip, summary_lines
 from pages._auth import require_password
-from pages._shared import data_root, get_manager, get_store
+from pages._shared import data_root, format_seconds, get_manager, get_store
 
 require_password()  # also when Streamlit runs this page without the entry point (AppTest, first visit)
 st.title("Study report")
 st.caption(
     "Rebuilt from every run in the store. A run counts for an experiment when its configuration matches "
     "(or it belongs to the experiment's preset group). Numbers are mean ± standard deviation over finished "
-    "runs; '—' means no value — nothing is filled in."
+    "runs; '—' means no value — nothing is filled in. Verdict: reproduced when the study's number lies within "
+    "our mean ± 2 standard errors (within 1.5 points for a single run), else higher or lower; not run without runs."
 )
 
 store = get_store()
 report = build_report(store, data_root())
+summary = report.summary
+
+st.subheader(f"Summary: the study's {summary['numbers_total']} numbers")
+cols = st.columns(5)
+for col, (word, n) in zip(cols, summary["numbers"].items(), strict=False):
+    col.metric(word.capitalize(), n)
+cols[4].metric("Compute time", format_seconds(summary["compute_seconds"]), help=f"{summary['runs']} run(s) in the store")
+st.caption(" ".join(summary_lines(report)[1:]))
 
 missing = report.missing_presets
 if missing:
     st.info(f"{len(missing)} experiment(s) have no runs yet: {', '.join(missing)}.")
 
-col_export, _ = st.columns([1, 3])
+col_export, col_repeats, _ = st.columns([1, 1, 2])
+repeats = col_repeats.number_input(
+    "Repeats per queued preset", min_value=1, max_value=100, value=1, step=1, key="report_repeats",
+    help="Each repeat trains with a new seed and a new train/validation split, as the study's 3 runs did.")
 with col_export:
     if st.button("Prepare download (report.md + figures, zip)", help="PNG figures need kaleido and Chrome"):
         with st.spinner("Exporting figures…"):
@@ -44,12 +56,12 @@ for section in report.sections:
     st.header(f"{section.item}: {section.title}")
     if section.missing:
         st.warning(section.message)
-        if section.preset:
-            preset = PRESETS[section.preset]
-            st.caption(f"{preset.title}: {preset.description} ({len(preset.configs)} run(s))")
-            if st.button(f"Queue preset '{section.preset}'", key=f"queue-{section.key}"):
-                ids = submit_preset(get_manager(), section.preset)
-                st.success(f"Queued runs {', '.join(f'#{i}' for i in ids)}; follow them on the Runs page.")
+    if section.preset:
+        preset = PRESETS[section.preset]
+        st.caption(f"{preset.title}: {preset.description} ({len(preset.configs)} run(s))")
+        if st.button(f"Queue preset '{section.preset}' × {repeats}", key=f"queue-{section.key}"):
+            ids = submit_preset(get_manager(), section.preset, repeats)
+            st.success(f"Queued runs {', '.join(f'#{i}' for i in ids)}; follow them on the Monitor page.")
     if section.rows:
         st.dataframe(pd.DataFrame(section.rows, columns=section.columns), hide_index=True, width="stretch")
     for key, fig in section.figures.items():

@@ -79,18 +79,22 @@ if "f_arch" not in st.session_state:
 
 # -- presets -----------------------------------------------------------------------------------------
 preset_names = [BASELINE, *experiments.PRESETS]
-col_preset, col_queue_preset = st.columns([3, 1], vertical_alignment="bottom")
+col_preset, col_repeats, col_queue_preset = st.columns([3, 1, 1], vertical_alignment="bottom")
 preset = col_preset.selectbox(
     "Start from", preset_names, key="preset", on_change=_on_preset,
     format_func=lambda n: "Study baseline (AlexNet from scratch)" if n == BASELINE
     else f"Preset: {experiments.PRESETS[n].title}",
     help="Fills the form with the preset's first run; the button on the right queues all of its runs.",
 )
+repeats = col_repeats.number_input(
+    "Repeats", min_value=1, max_value=100, value=1, step=1, key="repeats",
+    help="Queue every run this many times, each with a new seed and a new train/validation split (the "
+         "study's numbers are means of 3 runs). The report shows mean ± standard deviation.")
 if preset != BASELINE:
     p = experiments.PRESETS[preset]
     st.caption(f"{p.description} ({len(p.configs)} run(s), feeds {p.study_ref.item}).")
-    if col_queue_preset.button(f"Queue all {len(p.configs)} runs", key="queue_preset"):
-        ids = experiments.submit_preset(get_manager(), preset)
+    if col_queue_preset.button(f"Queue all {len(p.configs) * repeats} runs", key="queue_preset"):
+        ids = experiments.submit_preset(get_manager(), preset, repeats)
         st.success(f"Queued runs {', '.join(f'#{i}' for i in ids)}.")
 
 # -- the form ----------------------------------------------------------------------------------------
@@ -210,7 +214,8 @@ if cfg is not None:
 # -- queue ----------------------------------------------------------------------------------------------
 if problem is not None:
     st.error(f"**{problem.field}**: {problem.message}", icon=":material/error:")
-if st.button("Queue run", type="primary", icon=":material/play_arrow:", key="queue"):
+if st.button("Queue run" if repeats == 1 else f"Queue {repeats} runs (repeats)", type="primary",
+             icon=":material/play_arrow:", key="queue"):
     if cfg is None:
         st.error(f"Not queued. Fix **{problem.field}**: {problem.message}")
     else:
@@ -223,10 +228,12 @@ if st.button("Queue run", type="primary", icon=":material/play_arrow:", key="que
             if not weights_ok:
                 st.error(f"Not queued: {status.message}")
         if weights_ok:
-            run_id = get_manager().submit(cfg)
-            st.session_state["last_queued"] = run_id
+            # Repeats count the seed and split seed up from the form's.
+            ids = [get_manager().submit(c) for c in experiments.repeat_configs([cfg], repeats)]
+            st.session_state["last_queued"], st.session_state["last_queued_ids"] = ids[0], ids
 if "last_queued" in st.session_state:
     run_id = st.session_state["last_queued"]
-    st.success(f"Queued run #{run_id}.")
+    ids = st.session_state.get("last_queued_ids", [run_id])
+    st.success(f"Queued run{'s' if len(ids) > 1 else ''} {', '.join(f'#{i}' for i in ids)}.")
     st.page_link("pages/monitor.py", label=f"Watch run #{run_id} in Monitor", icon=":material/monitoring:",
                  query_params={"run": str(run_id)})

@@ -208,6 +208,21 @@ def test_preset_sweep_prints_each_run_then_a_summary(tmp_path: Path, mini_root: 
     assert summary["status"] == "finished" and summary["preset"] == "more-epochs" and len(summary["epochs"]) == 1
 
 
+def test_repeats_train_new_seeds_and_splits(tmp_path: Path, mini_root: Path) -> None:
+    code, _, err = run_cli("train", *TINY, "--epochs", "1", "--repeats", "0", "--store", str(tmp_path))
+    assert code == 2 and "repeats" in err
+    args = ("train", *TINY, "--epochs", "1", "--batch-size", "8", "--repeats", "2", "--root", str(mini_root),
+            "--store", str(tmp_path), "--json")
+    code, out, err = run_cli(*args)
+    assert code == 0, err
+    *runs, summary = [json.loads(line) for line in out.strip().splitlines()]
+    assert [(r["config"]["seed"], r["config"]["split_seed"]) for r in runs] == [(42, 42), (43, 43)]
+    assert [r["status"] for r in runs] == ["finished"] * 2 and len(summary["runs"]) == 2
+    code, out, err = run_cli(*args[:-1], "--repeats", "1", "--json")  # again: the next unused seed
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["config"]["seed"] == 44
+
+
 def test_resume_command(tmp_path: Path, mini_root: Path) -> None:
     store = RunStore(tmp_path)
     run_id = store.create_run(TrainConfig(arch="resnet18", image_size=64, batch_size=8, classes=2, epochs=1,
@@ -231,6 +246,16 @@ def test_report_writes_markdown(trained: tuple[Path, dict[str, Any]], tmp_path: 
     summary = json.loads(out)
     assert Path(summary["markdown"]).is_file() and Path(summary["markdown"]).parent == tmp_path
     assert summary["sections"]
+    counts = summary["summary"]
+    assert sum(counts["numbers"].values()) == counts["numbers_total"] == 28 and counts["runs"] == 1
+    assert counts["compute_seconds"] > 0
+    # A copy of the store in another folder exports the same verdicts (nothing depends on its old path).
+    copy = tmp_path / "copied-store"
+    shutil.copytree(home, copy, ignore=shutil.ignore_patterns("runs", "cache"))
+    code, out, err = run_cli("report", "--store", str(copy), "--root", str(mini_root), "--out", str(tmp_path / "c"))
+    assert code == 0, err
+    assert out.startswith(f"Of the study's 28 numbers: {counts['numbers']['reproduced']} reproduced")
+    assert (tmp_path / "c" / "report.md").is_file()
 
 
 def test_ctrl_c_cancels_cleanly_and_resume_finishes(tmp_path: Path, mini_root: Path) -> None:

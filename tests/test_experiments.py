@@ -11,6 +11,7 @@ from caltech_core.experiments import (
     PRESETS,
     best_member,
     differing_fields,
+    repeat_configs,
     resolve_configs,
     submit_preset,
     sweep,
@@ -53,7 +54,7 @@ def test_presets_match_the_study() -> None:
         assert preset.configs, name
         assert {c.group for c in preset.configs} == {name}
         assert len({c.name for c in preset.configs}) == len(preset.configs), name
-        # Every study number belongs to a real member; unknown ones are None, never invented.
+        # Every study number belongs to a real member (their values: tests/test_study_numbers.py).
         labels = {preset.member_label(c) for c in preset.configs}
         assert set(preset.study_ref.numbers) <= labels, name
     base = PRESETS["baseline"].configs[0]
@@ -66,6 +67,7 @@ def test_presets_match_the_study() -> None:
     transfer = PRESETS["transfer"].configs[0]
     assert transfer.pretrained and transfer.normalization == "imagenet"
     assert [c.train for c in PRESETS["freezing"].configs] == ["all", "fc", "conv"]
+    assert {(c.pretrained, c.train) for c in PRESETS["augmentation"].configs} == {(True, "fc")}
     assert [c.augment for c in PRESETS["augmentation"].configs] == [
         (), ("crop",), ("crop", "hflip"), ("crop", "hflip", "rotate"), ("vflip",)]
     arch = {c.arch: c for c in PRESETS["architectures"].configs}
@@ -75,11 +77,8 @@ def test_presets_match_the_study() -> None:
     assert {a: arch[a].image_size for a in arch if a.startswith("efficientnet")} == {
         "efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
     assert arch["efficientnet_lite2"].resize_size == 292 and arch["efficientnet_lite2"].normalization == "half"
-    assert PRESETS["architectures"].study_ref.numbers == {
-        "vgg16": None, "resnet18": None, "resnet50": 95.9, "efficientnet_lite0": None,
-        "efficientnet_lite1": None, "efficientnet_lite2": None}
-    assert PRESETS["freezing"].study_ref.number_for("conv only") == 34.0
-    assert PRESETS["freezing"].study_ref.number_for("all layers") is None
+    assert all(PRESETS["architectures"].study_ref.numbers_for(a) == {} for a in arch if a.startswith("efficientnet"))
+    assert PRESETS["freezing"].study_ref.numbers_for("conv only") == {"val_acc": 34.62, "test_acc": 33.98}
     demo = PRESETS["quick-demo"].configs[0]
     assert (demo.classes, demo.image_size, demo.epochs) == (3, 64, 3)
     best = PRESETS["best-offline"].configs[0]
@@ -124,22 +123,45 @@ def test_submit_preset_queues_its_runs(mini_root: Path, studio_home: Path) -> No
     try:
         with pytest.raises(KeyError, match="quick-demo"):
             submit_preset(manager, "no-such-preset")
-        ids = submit_preset(manager, "quick-demo")
+        ids = submit_preset(manager, "quick-demo", repeats=2)
         _wait_all(manager)
     finally:
         manager.shutdown(wait=True)
-    assert len(ids) == len(PRESETS["quick-demo"].configs) == 1
-    run = store.get_run(ids[0])
-    assert run is not None and run.status == "finished", run.error if run else None
-    assert run.group == "quick-demo" and run.config.classes == 3 and run.epochs_done == 3
+    assert len(ids) == 2 * len(PRESETS["quick-demo"].configs) == 2
+    runs = [store.get_run(i) for i in ids]
+    for run in runs:
+        assert run is not None and run.status == "finished", run.error if run else None
+        assert run.group == "quick-demo" and run.config.classes == 3 and run.epochs_done == 3
+    # Two repeats: new seed and new train/validation split for the second.
+    assert [(r.config.seed, r.config.split_seed) for r in runs] == [(42, 42), (43, 43)]
 
 
 def test_retrain_takes_the_best_step_size_from_the_store(studio_home: Path) -> None:
     store = RunStore(studio_home)
-    assert resolve_configs("retrain", store)[0].step_size == 40  # nothing finished yet: the default
-    for cfg, acc in zip(PRESETS["step-grid"].configs[:3], (0.5, 0.7, 0.6), strict=True):
+    assert resolve_configs("retrain", store)[0].step_size == 30  # nothing finished yet: the study's best
+    for cfg, acc in zip(PRESETS["step-grid"].configs[:3], (0.5, 0.6, 0.7), strict=True):
         run_id = store.create_run(cfg)
         store.set_results(run_id, {"best_val_acc": acc, "test_acc": acc})
         store.set_status(run_id, "finished")
     chosen = resolve_configs("retrain", store)[0]
-    assert chosen.step_size == 30 and chosen.retrain_on_train_val and chosen.group == "retrain"
+    assert chosen.step_size == 35 and chosen.retrain_on_train_val and chosen.group == "retrain"
+
+
+def test_repeats_get_new_seeds_and_new_splits(studio_home: Path) -> None:
+    store = RunStore(studio_home)
+    members = PRESETS["more-epochs"].configs
+    first = repeat_configs(members, 3, store)
+    assert [(c.lr, c.seed, c.split_seed) for c in first] == [
+        (0.01, 42, 42), (0.05, 42, 42), (0.01, 43, 43), (0.05, 43, 43), (0.01, 44, 44), (0.05, 44, 44)]
+    assert {c.name for c in first} == {c.name for c in members}  # repeats of one member share its name
+    assert all(not differing_fields(c, members[i % 2]) for i, c in enumerate(first))  # same experiment
+    for cfg in first[:3]:
+        store.create_run(cfg)
+    # Queued again: seeds already in the store are skipped, per member.
+    again = repeat_configs(members, 2, store)
+    assert [(c.lr, c.seed, c.split_seed) for c in again] == [(0.01, 44, 44), (0.05, 43, 43), (0.01, 45, 45),
+                                                              (0.05, 44, 44)]
+    assert repeat_configs(members, 1) == list(members)  # without a store: the preset as it is
+    with pytest.raises(ConfigError) as bad:
+        repeat_configs(members, 0)
+    assert bad.value.field == "repeats"

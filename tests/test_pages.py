@@ -151,6 +151,28 @@ def test_a_queued_run_shows_in_monitor_and_finishes(with_data: Path) -> None:
     assert len(RunStore(with_data).epochs(run.id)) == 2
 
 
+def test_repeats_queue_runs_with_new_seeds_and_splits(with_data: Path) -> None:
+    at = open_page("train")
+    for key, value in {**TINY, "f_epochs": 1, "f_seed": 7}.items():
+        at.session_state[key] = value
+    at.number_input(key="repeats").set_value(2).run()
+    assert at.button(key="queue").label == "Queue 2 runs (repeats)"
+    at.button(key="queue").click().run()
+    assert not at.exception, at.exception
+    runs = RunStore(with_data).list_runs(newest_first=False)
+    assert [(r.config.seed, r.config.split_seed) for r in runs] == [(7, 42), (8, 43)]
+    assert f"Queued runs #{runs[0].id}, #{runs[1].id}" in page_texts(at)
+    # A preset queued with repeats: every member twice, new seeds and splits.
+    at.selectbox(key="preset").set_value("more-epochs").run()
+    at.button(key="queue_preset").click().run()
+    assert not at.exception, at.exception
+    queued = RunStore(with_data).list_runs(group="more-epochs", newest_first=False)
+    assert [(r.config.lr, r.config.seed, r.config.split_seed) for r in queued] == [
+        (0.01, 42, 42), (0.05, 42, 42), (0.01, 43, 43), (0.05, 43, 43)]
+    for run in queued:
+        jobs.get_manager(with_data).cancel(run.id)  # full-size AlexNet runs: only their queueing is tested
+
+
 def test_cancel_button_stops_a_run(with_data: Path) -> None:
     manager = jobs.get_manager(with_data)
     run_id = manager.submit(TrainConfig(arch="resnet18", image_size=64, classes=2, max_per_class=4, epochs=200,
@@ -173,6 +195,50 @@ def test_compare_lists_finished_runs_and_offers_csv(trained_home: Path, mini_roo
     table = at.dataframe[0].value
     assert list(table["name"]) == ["tiny"] and 0 <= table["test acc"][0] <= 1
     assert "demo" in page_texts(at)  # the sweep group's table
+
+
+def test_compare_shows_mean_and_spread_of_repeats(studio_home: Path) -> None:
+    store = RunStore(studio_home)
+    base = TrainConfig(arch="resnet18", image_size=64, epochs=1, name="rep", group="g")
+    for seed, (val, test) in zip((1, 2, 3), ((0.5, 0.4), (0.7, 0.6), (0.6, 0.5)), strict=True):
+        run_id = store.create_run(base.replace(seed=seed, split_seed=seed))
+        store.set_results(run_id, {"best_val_acc": val, "test_acc": test})
+        store.set_status(run_id, "finished")
+    at = open_page("compare")
+    assert not at.exception, at.exception
+    repeats = next(d.value for d in at.dataframe if "seeds" in d.value.columns)
+    assert list(repeats["runs"]) == [3] and list(repeats["seeds"]) == ["1, 2, 3"]
+    assert list(repeats["val_acc"]) == ["60.0 ± 10.0%"] and list(repeats["test_acc"]) == ["50.0 ± 10.0%"]
+
+
+def test_report_shows_verdicts_summary_and_queues_repeats(with_data: Path) -> None:
+    from caltech_core.experiments import PRESETS
+
+    store = RunStore(with_data)
+    run_id = store.create_run(PRESETS["baseline"].configs[0].replace(seed=5))
+    store.add_epoch(run_id, {"epoch": 1, "train_loss": 4.5, "train_acc": 0.09, "val_loss": 4.5, "val_acc": 0.1,
+                             "lr": 1e-3, "seconds": 1.0})
+    store.set_results(run_id, {"best_val_acc": 0.1, "test_acc": 0.095})
+    store.set_status(run_id, "running")
+    store.set_status(run_id, "finished")
+    at = open_page("report")
+    assert not at.exception, at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    # 10.0% vs the study's 9.2% (+0.8) and a final loss of 4.50 vs 4.49: both reproduced by the one run.
+    assert metrics["Reproduced"] == "2" and metrics["Not run"] == str(28 - 4 - 2)  # Table 1 (3 classes): lower
+    assert "Compute time" in metrics
+    baseline = next(d.value for d in at.dataframe if "val verdict" in d.value.columns)
+    assert list(baseline["val (study)"]) == ["9.2%"] and list(baseline["val verdict"]) == ["reproduced"]
+    assert list(baseline["Δ val"]) == ["+0.8 pts"]
+    assert "Of its 7 qualitative findings" in page_texts(at)
+
+    at.number_input(key="report_repeats").set_value(2).run()
+    at.button(key="queue-baseline").click().run()
+    assert not at.exception, at.exception
+    queued = [r for r in store.list_runs(group="baseline", newest_first=False) if r.id != run_id]
+    assert [(r.config.seed, r.config.split_seed) for r in queued] == [(42, 42), (43, 43)]
+    for run in queued:
+        jobs.get_manager(with_data).cancel(run.id)  # full-size AlexNet: only the queueing is tested
 
 
 def test_classify_a_run_and_imagenet_uploads(trained_home: Path, mini_root: Path,

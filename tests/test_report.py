@@ -36,7 +36,7 @@ def filled_store(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> R
     try:
         for seed in (1, 2):
             manager.submit(PRESETS["baseline"].configs[0].replace(seed=seed, **TINY))
-        manager.submit(PRESETS["augmentation"].configs[1].replace(**TINY))  # "crop"
+        manager.submit(PRESETS["more-epochs"].configs[1].replace(**TINY))  # "lr=0.05", 1 epoch here
         assert manager.wait(timeout=300)
     finally:
         manager.shutdown(wait=True)
@@ -64,36 +64,74 @@ def test_tables_come_from_the_runs_and_missing_experiments_say_so(
     assert row["runs"] == 2 and row["seeds"] == "1, 2"
     vals = [r.best_val_acc for r in runs[:2]]
     assert row["val_acc_mean"] == pytest.approx(sum(vals) / 2)
-    assert "(n=2)" in row["val_acc"] and "±" in row["val_acc"]
-    assert "differs from the study in" in row["setting"] and "image_size" in row["setting"]
-    assert set(baseline.figures) == {"val_acc", "val_loss"}  # two runs: overlaid curves
+    assert "(n=2)" in row["val (ours)"] and "±" in row["val (ours)"]
+    # The study's numbers beside ours, the difference and a verdict per number.
+    assert row["val (study)"] == "9.2%" and row["final train loss (study)"] == "4.49"
+    assert row["study_numbers"] == {"val_acc": 9.2, "final_train_loss": 4.49}
+    assert row["differences"]["val_acc"] == pytest.approx(100 * row["val_acc_mean"] - 9.2)
+    assert set(row["verdicts"]) == {"val_acc", "final_train_loss"}
+    assert all(v in ("reproduced", "higher", "lower") for v in row["verdicts"].values())
+    assert row["test (study)"] == "—" and row["test verdict"] == "—"  # the study gives no baseline test number
+    assert row["setting"].startswith("differs from the study: ") and "image_size 64 (study 224)" in row["setting"]
+    assert "epochs 1 (study 30)" in row["setting"]
+    # Two runs: overlaid curves, with the study's final values as reference lines.
+    assert set(baseline.figures) == {"val_acc", "val_loss", "train_loss"}
+    val_lines = [s for s in baseline.figures["val_acc"].layout.shapes]
+    assert [line.y0 for line in val_lines] == [pytest.approx(0.092)]
+    assert [line.y0 for line in baseline.figures["train_loss"].layout.shapes] == [pytest.approx(4.49)]
 
     # Reduced-scale runs count only in their own preset: the LR grid's 1e-3 member is the baseline's config,
     # but these runs differ from it (64 px, 1 epoch), so the LR grid is still missing.
     assert report.section("lr-grid").missing
 
-    aug = report.section("augmentation")
-    aug_rows = {r["experiment"]: r for r in aug.rows}
-    assert aug_rows["crop"]["runs"] == 1 and aug_rows["none"]["runs"] == 0
-    assert aug_rows["crop"]["test_acc_mean"] == pytest.approx(runs[2].test_acc)
-    assert "test_acc" in aug.figures
+    more = report.section("more-epochs")
+    more_rows = {r["experiment"]: r for r in more.rows}
+    assert more_rows["lr=0.05"]["runs"] == 1 and more_rows["lr=0.01"]["runs"] == 0
+    assert more_rows["lr=0.05"]["test_acc_mean"] == pytest.approx(runs[2].test_acc)
+    assert more_rows["lr=0.01"]["setting"] == "missing — run preset more-epochs"
+    assert set(more.figures) == {"loss", "accuracy"} and not more.figures["accuracy"].layout.shapes  # no study number
 
-    for key in ("lr-grid", "more-epochs", "step-grid", "retrain", "transfer", "freezing", "architectures", "best-offline"):
+    for key in ("lr-grid", "step-grid", "retrain", "transfer", "freezing", "augmentation", "architectures",
+                "best-offline"):
         section = report.section(key)
-        assert section.missing and section.message.startswith(f"missing — run preset {key}"), key
-        assert not section.figures
+        assert section.missing and not section.figures, key
+    assert report.section("retrain").message.startswith("missing — run preset retrain")
+    # Without torchvision's ImageNet files on this machine, rows that need them say which file.
+    from caltech_core import models
+    from caltech_core.architectures import get_spec
+
+    for key, arch in (("transfer", "alexnet"), ("architectures", "resnet50")):
+        if not models.weights_status(arch).available:
+            file = get_spec(arch).weights.filename
+            message = report.section(key).message
+            assert message.startswith("not run: needs ") and f"{file} (download)" in message
+            assert any(r["setting"] == f"not run: needs {file} (download)" for r in report.section(key).rows)
     arch_rows = {r["experiment"]: r for r in report.section("architectures").rows}
-    assert arch_rows["resnet50"]["study"] == "95.9%" and arch_rows["vgg16"]["study"] == "—"
-    assert {r["experiment"]: r["study"] for r in report.section("freezing").rows}["conv only"] == "34.0%"
+    assert arch_rows["resnet50"]["test (study)"] == "95.89%" and arch_rows["resnet50"]["test verdict"] == "not run"
+    assert arch_rows["efficientnet_lite0"]["test (study)"] == "—"
+    freezing = {r["experiment"]: r for r in report.section("freezing").rows}
+    assert (freezing["conv only"]["val (study)"], freezing["conv only"]["test (study)"]) == ("34.62%", "33.98%")
     assert set(report.missing_presets) == {
-        "lr-grid", "more-epochs", "step-grid", "retrain", "transfer", "freezing", "architectures", "best-offline"}
+        "lr-grid", "step-grid", "retrain", "transfer", "freezing", "augmentation", "architectures", "best-offline"}
+
+    # Table 1 beside the study's split; the summary counts every number's verdict.
+    table1 = {r["split"]: r for r in report.section("table1").rows}
+    assert table1["train"]["study"] == 2892 and table1["train"]["verdict"] == "lower"  # 3 classes here
+    summary = report.summary
+    assert summary["numbers_total"] == 28 == sum(summary["numbers"].values())
+    assert summary["numbers"]["not run"] == 28 - 4 - 2  # Table 1 and the baseline's two numbers are decided
+    assert summary["findings_total"] == 7 and summary["runs"] == 3
+    ended = sum(r.finished - r.started for r in runs)
+    assert summary["compute_seconds"] == pytest.approx(ended) and ended > 0
 
 
 def test_summary_is_plain_json(report: Report) -> None:
     summary = report_summary(report)
     again = json.loads(json.dumps(summary, allow_nan=False))
     assert [s["key"] for s in again["sections"]][:3] == ["table1", "figure2", "baseline"]
+    assert again["sections"][-1]["key"] == "findings"
     assert "architectures" in again["missing_presets"]
+    assert again["summary"]["numbers"] == report.summary["numbers"] and "compute_seconds" in again["summary"]
 
 
 def test_export_writes_markdown_and_linked_figures(report: Report, tmp_path: Path) -> None:
@@ -101,7 +139,10 @@ def test_export_writes_markdown_and_linked_figures(report: Report, tmp_path: Pat
     assert md == (tmp_path / "out" / "report.md").resolve()
     text = md.read_text()
     assert "## Table 1: Dataset split sizes" in text and "## Table 4: Architectures" in text
-    assert "missing — run preset architectures" in text
+    assert "## Summary" in text and f"Of the study's {report.summary['numbers_total']} numbers" in text
+    assert "| experiment | runs | val (ours) | val (study) | Δ val | val verdict |" in text
+    assert "## Findings: " in text and "LR 0.1 diverges" in text
+    assert "missing — run preset lr-grid" in text
     links = re.findall(r"\]\((figures/[^)]+)\)", text)
     assert links and all((md.parent / link).is_file() for link in links)
     html = (md.parent / "figures" / "Figure-2-figure2-histogram.html").read_text()
@@ -163,10 +204,19 @@ def test_a_run_at_the_study_setting_counts_wherever_its_config_appears(tmp_path:
     report = build_report(store, tmp_path / "no-dataset-here")
     (base_row,) = report.section("baseline").rows
     assert base_row["runs"] == 1 and base_row["setting"] == "study setting" and base_row["seeds"] == "7"
-    assert base_row["test_acc"] == "19.0%"
-    assert set(report.section("baseline").figures) == {"loss", "accuracy"}  # one run: its own curves
+    assert base_row["test (ours)"] == "19.0%"
+    # One run: 20.0% against the study's 9.2% is 10.8 points higher; its final loss 4.0 is lower than 4.49.
+    assert (base_row["Δ val"], base_row["val verdict"]) == ("+10.8 pts", "higher")
+    assert (base_row["Δ final train loss"], base_row["final train loss verdict"]) == ("-0.49", "lower")
+    figures = report.section("baseline").figures
+    assert set(figures) == {"loss", "accuracy"}  # one run: its own curves, with the study's final values
+    assert [s.y0 for s in figures["accuracy"].layout.shapes] == [pytest.approx(0.092)]
+    assert [s.y0 for s in figures["loss"].layout.shapes] == [pytest.approx(4.49)]
     lr_rows = {r["experiment"]: r for r in report.section("lr-grid").rows}
     assert lr_rows["lr=0.001"]["runs"] == 1
     assert lr_rows["lr=0.1"]["runs"] == 0 and lr_rows["lr=0.1"]["statuses"] == "diverged 1"
     assert lr_rows["lr=0.1"]["setting"] == "no finished run"
+    findings = {r["finding"]: r for r in report.section("findings").rows}
+    assert findings["LR 0.1 diverges after a few epochs"]["verdict"] == "reproduced"
+    assert "1 of 1 runs diverged" in findings["LR 0.1 diverges after a few epochs"]["evidence"]
     assert report.section("transfer").missing
