@@ -436,8 +436,9 @@ def junit_summary(path: Path, returncode: int | None) -> dict[str, Any]:
                 break
         else:
             detail = ""
+        properties = {p.get("name"): p.get("value") for p in case.iter("property")}
         cases.append({"test": case.get("name"), "outcome": outcome, "seconds": float(case.get("time", 0)),
-                      "detail": detail})
+                      "detail": detail, **({"properties": properties} if properties else {})})
     counts = {k: sum(c["outcome"] == k for c in cases) for k in ("passed", "failed", "error", "skipped")}
     return {"returncode": returncode, **counts, "cases": cases}
 
