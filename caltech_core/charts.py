@@ -160,15 +160,31 @@ def per_class_accuracy_figure(per_class_acc: Mapping[str, float] | Sequence[floa
 
 
 def confusion_figure(confusion: Sequence[Sequence[float]], classes: Sequence[str],
-                     normalize: bool = True) -> go.Figure:
-    """Interactive confusion matrix (rows = true class); row-normalised by default."""
-    rows = _row_normalised(confusion) if normalize else [list(map(float, r)) for r in confusion]
+                     normalize: bool = True, clickable: bool = False) -> go.Figure:
+    """Interactive confusion matrix (rows = true class); row-normalised by default.
+
+    `clickable` lays one marker over every non-empty cell (heatmaps cannot be selected in Plotly), so a click
+    selects the cell: its point carries `customdata = [true index, predicted index, images]`.
+    """
+    counts = [list(map(float, r)) for r in confusion]
+    rows = _row_normalised(confusion) if normalize else counts
     labels = list(classes)
     fig = go.Figure(go.Heatmap(
         z=rows, x=labels, y=labels, colorscale="Blues", zmin=0,
         hovertemplate="true %{y}<br>predicted %{x}<br>%{z:.2f}<extra></extra>",
+        hoverinfo="skip" if clickable else None,
     ))
     side = max(420, min(1100, 12 * len(labels) + 200))
+    if clickable:
+        cells = [(t, p) for t, row in enumerate(counts) for p, n in enumerate(row) if n]
+        fig.add_scatter(
+            x=[labels[p] for _, p in cells], y=[labels[t] for t, _ in cells], mode="markers", name="cells",
+            customdata=[[t, p, int(counts[t][p])] for t, p in cells], showlegend=False,
+            marker={"symbol": "square", "size": max(6, min(40, (side - 170) / max(len(labels), 1))), "opacity": 0.01,
+                    "color": "#000"},
+            hovertemplate="true %{y}<br>predicted %{x}<br>%{customdata[2]} image(s) · click to see them"
+                          "<extra></extra>",
+        )
     fig.update_layout(title="Confusion matrix" + (" (row-normalised)" if normalize else ""),
                       xaxis_title="predicted", yaxis_title="true", template="plotly_white",
                       height=side, margin={"l": 120, "r": 20, "t": 50, "b": 120})

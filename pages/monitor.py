@@ -135,6 +135,29 @@ if record.status == RunStatus.FINISHED or results.get("test_acc") is not None:
     if confusion and classes and len(confusion) == len(classes):
         normalize = st.toggle("Row-normalise the confusion matrix", value=True)
         st.plotly_chart(charts.confusion_figure(confusion, classes, normalize=normalize), key="confusion")
+    if record.status == RunStatus.FINISHED:
+        st.page_link("pages/errors.py", label="Which images does it get wrong? Open the error analysis",
+                     icon=":material/error_med:", query_params={"run": str(record.id)})
+
+# -- export ----------------------------------------------------------------------------------------------------
+if (store.run_dir(record.id) / "best.pt").is_file():
+    with st.expander("Export the model (ONNX / TorchScript)"):
+        from caltech_core import export
+
+        fmt = st.radio("Format", list(export.FORMATS), horizontal=True, key="export_format",
+                       format_func={"onnx": "ONNX (onnxruntime, CPU)", "torchscript": "TorchScript"}.get)
+        st.caption("A zip with the best weights' model and a JSON of its class names and preprocessing (resize, "
+                   "centre crop, normalisation). The export is checked against the PyTorch model before download.")
+        if st.button("Prepare download", key="export_prepare", icon=":material/package_2:"):
+            with st.spinner(f"Exporting run #{record.id} to {fmt}…"):
+                try:
+                    st.session_state["export_ready"] = (record.id, fmt, *export.export_zip(store, record.id, fmt))
+                except export.ExportError as exc:
+                    st.error(str(exc))
+        ready = st.session_state.get("export_ready")
+        if ready and ready[:2] == (record.id, fmt):
+            st.download_button(f"Download {ready[2]}", ready[3], file_name=ready[2], mime="application/zip",
+                               key="export_download", icon=":material/download:")
 
 skipped = results.get("skipped") or []
 if skipped:

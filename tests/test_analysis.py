@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
-from apptest_pages import open_page
+from apptest_pages import open_page, page_texts
 
-from caltech_core import charts, jobs
+from caltech_core import charts, jobs, predictions
 from caltech_core.config import TrainConfig
 from caltech_core.store import RunStore
 
@@ -64,3 +65,74 @@ def test_confusion_difference_is_row_normalised_b_minus_a() -> None:
     fig = charts.confusion_difference_figure([[3, 1], [0, 2]], [[2, 2], [1, 1]], ["a", "b"], ("#1", "#2"))
     assert [list(r) for r in fig.data[0].z] == [[-0.25, 0.25], [0.5, -0.5]]
     assert "#2 − #1" in fig.layout.title.text
+
+
+def test_errors_page_shows_a_confusion_cells_images(analysis_home: tuple[Path, list[int]]) -> None:
+    home, ids = analysis_home
+    store = RunStore(home)
+    results = predictions.load_run(store, ids[0], "test")
+    at = open_page("errors", run=str(ids[0]))
+    assert not at.exception, at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Images"] == "12" and metrics["Accuracy"] == f"{results.summary()['acc']:.1%}"
+    assert metrics["Mistakes"] == str(int((~results.correct).sum()))
+
+    # The fullest cell of the matrix (what a click on it selects): its images, most confident first, with top-5.
+    confusion = results.confusion()
+    t, p = np.unravel_index(confusion.argmax(), confusion.shape)
+    at.selectbox(key="err_true").set_value(results.classes[t])
+    at.selectbox(key="err_pred").set_value(results.classes[p]).run()
+    assert not at.exception, at.exception
+    assert len(at.image) == confusion[t, p]
+    texts = page_texts(at)
+    assert f"{confusion[t, p]} image(s) of {results.classes[t]} predicted as {results.classes[p]}" in texts
+    first = results.cell(t, p)[0]
+    name, prob = results.top_of(int(first))[0]
+    assert f"{prob:.1%} {name}" in texts and f"true **{results.classes[t]}**" in texts
+
+    at.radio(key="err_view").set_value("Most confident mistakes").run()
+    assert not at.exception, at.exception
+    assert len(at.image) == min(12, int((~results.correct).sum()))
+
+    at.radio(key="err_view").set_value("Per-class accuracy").run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert sorted(table["class"]) == results.classes and list(table["accuracy"]) == sorted(table["accuracy"])
+    worst = table["class"].iloc[0]
+    assert at.selectbox(key="err_class").value == worst
+    assert len(at.image) == len(results.mistakes_of(results.classes.index(worst)))
+
+    at.radio(key="err_view").set_value("Confused pairs").run()
+    assert not at.exception, at.exception
+    pairs = results.confused_pairs(30)
+    if pairs:
+        table = at.dataframe[0].value
+        assert list(table["images"]) == [pair["images"] for pair in pairs]
+        assert len(at.image) == pairs[0]["images"]
+
+
+def test_errors_page_computes_missing_results(analysis_home: tuple[Path, list[int]]) -> None:
+    home, ids = analysis_home
+    store = RunStore(home)
+    expected = predictions.load_run(store, ids[1], "val")
+    predictions.results_path(store.run_dir(ids[1]), "val").unlink()
+    at = open_page("errors", run=str(ids[1]))
+    at.radio(key="err_split").set_value("val").run()
+    assert "no stored per-image results" in page_texts(at)
+    at.button(key="err_compute").click().run()
+    assert not at.exception, at.exception
+    again = predictions.load_run(store, ids[1], "val")
+    assert again.labels.tolist() == expected.labels.tolist()
+    assert again.top_classes[:, 0].tolist() == expected.top_classes[:, 0].tolist()
+    assert {m.label: m.value for m in at.metric}["Images"] == "12"
+
+
+def test_monitor_exports_the_model_for_download(analysis_home: tuple[Path, list[int]]) -> None:
+    _, ids = analysis_home
+    at = open_page("monitor", run=str(ids[0]))
+    assert not at.exception, at.exception
+    at.radio(key="export_format").set_value("torchscript")
+    at.button(key="export_prepare").click().run()
+    assert not at.exception, at.exception
+    [download] = [d for d in at.get("download_button") if "export" in d.proto.id or ".zip" in d.proto.label]
+    assert download.proto.label == f"Download run-{ids[0]}-resnet18-torchscript.zip"

@@ -305,3 +305,43 @@ def test_broken_store_and_unexpected_errors_show_no_traceback(browser, mini_root
         context.close()
         _stop_server(proc)
     assert "JSONDecodeError" in log.read_text()[len(first_log):]
+
+
+def test_clicking_a_confusion_cell_opens_its_images(browser, mini_root: Path, tmp_path: Path) -> None:
+    from caltech_core import jobs, predictions
+
+    home, log = tmp_path / "home", tmp_path / "streamlit.log"
+    store = RunStore(home)
+    run_id = store.create_run(TrainConfig(arch="resnet18", image_size=64, epochs=1, batch_size=8, lr=0.01,
+                                          device="cpu", name="errors"))
+    assert jobs.run_job(store, run_id, data_root=mini_root) == "finished"
+    results = predictions.load_run(store, run_id, "test")
+    confusion = results.confusion()
+    cells = [(t, p) for t in range(len(confusion)) for p in range(len(confusion)) if confusion[t, p]]
+    pairs = results.confused_pairs(1)
+    default = (pairs[0]["true index"], pairs[0]["predicted index"]) if pairs else (0, 0)
+    k, (t, p) = next((k, c) for k, c in enumerate(cells) if c != default)  # not the cell shown at first
+    proc, url = _start_server(mini_root, home, log)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        page.goto(f"{url}/errors?run={run_id}")
+        _settle(page)
+        page.get_by_text("Click a cell to see its images.").wait_for()
+        marker = page.locator(".js-plotly-plot .scatterlayer .trace .points path").nth(k)
+        box = marker.bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        true, pred = results.classes[t], results.classes[p]
+        page.get_by_text(f"{confusion[t, p]} image(s) of {true} predicted as {pred}", exact=False).wait_for()
+        _settle(page)
+        assert page.locator("[data-testid='stImage']").count() == confusion[t, p]
+        body = page.inner_text("body")
+        assert f"true {true}" in body and "Traceback" not in body
+        _shot(page, "errors")
+        page.get_by_text(f"{true} predicted as {pred}", exact=True).scroll_into_view_if_needed()
+        _shot(page, "errors-cell")
+    finally:
+        context.close()
+        _stop_server(proc)

@@ -12,7 +12,7 @@ from caltech_core import jobs
 from caltech_core.config import TrainConfig
 from caltech_core.store import RunStore
 
-PAGES = ("data", "train", "monitor", "compare", "classify")
+PAGES = ("data", "train", "monitor", "errors", "compare", "classify")
 TINY = {"f_arch": "resnet18", "f_image_size": 64, "f_classes": 2, "f_max_per_class": 4, "f_batch_size": 4,
         "f_step_size": 1}
 
