@@ -14,7 +14,7 @@ from apptest_pages import page_texts
 from streamlit.testing.v1 import AppTest
 from test_browser import CHROMIUM, CHROMIUM_ARGS, REPO, _free_port, _healthy, _settle, _stop_server
 
-PAGES = ("data", "train", "monitor", "compare", "classify", "report")
+PAGES = ("data", "train", "monitor", "errors", "compare", "classify", "report")
 
 
 def _gated(page: str, *, secret: str | None = None) -> AppTest:
