@@ -331,9 +331,11 @@ def _member_columns(metrics: list[str]) -> list[str]:
 
 
 def _references(members: list[MemberResult], metric: str, scale: float) -> dict[str, float]:
-    """Reference lines for the study's values of `metric`: 'study <member> <value>' -> value on the axis."""
+    """Reference lines for the study's values of `metric` for the members with curves:
+    'study [member] val 9.2%' -> value on the axis."""
     many = len(members) > 1
-    return {f"study{' ' + m.label if many else ''}: {m.study[metric]:g}{'%' if scale != 1 else ''}":
+    members = [m for m in members if m.curves]
+    return {f"study{' ' + m.label if many else ''} {METRIC_PREFIX[metric]} {m.study[metric]:g}{'%' if scale != 1 else ''}":
             m.study[metric] / scale for m in members if metric in m.study}
 
 

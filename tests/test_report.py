@@ -220,3 +220,16 @@ def test_a_run_at_the_study_setting_counts_wherever_its_config_appears(tmp_path:
     assert findings["LR 0.1 diverges after a few epochs"]["verdict"] == "reproduced"
     assert "1 of 1 runs diverged" in findings["LR 0.1 diverges after a few epochs"]["evidence"]
     assert report.section("transfer").missing
+
+
+def test_study_values_beside_ours_in_bars_and_reference_lines() -> None:
+    from caltech_core import charts
+
+    fig = charts.accuracy_bar_figure(["all", "fc", "conv"], [0.81, None, 0.31], study=[0.8363, 0.8355, None])
+    ours, study = fig.data
+    assert (list(ours.x), list(study.x)) == (["all", "conv"], ["all", "fc"])
+    assert list(study.y) == [0.8363, 0.8355] and study.name == "study"
+    assert list(fig.layout.xaxis.categoryarray) == ["all", "fc", "conv"]  # member order, even where ours is missing
+    lines = charts.with_reference_lines(charts.val_curves_figure({}), {"study a": 0.8254, "study b": 0.8234})
+    assert [s.y0 for s in lines.layout.shapes] == [0.8254, 0.8234]
+    assert [a.text for a in lines.layout.annotations] == ["study a", "study b"]
