@@ -125,7 +125,7 @@ def test_pinned_batches_arrive_normalised_like_the_cpu_path(mini_root, tmp_path)
         return list(loader)
 
     pinned = BatchLoader(cache, indices, labels, batch_size=5, train=True, cfg=cfg, device="cuda")
-    host, _ = next(pinned._host_iter(pinned._plan(), pin=True))  # what the prefetch thread hands over
+    host, _, _ = next(pinned._host_iter(pinned._plan(), pin=True))  # what the prefetch thread hands over
     assert host.is_pinned()
     on_gpu, on_cpu = batches("cuda"), batches("cpu")
     assert len(on_gpu) == len(on_cpu) > 1

@@ -256,3 +256,17 @@ def test_worker_threads_follow_the_cores(monkeypatch):
     monkeypatch.setenv(data.THREADS_ENV, "many")
     with pytest.raises(ValueError, match="CALTECH_STUDIO_THREADS"):
         data.worker_threads()
+
+
+@pytest.mark.parametrize("augment", [("crop", "hflip", "vflip"), ("hflip", "rotate")])
+def test_flips_left_to_the_device_give_the_same_batches(cache, augment):
+    """On CUDA the flips of a batch without rotations run on the GPU, a batch at once: same pixels."""
+    cfg = _cfg(*augment)
+    loader = _loader(cache, cfg)
+    plan = loader._plan()
+    on_host = [loader._finish(h, y)[0] for h, y, _ in loader._host_iter(plan)]
+    deferred = list(loader._host_iter(plan, device_flips=True))
+    later = [loader._finish(h, y, flips=f)[0] for h, y, f in deferred]
+    assert all(torch.equal(a, b) for a, b in zip(on_host, later, strict=True))
+    left = sum(len(f.horizontal) + len(f.vertical) for _, _, f in deferred)
+    assert (left > 0) == ("rotate" not in augment)  # with rotations the host flips first, as before
