@@ -133,7 +133,6 @@ class Job:
     cfg: TrainConfig
     run_id: int | None = None
     process: subprocess.Popen | None = None
-    started: float | None = None
 
 
 @dataclass
@@ -167,11 +166,11 @@ def _lite_arch() -> str | None:
 
 def study_jobs(device: str) -> list[TrainConfig]:
     """The study's from-scratch experiments and the Lite fine-tune, longest and most important first."""
-    from caltech_core.experiments import BASELINE, PRESETS
+    from caltech_core.experiments import PRESETS
 
-    best = BASELINE.replace(lr=1e-2, epochs=60, step_size=30, retrain_on_train_val=True, device=device)
+    best = PRESETS["retrain"].configs[0].replace(device=device)  # LR 1e-2, 60 epochs, step 30, train+val
     jobs = [
-        best.replace(group="retrain", name="retrain: alexnet best scratch"),
+        best,
         best.replace(augment=("crop", "hflip"), group="gpu-augment", name="gpu-augment: best + crop+hflip"),
     ]
     lite = _lite_arch()
@@ -341,7 +340,6 @@ class Check:
                     self.store.set_status(job.run_id, "cancelled",
                                           f"not started: needs about {needed:.0f} s, the check's budget has less")
                     continue
-                job.started = time.monotonic()
                 with open(self.work / f"run-{job.run_id}.log", "w") as log:
                     job.process = subprocess.Popen(
                         [sys.executable, __file__, "worker", "--store", str(self.store.home), "--run",
