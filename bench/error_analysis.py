@@ -65,7 +65,7 @@ def main() -> None:
 
     at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=600)
     at.query_params["run"] = str(run_id)
-    at.switch_page("pages/errors.py")
+    at.switch_page("dashboard/errors.py")
     timed("page: first view (12 Grad-CAM thumbnails)", at.run, times)
     assert not at.exception, at.exception
     timed("page: same view again (cached)", at.run, times)

@@ -10,10 +10,10 @@ APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 
 
 def open_page(page: str, timeout: float = 120, **query: str) -> AppTest:
-    """Run the app on `pages/<page>.py` with the given query parameters."""
+    """Run the app on `dashboard/<page>.py` with the given query parameters."""
     at = AppTest.from_file(APP, default_timeout=timeout)
     at.query_params.update(query)
-    at.switch_page(f"pages/{page}.py")
+    at.switch_page(f"dashboard/{page}.py")
     return at.run()
 
 

@@ -37,9 +37,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_server(root: Path, home: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
-    """`streamlit run streamlit_app.py` on a free port; returns the process and its URL once it is healthy."""
-    port = _free_port()
+def _start_server(root: Path, home: Path, log_path: Path,
+                  port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """`streamlit run streamlit_app.py` on `port` (default: a free one); returns the process and its URL once it
+    is healthy."""
+    port = port or _free_port()
     # One torch thread: tiny batches gain nothing from more, and on a shared 2-core machine they lose a lot.
     env = {**os.environ, "CALTECH101_ROOT": str(root), "CALTECH_STUDIO_HOME": str(home), "OMP_NUM_THREADS": "1"}
     with log_path.open("a") as log:  # the child keeps its own descriptor
@@ -203,7 +205,7 @@ def test_queue_watch_and_cancel_runs(server, page) -> None:
         page.goto(f"{url}{path}")
         _settle(page)
         _shot(page, name)
-    if (Path(__file__).resolve().parent.parent / "pages" / "report.py").is_file():
+    if (Path(__file__).resolve().parent.parent / "dashboard" / "report.py").is_file():
         page.goto(f"{url}/report")
         _settle(page)
         _shot(page, "report")

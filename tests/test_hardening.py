@@ -187,7 +187,7 @@ def test_two_sessions_queue_at_the_same_moment_and_run_in_order(with_data: Path)
 def test_download_folder_must_stay_inside_the_allowed_folders(
     studio_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from pages._shared import confined_download_dir
+    from dashboard._shared import confined_download_dir
 
     work = tmp_path / "work"
     work.mkdir()

@@ -12,6 +12,7 @@ from caltech_core import jobs
 from caltech_core.config import TrainConfig
 from caltech_core.store import RunStore
 
+REPO = Path(__file__).resolve().parent.parent
 PAGES = ("data", "train", "monitor", "errors", "compare", "classify")
 TINY = {"f_arch": "resnet18", "f_image_size": 64, "f_classes": 2, "f_max_per_class": 4, "f_batch_size": 4,
         "f_step_size": 1}
@@ -45,6 +46,13 @@ def trained_home(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> P
             os.environ["CALTECH101_ROOT"] = old
     assert RunStore(home).get_run(run_id).status == "finished"
     return home
+
+
+def test_no_pages_folder_beside_the_entry_point() -> None:
+    # Streamlit serves a process in its old "pages folder" mode (other menu, page scripts run alone) whenever a
+    # pages/ folder sits beside the entry point, until a session happens to call st.navigation
+    # (streamlit/runtime/pages_manager.py); tests/test_browser_navigation.py shows the race this caused.
+    assert not (REPO / "pages").exists(), "page scripts belong in dashboard/: a pages/ folder breaks navigation"
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -106,12 +114,12 @@ def test_train_form_survives_visiting_another_page(with_data: Path) -> None:
     at.number_input(key="f_lr").set_value(0.0123)
     at.selectbox(key="f_arch").set_value("resnet18")
     at.run()
-    at.switch_page("pages/monitor.py").run()
+    at.switch_page("dashboard/monitor.py").run()
     # In a browser Streamlit drops the state of widgets that a run did not draw; AppTest keeps it, so drop
     # it here as the server does.
     for name in TrainConfig().to_dict():
         del at.session_state[f"f_{name}"]
-    at.switch_page("pages/train.py").run()
+    at.switch_page("dashboard/train.py").run()
     assert not at.exception
     assert at.number_input(key="f_lr").value == 0.0123  # the page brought the form back
     assert at.selectbox(key="f_arch").value == "resnet18"

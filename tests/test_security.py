@@ -20,7 +20,7 @@ PAGES = ("data", "train", "monitor", "errors", "compare", "classify", "report")
 def _gated(page: str, *, secret: str | None = None) -> AppTest:
     """The page script itself as the app (every run goes through its own gate; the entry point's gate is the
     browser test's)."""
-    at = AppTest.from_file(str(REPO / "pages" / f"{page}.py"), default_timeout=120)
+    at = AppTest.from_file(str(REPO / "dashboard" / f"{page}.py"), default_timeout=120)
     if secret is not None:
         at.secrets["password"] = secret
     return at.run()
@@ -74,7 +74,7 @@ def test_no_password_no_gate(studio_home: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_password_compare_is_constant_time_digest() -> None:
-    from pages._auth import password_matches
+    from dashboard._auth import password_matches
 
     assert password_matches("pässword", "pässword")
     assert not password_matches("password", "pässword") and not password_matches("", "x")

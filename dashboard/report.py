@@ -11,10 +11,10 @@ import streamlit as st
 
 from caltech_core.experiments import PRESETS, submit_preset
 from caltech_core.report import build_report, export_zip, summary_lines
-from pages._auth import require_password
-from pages._shared import data_root, format_seconds, get_manager, get_store
+from dashboard._auth import require_password
+from dashboard._shared import data_root, format_seconds, get_manager, get_store
 
-require_password()  # also when Streamlit runs this page without the entry point (AppTest, first visit)
+require_password()  # also when Streamlit runs this page without the entry point (AppTest)
 st.title("Study report")
 st.caption(
     "Rebuilt from every run in the store. A run counts for an experiment when its configuration matches "

@@ -18,14 +18,14 @@ from PIL import Image
 
 from caltech_core import charts, predictions
 from caltech_core.status import RunStatus
-from pages._auth import require_password
-from pages._shared import data_root, get_store, run_label
+from dashboard._auth import require_password
+from dashboard._shared import data_root, get_store, run_label
 
 VIEWS = ("Confusion matrix", "Most confident mistakes", "Per-class accuracy", "Confused pairs")
 COLUMNS = 4
 THUMB = 176  # pixels per side of a gallery picture
 
-require_password()  # also when Streamlit runs this page without the entry point (AppTest, first visit)
+require_password()  # also when Streamlit runs this page without the entry point (AppTest)
 st.title("Errors")
 store = get_store()
 runs = store.list_runs(status=RunStatus.FINISHED)

@@ -1,7 +1,8 @@
 """Helpers every page uses: the shared store and job manager, the dataset root, run labels.
 
-Not a page itself (the leading underscore keeps it out of navigation). Resources are cached with
-`st.cache_resource`, so every browser session shares one store connection and one job manager.
+Not a page itself (streamlit_app.py lists the pages). Importing it only defines functions and changes no
+Streamlit state. Resources are cached with `st.cache_resource`, so every browser session shares one store
+connection and one job manager.
 """
 
 from __future__ import annotations
@@ -18,24 +19,6 @@ from caltech_core import data, store
 from caltech_core.config import ARCH_LABELS
 
 log = logging.getLogger(__name__)
-
-
-def _use_st_navigation() -> None:
-    """Make a fresh server use streamlit_app.py's st.navigation even when the first URL is a sub-page.
-
-    Streamlit decides once per process, at the first page load, whether the app is an old-style
-    "pages/ folder" app; until the entry point has called st.navigation once, a first visit to e.g.
-    /monitor runs pages/monitor.py alone with an auto-generated menu (listing _shared.py too). Every page
-    imports this module first, so the first such run clears that flag and reruns through the entry point.
-    """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if getattr(PagesManager, "uses_pages_directory", None) and st.runtime.exists():
-        PagesManager.uses_pages_directory = False
-        st.rerun()
-
-
-_use_st_navigation()
 
 
 def studio_home() -> Path:

@@ -21,8 +21,8 @@ from caltech_core.config import (
     ConfigError,
     TrainConfig,
 )
-from pages._auth import require_password
-from pages._shared import data_root, format_seconds, get_manager, get_store
+from dashboard._auth import require_password
+from dashboard._shared import data_root, format_seconds, get_manager, get_store
 
 BASELINE = "baseline-defaults"
 # Optional counts are shown as 0 = "not set" because number inputs cannot be empty.
@@ -67,7 +67,7 @@ def _seconds_per_image(arch: str, train_mode: str, image_size: int, batch: int, 
     return engine.seconds_per_training_image(arch, train_mode, image_size, batch, device)
 
 
-require_password()  # also when Streamlit runs this page without the entry point (AppTest, first visit)
+require_password()  # also when Streamlit runs this page without the entry point (AppTest)
 st.title("Train a network")
 if "f_arch" not in st.session_state:
     # Streamlit forgets a widget's value once its page is left: bring back the form as the user left it.
@@ -235,5 +235,5 @@ if "last_queued" in st.session_state:
     run_id = st.session_state["last_queued"]
     ids = st.session_state.get("last_queued_ids", [run_id])
     st.success(f"Queued run{'s' if len(ids) > 1 else ''} {', '.join(f'#{i}' for i in ids)}.")
-    st.page_link("pages/monitor.py", label=f"Watch run #{run_id} in Monitor", icon=":material/monitoring:",
+    st.page_link("dashboard/monitor.py", label=f"Watch run #{run_id} in Monitor", icon=":material/monitoring:",
                  query_params={"run": str(run_id)})

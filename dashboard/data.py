@@ -6,8 +6,8 @@ import pandas as pd
 import streamlit as st
 
 from caltech_core import charts, data
-from pages._auth import require_password
-from pages._shared import (
+from dashboard._auth import require_password
+from dashboard._shared import (
     confined_download_dir,
     data_root,
     default_download_dir,
@@ -15,7 +15,7 @@ from pages._shared import (
     missing_data_message,
 )
 
-require_password()  # also when Streamlit runs this page without the entry point (AppTest, first visit)
+require_password()  # also when Streamlit runs this page without the entry point (AppTest)
 st.title("Data")
 
 root = data_root()

@@ -10,12 +10,12 @@ import streamlit as st
 from caltech_core import charts
 from caltech_core import status as run_status
 from caltech_core.status import RunStatus
-from pages._auth import require_password
-from pages._shared import format_seconds, get_manager, get_store, run_label
+from dashboard._auth import require_password
+from dashboard._shared import format_seconds, get_manager, get_store, run_label
 
 REFRESH_SECONDS = 2.0
 
-require_password()  # also when Streamlit runs this page without the entry point (AppTest, first visit)
+require_password()  # also when Streamlit runs this page without the entry point (AppTest)
 st.title("Monitor")
 store = get_store()
 manager = get_manager()
@@ -136,7 +136,7 @@ if record.status == RunStatus.FINISHED or results.get("test_acc") is not None:
         normalize = st.toggle("Row-normalise the confusion matrix", value=True)
         st.plotly_chart(charts.confusion_figure(confusion, classes, normalize=normalize), key="confusion")
     if record.status == RunStatus.FINISHED:
-        st.page_link("pages/errors.py", label="Which images does it get wrong? Open the error analysis",
+        st.page_link("dashboard/errors.py", label="Which images does it get wrong? Open the error analysis",
                      icon=":material/error_med:", query_params={"run": str(record.id)})
 
 # -- export ----------------------------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ import streamlit as st
 from caltech_core import charts, inference, models
 from caltech_core.config import ARCH_LABELS
 from caltech_core.status import RunStatus
-from pages._auth import require_password
-from pages._shared import get_store, run_label
+from dashboard._auth import require_password
+from dashboard._shared import get_store, run_label
 
 IMAGENET = "imagenet:"  # + the architecture, so a newly installed stronger model is not served from cache
 
@@ -21,7 +21,7 @@ def _classifier(choice: str | int, home: str) -> inference.Classifier:
     return inference.Classifier.from_run(get_store(), int(choice))
 
 
-require_password()  # also when Streamlit runs this page without the entry point (AppTest, first visit)
+require_password()  # also when Streamlit runs this page without the entry point (AppTest)
 st.title("Classify images")
 store = get_store()
 finished = [r for r in store.list_runs(status=RunStatus.FINISHED) if (store.run_dir(r.id) / "best.pt").is_file()]

@@ -9,10 +9,10 @@ import streamlit as st
 from caltech_core import charts, experiments, report
 from caltech_core import status as run_status
 from caltech_core.config import ARCH_LABELS, ARCHITECTURES, AUGMENTATIONS, TRAIN_MODES
-from pages._auth import require_password
-from pages._shared import format_seconds, get_store
+from dashboard._auth import require_password
+from dashboard._shared import format_seconds, get_store
 
-require_password()  # also when Streamlit runs this page without the entry point (AppTest, first visit)
+require_password()  # also when Streamlit runs this page without the entry point (AppTest)
 st.title("Compare runs")
 store = get_store()
 runs = store.list_runs()
