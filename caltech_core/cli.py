@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -29,6 +30,7 @@ from caltech_core import status as run_status
 from caltech_core.config import ARCHITECTURES, DEVICES, TRAIN_MODES, ConfigError, TrainConfig
 from caltech_core.status import RunStatus
 from caltech_core.store import RunStore, default_home
+from caltech_core.weights import OFFLINE_ENV
 
 log = logging.getLogger("caltech_core.cli")
 
@@ -165,6 +167,8 @@ def _progress_bar(cfg: TrainConfig, label: str) -> tuple[Any, Any]:
         bar.n = round(p.fraction * p.epochs, 2)
         if p.phase in ("training", "validating"):
             detail = f"batch {p.batch}/{p.batches}"
+        elif p.phase == "downloading weights":
+            detail = f"{p.phase_done / 2**20:.1f}/{p.phase_total / 2**20:.1f} MB"
         elif p.phase_total:
             detail = f"{p.phase_done}/{p.phase_total}"
         else:
@@ -400,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     rooted = argparse.ArgumentParser(add_help=False)
     rooted.add_argument("--root", metavar="PATH",
                         help="Caltech-101 folder (default: $CALTECH101_ROOT, else ./data/caltech101)")
+    no_download = argparse.ArgumentParser(add_help=False)
+    no_download.add_argument("--offline", action="store_true",
+                             help=f"never download ImageNet weights (same as {OFFLINE_ENV}=1)")
 
     parser = argparse.ArgumentParser(prog="python -m caltech_core", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -407,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", parents=[common, rooted], help="dataset summary")
     p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("train", parents=[common, rooted], help="train in the foreground (a run or a preset sweep)",
+    p = sub.add_parser("train", parents=[common, rooted, no_download], help="train in the foreground (a run or a preset sweep)",
                        description="Train in the foreground. Options left out keep the preset's (or the "
                                    "baseline's) value; a preset with several configs runs them all.")
     p.add_argument("--preset", choices=sorted(PRESETS), help="an experiment of the study")
@@ -449,7 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=5, metavar="K")
     p.set_defaults(func=cmd_classify)
 
-    p = sub.add_parser("resume", parents=[common, rooted], help="continue an interrupted or cancelled run")
+    p = sub.add_parser("resume", parents=[common, rooted, no_download],
+                       help="continue an interrupted or cancelled run")
     p.add_argument("id", type=int, metavar="ID")
     p.set_defaults(func=cmd_resume)
 
@@ -476,6 +484,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "offline", False):
+        os.environ[OFFLINE_ENV] = "1"  # read by weights.fetch in this process's runs
     try:
         return int(args.func(args))
     except ConfigError as exc:

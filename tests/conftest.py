@@ -58,6 +58,13 @@ def studio_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _no_internet(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tests never download from the internet: weights downloads are off unless a test serves them itself
+    # from a loopback server (tests/test_weights.py).
+    monkeypatch.setenv("CALTECH_STUDIO_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
 def _few_threads() -> None:
     # Two cores on CI: keep torch from oversubscribing when helpers run beside the tests.
     import torch
