@@ -59,7 +59,8 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("best-offline", "Best offline (EfficientNet-Lite0, 2-core CPU)", "table"),
 )
 # Column prefix of each study metric in a row: "<p> (ours)", "<p> (study)", "Δ <p>", "<p> verdict".
-METRIC_PREFIX = {"val_acc": "val", "test_acc": "test", "final_train_loss": "final train loss"}
+METRIC_PREFIX = {"val_acc": "val", "test_acc": "test", "final_val_acc": "final val", "final_train_loss": "final train loss"}
+FINAL_METRICS = {"final_val_acc": "val_acc", "final_train_loss": "train_loss"}  # study metric -> last epoch's column
 
 
 @dataclass
@@ -84,8 +85,9 @@ class MemberResult:
 
     def ours(self, metric: str) -> list[float]:
         """Our finished runs' values of a study metric (fractions for accuracies)."""
-        if metric == "final_train_loss":
-            return [v for rows in self.curves.values() if rows and (v := _finite(rows[-1].get("train_loss"))) is not None]
+        if metric in FINAL_METRICS:
+            column = FINAL_METRICS[metric]
+            return [v for rows in self.curves.values() if rows and (v := _finite(rows[-1].get(column))) is not None]
         return list(self.val_acc if metric == "val_acc" else self.test_acc)
 
     def comparisons(self) -> dict[str, verdicts.Comparison]:
@@ -363,7 +365,7 @@ def _experiment_section(preset_name: str, title: str, kind: str, runs: list[Any]
                            f"missing — run preset {preset_name} (python -m caltech_core train --preset {preset_name})")
         return section
     curves = {label: rows for m in members for label, rows in m.curves.items()}
-    val_refs = _references(members, "val_acc", 100)
+    val_refs = _references(members, "val_acc", 100) | _references(members, "final_val_acc", 100)
     if kind == "curves" and curves:
         if len(curves) == 1:
             only = next(iter(curves.values()))

@@ -1,7 +1,8 @@
 """Does our store reproduce the study? A verdict per number of the study and per qualitative finding.
 
-A number is *reproduced* when the study's value lies within our mean ± 2 standard errors (two or more runs),
-or within the metric's single-run tolerance of our one run (1.5 points for accuracies); otherwise ours is
+A number is *reproduced* when the study's value lies within our mean ± 2 standard errors (two or more runs;
+at least the study's own rounding), or within the metric's single-run tolerance of our one run (1.5 points
+for accuracies); otherwise ours is
 *higher* or *lower*; with no finished run it is *not run*. Findings (`experiments.FINDINGS`) are decided by
 one rule each from the curves and statuses of the preset's runs: *reproduced*, *not reproduced* or *not run*.
 """
@@ -46,10 +47,19 @@ def compare(metric: str, study: float, ours: Sequence[float]) -> Comparison:
         return Comparison(study, "not run")
     mean = statistics.fmean(values)
     sd = statistics.stdev(values) if len(values) > 1 else None
-    margin = spec.single_run_tolerance if sd is None else 2 * sd / math.sqrt(len(values))
-    reproduced = abs(mean - study) <= margin + 1e-9  # tolerance for rounding in the study's two decimals
+    # The study's number is itself rounded (9.2 stands for 9.15-9.25): identical repeats (sd 0) that round
+    # to it reproduce it.
+    margin = spec.single_run_tolerance if sd is None else max(2 * sd / math.sqrt(len(values)), _half_unit(study))
+    reproduced = abs(mean - study) <= margin + 1e-9
     verdict = "reproduced" if reproduced else ("higher" if mean > study else "lower")
     return Comparison(study, verdict, mean, sd, len(values))
+
+
+def _half_unit(value: float) -> float:
+    """Half a unit of the last decimal `value` is written with (9.2 -> 0.05, 95.89 -> 0.005)."""
+    text = repr(float(value))
+    decimals = len(text.split(".")[1].rstrip("0")) if "." in text else 0
+    return 0.5 * 10.0 ** -decimals
 
 
 # -- findings -------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # (preset, member label, metric) -> path of the same number in numbers.json
 TRANSCRIBED: dict[tuple[str, str, str], tuple[str, ...]] = {
-    ("baseline", "alexnet lr=0.001", "val_acc"): ("baseline", "val_acc_percent_about"),
+    ("baseline", "alexnet lr=0.001", "final_val_acc"): ("baseline", "val_acc_percent_about"),
     ("baseline", "alexnet lr=0.001", "final_train_loss"): ("baseline", "final_train_loss_about"),
     ("retrain", "alexnet best scratch", "test_acc"): ("scratch_final", "test_acc_percent"),
     ("transfer", "alexnet imagenet", "val_acc"): ("transfer", "val_acc_percent"),

@@ -105,3 +105,10 @@ def test_vertical_flip_finding() -> None:
     verdict, evidence = decide(finding("vflip-hurts"), rows)
     assert verdict == "not reproduced" and "vflip 82.0%" in evidence
     assert decide(finding("vflip-hurts"), {"none": rows["none"], "vflip": Member()})[0] == "not run"
+
+
+def test_identical_repeats_reproduce_the_number_they_round_to():
+    """The study's 9.2 stands for 9.15-9.25: two identical runs at 9.197% reproduce it, at 9.3% do not."""
+    assert compare("final_val_acc", 9.2, [0.09197, 0.09197]).verdict == "reproduced"
+    assert compare("final_val_acc", 9.2, [0.093, 0.093]).verdict == "higher"
+    assert compare("test_acc", 95.89, [0.95887, 0.95887]).verdict == "reproduced"
