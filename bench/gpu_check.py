@@ -355,7 +355,7 @@ class Check:
                 last_report = time.monotonic()
                 states = ", ".join(f"#{j.run_id}:{len(self.store.epochs(j.run_id))}ep" for j in running)
                 self.log(f"{len(running)} running ({states}), {len(pending)} waiting, {self.left():.0f} s left")
-            if time.monotonic() > self.deadline - self.plan.caps["wrap_up"] / 3:  # one ignored its stop time
+            if time.monotonic() > self.deadline - self.plan.caps["wrap_up"] / 4:  # one ignored its stop time
                 for job in running:
                     job.process.kill()
                     job.process.wait()
