@@ -304,7 +304,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if store.get_run(args.run) is None:
         raise CliError(f"run {args.run} does not exist in {store.home}")
     try:
-        classifier = inference.Classifier.from_run(store, args.run)
+        classifier = inference.Classifier.from_run(store, args.run,
+                                                   weights="retrain.pt" if args.retrained else "best.pt")
     except inference.CheckpointError as exc:
         raise CliError(str(exc)) from exc
     results: list[dict[str, Any]] = []
@@ -385,6 +386,35 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n < 2**30 else f"{n / 2**30:.2f} GB"
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    """The store's disk use by kind; with --prune, delete caches no stored run uses."""
+    store = _store(args)
+    removed: list[Path] = []
+    freed = 0
+    if args.prune:
+        try:
+            removed, freed = store.prune_caches()
+        except ValueError as exc:
+            raise CliError(str(exc)) from exc
+    usage = store.disk_usage()
+    if args.json:
+        _print_json({"home": str(store.home), "bytes": usage, "removed": [str(p) for p in removed],
+                     "freed_bytes": freed, "unused": [str(p) for p in store.unused_caches()]})
+        return 0
+    print(f"store: {store.home}")
+    for kind, n in usage.items():
+        print(f"  {kind:<14} {_size(n):>10}")
+    if args.prune:
+        print(f"pruned {len(removed)} unused cache(s), freed {_size(freed)}")
+    elif unused := store.unused_caches():
+        print(f"{len(unused)} cache(s) no run uses; delete them with --prune")
+    return 0
+
+
 # -- parser --------------------------------------------------------------------------------------------
 
 def _aug_list(text: str) -> tuple[str, ...]:
@@ -454,6 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--run", type=int, required=True, metavar="ID")
     p.add_argument("--top", type=int, default=5, metavar="K")
+    p.add_argument("--retrained", action="store_true",
+                   help="use the model the run retrained on train+val (retrain.pt) instead of best.pt")
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("resume", parents=[common, rooted, no_download],
@@ -472,6 +504,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("onnx", "torchscript"), required=True)
     p.add_argument("--out", metavar="DIR", required=True, help="folder for the model file and its JSON")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("cache", parents=[common], help="disk use of the store; --prune deletes unused caches")
+    p.add_argument("--prune", action="store_true",
+                   help="delete image/feature caches no stored run uses (refused while a run is active)")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("report", parents=[common, rooted], help="rebuild the study's tables and figures")
     p.add_argument("--out", metavar="DIR", help="output folder (default: STORE/report)")

@@ -65,6 +65,7 @@ class TrainConfig:
     train_fraction: float = 0.5
     split_seed: int = 42
     classes: int | None = None  # first K classes only (quick runs)
+    class_names: tuple[str, ...] = ()  # these classes only, by folder name (instead of the first K)
     max_per_class: int | None = None  # at most M images per class in every split (quick runs)
     per_class_train: int | None = None  # classic protocol: N training images per class, the rest tested
     fast_path: bool = True  # frozen backbone + deterministic transform: train the head on cached features
@@ -74,10 +75,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         # Accept lists/strings for augment (from JSON, CLI, widgets) but store a canonical tuple.
-        aug = self.augment
-        if isinstance(aug, str):
-            aug = tuple(a.strip() for a in aug.split(",") if a.strip())
-        object.__setattr__(self, "augment", tuple(aug))
+        for name in ("augment", "class_names"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = tuple(a.strip() for a in value.split(",") if a.strip())
+            object.__setattr__(self, name, tuple(value))
         if self.image_size is None and self.arch in ARCHITECTURES:
             object.__setattr__(self, "image_size", get_spec(self.arch).image_size)
         self.validate()
@@ -116,6 +118,12 @@ class TrainConfig:
         for name in ("pretrained", "retrain_on_train_val", "fast_path", "amp"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, "must be true or false")
+        if any(not isinstance(c, str) or not c.strip() for c in self.class_names):
+            raise ConfigError("class_names", "must be class folder names")
+        if len(set(self.class_names)) != len(self.class_names):
+            raise ConfigError("class_names", "each class may appear once")
+        if self.class_names and self.classes is not None:
+            raise ConfigError("class_names", "give either classes (the first K) or class_names, not both")
         if self.weights_path is not None and not isinstance(self.weights_path, str):
             raise ConfigError("weights_path", "must be a file path")
         if self.weights_path and not self.pretrained:
@@ -145,6 +153,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["augment"] = list(self.augment)
+        d["class_names"] = list(self.class_names)
         return d
 
     @classmethod
@@ -155,8 +164,9 @@ class TrainConfig:
         if unknown:
             raise ConfigError(unknown[0], f"unknown setting (known: {', '.join(sorted(known))})")
         kwargs = dict(data)
-        if "augment" in kwargs and isinstance(kwargs["augment"], list):
-            kwargs["augment"] = tuple(kwargs["augment"])
+        for name in ("augment", "class_names"):
+            if isinstance(kwargs.get(name), list):
+                kwargs[name] = tuple(kwargs[name])
         return cls(**_coerce(kwargs))
 
     def replace(self, **changes: Any) -> TrainConfig:

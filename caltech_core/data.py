@@ -120,7 +120,7 @@ class Splits:
             root,
             train_fraction=cfg.train_fraction,
             seed=cfg.split_seed,
-            classes=cfg.classes,
+            classes=cfg.class_names or cfg.classes,
             max_per_class=cfg.max_per_class,
             per_class_train=cfg.per_class_train,
         )
@@ -293,7 +293,7 @@ def load_splits(
     *,
     train_fraction: float = 0.5,
     seed: int = 42,
-    classes: int | None = None,
+    classes: int | Sequence[str] | None = None,
     max_per_class: int | None = None,
     per_class_train: int | None = None,
 ) -> Splits:
@@ -303,11 +303,17 @@ def load_splits(
     seed); test.txt is the test set (real data: 2892/2892/2893).
     protocol "per_class" (`per_class_train=N`): train.txt+test.txt are pooled; per class, N seeded images
     train (at most all but one), 10% of the remainder (at least 1 when 2+ remain) validate, the rest test.
-    `classes=K` keeps the first K classes by name; `max_per_class=M` caps each class in every split.
+    `classes=K` keeps the first K classes by name, `classes=[names]` those classes (sorted); `max_per_class=M`
+    caps each class in every split.
     """
     base = resolve_root(root)
     names = all_names = list_classes(base)
-    if classes is not None:
+    if classes is not None and not isinstance(classes, int):
+        unknown = sorted(set(classes) - set(all_names))
+        if unknown:
+            raise SplitError(f"unknown class {unknown[0]!r}; classes are folder names such as {', '.join(all_names[:4])}")
+        names = sorted(set(classes), key=all_names.index)
+    elif classes is not None:
         if classes < 1:
             raise SplitError(f"classes must be at least 1 (got {classes})")
         names = names[:classes]

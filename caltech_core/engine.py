@@ -1,8 +1,13 @@
 """The training loop: one plain function, `train`, read top to bottom.
 
 cache images → loaders → model (+ train mode) → optimizer / StepLR / cross-entropy → epochs (per-batch
-callbacks, cancel, divergence check; per-epoch validation, last.pt / best.pt) → best weights → test metrics
-→ optional retrain on train+val. Epochs and batches are numbered from 1. On CUDA: mixed precision (bf16
+callbacks, cancel, divergence check; per-epoch validation, best weights kept in memory, last.pt + best.pt at
+most every `checkpoint_seconds`) → best weights → test metrics → optional retrain on train+val.
+
+Retention: a finished (or diverged) run keeps best.pt (+ retrain.pt when it retrained on train+val) and no
+last.pt: nothing can resume it. A cancelled run keeps its last.pt (an interrupted one whatever was last
+written), so it resumes. Checkpoints are written only when they change what a resume would need: at most once
+per `checkpoint_seconds` of training (a kill loses at most that much work), never after the final epoch. Epochs and batches are numbered from 1. On CUDA: mixed precision (bf16
 when supported, else fp16 with a GradScaler), channels_last, cudnn.benchmark; on the CPU plain fp32, and a
 seeded run repeats exactly (resume included: last.pt carries every RNG state).
 """
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import random
 import shutil
 import time
@@ -34,6 +40,9 @@ from caltech_core.models import apply_train_mode, build_model, set_train_mode_ev
 from caltech_core.status import RunStatus
 from caltech_core.transforms import BatchLoader
 from caltech_core.weights import fetch as fetch_weights
+
+CHECKPOINT_SECONDS = 60.0  # last.pt at most this often; a crash loses at most this much training
+RETRAINED = "retrain.pt"  # the model retrained on train+val (same layout as best.pt)
 
 
 @dataclass
@@ -81,6 +90,7 @@ class RunResult:
     retrain_test_acc: float | None = None
     classes: list[str] = field(default_factory=list)
     fast_path: bool = False  # whether the head was trained on cached backbone features
+    feature_cache: str | None = None  # the features/ file it used (store.prune_caches keeps it)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able results (for the store)."""
@@ -120,14 +130,17 @@ def seconds_per_training_image(arch: str, train_mode: str, image_size: int, batc
 
 def train(
     cfg: TrainConfig, data: Splits, callbacks: Callbacks | None = None, *, workdir: Path, cache_dir: Path,
-    resume: bool = False,
+    resume: bool = False, checkpoint_seconds: float = CHECKPOINT_SECONDS,
 ) -> RunResult:
-    """Train `cfg` on `data`; never raises for training failures (status "failed" with the reason instead)."""
+    """Train `cfg` on `data`; never raises for training failures (status "failed" with the reason instead).
+
+    `checkpoint_seconds`: least training time between two last.pt writes (0 = after every epoch).
+    """
     cb = callbacks or Callbacks()
     workdir = Path(workdir)
     history: list[EpochMetrics] = []  # shared with _train so failures still return the curves so far
     try:
-        return _train(cfg, data, cb, workdir, Path(cache_dir), resume, history)
+        return _train(cfg, data, cb, workdir, Path(cache_dir), resume, history, checkpoint_seconds)
     except Exception as exc:  # reported as a failed run; the traceback (and its tensors) dies with this block
         error = _failure_message(exc, cfg)
     _free_memory()
@@ -138,7 +151,7 @@ def train(
 
 def _train(
     cfg: TrainConfig, data: Splits, cb: Callbacks, workdir: Path, cache_dir: Path, resume: bool,
-    history: list[EpochMetrics],
+    history: list[EpochMetrics], checkpoint_seconds: float,
 ) -> RunResult:
     workdir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
@@ -169,6 +182,7 @@ def _train(
     loader_gen = torch.Generator().manual_seed(cfg.seed)  # shuffling + augmentation draws
 
     start_epoch, best_val_acc, best_epoch = 1, None, None
+    best = _Best(workdir / "best.pt", list(data.classes), cfg)
     if resume:
         last = workdir / "last.pt"
         if not last.is_file():
@@ -181,6 +195,7 @@ def _train(
         _set_rng_state(state["rng"], loader_gen)
         history[:] = [EpochMetrics(**m) for m in state["metrics"]]
         start_epoch, best_val_acc, best_epoch = state["epoch"] + 1, state["best_val_acc"], state["best_epoch"]
+        best.load()
 
     # Decoded-image cache. Unreadable images are dropped from the splits (and listed in skipped).
     cache = ImageCache.build(
@@ -192,15 +207,16 @@ def _train(
         raise ValueError("no readable training images in this split")
 
     # Frozen backbone + deterministic transform: train only the head, on backbone features computed once.
-    net, features = model, None
+    net, features, feature_file = model, None, None
     if fast_path_applies(cfg, model):
         backbone, net = split_for_features(model, cfg.arch)
-        features = cached_features(
+        found = cached_features(
             cfg, backbone, cache, cache_dir, device, batch_size=max(cfg.batch_size, 32),
             should_stop=cb.should_stop, progress=lambda done, total: _phase(cb, "features", done, total),
         )
-        if features is None:
-            return _stopped(RunStatus.CANCELLED, None, history, workdir, best_val_acc, best_epoch, data)
+        if found is None:
+            return _stopped(RunStatus.CANCELLED, None, history, workdir, best_val_acc, best_epoch, data, best)
+        features, feature_file = found
 
     def loader(samples: list[Sample], train: bool) -> BatchLoader | FeatureLoader:
         indices, labels = [cache.index_of(s.path) for s in samples], [s.label for s in samples]
@@ -214,6 +230,7 @@ def _train(
     train_loader, val_loader, test_loader = loader(data.train, True), loader(data.val, False), loader(data.test, False)
 
     _phase(cb, "training", start_epoch - 1, cfg.epochs)
+    saved_at = time.monotonic()  # training time since the last last.pt
     for epoch in range(start_epoch, cfg.epochs + 1):
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
@@ -222,7 +239,7 @@ def _train(
         loss_sum, correct, seen = 0.0, 0, 0
         for batch, (x, y) in enumerate(train_loader, start=1):
             if cb.should_stop is not None and cb.should_stop():
-                return _stopped(RunStatus.CANCELLED, None, history, workdir, best_val_acc, best_epoch, data)
+                return _stopped(RunStatus.CANCELLED, None, history, workdir, best_val_acc, best_epoch, data, best)
             with autocast_for(device, cfg.amp):
                 logits = net(x)
                 loss = criterion(logits.float(), y)
@@ -236,7 +253,7 @@ def _train(
             if not math.isfinite(value):
                 message = (f"loss became {value} at epoch {epoch}, batch {batch} (learning rate {lr:g}); "
                            "training diverged: lower the learning rate")
-                return _stopped(RunStatus.DIVERGED, message, history, workdir, best_val_acc, best_epoch, data)
+                return _stopped(RunStatus.DIVERGED, message, history, workdir, best_val_acc, best_epoch, data, best)
             loss_sum += value * len(y)
             correct += int((logits.argmax(dim=1) == y).sum())
             seen += len(y)
@@ -251,33 +268,36 @@ def _train(
         if cb.on_epoch is not None:
             cb.on_epoch(metrics)
 
-        # best.pt: best validation accuracy so far; without validation images, simply the last epoch.
+        # Best validation accuracy so far (without validation images, simply the last epoch), kept in memory.
         if val is None or best_val_acc is None or val.acc > best_val_acc:
             best_val_acc, best_epoch = (val.acc if val else None), epoch
-            save_atomic(
-                {"model": model.state_dict(), "classes": list(data.classes), "config": cfg.to_dict(),
-                 "epoch": epoch},
-                workdir / "best.pt",
-            )
+            best.keep(model, epoch, best_val_acc)
             if val is not None:  # the best weights' per-image validation results, free from this pass
                 _save_results(val, data.val, data.classes, "val", workdir)
-        save_atomic(
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-             "rng": _rng_state(loader_gen), "metrics": [m.to_dict() for m in history],
-             "best_val_acc": best_val_acc, "best_epoch": best_epoch, "classes": list(data.classes),
-             "config": cfg.to_dict()},
-            workdir / "last.pt",
-        )
-        if cb.on_checkpoint is not None:
-            cb.on_checkpoint(epoch, workdir / "last.pt")
         patience = cfg.early_stopping_patience
         if val is not None and patience and epoch - best_epoch >= patience:
             break
+        if epoch < cfg.epochs and time.monotonic() - saved_at >= checkpoint_seconds:
+            best.save()  # first: last.pt never names a best epoch whose weights are not on disk
+            save_atomic(
+                {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                 "rng": _rng_state(loader_gen), "metrics": [m.to_dict() for m in history],
+                 "best_val_acc": best_val_acc, "best_epoch": best_epoch, "classes": list(data.classes),
+                 "config": cfg.to_dict()},
+                workdir / "last.pt",
+            )
+            saved_at = time.monotonic()
+            if cb.on_checkpoint is not None:
+                cb.on_checkpoint(epoch, workdir / "last.pt")
+
+    # Finished: best.pt is what is kept; last.pt (model + optimizer state) can no longer be resumed.
+    best.save()
+    (workdir / "last.pt").unlink(missing_ok=True)
 
     # Test the best-validation weights.
     _phase(cb, "testing")
-    model.load_state_dict(torch.load(workdir / "best.pt", map_location=device, weights_only=True)["model"])
+    model.load_state_dict(best.state)
     test: Evaluation | None = evaluate(net, test_loader, data.num_classes, amp=cfg.amp) if data.test else None
     if test is not None:
         _save_results(test, data.test, data.classes, "test", workdir)
@@ -286,6 +306,7 @@ def _train(
         test_acc=test.acc if test else None, mean_class_acc=test.mean_class_acc if test else None,
         per_class_acc=_per_class(test, data.classes), confusion=test.confusion.tolist() if test else None,
         checkpoint_path=workdir / "best.pt", classes=list(data.classes), fast_path=features is not None,
+        feature_cache=feature_file.name if feature_file else None,
     )
 
     # The study's last step: retrain from scratch on train+val for the best number of epochs, then test.
@@ -297,11 +318,12 @@ def _train(
         retrain_dir = workdir / "retrain"
         del model, net, optimizer, features, train_loader, val_loader, test_loader  # free before retraining
         retrained = train(again, merged, Callbacks(should_stop=cb.should_stop),
-                          workdir=retrain_dir, cache_dir=cache_dir)
-        shutil.rmtree(retrain_dir, ignore_errors=True)  # only its test accuracy is kept
+                          workdir=retrain_dir, cache_dir=cache_dir, checkpoint_seconds=math.inf)
         if retrained.status == RunStatus.FINISHED:
             result.retrain_test_acc = retrained.test_acc
-        else:
+            os.replace(retrain_dir / "best.pt", workdir / RETRAINED)  # Classify can use the retrained model
+        shutil.rmtree(retrain_dir, ignore_errors=True)
+        if retrained.status != RunStatus.FINISHED:
             result.status = retrained.status if retrained.status == RunStatus.CANCELLED else result.status
             result.error = f"retraining on train+val {retrained.status}: {retrained.error or ''}".strip()
     return result
@@ -315,15 +337,47 @@ def _phase(cb: Callbacks, name: str, done: int = 0, total: int = 0) -> None:
         cb.on_phase(name, done, total)
 
 
+class _Best:
+    """The best epoch's weights, in memory (CPU), written to best.pt only when they would otherwise be lost."""
+
+    def __init__(self, path: Path, classes: list[str], cfg: TrainConfig) -> None:
+        self.path, self.classes, self.cfg = path, classes, cfg
+        self.state: dict[str, torch.Tensor] | None = None
+        self.epoch: int | None = None
+        self.val_acc: float | None = None
+        self.dirty = False
+
+    def keep(self, model: nn.Module, epoch: int, val_acc: float | None) -> None:
+        self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        self.epoch, self.val_acc, self.dirty = epoch, val_acc, True
+
+    def save(self) -> None:
+        if self.dirty and self.state is not None:
+            save_atomic({"model": self.state, "classes": self.classes, "config": self.cfg.to_dict(),
+                         "epoch": self.epoch, "val_acc": self.val_acc}, self.path)
+            self.dirty = False
+
+    def load(self) -> None:
+        """A resumed run: the best weights written before it stopped."""
+        if self.path.is_file():
+            saved = torch.load(self.path, map_location="cpu", weights_only=True)
+            self.state, self.epoch, self.val_acc = saved["model"], saved["epoch"], saved.get("val_acc")
+
+
 def _stopped(
     status: RunStatus, message: str | None, history: list[EpochMetrics], workdir: Path, best_val_acc: float | None,
-    best_epoch: int | None, data: Splits,
+    best_epoch: int | None, data: Splits, best: _Best,
 ) -> RunResult:
-    """A cancelled or diverged run: curves and the last checkpoint are kept, no test."""
+    """A cancelled or diverged run: curves and best weights are kept, no test; only a cancelled run keeps last.pt
+    (it can be resumed, a diverged one cannot)."""
+    best.save()
     last = workdir / "last.pt"
+    if status != RunStatus.CANCELLED:
+        last.unlink(missing_ok=True)
+    kept = last if last.is_file() else best.path if best.path.is_file() else None
     return RunResult(
         status, epochs=list(history), best_val_acc=best_val_acc, best_epoch=best_epoch,
-        checkpoint_path=last if last.is_file() else None, error=message, classes=list(data.classes),
+        checkpoint_path=kept, error=message, classes=list(data.classes),
     )
 
 

@@ -68,8 +68,8 @@ def cached_features(
     cfg: TrainConfig, backbone: nn.Module, cache: ImageCache, cache_dir: Path, device: torch.device,
     *, batch_size: int = 64, should_stop: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
-) -> torch.Tensor | None:
-    """(len(cache), D) float32 features of every cached image, in cache order, on `device`.
+) -> tuple[torch.Tensor, Path] | None:
+    """(len(cache), D) float32 features of every cached image, in cache order, on `device`, and their file.
 
     Read from disk when present, else computed in eval mode and saved. None when `should_stop` said stop.
     """
@@ -80,7 +80,7 @@ def cached_features(
         stored = torch.load(path, map_location="cpu", weights_only=True)
         row = {p: i for i, p in enumerate(stored["paths"])}
         order = torch.tensor([row[str(p)] for p in cache.paths], dtype=torch.long)
-        return stored["features"][order].to(device)
+        return stored["features"][order].to(device), path
 
     backbone.eval()
     loader = BatchLoader(
@@ -101,7 +101,7 @@ def cached_features(
     save_atomic(
         {"paths": [str(cache.paths[i]) for i in ranks], "features": features[torch.tensor(ranks)].cpu()}, path
     )
-    return features
+    return features, path
 
 
 class FeatureLoader:

@@ -27,6 +27,8 @@ from caltech_core.transforms import IMAGENET_MEAN, IMAGENET_STD, NORMALIZATION
 
 IMAGENET_CLASSES_FILE = Path(__file__).with_name("imagenet_classes.txt")
 UPLOAD_TYPES = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
+# A run's weight files Classify can use -> how the model is described.
+RUN_WEIGHTS = {"best.pt": "", "retrain.pt": " · retrained on train+val"}
 
 
 class ImageError(ValueError):
@@ -110,15 +112,19 @@ class Classifier:
 
     # -- constructors ---------------------------------------------------------------------------------
     @classmethod
-    def from_run(cls, run_store: Any, run_id: int, *, device: torch.device | str | None = None) -> Classifier:
-        """The best-validation weights of a finished run, with its class names and eval transform."""
+    def from_run(cls, run_store: Any, run_id: int, *, weights: str = "best.pt",
+                 device: torch.device | str | None = None) -> Classifier:
+        """A finished run's best-validation weights (or `weights="retrain.pt"`: the model it retrained on
+        train+val), with its class names and eval transform."""
         from caltech_core import models
 
         record = run_store.get_run(run_id)
         if record is None:
             raise CheckpointError(f"Run {run_id} does not exist.")
         cfg = record.config
-        path = Path(run_store.run_dir(run_id)) / "best.pt"
+        if weights not in RUN_WEIGHTS:
+            raise CheckpointError(f"{weights!r} is not one of a run's weight files ({', '.join(RUN_WEIGHTS)}).")
+        path = Path(run_store.run_dir(run_id)) / weights
         if not path.is_file():
             raise CheckpointError(f"Run {run_id} has no saved weights ({path} is missing); train it first.")
         state, extras = read_weights(path)
@@ -129,7 +135,7 @@ class Classifier:
         except RuntimeError as exc:
             raise CheckpointError(f"{path} does not fit a {cfg.arch} with {len(classes)} classes: {exc}") from exc
         mean, std = NORMALIZATION[cfg.normalization]
-        label = cfg.name or cfg.arch
+        label = (cfg.name or cfg.arch) + RUN_WEIGHTS[weights]
         return cls(model=model, classes=classes, arch=cfg.arch, image_size=cfg.image_size,
                    resize_size=cfg.resize_size, mean=mean, std=std, title=f"Run #{run_id}: {label}",
                    device=_device(device))

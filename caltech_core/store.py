@@ -71,6 +71,7 @@ CREATE TABLE IF NOT EXISTS artifacts (
 """
 
 _EPOCH_FIELDS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+DISK_KINDS = ("checkpoints", "image cache", "feature cache", "database", "other")
 
 
 class RunNotFoundError(KeyError):
@@ -395,6 +396,47 @@ class RunStore:
         ])
         shutil.rmtree(self.home / "runs" / str(int(run_id)), ignore_errors=True)
 
+    # -- disk -----------------------------------------------------------------------------------
+    def disk_usage(self) -> dict[str, int]:
+        """Bytes on disk by kind: checkpoints (run folders), image cache, feature cache, database, other."""
+        usage = dict.fromkeys(DISK_KINDS, 0)
+        for path in self.home.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                usage[self._kind_of(path)] += path.stat().st_size
+        return usage
+
+    def _kind_of(self, path: Path) -> str:
+        parts = path.relative_to(self.home).parts
+        if parts[0] == "runs":
+            return "checkpoints"
+        if parts[0] == "cache" and len(parts) > 2:
+            return "feature cache" if parts[1] == "features" else "image cache"
+        return "database" if parts[0].startswith("runs.sqlite") else "other"
+
+    def unused_caches(self) -> dict[Path, int]:
+        """Cache folders/files no run needs, with their bytes: image caches at a size no stored run uses, feature
+        files no stored run trained on. Deleting them is safe (a later run rebuilds what it needs)."""
+        runs = self.list_runs()
+        sizes = {f"images-{r.config.resize_size}" for r in runs}
+        features = {r.results.get("feature_cache") for r in runs}
+        unused = [p for p in sorted(self.cache_dir.glob("images-*")) if p.is_dir() and p.name not in sizes]
+        unused += [p for p in sorted((self.cache_dir / "features").glob("*.pt")) if p.name not in features]
+        return {p: _bytes(p) for p in unused}
+
+    def prune_caches(self) -> tuple[list[Path], int]:
+        """Delete `unused_caches()`; returns what was removed and the bytes freed. Refused while a run is queued or
+        running (it may be filling a cache right now)."""
+        active = self.list_runs(status=run_status.ACTIVE)
+        if active:
+            raise ValueError(f"run {active[0].id} is {active[0].status}; prune the caches when nothing is training")
+        unused = self.unused_caches()
+        for path in unused:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        return list(unused), sum(unused.values())
+
     # -- metrics --------------------------------------------------------------------------------
     def add_epoch(self, run_id: int, metrics: Any) -> None:
         """Store one epoch's metrics (an EpochMetrics or a dict); a repeated epoch replaces the old row."""
@@ -476,6 +518,13 @@ class RunStore:
             raise
         conn.execute("COMMIT")
         return dead
+
+
+def _bytes(path: Path) -> int:
+    """Size of a file, or of every file under a folder."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 _SELECT_RUN = (

@@ -14,23 +14,26 @@ IMAGENET = "imagenet:"  # + the architecture, so a newly installed stronger mode
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
-def _classifier(choice: str | int, home: str) -> inference.Classifier:
+def _classifier(choice: str | tuple[int, str], home: str) -> inference.Classifier:
     # `home` is part of the key: two stores may both have a run #1.
     if isinstance(choice, str) and choice.startswith(IMAGENET):
         return inference.Classifier.imagenet(choice.removeprefix(IMAGENET))
-    return inference.Classifier.from_run(get_store(), int(choice))
+    run_id, weights = choice
+    return inference.Classifier.from_run(get_store(), run_id, weights=weights)
 
 
 require_password()  # also when Streamlit runs this page without the entry point (AppTest)
 st.title("Classify images")
 store = get_store()
-finished = [r for r in store.list_runs(status=RunStatus.FINISHED) if (store.run_dir(r.id) / "best.pt").is_file()]
 imagenet_arch = models.strongest_installed_imagenet()
-labels: dict[str | int, str] = {}
+labels: dict[str | tuple[int, str], str] = {}
 if imagenet_arch is not None:  # the strongest ImageNet model whose weights are on this machine
     labels[IMAGENET + imagenet_arch] = (f"{ARCH_LABELS[imagenet_arch]} pretrained on ImageNet "
                                         "(1000 classes, no training needed)")
-labels.update({r.id: f"{run_label(r)} · {len(r.results.get('classes') or [])} classes" for r in finished})
+for r in store.list_runs(status=RunStatus.FINISHED):
+    for weights, what in inference.RUN_WEIGHTS.items():  # best.pt, and the train+val model when there is one
+        if (store.run_dir(r.id) / weights).is_file():
+            labels[(r.id, weights)] = f"{run_label(r)} · {len(r.results.get('classes') or [])} classes{what}"
 if not labels:
     st.info("No model to classify with: train a run on the Train page, or install ImageNet weights.")
     st.stop()

@@ -109,3 +109,28 @@ else:
 if summary["skipped"]:
     st.warning(f"{len(summary['skipped'])} line(s) of the split files name missing or non-image files.")
     st.dataframe(pd.DataFrame(summary["skipped"]), hide_index=True, width="stretch")
+
+st.subheader("Disk use of the studio")
+store = get_store()
+usage = store.disk_usage()
+st.dataframe(pd.DataFrame({"kind": list(usage), "MB": [round(n / 2**20, 1) for n in usage.values()]}),
+             hide_index=True, width="content")
+st.caption(f"Store folder `{store.home}`. A finished run keeps its best weights (and the retrained model, if any); "
+           "a cancelled or interrupted one also its last checkpoint, to resume.")
+unused = store.unused_caches()
+if unused:
+    mb = sum(unused.values()) / 2**20
+    st.write(f"{len(unused)} cache(s) no stored run uses ({mb:.1f} MB): "
+             + ", ".join(f"`{p.relative_to(store.home)}`" for p in unused))
+    sure = st.checkbox("Yes, delete the unused caches (a later run rebuilds what it needs)", key="prune_sure")
+    if st.button("Prune unused caches", icon=":material/delete_sweep:", disabled=not sure):
+        try:
+            removed, freed = store.prune_caches()
+        except ValueError as exc:
+            st.error(str(exc))
+        else:
+            st.session_state.pop("prune_sure", None)
+            st.toast(f"Deleted {len(removed)} cache(s), freed {freed / 2**20:.1f} MB")
+            st.rerun()
+else:
+    st.caption("No unused caches.")

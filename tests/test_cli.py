@@ -300,3 +300,15 @@ def test_arch_brings_its_native_image_size_unless_given(tmp_path: Path, mini_roo
     assert code == 0, err
     sizes = [(r.config.image_size, r.config.resize_size) for r in RunStore(tmp_path).list_runs()]
     assert sorted(sizes) == [(96, 109), (240, 272)]  # crop_pct 0.882 of timm's tf_efficientnet_lite1
+
+
+def test_cache_reports_disk_use_and_prunes(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    (store.cache_dir / "images-99").mkdir()
+    (store.cache_dir / "images-99" / "pixels-0.u8").write_bytes(b"p" * 2048)
+    code, out, _ = run_cli("cache", "--store", str(tmp_path))
+    assert code == 0 and "image cache" in out and "1 cache(s) no run uses" in out
+    code, out, _ = run_cli("cache", "--prune", "--store", str(tmp_path), "--json")
+    summary = json.loads(out)
+    assert code == 0 and summary["freed_bytes"] == 2048 and summary["bytes"]["image cache"] == 0
+    assert not (store.cache_dir / "images-99").exists()

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from caltech_core import data
-from caltech_core.config import TrainConfig
+from caltech_core.config import ConfigError, TrainConfig
 
 
 def _tiny_root(tmp_path: Path, per_class: dict[str, int], *, test_per_class: int = 2) -> Path:
@@ -325,3 +325,15 @@ def test_download_rejects_a_non_zip(tmp_path):
     junk.write_text("<html>rate limited</html>")
     with pytest.raises(data.DatasetNotFoundError, match="not a zip archive"):
         data.download_dataset(tmp_path / "dest", url=junk.as_uri())
+
+
+def test_classes_by_name(mini_root: Path) -> None:
+    splits = data.load_splits(mini_root, classes=["pizza", "accordion"])
+    assert splits.classes == ["accordion", "pizza"] and {s.label for s in splits.test} == {0, 1}
+    cfg = TrainConfig(class_names="pizza, accordion")
+    assert cfg.class_names == ("pizza", "accordion") and TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert data.Splits.from_config(cfg, root=mini_root).classes == ["accordion", "pizza"]
+    with pytest.raises(data.SplitError, match="unknown class 'pizzza'"):
+        data.load_splits(mini_root, classes=["pizzza"])
+    with pytest.raises(ConfigError, match="not both"):
+        TrainConfig(classes=2, class_names=("pizza",))

@@ -42,11 +42,12 @@ def test_finished_run_reports_metrics_and_weights_only_checkpoints(
         on_epoch=seen_epochs.append, on_batch=lambda *a: batches.append(a),
         on_checkpoint=lambda e, p: checkpoints.append(e),
     )
-    r = engine.train(BASE.replace(step_size=1, gamma=0.5), splits, cb, workdir=tmp_path, cache_dir=cache_dir)
+    r = engine.train(BASE.replace(step_size=1, gamma=0.5), splits, cb, workdir=tmp_path, cache_dir=cache_dir,
+                     checkpoint_seconds=0)
     assert r.status == "finished", r.error
     assert [m.epoch for m in r.epochs] == [1, 2] and seen_epochs == r.epochs
     assert [m.lr for m in r.epochs] == pytest.approx([0.01, 0.005])  # StepLR
-    assert checkpoints == [1, 2]
+    assert checkpoints == [1]  # never after the final epoch: nothing would resume from it
     assert [(e, b, n) for e, b, n, _ in batches] == [(1, 1, 2), (1, 2, 2), (2, 1, 2), (2, 2, 2)]
     assert r.best_epoch in (1, 2) and r.best_val_acc == max(m.val_acc for m in r.epochs)
     assert set(r.per_class_acc) == set(splits.classes)
@@ -54,10 +55,9 @@ def test_finished_run_reports_metrics_and_weights_only_checkpoints(
     assert confusion.shape == (3, 3) and confusion.sum() == len(splits.test)
     assert r.test_acc == pytest.approx(confusion.trace().item() / len(splits.test))
     assert r.mean_class_acc == pytest.approx(sum(r.per_class_acc.values()) / 3)
-    for name in ("last.pt", "best.pt"):
-        state = torch.load(tmp_path / name, weights_only=True)
-        assert state["classes"] == splits.classes
-    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == r.best_epoch
+    assert not (tmp_path / "last.pt").exists()  # a finished run keeps no optimizer state
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert best["classes"] == splits.classes and best["epoch"] == r.best_epoch and "optimizer" not in best
     assert r.checkpoint_path == tmp_path / "best.pt"
 
     # Per-image results of the best weights, written beside the checkpoints.
@@ -96,7 +96,7 @@ def test_seeded_runs_repeat_and_resume_continues_identically(
         return calls["n"] > 2  # two batches per epoch
 
     part = engine.train(cfg, splits, engine.Callbacks(should_stop=stop_in_epoch_two),
-                        workdir=tmp_path / "d", cache_dir=cache_dir)
+                        workdir=tmp_path / "d", cache_dir=cache_dir, checkpoint_seconds=0)
     assert part.status == "cancelled" and len(part.epochs) == 1
     resumed = engine.train(cfg, splits, workdir=tmp_path / "d", cache_dir=cache_dir, resume=True)
     assert resumed.status == "finished"
@@ -107,7 +107,8 @@ def test_seeded_runs_repeat_and_resume_continues_identically(
 def test_cancel_keeps_curves_and_last_checkpoint(splits: Splits, cache_dir: Path, tmp_path: Path) -> None:
     batches: list[int] = []
     cb = engine.Callbacks(on_batch=lambda e, b, n, loss: batches.append(e), should_stop=lambda: len(batches) >= 3)
-    r = engine.train(BASE.replace(epochs=5), splits, cb, workdir=tmp_path, cache_dir=cache_dir)
+    r = engine.train(BASE.replace(epochs=5), splits, cb, workdir=tmp_path, cache_dir=cache_dir,
+                     checkpoint_seconds=0)
     assert r.status == "cancelled"
     assert [m.epoch for m in r.epochs] == [1]
     assert batches == [1, 1, 2]
@@ -195,6 +196,29 @@ def test_early_stopping_and_retrain_on_train_val(splits: Splits, cache_dir: Path
     assert all(v <= r.best_val_acc for v in val[r.best_epoch:])
     assert r.retrain_test_acc is not None and 0.0 <= r.retrain_test_acc <= 1.0
     assert not (tmp_path / "retrain").exists()
+    retrained = torch.load(tmp_path / "retrain.pt", weights_only=True)  # kept for Classify
+    assert retrained["epoch"] == r.best_epoch and retrained["classes"] == splits.classes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "retrain.pt"]
+
+
+def test_short_run_writes_best_once_and_cancel_before_a_checkpoint(
+    splits: Splits, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from caltech_core import checkpoints
+
+    written: list[str] = []
+    real_save = checkpoints.save_atomic
+    monkeypatch.setattr(engine, "save_atomic", lambda obj, path: (written.append(path.name), real_save(obj, path)))
+    r = engine.train(BASE.replace(epochs=3), splits, workdir=tmp_path / "a", cache_dir=cache_dir)
+    assert r.status == "finished" and written == ["best.pt"]  # under a minute: one write, at the end
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["best.pt"]
+
+    written.clear()
+    batches: list[int] = []
+    cb = engine.Callbacks(on_batch=lambda e, b, n, loss: batches.append(e), should_stop=lambda: len(batches) >= 3)
+    r = engine.train(BASE.replace(epochs=5), splits, cb, workdir=tmp_path / "b", cache_dir=cache_dir)
+    assert r.status == "cancelled" and written == ["best.pt"]  # epoch 1's best weights are not lost
+    assert r.checkpoint_path == tmp_path / "b" / "best.pt"  # no last.pt yet: a resume starts over
 
 
 @pytest.mark.parametrize("arch", ["alexnet", "resnet18"])

@@ -80,7 +80,7 @@ def test_presets_match_the_study() -> None:
     assert all(PRESETS["architectures"].study_ref.numbers_for(a) == {} for a in arch if a.startswith("efficientnet"))
     assert PRESETS["freezing"].study_ref.numbers_for("conv only") == {"val_acc": 34.62, "test_acc": 33.98}
     demo = PRESETS["quick-demo"].configs[0]
-    assert (demo.classes, demo.image_size, demo.epochs) == (3, 64, 3)
+    assert (demo.class_names, demo.image_size, demo.arch) == (("Faces_easy", "Motorbikes", "airplanes"), 64, "resnet18")
     best = PRESETS["best-offline"].configs[0]
     assert (best.arch, best.pretrained, best.train, best.fast_path, best.augment) == (
         "efficientnet_lite0", True, "fc", True, ())
@@ -117,9 +117,26 @@ def test_sweep_of_tiny_real_runs_survives_divergence_and_picks_best(
     assert best_member(store, "no-such-group") is None
 
 
-def test_submit_preset_queues_its_runs(mini_root: Path, studio_home: Path) -> None:
+@pytest.fixture
+def demo_root(caltech_root: Path, tmp_path: Path) -> Path:
+    """A small real tree of the quick demo's classes (4 train and 2 test images each, symlinked)."""
+    root = tmp_path / "demo_caltech"
+    demo = PRESETS["quick-demo"].configs[0].class_names
+    for split, per_class in (("train", 4), ("test", 2)):
+        kept = []
+        for cls in demo:
+            lines = [x for x in (caltech_root / f"{split}.txt").read_text().split() if x.split("/")[0] == cls]
+            kept += lines[:per_class]
+        for line in kept:
+            (root / "101_ObjectCategories" / line).parent.mkdir(parents=True, exist_ok=True)
+            (root / "101_ObjectCategories" / line).symlink_to(caltech_root / "101_ObjectCategories" / line)
+        (root / f"{split}.txt").write_text("\n".join(kept) + "\n")
+    return root
+
+
+def test_submit_preset_queues_its_runs(demo_root: Path, studio_home: Path) -> None:
     store = RunStore(studio_home)
-    manager = JobManager(store, data_root=mini_root)
+    manager = JobManager(store, data_root=demo_root)
     try:
         with pytest.raises(KeyError, match="quick-demo"):
             submit_preset(manager, "no-such-preset")
@@ -131,7 +148,8 @@ def test_submit_preset_queues_its_runs(mini_root: Path, studio_home: Path) -> No
     runs = [store.get_run(i) for i in ids]
     for run in runs:
         assert run is not None and run.status == "finished", run.error if run else None
-        assert run.group == "quick-demo" and run.config.classes == 3 and run.epochs_done == 3
+        assert run.group == "quick-demo" and run.epochs_done == run.config.epochs
+        assert run.results["classes"] == ["Faces_easy", "Motorbikes", "airplanes"]
     # Two repeats: new seed and new train/validation split for the second.
     assert [(r.config.seed, r.config.split_seed) for r in runs] == [(42, 42), (43, 43)]
 

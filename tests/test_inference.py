@@ -210,6 +210,21 @@ def test_crafted_pickle_checkpoint_is_refused_without_running(tmp_path: Path) ->
     assert not marker.exists()
 
 
+def test_from_run_can_use_the_retrained_model(tmp_path: Path, photo: Image.Image) -> None:
+    store, run_id, best = _stored_run(tmp_path)
+    with pytest.raises(CheckpointError, match="no saved weights"):
+        Classifier.from_run(store, run_id, weights="retrain.pt")
+    retrained = models.build_model("resnet18", 3)
+    torch.save({"model": retrained.state_dict(), "classes": ["accordion", "dalmatian", "pizza"]},
+               store.run_dir(run_id) / "retrain.pt")
+    clf = Classifier.from_run(store, run_id, weights="retrain.pt", device="cpu")
+    assert "retrained on train+val" in clf.title
+    name, tensor = next(iter(retrained.state_dict().items()))
+    assert torch.equal(clf.model.state_dict()[name], tensor) and not torch.equal(best.state_dict()[name], tensor)
+    with pytest.raises(CheckpointError, match="not one of"):
+        Classifier.from_run(store, run_id, weights="../../etc/passwd")
+
+
 def test_missing_weights_and_unknown_run_are_clear_errors(tmp_path: Path) -> None:
     store, run_id, _ = _stored_run(tmp_path)
     (store.run_dir(run_id) / "best.pt").unlink()

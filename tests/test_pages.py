@@ -283,3 +283,18 @@ def test_chart_builders_place_and_normalise_values() -> None:
     assert list(bars.x) == ["many", "mid", "few"]  # most populous first, like the study's Figure 2
     lr = charts.lr_schedule_figure(TrainConfig(lr=0.01, epochs=4, step_size=2, gamma=0.1)).data[0]
     assert list(lr.y) == pytest.approx([0.01, 0.01, 0.001, 0.001])
+
+
+def test_data_page_shows_disk_use_and_prunes_unused_caches(with_data: Path) -> None:
+    unused = RunStore(with_data).cache_dir / "images-999"
+    unused.mkdir()
+    (unused / "pixels-0.u8").write_bytes(b"p" * 4096)
+    at = open_page("data")
+    usage = at.dataframe[-1].value
+    assert list(usage["kind"]) == ["checkpoints", "image cache", "feature cache", "database", "other"]
+    prune = next(b for b in at.button if b.label == "Prune unused caches")
+    assert prune.disabled  # nothing is deleted without the confirmation
+    at.checkbox(key="prune_sure").check().run()
+    next(b for b in at.button if b.label == "Prune unused caches").click().run()
+    assert not at.exception and not unused.exists()
+    assert "No unused caches." in page_texts(at)

@@ -180,3 +180,31 @@ def test_status_sets_are_one_definition(tmp_path: Path) -> None:
     assert run.status is status.RunStatus.DIVERGED and run.status == "diverged"
     assert [r.id for r in store.list_runs(status=status.DONE)] == [run_id]
     assert store.list_runs(status=status.ACTIVE) == []
+
+
+def test_disk_usage_by_kind_and_prune_of_unused_caches(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "s")
+    small = store.create_run(TrainConfig(image_size=64, epochs=1))  # caches at resize 73
+    store.set_results(small, {"feature_cache": "used.pt"})
+    store.set_status(small, "finished")
+    (store.run_dir(small) / "best.pt").write_bytes(b"w" * 500)
+    for folder, size in (("images-73", 1000), ("images-256", 3000)):
+        (store.cache_dir / folder).mkdir()
+        (store.cache_dir / folder / "pixels-0.u8").write_bytes(b"p" * size)
+    (store.cache_dir / "features").mkdir()
+    (store.cache_dir / "features" / "used.pt").write_bytes(b"f" * 100)
+    (store.cache_dir / "features" / "old.pt").write_bytes(b"f" * 200)
+
+    usage = store.disk_usage()
+    assert (usage["checkpoints"], usage["image cache"], usage["feature cache"]) == (500, 4000, 300)
+    assert usage["database"] > 0
+    assert store.unused_caches() == {store.cache_dir / "images-256": 3000, store.cache_dir / "features" / "old.pt": 200}
+
+    full = store.create_run(TrainConfig(epochs=1))  # queued, 224 px: uses images-256
+    with pytest.raises(ValueError, match="when nothing is training"):
+        store.prune_caches()
+    store.set_status(full, "cancelled")
+    removed, freed = store.prune_caches()
+    assert removed == [store.cache_dir / "features" / "old.pt"] and freed == 200
+    assert (store.cache_dir / "images-256").is_dir() and (store.cache_dir / "features" / "used.pt").is_file()
+    assert store.unused_caches() == {}
