@@ -198,7 +198,7 @@ def test_early_stopping_and_retrain_on_train_val(splits: Splits, cache_dir: Path
     assert not (tmp_path / "retrain").exists()
     retrained = torch.load(tmp_path / "retrain.pt", weights_only=True)  # kept for Classify
     assert retrained["epoch"] == r.best_epoch and retrained["classes"] == splits.classes
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "retrain.pt"]
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["best.pt", "retrain.pt"]
 
 
 def test_short_run_writes_best_once_and_cancel_before_a_checkpoint(
@@ -211,7 +211,7 @@ def test_short_run_writes_best_once_and_cancel_before_a_checkpoint(
     monkeypatch.setattr(engine, "save_atomic", lambda obj, path: (written.append(path.name), real_save(obj, path)))
     r = engine.train(BASE.replace(epochs=3), splits, workdir=tmp_path / "a", cache_dir=cache_dir)
     assert r.status == "finished" and written == ["best.pt"]  # under a minute: one write, at the end
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["best.pt"]
+    assert sorted(p.name for p in (tmp_path / "a").glob("*.pt")) == ["best.pt"]
 
     written.clear()
     batches: list[int] = []

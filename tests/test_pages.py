@@ -266,7 +266,7 @@ def test_classify_a_run_and_imagenet_uploads(trained_home: Path, mini_root: Path
     assert any("notes.jpg" in e.value and "not an image" in e.value for e in at.error)
 
     run_id = RunStore(trained_home).list_runs()[0].id
-    at.selectbox[0].set_value(run_id).run()
+    at.selectbox[0].set_value((run_id, "best.pt")).run()
     assert not at.exception, at.exception
     mini_classes = ("accordion", "dalmatian", "pizza")
     assert any(f"**dog.jpg** → **{c}**" in page_texts(at) for c in mini_classes)
