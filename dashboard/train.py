@@ -160,6 +160,10 @@ with opt_col:
 with data_col:
     st.subheader("Data and run")
     st.number_input("Classes (first K, 0 = all 101)", key="f_classes", step=1)
+    _root = data_root()
+    _names = data.list_classes(_root) if _root is not None else []
+    st.multiselect("Or these classes (by name)", sorted({*_names, *st.session_state.get("f_class_names", [])}),
+                   key="f_class_names", help="Instead of the first K classes (set K to 0).")
     st.number_input("Max images per class (0 = all)", key="f_max_per_class", step=1)
     st.checkbox("Retrain on train+val, then test", key="f_retrain_on_train_val",
                 help="The study's final step: after choosing the epochs on validation, retrain on both.")
