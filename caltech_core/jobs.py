@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 BATCH_FLUSH_EVERY = 20  # batch rows buffered before a write ...
 BATCH_FLUSH_SECONDS = 1.0  # ... or after this long, whichever comes first; always at epoch end
+CANCEL_POLL_SECONDS = 0.5  # how often a run reads the store's cancel flag (set by another process)
 
 Runner = Callable[..., Any]
 
@@ -122,6 +123,7 @@ class _Tracker:
         self._buffer: list[tuple[int, int, float]] = []
         self._last_flush = time.monotonic()
         self._lock = threading.Lock()
+        self._polled = 0.0  # last read of the store's cancel flag
 
     # -- engine callbacks -------------------------------------------------------------------------
     def on_batch(self, epoch: int, batch: int, num_batches: int, loss: float) -> None:
@@ -159,6 +161,12 @@ class _Tracker:
         self._notify()
 
     def should_stop(self) -> bool:
+        """Cancelled in this process, or (read at most every CANCEL_POLL_SECONDS) through the store by another."""
+        now = time.monotonic()
+        if not self.stop.is_set() and now - self._polled >= CANCEL_POLL_SECONDS:
+            self._polled = now
+            if self.store.cancel_requested(self.run_id):
+                self.stop.set()
         return self.stop.is_set()
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -257,6 +265,9 @@ def run_job(
     stop = stop or threading.Event()
     tracker = tracker or _Tracker(store, run_id, cfg, stop, on_progress)
     runner = runner or _default_runner()
+    if store.cancel_requested(run_id):  # cancelled (e.g. from another process) while it waited in a queue
+        store.set_status(run_id, RunStatus.CANCELLED, record.error)
+        return RunStatus.CANCELLED
     store.set_status(run_id, RunStatus.RUNNING, device=_device_name(cfg))
     status = RunStatus.FAILED
     try:
@@ -359,7 +370,9 @@ class JobManager:
         return run_id
 
     def cancel(self, run_id: int) -> bool:
-        """Cancel a queued run (removed, "cancelled") or ask the running one to stop; False if neither."""
+        """Cancel a queued run (removed, "cancelled") or ask the running one to stop, whichever process owns it
+        (another one, e.g. a CLI training, reads the store's flag and stops within one batch); False when the
+        run is neither queued nor running."""
         with self._cond:
             if run_id in self._queue:
                 self._queue.remove(run_id)
@@ -369,7 +382,7 @@ class JobManager:
             if run_id == self._current:
                 self._stops[run_id].set()
                 return True
-        return False
+        return self.store.request_cancel(run_id)
 
     def resume(self, run_id: int) -> None:
         """Queue an interrupted or cancelled run again; it continues from its last checkpoint."""

@@ -23,6 +23,9 @@ ALL: tuple[RunStatus, ...] = tuple(RunStatus)
 ACTIVE: frozenset[RunStatus] = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})  # owned by a live job
 DONE: frozenset[RunStatus] = frozenset(RunStatus) - ACTIVE  # ended, one way or another
 RESUMABLE: frozenset[RunStatus] = frozenset({RunStatus.CANCELLED, RunStatus.INTERRUPTED})  # continue from last.pt
+RETRYABLE: frozenset[RunStatus] = frozenset(  # worth a new run with edited settings
+    {RunStatus.FAILED, RunStatus.DIVERGED, RunStatus.CANCELLED}
+)
 
 
 def check(status: str) -> RunStatus:

@@ -45,7 +45,10 @@ CREATE TABLE IF NOT EXISTS runs (
     test_acc REAL,
     checkpoint_epoch INTEGER,
     owner_pid INTEGER,
-    owner_start TEXT
+    owner_start TEXT,
+    tags TEXT NOT NULL DEFAULT '[]',
+    note TEXT NOT NULL DEFAULT '',
+    cancel_requested INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
 CREATE INDEX IF NOT EXISTS runs_group ON runs(group_name);
@@ -70,6 +73,13 @@ CREATE TABLE IF NOT EXISTS artifacts (
 );
 """
 
+# Columns added after the first release, with their definitions: an older store gains them when opened.
+_ADDED_COLUMNS = {
+    "tags": "TEXT NOT NULL DEFAULT '[]'", "note": "TEXT NOT NULL DEFAULT ''",
+    "cancel_requested": "INTEGER NOT NULL DEFAULT 0",
+}
+MAX_TAG = 40
+MAX_NOTE = 10_000
 _EPOCH_FIELDS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 DISK_KINDS = ("checkpoints", "image cache", "feature cache", "database", "other")
 
@@ -105,6 +115,8 @@ class RunRecord:
     test_acc: float | None = None
     checkpoint_epoch: int | None = None  # last epoch whose last.pt is on disk (as reported by the engine)
     epochs_done: int = 0  # rows in the epochs table
+    tags: tuple[str, ...] = ()
+    note: str = ""
 
     @property
     def label(self) -> str:
@@ -201,6 +213,10 @@ class RunStore:
         conn = self._conn()
         with conn:
             conn.executescript(_SCHEMA)
+            have = {r["name"] for r in conn.execute("PRAGMA table_info(runs)")}
+            for column, definition in _ADDED_COLUMNS.items():
+                if column not in have:
+                    conn.execute(f"ALTER TABLE runs ADD COLUMN {column} {definition}")
 
     # -- connections ----------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -287,7 +303,7 @@ class RunStore:
             params += [now, pid, _process_start(pid)]
         elif status == RunStatus.QUEUED:
             pid = os.getpid()
-            sets += ["finished = NULL", "owner_pid = ?", "owner_start = ?"]
+            sets += ["finished = NULL", "owner_pid = ?", "owner_start = ?", "cancel_requested = 0"]
             params += [pid, _process_start(pid)]
         else:
             sets.append("finished = ?")
@@ -346,10 +362,12 @@ class RunStore:
         group: str | None = None,
         *,
         name: str | None = None,
+        tags: Iterable[str] = (),
         limit: int | None = None,
         newest_first: bool = True,
     ) -> list[RunRecord]:
-        """Runs matching every given filter (status may be one or several), newest first by default."""
+        """Runs matching every given filter (status may be one or several; a run has every tag in `tags`), newest
+        first by default."""
         where: list[str] = []
         params: list[Any] = []
         if arch is not None:
@@ -365,6 +383,9 @@ class RunStore:
         if name is not None:
             where.append("r.name = ?")
             params.append(name)
+        for tag in tags:
+            where.append("EXISTS (SELECT 1 FROM json_each(r.tags) WHERE value = ?)")
+            params.append(tag)
         sql = _SELECT_RUN
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -373,6 +394,56 @@ class RunStore:
             sql += " LIMIT ?"
             params.append(int(limit))
         return [_record(row) for row in self._conn().execute(sql, params)]
+
+    # -- run management ---------------------------------------------------------------------------
+    def rename(self, run_id: int, name: str) -> None:
+        """A new name for a run (also in its stored config); ConfigError when it is not valid text."""
+        run = self._existing(run_id)
+        cfg = run.config.replace(name=name.strip())
+        self._write("UPDATE runs SET name = ?, config = ? WHERE id = ?",
+                    (cfg.name, json.dumps(cfg.to_dict()), int(run_id)))
+
+    def set_tags(self, run_id: int, tags: Iterable[str]) -> tuple[str, ...]:
+        """Replace a run's tags (trimmed, unique, sorted); ValueError for an empty or over-long tag."""
+        self._existing(run_id)
+        clean = tuple(sorted({t.strip() for t in tags}))
+        bad = next((t for t in clean if not t or len(t) > MAX_TAG or "," in t), None)
+        if bad is not None:
+            raise ValueError(f"tag {bad!r}: a tag is 1 to {MAX_TAG} characters without commas")
+        self._write("UPDATE runs SET tags = ? WHERE id = ?", (json.dumps(clean), int(run_id)))
+        return clean
+
+    def set_note(self, run_id: int, note: str) -> None:
+        """A free-text note on a run ('' clears it)."""
+        self._existing(run_id)
+        if len(note) > MAX_NOTE:
+            raise ValueError(f"a note is at most {MAX_NOTE} characters (got {len(note)})")
+        self._write("UPDATE runs SET note = ? WHERE id = ?", (note, int(run_id)))
+
+    def tags(self) -> list[str]:
+        """Every tag used by some run, sorted."""
+        rows = self._conn().execute("SELECT DISTINCT j.value FROM runs, json_each(runs.tags) j ORDER BY 1")
+        return [r[0] for r in rows]
+
+    def request_cancel(self, run_id: int) -> bool:
+        """Ask whichever process trains (or queued) this run to stop it: it stops within one batch (a queued run
+        before it starts). False when the run is not queued or running."""
+        active = run_status.names(run_status.ACTIVE)
+        cur = self._write(
+            f"UPDATE runs SET cancel_requested = 1 WHERE id = ? AND status IN ({', '.join('?' * len(active))})",
+            (int(run_id), *active),
+        )
+        return cur.rowcount == 1
+
+    def cancel_requested(self, run_id: int) -> bool:
+        row = self._conn().execute("SELECT cancel_requested FROM runs WHERE id = ?", (int(run_id),)).fetchone()
+        return bool(row and row[0])
+
+    def _existing(self, run_id: int) -> RunRecord:
+        run = self.get_run(run_id)
+        if run is None:
+            raise RunNotFoundError(run_id)
+        return run
 
     def groups(self) -> list[str]:
         """Sweep groups that have at least one run, sorted."""
@@ -550,4 +621,6 @@ def _record(row: sqlite3.Row) -> RunRecord:
         test_acc=row["test_acc"],
         checkpoint_epoch=row["checkpoint_epoch"],
         epochs_done=row["epochs_done"],
+        tags=tuple(json.loads(row["tags"])),
+        note=row["note"],
     )

@@ -10,6 +10,7 @@ from caltech_core import charts, experiments, report
 from caltech_core import status as run_status
 from caltech_core.config import ARCH_LABELS, ARCHITECTURES, AUGMENTATIONS, TRAIN_MODES
 from dashboard._auth import require_password
+from dashboard._manage import tag_filter
 from dashboard._shared import format_seconds, get_store
 
 require_password()  # also when Streamlit runs this page without the entry point (AppTest)
@@ -44,7 +45,7 @@ def _keep(rec) -> bool:
     return not (groups and rec.group not in groups)
 
 
-shown = [r for r in runs if _keep(r)]
+shown = [r for r in tag_filter(store, runs, key="compare-tags") if _keep(r)]
 if not shown:
     st.warning("No run matches these filters.")
     st.stop()

@@ -11,6 +11,7 @@ from caltech_core import charts
 from caltech_core import status as run_status
 from caltech_core.status import RunStatus
 from dashboard._auth import require_password
+from dashboard._manage import delete_many, manage_run, tag_filter
 from dashboard._shared import format_seconds, get_manager, get_store, run_label
 
 REFRESH_SECONDS = 2.0
@@ -36,6 +37,10 @@ else:
 
 runs = store.list_runs()
 if not runs:
+    st.stop()
+runs = tag_filter(store, runs, key="monitor-tags")
+if not runs:
+    st.info("No run has all of these tags.")
     st.stop()
 
 # -- which run -------------------------------------------------------------------------------------------
@@ -112,6 +117,8 @@ def _live_view() -> None:
 
 
 record = store.get_run(run_id)
+manage_run(store, record)
+delete_many(store, runs)
 if record.status in run_status.ACTIVE:
     st.session_state["live_run"] = record.id
     st.fragment(run_every=REFRESH_SECONDS)(_live_view)()

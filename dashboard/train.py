@@ -22,6 +22,7 @@ from caltech_core.config import (
     TrainConfig,
 )
 from dashboard._auth import require_password
+from dashboard._manage import TRAIN_FROM
 from dashboard._shared import data_root, format_seconds, get_manager, get_store
 
 BASELINE = "baseline-defaults"
@@ -108,6 +109,10 @@ if "f_arch" not in st.session_state:
         st.session_state.update(saved)
     else:
         _apply(TrainConfig())
+if TRAIN_FROM in st.session_state:  # "Load settings into the Train form" / "Retry" on the Monitor page
+    _apply(TrainConfig.from_dict(st.session_state.pop(TRAIN_FROM)))
+    st.info(f"Settings loaded from a run: {st.session_state['f_name'] or 'unnamed'}. Edit them and queue the run.",
+            icon=":material/content_copy:")
 
 # -- presets -----------------------------------------------------------------------------------------
 preset_names = [BASELINE, *experiments.PRESETS]

@@ -347,3 +347,68 @@ def test_clicking_a_confusion_cell_opens_its_images(browser, mini_root: Path, tm
     finally:
         context.close()
         _stop_server(proc)
+
+
+def test_tag_clone_retry_and_delete_runs(server, page) -> None:
+    url, home = server
+    store = RunStore(home)
+    ids = {}
+    for name, status, lr in (("journey ref", "finished", 0.02), ("journey fast", "diverged", 5.0),
+                             ("journey old", "failed", 0.01)):
+        ids[name] = store.create_run(TrainConfig(arch="resnet18", image_size=64, epochs=1, batch_size=4, classes=2,
+                                                 max_per_class=4, lr=lr, name=name))
+        store.set_status(ids[name], status)
+
+    # Tag a run and write a note.
+    page.goto(f"{url}/monitor?run={ids['journey ref']}")
+    _settle(page)
+    page.get_by_text("Manage this run").click()
+    tags = page.locator("[data-testid='stMultiSelect']").filter(has_text="Tags").first
+    tags.click()
+    page.keyboard.type("baseline")
+    page.keyboard.press("Enter")
+    page.keyboard.press("Escape")
+    page.get_by_label("Note").fill("the reference run")
+    page.get_by_role("button", name=re.compile("Save name, tags and note")).click()
+    _settle(page)
+    run = store.get_run(ids["journey ref"])
+    assert run.tags == ("baseline",) and run.note == "the reference run"
+    _shot(page, "manage-run")
+
+    # Clone it into the Train form.
+    page.get_by_text("Manage this run").click()
+    page.get_by_role("button", name=re.compile("Load settings into the Train form")).click()
+    page.get_by_text(re.compile("Settings loaded from a run")).wait_for()
+    _settle(page)
+    assert page.get_by_label("Run name", exact=True).input_value() == "journey ref"
+    assert page.get_by_label("Learning rate", exact=True).input_value() == "0.02000"
+
+    # Retry the diverged run with a lower learning rate.
+    page.goto(f"{url}/monitor?run={ids['journey fast']}")
+    _settle(page)
+    page.get_by_text("Manage this run").click()
+    page.get_by_role("button", name=re.compile("Retry this diverged run")).click()
+    page.get_by_text(re.compile("Settings loaded from a run")).wait_for()
+    _settle(page)
+    _set_number(page, "Learning rate", 0.01)
+    page.get_by_role("button", name=re.compile("Queue run")).click()
+    _settle(page)
+    found = page.get_by_text(re.compile(r"Queued run #\d+")).inner_text()
+    retry_id = int(re.search(r"#(\d+)", found).group(1))
+    retried = store.get_run(retry_id)
+    assert retried.config.lr == 0.01 and retried.name == f"retry of #{ids['journey fast']} journey fast"
+
+    # Delete the failed run, after the confirmation.
+    page.goto(f"{url}/monitor?run={ids['journey old']}")
+    _settle(page)
+    page.get_by_text("Manage this run").click()
+    delete = page.get_by_role("button", name=re.compile("^Delete run"))
+    assert delete.is_disabled()
+    page.get_by_text(re.compile(f"Yes, delete run #{ids['journey old']}")).click()
+    _settle(page)
+    page.get_by_role("button", name=re.compile("^Delete run")).click()
+    _settle(page)
+    assert store.get_run(ids["journey old"]) is None
+    deadline = time.monotonic() + 300
+    while store.get_run(retry_id).status in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.5)

@@ -312,3 +312,64 @@ def test_cache_reports_disk_use_and_prunes(tmp_path: Path) -> None:
     summary = json.loads(out)
     assert code == 0 and summary["freed_bytes"] == 2048 and summary["bytes"]["image cache"] == 0
     assert not (store.cache_dir / "images-99").exists()
+
+
+def test_delete_tag_note_and_filter(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    done = [store.create_run(TrainConfig(epochs=1, name=f"r{i}")) for i in range(3)]
+    for run_id in done:
+        store.set_status(run_id, "finished")
+        (store.run_dir(run_id) / "best.pt").write_bytes(b"w")
+    busy = store.create_run(TrainConfig(epochs=1, name="busy"))  # queued
+
+    assert run_cli("tag", str(done[0]), "keep", "baseline", "--store", str(tmp_path))[0] == 0
+    assert run_cli("tag", str(done[0]), "baseline", "--remove", "--store", str(tmp_path))[0] == 0
+    assert run_cli("note", str(done[0]), "the good one", "--store", str(tmp_path))[0] == 0
+    code, out, _ = run_cli("runs", "--tag", "keep", "--store", str(tmp_path), "--json")
+    assert [(r["run_id"], r["tags"], r["note"]) for r in json.loads(out)] == [(done[0], ["keep"], "the good one")]
+
+    code, _, err = run_cli("delete", str(done[1]), str(busy), "--yes", "--store", str(tmp_path))
+    assert code == 1 and f"run {busy} is queued" in err and store.get_run(done[1]) is not None
+    code, _, err = run_cli("delete", str(done[1]), "--store", str(tmp_path))  # not a terminal: must confirm
+    assert code == 2 and "--yes" in err and store.get_run(done[1]) is not None
+    code, out, _ = run_cli("delete", str(done[1]), str(done[2]), "--yes", "--store", str(tmp_path), "--json")
+    assert code == 0 and json.loads(out) == {"deleted": [done[1], done[2]]}
+    assert store.get_run(done[1]) is None and not (tmp_path / "runs" / str(done[1])).exists()
+    assert run_cli("delete", "999", "--yes", "--store", str(tmp_path))[0] == 1
+    code, _, err = run_cli("cancel", str(done[0]), "--store", str(tmp_path))
+    assert code == 1 and "only queued or running" in err
+
+
+def test_cancel_stops_a_run_of_another_process_within_a_batch(tmp_path: Path, mini_root: Path) -> None:
+    import time
+
+    from caltech_core.jobs import JobManager
+
+    cmd = [sys.executable, "-m", "caltech_core", "train", *TINY, "--epochs", "200", "--root", str(mini_root),
+           "--store", str(tmp_path), "--json"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env=os.environ | {"OMP_NUM_THREADS": "1"})
+    store = None
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if (tmp_path / "runs.sqlite").exists():
+            store = store or RunStore(tmp_path)
+            runs = store.list_runs()
+            if runs and store.batches(runs[0].id):
+                break
+        time.sleep(0.1)
+    run_id = store.list_runs()[0].id
+    # A dashboard's job manager does not own the run either: its cancel also goes through the store.
+    manager = JobManager(store, data_root=mini_root, recover=False)
+    try:
+        other = store.create_run(TrainConfig(epochs=1))  # queued by "another process"
+        assert manager.cancel(other) and store.cancel_requested(other)
+        code, _, err = run_cli("cancel", str(run_id), "--store", str(tmp_path))
+        assert code == 0 and "stops within one batch" in err
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        manager.shutdown(wait=True)
+        proc.kill()
+    run = store.get_run(run_id)
+    assert run.status == "cancelled" and json.loads(out.strip().splitlines()[-1])["status"] == "cancelled"
+    assert run.epochs_done < 200

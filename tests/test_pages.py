@@ -298,3 +298,71 @@ def test_data_page_shows_disk_use_and_prunes_unused_caches(with_data: Path) -> N
     next(b for b in at.button if b.label == "Prune unused caches").click().run()
     assert not at.exception and not unused.exists()
     assert "No unused caches." in page_texts(at)
+
+
+def _stored(home: Path, status: str, **cfg) -> int:
+    store = RunStore(home)
+    run_id = store.create_run(TrainConfig(arch="resnet18", image_size=64, epochs=2, **cfg))
+    store.set_status(run_id, status)
+    (store.run_dir(run_id) / "best.pt").write_bytes(b"w")
+    return run_id
+
+
+def test_monitor_renames_tags_notes_filters_and_deletes(with_data: Path) -> None:
+    store = RunStore(with_data)
+    keep = _stored(with_data, "finished", name="keep me", lr=0.02)
+    drop = _stored(with_data, "finished", name="drop me")
+    busy = _stored(with_data, "queued", name="busy")  # queued in the store (no manager owns it here)
+    at = open_page("monitor", run=str(keep))
+    at.text_input(key=f"name-{keep}").set_value("kept run")
+    at.multiselect(key=f"tags-{keep}").set_value(["baseline"])
+    at.text_area(key=f"note-{keep}").set_value("the reference")
+    at.button(key=f"save-{keep}").click().run()
+    assert not at.exception, at.exception
+    rec = store.get_run(keep)
+    assert (rec.name, rec.tags, rec.note, rec.config.name) == ("kept run", ("baseline",), "the reference", "kept run")
+
+    at.multiselect(key="monitor-tags").set_value(["baseline"]).run()
+    assert at.selectbox[0].options == [f"#{keep} ResNet-18 · kept run (finished)"]  # only the tagged run
+    at.multiselect(key="monitor-tags").set_value([]).run()
+
+    at.query_params["run"] = str(busy)
+    at.run()
+    assert at.button(key=f"delete-{busy}").disabled and at.checkbox(key=f"sure-{busy}").disabled
+    at.query_params["run"] = str(drop)
+    at.run()
+    assert at.button(key=f"delete-{drop}").disabled  # not without the confirmation
+    at.checkbox(key=f"sure-{drop}").check().run()
+    at.button(key=f"delete-{drop}").click().run()
+    assert not at.exception and store.get_run(drop) is None and not (with_data / "runs" / str(drop)).exists()
+
+    others = [_stored(with_data, "failed", name=f"old {i}") for i in range(2)]
+    at = open_page("monitor", run=str(keep))
+    at.multiselect(key="delete-many").set_value(others).run()
+    assert busy not in at.multiselect(key="delete-many").options  # a queued run cannot be picked
+    at.checkbox(key="delete-many-sure").check().run()
+    at.button(key="delete-many-go").click().run()
+    assert [r.id for r in store.list_runs()] == [busy, keep]
+
+
+def test_clone_and_retry_load_settings_into_the_train_form(with_data: Path) -> None:
+    done = _stored(with_data, "finished", name="ref", lr=0.02, batch_size=8)
+    bad = _stored(with_data, "diverged", name="too fast", lr=5.0)
+    at = open_page("monitor", run=str(done))
+    assert not any(b.key == f"retry-{done}" for b in at.button)  # a finished run needs no retry
+    at.button(key=f"clone-{done}").click().run()
+    assert not at.exception, at.exception
+    assert (at.session_state["f_lr"], at.session_state["f_batch_size"], at.session_state["f_name"]) == (0.02, 8, "ref")
+    assert "Settings loaded from a run" in page_texts(at)
+
+    at = open_page("monitor", run=str(bad))
+    at.button(key=f"retry-{bad}").click().run()
+    assert at.session_state["f_lr"] == 5.0 and at.session_state["f_name"] == f"retry of #{bad} too fast"
+    at.switch_page("dashboard/train.py")  # AppTest would otherwise rerun the page it was opened on
+    at.number_input(key="f_lr").set_value(0.01)
+    for key, value in {"f_classes": 2, "f_max_per_class": 2, "f_epochs": 1}.items():
+        at.session_state[key] = value
+    at.button(key="queue").click().run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    retried = RunStore(with_data).list_runs()[0]
+    assert retried.id not in (done, bad) and retried.config.lr == 0.01 and retried.name == f"retry of #{bad} too fast"

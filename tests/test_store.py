@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from caltech_core.config import TrainConfig
+from caltech_core.config import ConfigError, TrainConfig
 from caltech_core.engine import EpochMetrics
 from caltech_core.store import RunNotFoundError, RunStore, default_home
 
@@ -208,3 +208,49 @@ def test_disk_usage_by_kind_and_prune_of_unused_caches(tmp_path: Path) -> None:
     assert removed == [store.cache_dir / "features" / "old.pt"] and freed == 200
     assert (store.cache_dir / "images-256").is_dir() and (store.cache_dir / "features" / "used.pt").is_file()
     assert store.unused_caches() == {}
+
+
+def test_rename_tags_note_and_cancel_flag(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "s")
+    run_id = store.create_run(TrainConfig(name="old", epochs=1))
+    store.rename(run_id, "  new name ")
+    assert store.get_run(run_id).name == "new name" and store.get_run(run_id).config.name == "new name"
+    with pytest.raises(ConfigError, match="name"):
+        store.rename(run_id, "x" * 201)
+    assert store.set_tags(run_id, ["b", " a", "b"]) == ("a", "b")
+    other = store.create_run(TrainConfig(epochs=1))
+    store.set_tags(other, ["a"])
+    assert store.tags() == ["a", "b"]
+    assert [r.id for r in store.list_runs(tags=["a"])] == [other, run_id]
+    assert [r.id for r in store.list_runs(tags=["a", "b"])] == [run_id]
+    with pytest.raises(ValueError, match="1 to 40 characters"):
+        store.set_tags(run_id, [""])
+    store.set_note(run_id, "lr too high?")
+    assert store.get_run(run_id).note == "lr too high?"
+    with pytest.raises(RunNotFoundError):
+        store.set_note(999, "x")
+
+    assert store.request_cancel(run_id) and store.cancel_requested(run_id)  # queued: flagged
+    store.set_status(run_id, "cancelled")
+    assert not store.request_cancel(run_id)  # not active any more
+    store.set_status(run_id, "queued")  # resumed: a fresh start, the old request is gone
+    assert not store.cancel_requested(run_id)
+
+
+def test_an_older_store_gains_the_new_columns(tmp_path: Path) -> None:
+    home = tmp_path / "old"
+    home.mkdir()
+    conn = sqlite3.connect(home / "runs.sqlite")
+    conn.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL DEFAULT '',"
+                 " group_name TEXT NOT NULL DEFAULT '', arch TEXT NOT NULL, config TEXT NOT NULL, status TEXT NOT NULL,"
+                 " created REAL NOT NULL, started REAL, finished REAL, device TEXT, error TEXT, results TEXT,"
+                 " best_val_acc REAL, test_acc REAL, checkpoint_epoch INTEGER, owner_pid INTEGER, owner_start TEXT)")
+    conn.execute("INSERT INTO runs (arch, config, status, created) VALUES ('alexnet', ?, 'finished', 0)",
+                 (json.dumps(TrainConfig(epochs=1).to_dict()),))
+    conn.commit()
+    conn.close()
+    store = RunStore(home)
+    [run] = store.list_runs()
+    assert (run.tags, run.note) == ((), "")
+    store.set_tags(run.id, ["kept"])
+    assert store.get_run(run.id).tags == ("kept",)
