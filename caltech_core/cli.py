@@ -41,7 +41,9 @@ _CONFIG_OPTIONS = {
     "momentum": "momentum", "weight_decay": "weight_decay", "seed": "seed", "classes": "classes",
     "max_per_class": "max_per_class", "image_size": "image_size", "retrain": "retrain_on_train_val",
     "patience": "early_stopping_patience", "device": "device", "name": "name", "group": "group",
-    "optimizer": "optimizer",
+    "optimizer": "optimizer", "rotate_degrees": "rotate_degrees", "train_fraction": "train_fraction",
+    "split_seed": "split_seed", "per_class_train": "per_class_train", "fast_path": "fast_path", "amp": "amp",
+    "class_names": "class_names",
 }
 
 
@@ -536,6 +538,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=int, metavar="K", help="first K classes only")
     p.add_argument("--max-per-class", type=int, metavar="M", help="at most M images per class and split")
     p.add_argument("--image-size", type=int, help="crop size fed to the network")
+    p.add_argument("--class-names", type=_aug_list, metavar="LIST",
+                   help="these classes only, by folder name, e.g. Faces_easy,Motorbikes (instead of --classes)")
+    p.add_argument("--per-class-train", type=int, metavar="N",
+                   help="classic protocol: N training images per class, the rest validation/test")
+    p.add_argument("--train-fraction", type=float, help="share of the official train list used for training")
+    p.add_argument("--split-seed", type=int, help="seed of the train/validation split")
+    p.add_argument("--rotate-degrees", type=float, help="rotation range (±) of the rotate augmentation")
+    p.add_argument("--fast-path", action=argparse.BooleanOptionalAction, default=None,
+                   help="train a frozen backbone's head on cached features (default on)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision on CUDA (default on)")
     p.add_argument("--retrain", action="store_true", default=None, help="retrain on train+val, report test")
     p.add_argument("--patience", type=int, help="early stopping patience in epochs (0 = off)")
     p.add_argument("--device", choices=DEVICES)

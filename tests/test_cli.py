@@ -373,3 +373,17 @@ def test_cancel_stops_a_run_of_another_process_within_a_batch(tmp_path: Path, mi
     run = store.get_run(run_id)
     assert run.status == "cancelled" and json.loads(out.strip().splitlines()[-1])["status"] == "cancelled"
     assert run.epochs_done < 200
+
+
+def test_every_config_field_is_reachable_from_the_command_line(tmp_path: Path) -> None:
+    import dataclasses
+
+    from caltech_core.cli import _CONFIG_OPTIONS, _train_configs, build_parser
+
+    assert set(_CONFIG_OPTIONS.values()) == {f.name for f in dataclasses.fields(TrainConfig)}
+    args = build_parser().parse_args([
+        "train", "--class-names", "pizza,accordion", "--per-class-train", "5", "--train-fraction", "0.6",
+        "--split-seed", "7", "--rotate-degrees", "15", "--no-fast-path", "--no-amp", "--store", str(tmp_path)])
+    [cfg], _ = _train_configs(args, RunStore(tmp_path))
+    assert (cfg.class_names, cfg.per_class_train, cfg.train_fraction, cfg.split_seed, cfg.rotate_degrees,
+            cfg.fast_path, cfg.amp) == (("pizza", "accordion"), 5, 0.6, 7, 15.0, False, False)
