@@ -15,7 +15,7 @@ from caltech_core import engine, models, predictions
 from caltech_core.config import TrainConfig
 from caltech_core.data import Splits, load_splits
 
-BASE = TrainConfig(arch="alexnet", image_size=64, epochs=2, batch_size=8, lr=0.01, device="cpu")
+BASE = TrainConfig(arch="resnet18", image_size=64, epochs=2, batch_size=8, lr=0.01, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_cancel_keeps_curves_and_last_checkpoint(splits: Splits, cache_dir: Path
 
 def test_divergence_stops_with_curves_kept(splits: Splits, cache_dir: Path, tmp_path: Path) -> None:
     losses: list[float] = []
-    cfg = BASE.replace(lr=10.0, epochs=5, train="all", weight_decay=0.0)
+    cfg = BASE.replace(arch="alexnet", lr=10.0, epochs=5, train="all", weight_decay=0.0)  # no BatchNorm: diverges
     r = engine.train(cfg, splits, engine.Callbacks(on_batch=lambda e, b, n, loss: losses.append(loss)),
                      workdir=tmp_path, cache_dir=cache_dir)
     assert r.status == "diverged", (r.status, losses)
