@@ -43,7 +43,7 @@ def test_a_damaged_part_is_refused(mini_root, tmp_path):
 
 
 def _plan(budget: float, epochs: int) -> gpu_check.Plan:
-    job = TrainConfig(arch="alexnet", image_size=64, batch_size=8, epochs=epochs, step_size=2, lr=0.01,
+    job = TrainConfig(arch="resnet18", image_size=64, batch_size=8, epochs=epochs, step_size=2, lr=0.01,
                       device="cpu", name="tiny", group="tiny")
     return gpu_check.Plan(
         budget_s=budget, device="cpu", throughput_archs=["alexnet"], settings_archs=["alexnet"],
