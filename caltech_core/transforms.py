@@ -240,8 +240,8 @@ class BatchLoader:
         hflip, vflip, angle = plan.hflip.tolist(), plan.vflip.tolist(), plan.angle.tolist()
         indices, s = self.indices.tolist(), self.size
 
-        def fill(rows: np.ndarray, positions: list[int], first: int, flip_here: bool) -> None:
-            for row, pos in enumerate(positions[first: first + len(rows)]):
+        def fill(rows: np.ndarray, positions: list[int], flip_here: bool) -> None:
+            for row, pos in enumerate(positions):
                 u_y, u_x = crops[pos] if crops is not None else (None, None)
                 crop_into(self.cache[indices[pos]], rows[row], u_y, u_x, flip_here and hflip[pos],
                           flip_here and vflip[pos])
@@ -259,11 +259,11 @@ class BatchLoader:
                 rows = host.numpy()
                 flip_here = not device_flips or any(angle[pos] != 0.0 for pos in positions)
                 if pool is None:
-                    fill(rows, positions, 0, flip_here)
+                    fill(rows, positions, flip_here)
                 else:  # contiguous slices of the batch, one per worker
                     step = math.ceil(len(positions) / self.crop_workers)
                     starts = range(0, len(positions), step)
-                    list(pool.map(fill, [rows[i: i + step] for i in starts], [positions] * len(starts), starts,
+                    list(pool.map(fill, [rows[i: i + step] for i in starts], [positions[i: i + step] for i in starts],
                                   [flip_here] * len(starts)))
                 flips = NO_FLIPS if flip_here else Flips(
                     [r for r, pos in enumerate(positions) if hflip[pos]],
@@ -282,12 +282,12 @@ class BatchLoader:
         return ((host, labels) for host, labels, _ in self._host_iter(self._plan()))
 
     def _finish(
-        self, host: torch.Tensor, labels: torch.Tensor, out: torch.Tensor | None = None, flips: Flips | None = None,
+        self, host: torch.Tensor, labels: torch.Tensor, out: torch.Tensor | None = None, flips: Flips = NO_FLIPS,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Host NHWC batch → (flips left to do) → normalised float NCHW (channels_last) + labels on the device."""
         cuda = self.device.type == "cuda"
         batch = host.to(self.device, non_blocking=cuda)
-        for rows, dim in ((flips.horizontal, 2), (flips.vertical, 1)) if flips else ():
+        for rows, dim in ((flips.horizontal, 2), (flips.vertical, 1)):
             if rows:
                 index = torch.tensor(rows, device=self.device)
                 batch[index] = batch[index].flip(dim)

@@ -258,11 +258,13 @@ def test_report_writes_markdown(trained: tuple[Path, dict[str, Any]], tmp_path: 
     assert (tmp_path / "c" / "report.md").is_file()
 
 
-def test_ctrl_c_cancels_cleanly_and_resume_finishes(tmp_path: Path, mini_root: Path) -> None:
-    import signal
+def _train_in_a_process(
+    tmp_path: Path, mini_root: Path, epochs: int, until: Any
+) -> tuple[subprocess.Popen, RunStore]:
+    """Start `train` in a child process on the mini data; return once `until(store, run)` holds (4 min at most)."""
     import time
 
-    cmd = [sys.executable, "-m", "caltech_core", "train", *TINY, "--epochs", "8", "--root", str(mini_root),
+    cmd = [sys.executable, "-m", "caltech_core", "train", *TINY, "--epochs", str(epochs), "--root", str(mini_root),
            "--store", str(tmp_path), "--json"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             env=os.environ | {"OMP_NUM_THREADS": "1"})
@@ -272,9 +274,16 @@ def test_ctrl_c_cancels_cleanly_and_resume_finishes(tmp_path: Path, mini_root: P
         if (tmp_path / "runs.sqlite").exists():
             store = store or RunStore(tmp_path)
             runs = store.list_runs()
-            if runs and runs[0].epochs_done >= 1:
+            if runs and until(store, runs[0]):
                 break
         time.sleep(0.05)
+    return proc, store
+
+
+def test_ctrl_c_cancels_cleanly_and_resume_finishes(tmp_path: Path, mini_root: Path) -> None:
+    import signal
+
+    proc, store = _train_in_a_process(tmp_path, mini_root, 8, lambda store, run: run.epochs_done >= 1)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130
@@ -341,23 +350,9 @@ def test_delete_tag_note_and_filter(tmp_path: Path) -> None:
 
 
 def test_cancel_stops_a_run_of_another_process_within_a_batch(tmp_path: Path, mini_root: Path) -> None:
-    import time
-
     from caltech_core.jobs import JobManager
 
-    cmd = [sys.executable, "-m", "caltech_core", "train", *TINY, "--epochs", "200", "--root", str(mini_root),
-           "--store", str(tmp_path), "--json"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env=os.environ | {"OMP_NUM_THREADS": "1"})
-    store = None
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if (tmp_path / "runs.sqlite").exists():
-            store = store or RunStore(tmp_path)
-            runs = store.list_runs()
-            if runs and store.batches(runs[0].id):
-                break
-        time.sleep(0.1)
+    proc, store = _train_in_a_process(tmp_path, mini_root, 200, lambda store, run: bool(store.batches(run.id)))
     run_id = store.list_runs()[0].id
     # A dashboard's job manager does not own the run either: its cancel also goes through the store.
     manager = JobManager(store, data_root=mini_root, recover=False)
