@@ -412,6 +412,11 @@ class JobManager:
         with self._cond:
             return self._current
 
+    def running(self) -> list[int]:
+        """The running job as a list (the Ray backend runs several at once)."""
+        with self._cond:
+            return [] if self._current is None else [self._current]
+
     def progress(self, run_id: int) -> Progress | None:
         """Progress of a queued or running job; None for any other run."""
         with self._cond:
@@ -489,19 +494,29 @@ class JobManager:
                     self._cond.notify_all()
 
 
-_MANAGERS: dict[Path, JobManager] = {}
+_MANAGERS: dict[tuple[Path, str], Any] = {}
 _MANAGERS_LOCK = threading.Lock()
 
 
-def get_manager(home: str | Path | None = None, data_root: str | Path | None = None) -> JobManager:
-    """The process-wide manager of store `home` (default: `default_home()`); runs left by a dead process
+def get_manager(home: str | Path | None = None, data_root: str | Path | None = None,
+                backend: str | None = None) -> Any:
+    """The process-wide manager of store `home` (default: `default_home()`) on `backend`: "local" (a `JobManager`,
+    one run at a time in a thread of this process) or a Ray address (a `raybackend.RayJobManager`: local-cluster,
+    auto, ray://host:port, host:port); None = `$CALTECH_STUDIO_RAY`, unset = local. Runs left by a dead process
     are marked "interrupted" when it starts."""
+    from caltech_core.raybackend import LOCAL, backend_from_env, check_address
     from caltech_core.store import default_home
 
-    key = Path(home if home is not None else default_home()).expanduser().resolve()
+    backend = backend_from_env() if backend is None else check_address(backend)
+    path = Path(home if home is not None else default_home()).expanduser().resolve()
     with _MANAGERS_LOCK:
-        manager = _MANAGERS.get(key)
+        manager = _MANAGERS.get((path, backend))
         if manager is None or not manager.alive:
-            manager = JobManager(RunStore(key), data_root=data_root)
-            _MANAGERS[key] = manager
+            if backend == LOCAL:
+                manager = JobManager(RunStore(path), data_root=data_root)
+            else:
+                from caltech_core.raybackend import RayJobManager
+
+                manager = RayJobManager(RunStore(path), backend, data_root=data_root)
+            _MANAGERS[(path, backend)] = manager
         return manager

@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS runs (
     owner_start TEXT,
     tags TEXT NOT NULL DEFAULT '[]',
     note TEXT NOT NULL DEFAULT '',
-    cancel_requested INTEGER NOT NULL DEFAULT 0
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    node TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
 CREATE INDEX IF NOT EXISTS runs_group ON runs(group_name);
@@ -76,7 +77,7 @@ CREATE TABLE IF NOT EXISTS artifacts (
 # Columns added after the first release, with their definitions: an older store gains them when opened.
 _ADDED_COLUMNS = {
     "tags": "TEXT NOT NULL DEFAULT '[]'", "note": "TEXT NOT NULL DEFAULT ''",
-    "cancel_requested": "INTEGER NOT NULL DEFAULT 0",
+    "cancel_requested": "INTEGER NOT NULL DEFAULT 0", "node": "TEXT",
 }
 MAX_TAG = 40
 MAX_NOTE = 10_000
@@ -117,6 +118,7 @@ class RunRecord:
     epochs_done: int = 0  # rows in the epochs table
     tags: tuple[str, ...] = ()
     note: str = ""
+    node: str | None = None  # where a Ray backend run trains (node, GPU, worker pid); None for in-process runs
 
     @property
     def label(self) -> str:
@@ -312,6 +314,12 @@ class RunStore:
             sets.append("device = ?")
             params.append(device)
         cur = self._write(f"UPDATE runs SET {', '.join(sets)} WHERE id = ?", (*params, int(run_id)))
+        if cur.rowcount == 0:
+            raise RunNotFoundError(run_id)
+
+    def set_node(self, run_id: int, node: str) -> None:
+        """Where the run trains (a Ray backend run: node, GPU, worker pid)."""
+        cur = self._write("UPDATE runs SET node = ? WHERE id = ?", (node, int(run_id)))
         if cur.rowcount == 0:
             raise RunNotFoundError(run_id)
 
@@ -623,4 +631,5 @@ def _record(row: sqlite3.Row) -> RunRecord:
         epochs_done=row["epochs_done"],
         tags=tuple(json.loads(row["tags"])),
         note=row["note"],
+        node=row["node"],
     )

@@ -1,0 +1,544 @@
+"""The Ray backend of the job queue: every queued run is a Ray task that trains through `jobs.run_job` on a worker.
+
+The process that owns the store (the dashboard, or the CLI with `--ray`) is the Ray driver and stays the only
+writer of SQLite. On the worker, `run_job` gets a `RemoteStore`: its writes (status, batch and epoch rows,
+checkpoints, results) become numbered messages to the driver's `Sink` actor, each put waiting for the actor's
+receipt; the driver's drain thread applies them to the real `RunStore` in order and acknowledges them, and the
+sink drops only acknowledged messages. Rows are upserts keyed by (run, epoch) and (run, epoch, batch), so a
+message applied twice leaves one row. Cancel goes the other way: a flag on the sink that the worker's tracker
+polls (every `jobs.CANCEL_POLL_SECONDS`), so a remote run stops within about one batch.
+
+Checkpoints go to the run's folder under the store path as workers see it (`worker_home`, default the store's own
+path: one machine or a shared filesystem). Ray is imported lazily: the local backend needs nothing of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from caltech_core import status as run_status
+from caltech_core.config import TrainConfig
+from caltech_core.jobs import Progress, Runner
+from caltech_core.status import RunStatus
+from caltech_core.store import RunNotFoundError, RunRecord, RunStore
+
+log = logging.getLogger(__name__)
+
+ENV_ADDRESS = "CALTECH_STUDIO_RAY"  # auto | ray://host:port | host:port | local-cluster (unset or "local": threads)
+ENV_WORKER_HOME = "CALTECH_STUDIO_RAY_STORE"  # the store folder as the workers see it
+ENV_CPUS = "CALTECH_STUDIO_RAY_CPUS"  # CPUs reserved per run (default 1)
+LOCAL = "local"
+LOCAL_CLUSTER = "local-cluster"
+NAMESPACE = "caltech_studio"
+DRAIN_SECONDS = 0.2  # how often the driver empties the sink into SQLite
+PROGRESS_SECONDS = 0.5  # a worker sends its progress at most this often (and on every phase change)
+RAY_VERSION = "2.60.0"  # the pin in requirements.txt, for the message when Ray is missing
+
+# Store writes a worker may send; the driver applies nothing else.
+_WRITES = frozenset({"set_status", "add_batches", "add_epoch", "set_checkpoint", "set_results", "truncate_after",
+                     "placed"})
+
+
+class RayBackendError(RuntimeError):
+    """Ray is missing, the address is not understood, or the cluster cannot be reached."""
+
+
+def check_address(address: str) -> str:
+    """`local`, `local-cluster`, `auto`, `ray://host:port` or `host:port`; ValueError naming them otherwise."""
+    address = address.strip()
+    if address in (LOCAL, LOCAL_CLUSTER, "auto") or address.startswith("ray://"):
+        return address
+    host, _, port = address.rpartition(":")
+    if host and port.isdigit():
+        return address
+    raise ValueError(f"unknown backend {address!r}: use local, local-cluster, auto, ray://HOST:PORT or HOST:PORT")
+
+
+def backend_from_env() -> str:
+    """The backend `$CALTECH_STUDIO_RAY` asks for ('local' when unset)."""
+    return check_address(os.environ.get(ENV_ADDRESS, "").strip() or LOCAL)
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise RayBackendError(f"the Ray backend needs the ray package: pip install ray=={RAY_VERSION}") from exc
+    return ray
+
+
+def connect(address: str) -> Any:
+    """Join (or, for `local-cluster`, start) the Ray cluster once per process; returns the ray module."""
+    ray = _ray()
+    if ray.is_initialized():
+        return ray
+    try:
+        if address == LOCAL_CLUSTER:
+            ray.init(namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise RayBackendError(f"cannot reach the Ray cluster at {address!r}: {exc}") from exc
+    return ray
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a run trains: the Ray node, its GPUs (none for a CPU run) and the worker process."""
+
+    node_ip: str
+    node_id: str
+    gpu_ids: tuple[str, ...]
+    pid: int
+    hostname: str
+
+    def describe(self) -> str:
+        gpus = f"GPU {', '.join(self.gpu_ids)}" if self.gpu_ids else "CPU"
+        return f"Ray node {self.node_ip} ({self.hostname}) · {gpus} · worker pid {self.pid}"
+
+
+class Sink:
+    """The Ray actor between workers and the driver: numbered store writes in arrival order, cancel flags and each
+    run's latest progress. One per driver process."""
+
+    def __init__(self) -> None:
+        self._messages: list[tuple[int, int, str, tuple[Any, ...], dict[str, Any]]] = []
+        self._seq = 0
+        self._cancelled: set[int] = set()
+        self._progress: dict[int, Progress] = {}
+
+    def put(self, run_id: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+        self._seq += 1
+        self._messages.append((self._seq, run_id, method, args, kwargs))
+        return self._seq
+
+    def take(self, applied: int) -> list[tuple[int, int, str, tuple[Any, ...], dict[str, Any]]]:
+        """Drop the messages up to `applied` (the driver has them in SQLite) and return the rest, in order."""
+        self._messages = [m for m in self._messages if m[0] > applied]
+        return list(self._messages)
+
+    def cancel(self, run_id: int) -> None:
+        self._cancelled.add(run_id)
+
+    def cancel_requested(self, run_id: int) -> bool:
+        return run_id in self._cancelled
+
+    def forget(self, run_id: int) -> None:
+        self._cancelled.discard(run_id)
+        self._progress.pop(run_id, None)
+
+    def set_progress(self, run_id: int, progress: Progress) -> None:
+        self._progress[run_id] = progress
+
+    def progress(self) -> dict[int, Progress]:
+        return dict(self._progress)
+
+
+class RemoteStore:
+    """What `jobs.run_job` needs of a `RunStore`, on a Ray worker: the run's record as submitted, folders under the
+    store path as this worker sees it, and every write sent to the driver's sink (waiting for its receipt)."""
+
+    def __init__(self, sink: Any, record: RunRecord, home: str | Path) -> None:
+        self._sink = sink
+        self._record = record
+        self.home = Path(home)
+
+    @property
+    def cache_dir(self) -> Path:
+        path = self.home / "cache"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def run_dir(self, run_id: int) -> Path:
+        path = self.home / "runs" / str(int(run_id))
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def get_run(self, run_id: int) -> RunRecord | None:
+        return self._record if run_id == self._record.id else None
+
+    def cancel_requested(self, run_id: int) -> bool:
+        return bool(_ray().get(self._sink.cancel_requested.remote(int(run_id))))
+
+    def _put(self, method: str, run_id: int, *args: Any, **kwargs: Any) -> None:
+        _ray().get(self._sink.put.remote(int(run_id), method, args, kwargs))
+
+    def set_status(self, run_id: int, status: str, error: str | None = None, *, device: str | None = None) -> None:
+        self._put("set_status", run_id, str(status), error, device=device)
+
+    def add_batches(self, run_id: int, rows: Any) -> None:
+        rows = list(rows)
+        if rows:
+            self._put("add_batches", run_id, rows)
+
+    def add_epoch(self, run_id: int, metrics: Any) -> None:
+        self._put("add_epoch", run_id, metrics.to_dict() if hasattr(metrics, "to_dict") else dict(metrics))
+
+    def set_checkpoint(self, run_id: int, epoch: int, path: str | os.PathLike[str], kind: str = "last") -> None:
+        # Relative to the store: the driver may see the shared folder at another path.
+        self._put("set_checkpoint", run_id, int(epoch), str(Path(path).relative_to(self.home)), kind=kind)
+
+    def set_results(self, run_id: int, results: dict[str, Any]) -> None:
+        self._put("set_results", run_id, results)
+
+    def truncate_after(self, run_id: int, epoch: int) -> None:
+        self._put("truncate_after", run_id, int(epoch))
+
+    def placed(self, run_id: int) -> Placement:
+        ray = _ray()
+        place = Placement(node_ip=ray.util.get_node_ip_address(), node_id=ray.get_runtime_context().get_node_id(),
+                          gpu_ids=tuple(str(g) for g in ray.get_gpu_ids()), pid=os.getpid(),
+                          hostname=socket.gethostname())
+        self._put("placed", run_id, place)
+        return place
+
+
+class _ProgressSender:
+    """on_progress of a remote run: the latest snapshot to the sink, on a phase change or every PROGRESS_SECONDS."""
+
+    def __init__(self, sink: Any, run_id: int) -> None:
+        self._sink, self._run_id = sink, run_id
+        self._phase = ""
+        self._sent = 0.0
+
+    def __call__(self, progress: Progress) -> None:
+        now = time.monotonic()
+        if progress.phase != self._phase or now - self._sent >= PROGRESS_SECONDS:
+            self._phase, self._sent = progress.phase, now
+            self._sink.set_progress.remote(self._run_id, progress)  # no receipt needed: only the latest matters
+
+
+def train_remote(sink: Any, record: RunRecord, home: str, data_root: str | None, resume: bool,
+                 runner: Runner | None) -> str:
+    """The body of a run's Ray task: the one `jobs.run_job` path, through a `RemoteStore`."""
+    import torch
+
+    from caltech_core import jobs
+
+    # Ray reuses worker processes across tasks: size torch's thread pool to this task's CPUs, not an earlier one's
+    # (a different count also changes the float sums, so a resume on another worker would not repeat the curves).
+    torch.set_num_threads(max(1, int(_ray().get_runtime_context().get_assigned_resources().get("CPU", 1))))
+    store = RemoteStore(sink, record, home)
+    store.placed(record.id)
+    return jobs.run_job(store, record.id, data_root=data_root, runner=runner, resume=resume,  # type: ignore[arg-type]
+                        on_progress=_ProgressSender(sink, record.id))
+
+
+def apply_message(store: RunStore, message: tuple[int, int, str, tuple[Any, ...], dict[str, Any]]) -> None:
+    """Write one worker message into the store; applying it again changes nothing (upserts by run/epoch/batch)."""
+    _seq, run_id, method, args, kwargs = message
+    if method not in _WRITES:
+        raise ValueError(f"a worker sent an unknown store write {method!r}")
+    if method == "placed":
+        store.set_node(run_id, args[0].describe())
+    elif method == "set_checkpoint":
+        epoch, relative = args
+        store.set_checkpoint(run_id, epoch, store.home / relative, **kwargs)
+    else:
+        getattr(store, method)(run_id, *args, **kwargs)
+
+
+def _store_key(store: RunStore) -> str:
+    return hashlib.sha1(str(store.home.resolve()).encode()).hexdigest()[:12]
+
+
+def _sink_prefix(store: RunStore) -> str:
+    return f"caltech-sink-{_store_key(store)}-{socket.gethostname()}-"
+
+
+def _sink_name(store: RunStore) -> str:
+    """Unique per manager; the pid in it tells a later driver whether its owner is still alive."""
+    return f"{_sink_prefix(store)}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _crash_message(exc: BaseException) -> tuple[RunStatus, str]:
+    """The status and message of a task that did not return: its process or node died (interrupted, resumable),
+    or it raised before `run_job` could record anything (failed)."""
+    ray = _ray()
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+        return RunStatus.FAILED, f"{type(cause).__name__}: {cause}"
+    if isinstance(exc, ray.exceptions.TaskCancelledError):
+        return RunStatus.CANCELLED, "cancelled before it started"
+    return (RunStatus.INTERRUPTED,
+            f"the Ray worker training this run stopped ({type(exc).__name__}); resume it to continue from its "
+            "last checkpoint")
+
+
+class RayJobManager:
+    """The job manager's API on a Ray cluster: each run is a Ray task (1 GPU when the cluster has GPUs, plus
+    `cpus_per_run` CPUs), so runs train side by side up to the cluster's capacity.
+
+    `address`: `local-cluster` (start Ray on this machine), `auto` (the cluster `ray start` made here),
+    `ray://host:port` or `host:port`. `worker_home`: the store folder as the workers see it (default
+    `$CALTECH_STUDIO_RAY_STORE`, else the store's path). `runtime_env`: Ray's per-task environment (e.g. env_vars).
+    """
+
+    def __init__(self, store: RunStore, address: str = LOCAL_CLUSTER, data_root: str | Path | None = None,
+                 runner: Runner | None = None, *, worker_home: str | Path | None = None,
+                 cpus_per_run: float | None = None, runtime_env: dict[str, Any] | None = None,
+                 recover: bool = True) -> None:
+        self.address = check_address(address)
+        if self.address == LOCAL:
+            raise ValueError("the local backend is jobs.JobManager")
+        self._ray = connect(self.address)
+        self.store = store
+        self.data_root = None if data_root is None else str(data_root)
+        self._runner = runner
+        self.worker_home = str(worker_home or os.environ.get(ENV_WORKER_HOME) or store.home)
+        self.cpus_per_run = float(cpus_per_run if cpus_per_run is not None else os.environ.get(ENV_CPUS) or 1)
+        self.runtime_env = runtime_env
+        self._task = self._ray.remote(train_remote)
+        self._cond = threading.Condition()
+        self._refs: dict[int, Any] = {}  # submitted runs whose task has not ended, in submission order
+        self._started: set[int] = set()  # ... of which the worker has said "running"
+        self._cancelled: set[int] = set()
+        self._progress: dict[int, Progress] = {}
+        self._placements: dict[int, Placement] = {}
+        self._applied = 0
+        self._closing = False
+        self.interrupted: list[int] = []
+        if recover:
+            self._drain_orphans()
+            self.interrupted = store.mark_interrupted()
+        # Detached and named after this process: if this driver dies, a later one drains what it left.
+        self._sink = self._ray.remote(Sink).options(
+            name=_sink_name(store), namespace=NAMESPACE, lifetime="detached", num_cpus=0,
+        ).remote()
+        self._thread = threading.Thread(target=self._loop, name="caltech-ray-drain", daemon=True)
+        self._thread.start()
+
+    # -- queue -------------------------------------------------------------------------------------
+    def submit(self, cfg: TrainConfig | dict[str, Any]) -> int:
+        """Validate and queue a run on the cluster; returns its id (ConfigError on an invalid value)."""
+        if not isinstance(cfg, TrainConfig):
+            cfg = TrainConfig.from_dict(dict(cfg))
+        cfg.validate()
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("the job manager is shut down")
+            run_id = self.store.create_run(cfg, status=RunStatus.QUEUED)
+            self._launch(run_id, resume=False)
+        return run_id
+
+    def resume(self, run_id: int) -> None:
+        """Queue an interrupted or cancelled run again; it continues from its last checkpoint, on any node."""
+        with self._cond:
+            record = self.store.get_run(run_id)
+            if record is None:
+                raise RunNotFoundError(run_id)
+            if record.status not in run_status.RESUMABLE:
+                raise ValueError(
+                    f"run {run_id} is {record.status}; only {' or '.join(run_status.names(run_status.RESUMABLE))}"
+                    " runs can be resumed"
+                )
+            if self._closing:
+                raise RuntimeError("the job manager is shut down")
+            self.store.set_status(run_id, RunStatus.QUEUED, record.error)
+            self._launch(run_id, resume=True)
+
+    def _launch(self, run_id: int, *, resume: bool) -> None:
+        # Called with the lock held.
+        record = self.store.get_run(run_id)
+        assert record is not None
+        options: dict[str, Any] = {"num_cpus": self.cpus_per_run, "max_retries": 0, "name": f"caltech-run-{run_id}"}
+        if self._ray.cluster_resources().get("GPU", 0) >= 1:
+            options["num_gpus"] = 1
+        if self.runtime_env:
+            options["runtime_env"] = self.runtime_env
+        self._ray.get(self._sink.forget.remote(run_id))  # a resumed run starts without an old cancel flag
+        self._refs[run_id] = self._task.options(**options).remote(
+            self._sink, record, self.worker_home, self.data_root, resume, self._runner)
+        self._started.discard(run_id)
+        self._cancelled.discard(run_id)
+        self._cond.notify_all()
+
+    def cancel(self, run_id: int) -> bool:
+        """Stop a run of this manager within about one batch (a waiting one as soon as it would start); a run of
+        another process gets the store's cancel flag. False when the run is neither queued nor running."""
+        with self._cond:
+            if run_id not in self._refs:
+                return self.store.request_cancel(run_id)
+            self.store.request_cancel(run_id)
+            self._ray.get(self._sink.cancel.remote(run_id))
+            if run_id not in self._started:  # still waiting for a slot: its task only records the cancel
+                self._cancelled.add(run_id)
+                self.store.set_status(run_id, RunStatus.CANCELLED)
+            return True
+
+    def queued(self) -> list[int]:
+        """Runs waiting for a free slot on the cluster, in submission order."""
+        with self._cond:
+            return [r for r in self._refs if r not in self._started and r not in self._cancelled]
+
+    def running(self) -> list[int]:
+        """Runs training now (several at once on a cluster), in submission order."""
+        with self._cond:
+            return [r for r in self._refs if r in self._started]
+
+    def current(self) -> int | None:
+        """The first running run, if any (the thread backend's one)."""
+        running = self.running()
+        return running[0] if running else None
+
+    def placement(self, run_id: int) -> Placement | None:
+        """Where the run's latest attempt trains (or trained)."""
+        with self._cond:
+            return self._placements.get(run_id)
+
+    def progress(self, run_id: int) -> Progress | None:
+        """Progress of a queued or running run; None for any other run."""
+        with self._cond:
+            if run_id not in self._refs:
+                return None
+            progress = self._progress.get(run_id)
+            if progress is None or run_id not in self._started:
+                record = self.store.get_run(run_id)
+                epochs = record.config.epochs if record else 0
+                return Progress(run_id, RunStatus.QUEUED.value, 0, epochs, 0, 0, 0.0, None, 0.0)
+            return progress
+
+    def wait(self, run_id: int | None = None, timeout: float | None = None) -> bool:
+        """Block until `run_id` (or every run) has ended and its rows are in the store; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while run_id in self._refs if run_id is not None else self._refs:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def shutdown(self, wait: bool = False) -> None:
+        """Stop: every run of this manager stops at its next batch and becomes "interrupted" (resumable)."""
+        with self._cond:
+            self._closing = True
+            for run_id in self._refs:
+                self.store.request_cancel(run_id)
+                self._sink.cancel.remote(run_id)
+            self._cond.notify_all()
+        if wait:
+            self._thread.join()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._closing
+
+    # -- the driver's loop ---------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                if self._closing and not self._refs:
+                    break
+            try:
+                self._step()
+            except self._ray.exceptions.RayError as exc:  # the sink or the cluster is gone
+                log.exception("the Ray cluster stopped answering")
+                self._lose_all(exc)
+            time.sleep(DRAIN_SECONDS)
+        self._drain()
+        self._ray.kill(self._sink)
+
+    def _step(self) -> None:
+        with self._cond:
+            refs = dict(self._refs)
+        ended: list[int] = []
+        if refs:
+            done, _ = self._ray.wait(list(refs.values()), num_returns=len(refs), timeout=0)
+            ended = [run_id for run_id, ref in refs.items() if ref in done]
+        self._drain()  # after the wait: a task ends only after its last message was received
+        for run_id in refs:
+            if run_id in self._started and run_id not in ended and self.store.cancel_requested(run_id):
+                self._sink.cancel.remote(run_id)  # e.g. `python -m caltech_core cancel ID` from a shell
+        progress = self._ray.get(self._sink.progress.remote())
+        with self._cond:
+            self._progress.update({k: v for k, v in progress.items() if k in self._refs})
+        for run_id in ended:
+            self._end(run_id, refs[run_id])
+
+    def _drain(self) -> None:
+        messages = self._ray.get(self._sink.take.remote(self._applied))
+        for message in messages:
+            self._apply(message)
+            self._applied = message[0]
+
+    def _apply(self, message: tuple[int, int, str, tuple[Any, ...], dict[str, Any]]) -> None:
+        _seq, run_id, method, args, _kwargs = message
+        try:
+            apply_message(self.store, message)
+        except RunNotFoundError:
+            log.warning("run %s is no longer in the store; dropped its %s", run_id, method)
+            return
+        with self._cond:
+            if method == "placed":
+                self._placements[run_id] = args[0]
+            elif method == "set_status" and args[0] == RunStatus.RUNNING and run_id in self._refs:
+                self._started.add(run_id)
+                self._cond.notify_all()
+
+    def _end(self, run_id: int, ref: Any) -> None:
+        """A task returned or died: record what its messages could not (a crash), then let waiters go."""
+        try:
+            self._ray.get(ref)
+            status, message = None, None
+        except self._ray.exceptions.RayError as exc:
+            status, message = _crash_message(exc)
+            log.warning("run %s: %s", run_id, message)
+        record = self.store.get_run(run_id)
+        if record is not None:
+            if status is not None and record.status in run_status.ACTIVE:
+                self.store.set_status(run_id, status, message)
+            elif self._closing and record.status == RunStatus.CANCELLED:
+                self.store.set_status(run_id, RunStatus.INTERRUPTED, "the studio was shut down during this run")
+        self._sink.forget.remote(run_id)
+        with self._cond:
+            self._refs.pop(run_id, None)
+            self._started.discard(run_id)
+            self._cancelled.discard(run_id)
+            self._progress.pop(run_id, None)
+            self._cond.notify_all()
+
+    def _lose_all(self, exc: BaseException) -> None:
+        with self._cond:
+            lost, self._refs = list(self._refs), {}
+            self._started.clear()
+            self._cond.notify_all()
+        for run_id in lost:
+            record = self.store.get_run(run_id)
+            if record is not None and record.status in run_status.ACTIVE:
+                self.store.set_status(run_id, RunStatus.INTERRUPTED,
+                                      f"lost contact with the Ray cluster ({type(exc).__name__}); resume it to continue")
+
+    def _drain_orphans(self) -> None:
+        """Apply what sinks of dead drivers of this store (on this host) still hold, then remove those sinks."""
+        prefix = _sink_prefix(self.store)
+        for entry in self._ray.util.list_named_actors(all_namespaces=True):
+            name = entry["name"] if isinstance(entry, dict) else entry
+            pid = name[len(prefix):].split("-")[0]
+            if not name.startswith(prefix) or not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+                continue
+            orphan = self._ray.get_actor(name, namespace=NAMESPACE)
+            messages = self._ray.get(orphan.take.remote(0))
+            for message in messages:
+                self._apply(message)
+            log.info("applied %d message(s) left by dead driver %s", len(messages), pid)
+            self._ray.kill(orphan)

@@ -1,0 +1,179 @@
+"""The Ray backend on a local Ray cluster started once for this module (2 CPUs, 2 fake GPUs, 127.0.0.1): runs side by
+side with every row once, cancel, a killed worker then resume with identical curves, a worker without the dataset,
+a dead driver's rows drained by the next one, and the backend choice."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from caltech_core import engine, jobs, raybackend
+from caltech_core.config import TrainConfig
+from caltech_core.raybackend import RayJobManager
+from caltech_core.store import RunStore
+
+REPO = Path(__file__).resolve().parent.parent
+CURVE_FIELDS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Any:
+    """One local Ray cluster for the module; the fake GPUs make every run ask for (and get) one GPU."""
+    import ray
+
+    with pytest.MonkeyPatch.context() as mp:
+        # Workers inherit the environment Ray starts with: no downloads, one thread per run.
+        mp.setenv("CALTECH_STUDIO_OFFLINE", "1")
+        mp.setenv("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, namespace=raybackend.NAMESPACE,
+                 log_to_driver=False, object_store_memory=80 * 2**20, _node_ip_address="127.0.0.1")
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+
+
+def tiny(**changes: Any) -> TrainConfig:
+    """Two real classes of the mini dataset (8 training images), 64 px ResNet-18 on the CPU, 4 batches an epoch."""
+    base = {"arch": "resnet18", "image_size": 64, "epochs": 2, "batch_size": 2, "classes": 2, "device": "cpu"}
+    return TrainConfig(**(base | changes))
+
+
+def wait_for(condition: Any, timeout: float = 240.0, every: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(every)
+
+
+def batch_pairs(store: RunStore, run_id: int) -> list[tuple[int, int]]:
+    return [(b["epoch"], b["batch"]) for b in store.batches(run_id)]
+
+
+def curves(store: RunStore, run_id: int) -> list[tuple[Any, ...]]:
+    return [tuple(e[k] for k in ("epoch", *CURVE_FIELDS)) for e in store.epochs(run_id)]
+
+
+def test_a_resent_message_is_applied_once(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    run_id = store.create_run(tiny())
+    rows = [(1, 1, 0.9), (1, 2, 0.8)]
+    epoch = {"epoch": 1, "train_loss": 0.85, "train_acc": 0.5, "val_loss": 0.7, "val_acc": 0.5, "lr": 0.01,
+             "seconds": 1.0}
+    for message in [(1, run_id, "add_batches", (rows,), {}), (2, run_id, "add_epoch", (epoch,), {})] * 2:
+        raybackend.apply_message(store, message)
+    assert batch_pairs(store, run_id) == [(1, 1), (1, 2)]
+    assert [e["epoch"] for e in store.epochs(run_id)] == [1]
+    with pytest.raises(ValueError, match="unknown store write"):
+        raybackend.apply_message(store, (3, run_id, "delete_run", (), {}))
+
+
+def test_two_runs_train_side_by_side_each_row_once(cluster: Any, tmp_path: Path, mini_root: Path) -> None:
+    store = RunStore(tmp_path / "home")
+    manager = RayJobManager(store, raybackend.LOCAL_CLUSTER, data_root=mini_root)
+    first = manager.submit(tiny(name="first"))
+    second = manager.submit(tiny(name="second", seed=7))
+    wait_for(lambda: len(manager.running()) == 2 or not manager.queued() and not manager.running())
+    assert manager.wait(timeout=300)
+    for run_id in (first, second):
+        run = store.get_run(run_id)
+        assert run.status == "finished", run.error
+        assert [e["epoch"] for e in store.epochs(run_id)] == [1, 2]
+        assert batch_pairs(store, run_id) == [(e, b) for e in (1, 2) for b in (1, 2, 3, 4)]
+        assert (store.run_dir(run_id) / "best.pt").is_file() and run.test_acc is not None
+        assert run.node.startswith("Ray node ") and "GPU" in run.node
+        assert manager.placement(run_id).pid != os.getpid()
+    a, b = store.get_run(first), store.get_run(second)
+    assert a.started < b.finished and b.started < a.finished  # they trained at the same time
+    assert {manager.placement(first).gpu_ids, manager.placement(second).gpu_ids} == {("0",), ("1",)}
+    assert manager.progress(first) is None and manager.running() == []
+    manager.shutdown(wait=True)
+
+
+def test_cancel_a_waiting_and_a_running_remote_run(cluster: Any, tmp_path: Path, mini_root: Path) -> None:
+    store = RunStore(tmp_path / "home")
+    # Two CPUs a run on a two-CPU cluster: one run at a time, so the second one waits for a slot.
+    manager = RayJobManager(store, raybackend.LOCAL_CLUSTER, data_root=mini_root, cpus_per_run=2)
+    long = manager.submit(tiny(name="long", epochs=6))
+    waiting = manager.submit(tiny(name="waiting"))
+    wait_for(lambda: (p := manager.progress(long)) is not None and p.phase == "training" and p.epoch >= 1)
+    assert manager.queued() == [waiting] and manager.progress(waiting).phase == "queued"
+    assert manager.cancel(waiting)
+    assert store.get_run(waiting).status == "cancelled" and store.get_run(waiting).started is None
+    asked = time.monotonic()
+    assert manager.cancel(long)
+    assert manager.wait(long, timeout=120)
+    assert time.monotonic() - asked < 15
+    run = store.get_run(long)
+    assert run.status == "cancelled" and 1 <= run.epochs_done < 6
+    assert manager.wait(timeout=120)
+    assert store.get_run(waiting).status == "cancelled" and store.get_run(waiting).started is None
+    assert store.epochs(waiting) == [] and manager.cancel(long) is False
+    manager.shutdown(wait=True)
+
+
+def test_killed_worker_is_interrupted_and_resumes_to_identical_curves(
+    cluster: Any, tmp_path: Path, mini_root: Path
+) -> None:
+    store = RunStore(tmp_path / "home")
+    runner = functools.partial(engine.train, checkpoint_seconds=0)  # last.pt after every epoch
+    manager = RayJobManager(store, raybackend.LOCAL_CLUSTER, data_root=mini_root, runner=runner)
+    reference = manager.submit(tiny(name="reference", epochs=6))
+    killed = manager.submit(tiny(name="killed", epochs=6))
+    wait_for(lambda: (store.get_run(killed).checkpoint_epoch or 0) >= 1)
+    assert store.get_run(killed).status == "running", "the run finished before it could be killed"
+    os.kill(manager.placement(killed).pid, signal.SIGKILL)
+    assert manager.wait(killed, timeout=120)
+    run = store.get_run(killed)
+    assert run.status == "interrupted" and "Ray worker" in run.error
+    manager.resume(killed)
+    assert manager.wait(timeout=300)
+    assert store.get_run(reference).status == "finished"
+    run = store.get_run(killed)
+    assert run.status == "finished", run.error
+    assert batch_pairs(store, killed) == [(e, b) for e in range(1, 7) for b in (1, 2, 3, 4)]
+    assert curves(store, killed) == curves(store, reference)
+    assert run.test_acc == store.get_run(reference).test_acc
+    manager.shutdown(wait=True)
+
+
+def test_a_worker_without_the_dataset_fails_the_run_saying_so(cluster: Any, tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "home")
+    nowhere = tmp_path / "no-caltech"
+    manager = RayJobManager(store, raybackend.LOCAL_CLUSTER,
+                            runtime_env={"env_vars": {"CALTECH101_ROOT": str(nowhere)}})
+    run_id = manager.submit(tiny())
+    assert manager.wait(run_id, timeout=180)
+    run = store.get_run(run_id)
+    assert run.status == "failed" and str(nowhere) in run.error and "Caltech-101" in run.error
+    manager.shutdown(wait=True)
+
+
+def test_backend_choice_and_the_local_backend_needs_no_ray(
+    cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(raybackend.ENV_ADDRESS, "local-cluster")
+    manager = jobs.get_manager(tmp_path / "a")
+    assert isinstance(manager, RayJobManager) and jobs.get_manager(tmp_path / "a") is manager
+    local = jobs.get_manager(tmp_path / "a", backend="local")
+    assert isinstance(local, jobs.JobManager)
+    for m in (manager, local):
+        m.shutdown(wait=True)
+    monkeypatch.setenv(raybackend.ENV_ADDRESS, "somewhere")
+    with pytest.raises(ValueError, match="ray://HOST:PORT"):
+        jobs.get_manager(tmp_path / "a")
+    code = ("import sys; from caltech_core import jobs; m = jobs.get_manager(sys.argv[1]); m.shutdown(wait=True); "
+            "print(type(m).__name__, 'ray' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != raybackend.ENV_ADDRESS}
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "b")], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["JobManager", "False"]
