@@ -230,6 +230,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     store = _store(args)
     configs, preset = _train_configs(args, store)
+    if _backend(args) != "local":
+        return _train_on_ray(args, store, configs, preset)
     data.resolve_root(args.root)  # a missing dataset is reported before any run is created
     summaries: list[dict[str, Any]] = []
     for i, cfg in enumerate(configs, 1):
@@ -245,15 +247,72 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary = _run_summary(store, run_id)
         summaries.append(summary)
         _report_run(summary, args.json)
-    if len(summaries) > 1:
-        scored = [s for s in summaries if s["best_val_acc"] is not None]
-        best = max(scored, key=lambda s: s["best_val_acc"]) if scored else summaries[-1]
-        brief = [{k: s[k] for k in ("run_id", "name", "status", "best_val_acc", "test_acc")} for s in summaries]
-        final = {**best, "preset": preset, "best_run_id": best["run_id"], "runs": brief}
-        if args.json:
-            _print_json(final)
-        else:
-            print(f"best: run #{best['run_id']} {best['name']} (val {_num(best['best_val_acc'])})")
+    _report_sweep(summaries, preset, args.json)
+    return _exit_code([s["status"] for s in summaries])
+
+
+def _report_sweep(summaries: list[dict[str, Any]], preset: str | None, as_json: bool) -> None:
+    """After several runs: the best one (highest validation accuracy) and every run's summary."""
+    if len(summaries) < 2:
+        return
+    scored = [s for s in summaries if s["best_val_acc"] is not None]
+    best = max(scored, key=lambda s: s["best_val_acc"]) if scored else summaries[-1]
+    brief = [{k: s[k] for k in ("run_id", "name", "status", "best_val_acc", "test_acc")} for s in summaries]
+    final = {**best, "preset": preset, "best_run_id": best["run_id"], "runs": brief}
+    if as_json:
+        _print_json(final)
+    else:
+        print(f"best: run #{best['run_id']} {best['name']} (val {_num(best['best_val_acc'])})")
+
+
+def _backend(args: argparse.Namespace) -> str:
+    """`--ray ADDRESS`, else $CALTECH_STUDIO_RAY, else "local" (train in this process)."""
+    from caltech_core import raybackend
+
+    try:
+        return raybackend.check_address(args.ray) if args.ray else raybackend.backend_from_env()
+    except ValueError as exc:
+        raise CliError(str(exc), 2) from exc
+
+
+def _ray_manager(args: argparse.Namespace, store: RunStore) -> Any:
+    from caltech_core import raybackend
+
+    env = {OFFLINE_ENV: "1"} if args.offline else {}  # workers do not see this process's environment
+    try:
+        return raybackend.RayJobManager(store, _backend(args), data_root=args.root,
+                                        runtime_env={"env_vars": env} if env else None)
+    except raybackend.RayBackendError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _wait_on_ray(manager: Any, store: RunStore, run_ids: list[int], as_json: bool) -> list[dict[str, Any]]:
+    """Report each run as it ends; Ctrl-C stops them all (interrupted, resumable) and exits 130."""
+    summaries: dict[int, dict[str, Any]] = {}
+    try:
+        while len(summaries) < len(run_ids):
+            manager.wait(timeout=1.0)
+            for run_id in run_ids:
+                if run_id not in summaries and store.get_run(run_id).status in run_status.DONE:
+                    manager.wait(run_id)  # its last rows are in the store
+                    summaries[run_id] = _run_summary(store, run_id)
+                    _report_run(summaries[run_id], as_json)
+    except KeyboardInterrupt:
+        print("\nstopping the runs after their current batch...", file=sys.stderr)
+        manager.shutdown(wait=True)
+        raise
+    manager.shutdown(wait=True)
+    return [summaries[r] for r in run_ids]
+
+
+def _train_on_ray(args: argparse.Namespace, store: RunStore, configs: list[TrainConfig],
+                  preset: str | None) -> int:
+    """Queue every config on the Ray cluster at once (they train side by side up to its capacity) and wait."""
+    manager = _ray_manager(args, store)
+    run_ids = [manager.submit(cfg) for cfg in configs]
+    print(f"queued run(s) {', '.join(f'#{i}' for i in run_ids)} on Ray ({manager.address})", file=sys.stderr)
+    summaries = _wait_on_ray(manager, store, run_ids, args.json)
+    _report_sweep(summaries, preset, args.json)
     return _exit_code([s["status"] for s in summaries])
 
 
@@ -261,13 +320,25 @@ def cmd_resume(args: argparse.Namespace) -> int:
     """Continue an interrupted or cancelled run from its last checkpoint, in the foreground."""
 
     store = _store(args)
-    store.mark_interrupted()  # a run whose process died still says "running"
+    # A run whose process died still says "running" (the Ray manager marks it after draining what that left).
+    manager = _ray_manager(args, store) if _backend(args) != "local" else None
+    if manager is None:
+        store.mark_interrupted()
     run = store.get_run(args.id)
+    problem = None
     if run is None:
-        raise CliError(f"run {args.id} does not exist in {store.home}")
-    if run.status not in run_status.RESUMABLE:
-        raise CliError(f"run {args.id} is {run.status}; only "
-                       f"{' or '.join(run_status.names(run_status.RESUMABLE))} runs can be resumed")
+        problem = f"run {args.id} does not exist in {store.home}"
+    elif run.status not in run_status.RESUMABLE:
+        problem = (f"run {args.id} is {run.status}; only "
+                   f"{' or '.join(run_status.names(run_status.RESUMABLE))} runs can be resumed")
+    if problem is not None:
+        if manager is not None:
+            manager.shutdown(wait=True)
+        raise CliError(problem)
+    if manager is not None:
+        manager.resume(run.id)
+        summary = _wait_on_ray(manager, store, [run.id], args.json)[0]
+        return _exit_code([summary["status"]])
     try:
         _run_foreground(store, run.id, args.root, resume=True, label=f"#{run.id}")
     except KeyboardInterrupt:
@@ -508,6 +579,11 @@ def build_parser() -> argparse.ArgumentParser:
     no_download = argparse.ArgumentParser(add_help=False)
     no_download.add_argument("--offline", action="store_true",
                              help=f"never download ImageNet weights (same as {OFFLINE_ENV}=1)")
+    backend = argparse.ArgumentParser(add_help=False)
+    backend.add_argument("--ray", metavar="ADDRESS",
+                         help="train on a Ray cluster, the runs side by side: local-cluster (start one here), auto "
+                              "(the one `ray start` made), ray://HOST:PORT or HOST:PORT; local = in this process "
+                              "(default: $CALTECH_STUDIO_RAY, else local)")
 
     parser = argparse.ArgumentParser(prog="python -m caltech_core", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -515,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", parents=[common, rooted], help="dataset summary")
     p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("train", parents=[common, rooted, no_download], help="train in the foreground (a run or a preset sweep)",
+    p = sub.add_parser("train", parents=[common, rooted, no_download, backend], help="train in the foreground (a run or a preset sweep)",
                        description="Train in the foreground. Options left out keep the preset's (or the "
                                    "baseline's) value; a preset with several configs runs them all.")
     p.add_argument("--preset", choices=sorted(PRESETS), help="an experiment of the study")
@@ -591,7 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use the model the run retrained on train+val (retrain.pt) instead of best.pt")
     p.set_defaults(func=cmd_classify)
 
-    p = sub.add_parser("resume", parents=[common, rooted, no_download],
+    p = sub.add_parser("resume", parents=[common, rooted, no_download, backend],
                        help="continue an interrupted or cancelled run")
     p.add_argument("id", type=int, metavar="ID")
     p.set_defaults(func=cmd_resume)

@@ -32,11 +32,27 @@ def _store(home: str) -> store.RunStore:
 
 
 @st.cache_resource(show_spinner=False)
-def _manager(home: str) -> Any:
+def _manager(home: str, backend: str) -> Any:
     # Imported here: the job manager pulls in torch, which the Data page does not need.
     from caltech_core import jobs
 
-    return jobs.get_manager(Path(home))
+    return jobs.get_manager(Path(home), backend=backend)
+
+
+@st.cache_resource(show_spinner=False)
+def _backend_setting() -> dict[str, str]:
+    # One per server process, shared by every session (like the job manager it picks).
+    from caltech_core import raybackend
+
+    try:
+        return {"backend": raybackend.backend_from_env()}
+    except ValueError as exc:
+        return {"backend": raybackend.LOCAL, "problem": f"{raybackend.ENV_ADDRESS}: {exc}; training in this process."}
+
+
+def backend() -> str:
+    """Where queued runs train: "local" (this process, one at a time) or a Ray address (runs side by side)."""
+    return _backend_setting()["backend"]
 
 
 def store_problem(home: Path, exc: BaseException) -> str:
@@ -67,8 +83,68 @@ def get_store() -> store.RunStore:
 
 
 def get_manager() -> Any:
-    """The process-wide job manager (one training at a time, shared by all sessions)."""
-    return _open_or_stop(_manager, "job manager")
+    """The process-wide job manager of the chosen backend, shared by all sessions (the local one trains one run at
+    a time; a Ray cluster that cannot be reached stops the page with the reason)."""
+    from caltech_core.raybackend import RayBackendError
+
+    try:
+        return _open_or_stop(lambda home: _manager(home, backend()), "job manager")
+    except RayBackendError as exc:
+        st.error(f"{exc}. Start the cluster, or pick another backend in the sidebar of the Train page.",
+                 icon=":material/hub:")
+        st.stop()
+
+
+def backend_sidebar() -> None:
+    """The Train page's sidebar setting: train in this process, or on a Ray cluster (changed only while nothing of
+    the current backend is queued or running)."""
+    from caltech_core import raybackend
+
+    setting = _backend_setting()
+    with st.sidebar:
+        st.subheader("Where runs train")
+        if setting.get("problem"):
+            st.warning(setting["problem"])
+        current = setting["backend"]
+        choice = st.radio("Backend", ("local", "ray"), index=0 if current == raybackend.LOCAL else 1,
+                          key="backend_choice", format_func={"local": "This process (one run at a time)",
+                                                              "ray": "Ray cluster (runs side by side)"}.get)
+        address = raybackend.LOCAL
+        if choice == "ray":
+            address = st.text_input(
+                "Ray address", value=raybackend.LOCAL_CLUSTER if current == raybackend.LOCAL else current,
+                key="backend_address",
+                help="local-cluster (start Ray on this machine), auto (the cluster `ray start` made here), "
+                     "ray://HOST:PORT or HOST:PORT. Each run asks for 1 GPU when the cluster has GPUs, else "
+                     f"${raybackend.ENV_CPUS} CPUs (default 1). See docs/scaling.md.")
+        st.caption(f"Now: {'this process' if current == raybackend.LOCAL else f'Ray ({current})'}")
+        if address.strip() != current and st.button("Use this backend", key="backend_apply"):
+            _switch_backend(setting, address)
+
+
+def _switch_backend(setting: dict[str, str], address: str) -> None:
+    from caltech_core import raybackend
+
+    try:
+        address = raybackend.check_address(address)
+    except ValueError as exc:
+        st.error(str(exc))
+        return
+    busy = get_manager()
+    active = busy.running() + busy.queued()
+    if active:
+        st.error(f"{len(active)} run(s) are queued or running on the current backend; wait for them or cancel them "
+                 "(Monitor) before switching.")
+        return
+    try:
+        with st.spinner(f"Connecting to {address}…"):
+            _manager(str(studio_home()), address)
+    except raybackend.RayBackendError as exc:
+        st.error(str(exc))
+        return
+    setting["backend"] = address
+    setting.pop("problem", None)
+    st.rerun()
 
 
 def data_root() -> Path | None:

@@ -22,17 +22,18 @@ store = get_store()
 manager = get_manager()
 
 # -- the queue -------------------------------------------------------------------------------------------
-current = manager.current()
+running = manager.running()  # one on the local backend, several side by side on a Ray cluster
+current = running[0] if running else None
 queued = manager.queued()
 if current is None and not queued:
     st.info("Nothing is training. Queue a run on the Train page.")
 else:
     rows = []
-    for run_id in ([current] if current is not None else []) + queued:
+    for run_id in running + queued:
         rec = store.get_run(run_id)
         if rec is not None:
             rows.append({"run": run_id, "name": rec.name, "architecture": rec.arch, "status": rec.status,
-                         "epochs": rec.config.epochs})
+                         "epochs": rec.config.epochs, "where": rec.node or rec.device or ""})
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 runs = store.list_runs()
@@ -105,6 +106,8 @@ def _curves(rec) -> None:
 def _live_view() -> None:
     rec = store.get_run(run_id)
     st.markdown(f"**{run_label(rec)}**")
+    if rec.node:
+        st.caption(f"Trains on {rec.node}", help="A run of the Ray backend: the node, its GPU and the worker process.")
     _progress(rec)
     _buttons(rec)
     if rec.error:

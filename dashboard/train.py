@@ -23,7 +23,7 @@ from caltech_core.config import (
 )
 from dashboard._auth import require_password
 from dashboard._manage import TRAIN_FROM
-from dashboard._shared import data_root, format_seconds, get_manager, get_store
+from dashboard._shared import backend_sidebar, data_root, format_seconds, get_manager, get_store
 
 BASELINE = "baseline-defaults"
 # Optional counts are shown as 0 = "not set" because number inputs cannot be empty.
@@ -102,6 +102,7 @@ def _seconds_per_image(arch: str, train_mode: str, image_size: int, batch: int, 
 
 require_password()  # also when Streamlit runs this page without the entry point (AppTest)
 st.title("Train a network")
+backend_sidebar()
 if "f_arch" not in st.session_state:
     # Streamlit forgets a widget's value once its page is left: bring back the form as the user left it.
     saved = st.session_state.get("train_form")

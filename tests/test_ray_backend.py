@@ -177,3 +177,80 @@ def test_backend_choice_and_the_local_backend_needs_no_ray(
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "b")], cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=120, check=True)
     assert out.stdout.split() == ["JobManager", "False"]
+
+
+def _sinks_of(ray: Any, pid: int) -> list[str]:
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+    return [n for n in names if n.startswith("caltech-sink-") and f"-{pid}-" in n]
+
+
+def test_a_killed_driver_is_drained_and_the_cli_resumes_on_ray(cluster: Any, tmp_path: Path, mini_root: Path) -> None:
+    from caltech_core import cli
+
+    home = tmp_path / "home"
+    cmd = [
+        sys.executable, "-m", "caltech_core", "train", "--ray", cluster.get_runtime_context().gcs_address,
+        "--root", str(mini_root), "--store", str(home), "--arch", "resnet18", "--image-size", "64", "--epochs", "6",
+        "--batch-size", "2", "--classes", "2", "--device", "cpu", "--name", "orphan",
+    ]
+    with (tmp_path / "stderr.txt").open("w") as err:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            wait_for(lambda: home.joinpath("runs.sqlite").exists())
+            store = RunStore(home)
+            wait_for(lambda: store.list_runs() and store.list_runs()[0].epochs_done >= 1)
+            assert proc.poll() is None, "the run finished before its driver could be killed"
+            assert _sinks_of(cluster, proc.pid)  # the driver's sink, detached: it outlives the driver
+        finally:
+            proc.kill()  # SIGKILL: Ray ends the dead driver's tasks; its sink keeps what was not drained yet
+            proc.wait()
+    run_id = store.list_runs()[0].id
+    assert store.get_run(run_id).status == "running"
+    assert cli.main(["resume", str(run_id), "--ray", raybackend.LOCAL_CLUSTER, "--store", str(home),
+                     "--root", str(mini_root)]) == 0
+    assert _sinks_of(cluster, proc.pid) == []  # drained into the store, then removed
+    run = store.get_run(run_id)
+    assert run.status == "finished", run.error
+    assert [e["epoch"] for e in store.epochs(run_id)] == [1, 2, 3, 4, 5, 6]
+    assert batch_pairs(store, run_id) == [(e, b) for e in range(1, 7) for b in (1, 2, 3, 4)]
+
+
+def test_train_sidebar_picks_ray_and_monitor_shows_where_a_run_trains(
+    cluster: Any, studio_home: Path, mini_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from apptest_pages import open_page, page_texts
+
+    from dashboard import _shared
+
+    monkeypatch.setenv("CALTECH101_ROOT", str(mini_root))
+    _shared._backend_setting.clear()
+    try:
+        at = open_page("train")
+        assert "Now: this process" in page_texts(at)
+        at.radio(key="backend_choice").set_value("ray").run()
+        at.text_input(key="backend_address").set_value("nowhere").run()
+        at.button(key="backend_apply").click().run()
+        assert "unknown backend 'nowhere'" in page_texts(at)
+        at.text_input(key="backend_address").set_value(raybackend.LOCAL_CLUSTER).run()
+        at.button(key="backend_apply").click().run()
+        assert not at.exception, at.exception
+        assert "Now: Ray (local-cluster)" in page_texts(at)
+        for key, value in {"f_arch": "resnet18", "f_image_size": 64, "f_classes": 2, "f_max_per_class": 4,
+                           "f_batch_size": 4, "f_epochs": 1}.items():
+            at.session_state[key] = value
+        at.button(key="queue").click().run()
+        assert not at.exception, at.exception
+        [run] = RunStore(studio_home).list_runs()
+        manager = jobs.get_manager(studio_home, backend=raybackend.LOCAL_CLUSTER)
+        assert isinstance(manager, RayJobManager) and manager.wait(run.id, timeout=240)
+        monitor = open_page("monitor", run=str(run.id))
+        assert not monitor.exception, monitor.exception
+        assert "Trains on Ray node" in page_texts(monitor)
+        assert RunStore(studio_home).get_run(run.id).status == "finished"
+        at.radio(key="backend_choice").set_value("local").run()
+        at.button(key="backend_apply").click().run()
+        assert "Now: this process" in page_texts(at)
+        manager.shutdown(wait=True)
+    finally:
+        _shared._backend_setting.clear()
+        jobs.get_manager(studio_home, backend="local").shutdown(wait=True)
