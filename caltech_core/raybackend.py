@@ -455,16 +455,19 @@ class RayJobManager:
                 log.exception("the Ray cluster stopped answering")
                 self._lose_all(exc)
             time.sleep(DRAIN_SECONDS)
-        self._drain()
-        self._ray.kill(self._sink)
+        try:
+            self._drain()
+            self._ray.kill(self._sink)
+        except self._ray.exceptions.RayError:  # nothing is left to drain from a cluster that is gone
+            log.exception("could not empty and remove this driver's sink")
 
     def _step(self) -> None:
         with self._cond:
             refs = dict(self._refs)
-        ended: list[int] = []
-        if refs:
-            done, _ = self._ray.wait(list(refs.values()), num_returns=len(refs), timeout=0)
-            ended = [run_id for run_id, ref in refs.items() if ref in done]
+        if not refs:  # workers only write while a task of this manager is on the cluster
+            return
+        done, _ = self._ray.wait(list(refs.values()), num_returns=len(refs), timeout=0)
+        ended = [run_id for run_id, ref in refs.items() if ref in done]
         self._drain()  # after the wait: a task ends only after its last message was received
         for run_id in refs:
             if run_id in self._started and run_id not in ended and self.store.cancel_requested(run_id):
