@@ -27,25 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from caltech_core import status as run_status
-from caltech_core.config import ARCHITECTURES, DEVICES, TRAIN_MODES, ConfigError, TrainConfig
+from caltech_core.config import SETTINGS, ConfigError, Setting, TrainConfig
 from caltech_core.status import RunStatus
 from caltech_core.store import RunStore, default_home
 from caltech_core.weights import OFFLINE_ENV
 
 log = logging.getLogger("caltech_core.cli")
-
-# CLI option (dest) -> TrainConfig field, for options that map one to one.
-_CONFIG_OPTIONS = {
-    "arch": "arch", "pretrained": "pretrained", "weights": "weights_path", "train": "train", "aug": "augment",
-    "lr": "lr", "epochs": "epochs", "step_size": "step_size", "gamma": "gamma", "batch_size": "batch_size",
-    "momentum": "momentum", "weight_decay": "weight_decay", "seed": "seed", "classes": "classes",
-    "max_per_class": "max_per_class", "image_size": "image_size", "retrain": "retrain_on_train_val",
-    "patience": "early_stopping_patience", "device": "device", "name": "name", "group": "group",
-    "optimizer": "optimizer", "rotate_degrees": "rotate_degrees", "train_fraction": "train_fraction",
-    "split_seed": "split_seed", "per_class_train": "per_class_train", "fast_path": "fast_path", "amp": "amp",
-    "class_names": "class_names",
-}
-
 
 class CliError(Exception):
     """A user-facing failure: printed on stderr without a traceback, exit code `code`."""
@@ -126,12 +113,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def _train_configs(args: argparse.Namespace, store: RunStore) -> tuple[list[TrainConfig], str | None]:
     """The configs to train: the preset's (or the default) with every option given on the command line."""
-    overrides: dict[str, Any] = {}
-    for option, field_name in _CONFIG_OPTIONS.items():
-        value = getattr(args, option, None)
-        if value is not None:
-            overrides[field_name] = value
-    if args.weights is not None:
+    overrides = {name: getattr(args, name) for name in SETTINGS if getattr(args, name) is not None}
+    if args.weights_path is not None:
         overrides["pretrained"] = True  # a weights file only makes sense for a pretrained model
     if args.preset:
         from caltech_core import experiments
@@ -565,6 +548,30 @@ def _aug_list(text: str) -> tuple[str, ...]:
     return tuple(a.strip() for a in text.split(",") if a.strip())
 
 
+def _config_option(setting: Setting) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """The `train` option of one TrainConfig field, from its Setting; it defaults to None ("keep the preset's")."""
+    flags = setting.flags or (f"--{setting.name.replace('_', '-')}",)
+    help_text = setting.help_text if setting.help else f"{setting.label}. {setting.help_text}".strip()
+    options: dict[str, Any] = {"dest": setting.name, "default": None, "metavar": setting.metavar}
+    if setting.kind == "bool":
+        options = {"dest": setting.name, "default": None, "action": argparse.BooleanOptionalAction}
+        help_text += f" (baseline: {'on' if setting.default else 'off'})"
+    elif setting.kind == "tuple":
+        options.update(type=_aug_list, metavar=setting.metavar or "LIST")
+        help_text += f" Comma-separated{': ' + ', '.join(setting.choices) if setting.choices else ''}, or none."
+    else:
+        options.update(type={"int": int, "float": float, "str": str}[setting.kind], choices=setting.choices or None)
+        help_text += f" (baseline: {setting.default})" if setting.default not in (None, "") else ""
+    return flags, {**options, "help": help_text.replace("%", "%%")}
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field, generated from the fields' Settings."""
+    for setting in SETTINGS.values():
+        flags, options = _config_option(setting)
+        parser.add_argument(*flags, **options)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and `--help` docs)."""
     from caltech_core.experiments import PRESETS
@@ -597,39 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS), help="an experiment of the study")
     p.add_argument("--repeats", type=int, default=1, metavar="N",
                    help="train every config N times, each with a new seed and train/validation split (default 1)")
-    p.add_argument("--arch", choices=ARCHITECTURES)
-    p.add_argument("--pretrained", action="store_true", default=None, help="start from ImageNet weights")
-    p.add_argument("--weights", metavar="PATH", help="a local ImageNet weights file (implies --pretrained)")
-    p.add_argument("--train", choices=TRAIN_MODES, help="which layers are trained")
-    p.add_argument("--aug", type=_aug_list, metavar="LIST", help="augmentations, e.g. crop,hflip (or none)")
-    p.add_argument("--optimizer", choices=("sgd", "adamw"))
-    p.add_argument("--lr", type=float)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--step-size", type=int, help="StepLR step (epochs)")
-    p.add_argument("--gamma", type=float, help="StepLR factor")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--momentum", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--classes", type=int, metavar="K", help="first K classes only")
-    p.add_argument("--max-per-class", type=int, metavar="M", help="at most M images per class and split")
-    p.add_argument("--image-size", type=int, help="crop size fed to the network")
-    p.add_argument("--class-names", type=_aug_list, metavar="LIST",
-                   help="these classes only, by folder name, e.g. Faces_easy,Motorbikes (instead of --classes)")
-    p.add_argument("--per-class-train", type=int, metavar="N",
-                   help="classic protocol: N training images per class, the rest validation/test")
-    p.add_argument("--train-fraction", type=float, help="share of the official train list used for training")
-    p.add_argument("--split-seed", type=int, help="seed of the train/validation split")
-    p.add_argument("--rotate-degrees", type=float, help="rotation range (±) of the rotate augmentation")
-    p.add_argument("--fast-path", action=argparse.BooleanOptionalAction, default=None,
-                   help="train a frozen backbone's head on cached features (default on)")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="mixed precision on CUDA (default on)")
-    p.add_argument("--retrain", action="store_true", default=None, help="retrain on train+val, report test")
-    p.add_argument("--patience", type=int, help="early stopping patience in epochs (0 = off)")
-    p.add_argument("--device", choices=DEVICES)
-    p.add_argument("--name", help="a name for the run")
-    p.add_argument("--group", help="a group (sweep) name")
+    _add_config_options(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("runs", parents=[common], help="list stored runs")

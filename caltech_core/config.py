@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,39 +40,131 @@ class ConfigError(ValueError):
         self.message = message
 
 
+# The Train page's sections, in order: each field's `group` names one.
+GROUPS = {"model": "Model", "optimisation": "Optimisation", "data": "Data and run", "advanced": "Advanced"}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Everything about one TrainConfig field besides its default: the Train form widget, the CLI flag and the
+    valid range. `name`, `kind` ("bool", "int", "float", "str" or "tuple"), `optional` and `default` are filled
+    in from the field itself (see SETTINGS)."""
+
+    label: str  # the form widget's label
+    group: str  # a key of GROUPS
+    help: str = ""  # the widget's help and the flag's --help text
+    choices: tuple[str, ...] = ()  # allowed values (of each item, for a tuple)
+    labels: Mapping[str, str] | None = None  # friendly names of the choices
+    low: float | None = None  # numbers: the allowed range
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    wording: str = ""  # how a float's range is said when "in (low, high]" is not how the study says it
+    max_length: int | None = None  # text: at most this many characters
+    step: float | None = None  # the number widget's +/- step (an int for int fields)
+    fmt: str | None = None  # the number widget's display format
+    unset: Any = None  # the widget value meaning None (number widgets cannot be empty)
+    flags: tuple[str, ...] = ()  # CLI flags; default --field-name (the first is the one --help shows)
+    metavar: str | None = None
+    name: str = ""
+    kind: str = ""
+    optional: bool = False
+    default: Any = None
+
+    @property
+    def rule(self) -> str:
+        """The valid range as the ConfigError message says it (after "must be "); "" when none."""
+        if self.kind == "int":
+            return f"a whole number from {int(self.low)} to {int(self.high)}"
+        if self.kind == "float":
+            return self.wording or (f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+                                    f"{')' if self.high_open else ']'}")
+        return ""
+
+    @property
+    def help_text(self) -> str:
+        """The help with the valid range: what the form and `--help` show."""
+        return " ".join(t for t in (self.help, f"Must be {self.rule}." if self.rule else "") if t)
+
+
+def _setting(default: Any, label: str, group: str, **details: Any) -> Any:
+    """A TrainConfig field with its default and its Setting as metadata."""
+    return dataclasses.field(default=default, metadata={"setting": Setting(label, group, **details)})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a training run. Defaults reproduce the study's baseline."""
+    """Everything that defines a training run. Defaults reproduce the study's baseline. Each field's Setting
+    (label, help, range, form section, CLI flags) generates the Train form, the `train` command's options and
+    most of the validation; fields are declared in the form's order."""
 
-    arch: str = "alexnet"
-    pretrained: bool = False
-    weights_path: str | None = None  # a local ImageNet weights file instead of torchvision's cache
-    train: str = "all"  # which parameters are trained: all | fc | conv | conv+head
-    augment: tuple[str, ...] = ()
-    rotate_degrees: float = 45.0
-    optimizer: str = "sgd"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    epochs: int = 30
-    step_size: int = 20
-    gamma: float = 0.1
-    batch_size: int = 256
-    seed: int = 42
-    device: str = "auto"
-    retrain_on_train_val: bool = False  # after training, retrain on train+val and report test (the study's final step)
-    early_stopping_patience: int = 0  # epochs without validation improvement before stopping; 0 = off
-    image_size: int | None = None  # crop fed to the network; None = the architecture's native size
-    train_fraction: float = 0.5
-    split_seed: int = 42
-    classes: int | None = None  # first K classes only (quick runs)
-    class_names: tuple[str, ...] = ()  # these classes only, by folder name (instead of the first K)
-    max_per_class: int | None = None  # at most M images per class in every split (quick runs)
-    per_class_train: int | None = None  # classic protocol: N training images per class, the rest tested
-    fast_path: bool = True  # frozen backbone + deterministic transform: train the head on cached features
-    amp: bool = True  # mixed precision on CUDA (ignored on the CPU)
-    name: str = ""
-    group: str = ""  # sweep group this run belongs to
+    # -- model --------------------------------------------------------------------------------------
+    arch: str = _setting("alexnet", "Architecture", "model", choices=ARCHITECTURES, labels=ARCH_LABELS,
+                         help="The network to train.")
+    pretrained: bool = _setting(False, "ImageNet-pretrained weights", "model",
+                                help="Start from ImageNet weights instead of a random initialisation.")
+    train: str = _setting("all", "Layers trained", "model", choices=TRAIN_MODES, labels=TRAIN_MODE_LABELS,
+                          help="Which layers are trained; the others stay frozen.")
+    augment: tuple[str, ...] = _setting((), "Augmentations", "model", choices=AUGMENTATIONS,
+                                        labels=AUGMENTATION_LABELS, flags=("--aug", "--augment"),
+                                        help="Random changes to the training images.")
+    rotate_degrees: float = _setting(45.0, "Rotation degrees (±)", "model", low=0.0, high=180.0, step=5.0,
+                                     fmt="%.2f", help="Used when Rotation is selected.")
+    image_size: int | None = _setting(None, "Image size (crop, px)", "model", low=32, high=512, step=16,
+                                      help="The crop fed to the network; by default the architecture's native "
+                                           "size.")
+    # -- optimisation -------------------------------------------------------------------------------
+    optimizer: str = _setting("sgd", "Optimizer", "optimisation", choices=OPTIMIZERS)
+    lr: float = _setting(1e-3, "Learning rate", "optimisation", low=0.0, high=10.0, low_open=True,
+                         wording="> 0 and <= 10", step=1e-4, fmt="%.5f")
+    momentum: float = _setting(0.9, "Momentum", "optimisation", low=0.0, high=1.0, high_open=True, step=0.05,
+                               fmt="%.3f")
+    weight_decay: float = _setting(5e-4, "Weight decay", "optimisation", low=0.0, high=1.0, step=1e-4,
+                                   fmt="%.5f")
+    epochs: int = _setting(30, "Epochs", "optimisation", low=1, high=1000, step=1)
+    step_size: int = _setting(20, "StepLR step size (epochs)", "optimisation", low=1, high=1000, step=1,
+                              help="The learning rate is multiplied by gamma every this many epochs.")
+    gamma: float = _setting(0.1, "StepLR gamma", "optimisation", low=0.0, high=1.0, low_open=True, step=0.05,
+                            fmt="%.3f", help="StepLR's factor.")
+    batch_size: int = _setting(256, "Batch size", "optimisation", low=1, high=4096, step=16)
+    early_stopping_patience: int = _setting(
+        0, "Early stopping patience (epochs, 0 = off)", "optimisation", low=0, high=1000, step=1,
+        flags=("--patience", "--early-stopping-patience"), metavar="EPOCHS",
+        help="Epochs without validation improvement before stopping; 0 = off.")
+    # -- data and run -------------------------------------------------------------------------------
+    classes: int | None = _setting(None, "Classes (first K, 0 = all 101)", "data", low=1, high=100_000, step=1,
+                                   unset=0, metavar="K", help="The first K classes only (quick runs).")
+    class_names: tuple[str, ...] = _setting((), "Or these classes (by name)", "data", metavar="LIST",
+                                            help="These classes only, by folder name, e.g. Faces_easy,Motorbikes "
+                                                 "(instead of the first K classes).")
+    max_per_class: int | None = _setting(None, "Max images per class (0 = all)", "data", low=1, high=100_000,
+                                         step=1, unset=0, metavar="M",
+                                         help="At most M images per class in every split (quick runs).")
+    retrain_on_train_val: bool = _setting(
+        False, "Retrain on train+val, then test", "data", flags=("--retrain", "--retrain-on-train-val"),
+        help="The study's final step: after choosing the epochs on validation, retrain on both and report test.")
+    seed: int = _setting(42, "Seed", "data", low=0, high=2**31 - 1, step=1)
+    device: str = _setting("auto", "Device", "data", choices=DEVICES, help="auto = CUDA when available, else CPU.")
+    name: str = _setting("", "Run name", "data", max_length=200)
+    group: str = _setting("", "Group (sweep)", "data", max_length=200, help="The sweep this run belongs to.")
+    # -- advanced -----------------------------------------------------------------------------------
+    train_fraction: float = _setting(0.5, "Train fraction of the official train list", "advanced", low=0.0,
+                                     high=1.0, low_open=True, high_open=True, step=0.05, fmt="%.2f",
+                                     help="The share of the official train list used for training; the rest "
+                                          "validates.")
+    split_seed: int = _setting(42, "Split seed", "advanced", low=0, high=2**31 - 1, step=1,
+                               help="Seed of the train/validation split.")
+    per_class_train: int | None = _setting(
+        None, "Training images per class (classic protocol, 0 = off)", "advanced", low=1, high=100_000, step=1,
+        unset=0, metavar="N", help="Classic protocol: N training images per class, the rest validation/test.")
+    weights_path: str | None = _setting(
+        None, "Local ImageNet weights file (optional)", "advanced", unset="", flags=("--weights", "--weights-path"),
+        metavar="PATH", help="A local ImageNet weights file instead of the downloaded one (needs pretrained "
+                             "weights; the CLI's --weights implies --pretrained).")
+    fast_path: bool = _setting(True, "Frozen-backbone fast path (cache features)", "advanced",
+                               help="With a frozen backbone and no random augmentation, train the head on cached "
+                                    "features.")
+    amp: bool = _setting(True, "Mixed precision on CUDA", "advanced", help="Mixed precision on CUDA (ignored on the CPU).")
 
     def __post_init__(self) -> None:
         # Accept lists/strings for augment (from JSON, CLI, widgets) but store a canonical tuple.
@@ -87,37 +180,10 @@ class TrainConfig:
     # -- validation -------------------------------------------------------------------------
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid field and its allowed range."""
-        _choice("arch", self.arch, ARCHITECTURES)
-        _choice("train", self.train, TRAIN_MODES)
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("device", self.device, DEVICES)
-        for a in self.augment:
-            _choice("augment", a, AUGMENTATIONS)
+        for setting in SETTINGS.values():
+            _check(setting, getattr(self, setting.name))
         if len(set(self.augment)) != len(self.augment):
             raise ConfigError("augment", "each augmentation may appear once")
-        _number("lr", self.lr, low=0.0, high=10.0, low_open=True, text="must be > 0 and <= 10")
-        _number("momentum", self.momentum, low=0.0, high=1.0, high_open=True, text="must be in [0, 1)")
-        _number("weight_decay", self.weight_decay, low=0.0, high=1.0, text="must be in [0, 1]")
-        _number("gamma", self.gamma, low=0.0, high=1.0, low_open=True, text="must be in (0, 1]")
-        _number("rotate_degrees", self.rotate_degrees, low=0.0, high=180.0, text="must be in [0, 180]")
-        _number(
-            "train_fraction", self.train_fraction, low=0.0, high=1.0, low_open=True, high_open=True,
-            text="must be in (0, 1)",
-        )
-        _integer("epochs", self.epochs, 1, 1000)
-        _integer("step_size", self.step_size, 1, 1000)
-        _integer("batch_size", self.batch_size, 1, 4096)
-        _integer("seed", self.seed, 0, 2**31 - 1)
-        _integer("split_seed", self.split_seed, 0, 2**31 - 1)
-        _integer("early_stopping_patience", self.early_stopping_patience, 0, 1000)
-        _integer("image_size", self.image_size, 32, 512)
-        for name in ("classes", "max_per_class", "per_class_train"):
-            value = getattr(self, name)
-            if value is not None:
-                _integer(name, value, 1, 100_000)
-        for name in ("pretrained", "retrain_on_train_val", "fast_path", "amp"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(name, "must be true or false")
         if any(not isinstance(c, str) or not c.strip() for c in self.class_names):
             raise ConfigError("class_names", "must be class folder names")
         if len(set(self.class_names)) != len(self.class_names):
@@ -128,10 +194,6 @@ class TrainConfig:
             raise ConfigError("weights_path", "must be a file path")
         if self.weights_path and not self.pretrained:
             raise ConfigError("weights_path", "only makes sense with pretrained=true")
-        if not isinstance(self.name, str) or len(self.name) > 200:
-            raise ConfigError("name", "must be text of at most 200 characters")
-        if not isinstance(self.group, str) or len(self.group) > 200:
-            raise ConfigError("group", "must be text of at most 200 characters")
 
     # -- derived values ---------------------------------------------------------------------
     @property
@@ -176,20 +238,42 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
-_FIELD_TYPES: dict[str, Any] = {}
+# Every field's Setting, completed from the field itself; a field without one fails here, at import.
+SETTINGS: dict[str, Setting] = {
+    f.name: dataclasses.replace(
+        f.metadata["setting"], name=f.name, kind=str(f.type).split(" | ")[0].split("[")[0],
+        optional=str(f.type).endswith(" | None"), default=f.default)
+    for f in dataclasses.fields(TrainConfig)
+}
 
 
 def _coerce(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Turn ints given for float fields into floats and reject wrong types with a field name."""
-    if not _FIELD_TYPES:
-        _FIELD_TYPES.update({f.name: f.type for f in dataclasses.fields(TrainConfig)})
+    """Turn ints given for float fields into floats (JSON and widgets write 1 for 1.0)."""
     out = {}
     for key, value in kwargs.items():
-        kind = _FIELD_TYPES[key]
-        if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+        if SETTINGS[key].kind == "float" and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         out[key] = value
     return out
+
+
+def _check(setting: Setting, value: Any) -> None:
+    """The checks a field's Setting implies: its type, choices, range and length."""
+    name = setting.name
+    if value is None and setting.optional:
+        return
+    if setting.kind == "bool" and not isinstance(value, bool):
+        raise ConfigError(name, "must be true or false")
+    if setting.choices:
+        for item in value if setting.kind == "tuple" else (value,):
+            _choice(name, item, setting.choices)
+    if setting.kind == "int":
+        _integer(name, value, int(setting.low), int(setting.high))
+    if setting.kind == "float":
+        _number(name, value, low=setting.low, high=setting.high, low_open=setting.low_open,
+                high_open=setting.high_open, text=f"must be {setting.rule}")
+    if setting.max_length is not None and (not isinstance(value, str) or len(value) > setting.max_length):
+        raise ConfigError(name, f"must be text of at most {setting.max_length} characters")
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

@@ -3,41 +3,23 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import streamlit as st
 
 from caltech_core import charts, data, experiments, weights
 from caltech_core.architectures import get_spec
-from caltech_core.config import (
-    ARCH_LABELS,
-    ARCHITECTURES,
-    AUGMENTATION_LABELS,
-    AUGMENTATIONS,
-    DEVICES,
-    OPTIMIZERS,
-    TRAIN_MODE_LABELS,
-    TRAIN_MODES,
-    ConfigError,
-    TrainConfig,
-)
+from caltech_core.config import GROUPS, ConfigError, Setting, TrainConfig
+from dashboard import _settings
 from dashboard._auth import require_password
 from dashboard._manage import TRAIN_FROM
 from dashboard._shared import backend_sidebar, data_root, format_seconds, get_manager, get_store
 
 BASELINE = "baseline-defaults"
-# Optional counts are shown as 0 = "not set" because number inputs cannot be empty.
-OPTIONAL_INTS = ("classes", "max_per_class", "per_class_train")
 
 
 def _apply(cfg: TrainConfig) -> None:
     """Put a config's values into the form widgets."""
-    for key, value in cfg.to_dict().items():
-        if key in OPTIONAL_INTS:
-            value = value or 0
-        elif key == "weights_path":
-            value = value or ""
-        st.session_state[f"f_{key}"] = value
+    st.session_state.update(_settings.to_widgets(cfg))
 
 
 def _on_arch() -> None:
@@ -50,15 +32,24 @@ def _on_preset() -> None:
     _apply(TrainConfig() if name == BASELINE else experiments.PRESETS[name].configs[0])
 
 
-def _form_config() -> TrainConfig:
-    """The form's values as a TrainConfig (ConfigError names the field and its range)."""
-    values: dict[str, Any] = {key[2:]: value for key, value in st.session_state.items()
-                              if isinstance(key, str) and key.startswith("f_")}
-    for key in OPTIONAL_INTS:
-        values[key] = values[key] or None
-    values["weights_path"] = values["weights_path"].strip() or None
-    values["augment"] = tuple(values["augment"])
-    return TrainConfig.from_dict(values)
+def _field(setting: Setting) -> None:
+    """One setting's widget, with what only this page knows: the chosen architecture's native size, the
+    dataset's classes, the weights panel under the pretrained box."""
+    if setting.name == "arch":
+        _settings.widget(setting, on_change=_on_arch)
+    elif setting.name == "image_size":
+        native = get_spec(st.session_state["f_arch"])
+        _settings.widget(setting, help_prefix=f"{native.label}'s native size is {native.image_size} (224 in the "
+                                              f"study); the shorter side is resized to 1/{native.crop_pct:g} of it "
+                                              "first.")
+    elif setting.name == "class_names":
+        root = data_root()
+        names = data.list_classes(root) if root is not None else []
+        _settings.widget(setting, options=sorted({*names, *st.session_state.get("f_class_names", [])}))
+    else:
+        ticked = _settings.widget(setting)
+        if setting.name == "pretrained" and ticked:
+            _weights_panel(st.session_state["f_arch"])
 
 
 def _weights_panel(arch: str) -> None:
@@ -137,60 +128,19 @@ if preset != BASELINE:
 
 # -- the form ----------------------------------------------------------------------------------------
 model_col, opt_col, data_col = st.columns(3)
-with model_col:
-    st.subheader("Model")
-    arch = st.selectbox("Architecture", ARCHITECTURES, key="f_arch", format_func=ARCH_LABELS.get,
-                        on_change=_on_arch)
-    pretrained = st.checkbox("ImageNet-pretrained weights", key="f_pretrained")
-    if pretrained:
-        _weights_panel(arch)
-    st.selectbox("Layers trained", TRAIN_MODES, key="f_train", format_func=TRAIN_MODE_LABELS.get)
-    st.multiselect("Augmentations", AUGMENTATIONS, key="f_augment", format_func=AUGMENTATION_LABELS.get)
-    st.number_input("Rotation degrees (±)", key="f_rotate_degrees", step=5.0,
-                    help="Used when Rotation is selected; 0 to 180.")
-    native = get_spec(arch)
-    st.number_input("Image size (crop, px)", key="f_image_size", step=16,
-                    help=f"{native.label}'s native size is {native.image_size} (224 in the study); 32 to 512. "
-                         f"The shorter side is resized to 1/{native.crop_pct:g} of it first.")
-with opt_col:
-    st.subheader("Optimisation")
-    st.selectbox("Optimizer", OPTIMIZERS, key="f_optimizer")
-    st.number_input("Learning rate", key="f_lr", step=1e-4, format="%.5f", help="> 0 and <= 10")
-    st.number_input("Momentum", key="f_momentum", step=0.05, format="%.3f", help="[0, 1)")
-    st.number_input("Weight decay", key="f_weight_decay", step=1e-4, format="%.5f", help="[0, 1]")
-    st.number_input("Epochs", key="f_epochs", step=1, help="1 to 1000")
-    st.number_input("StepLR step size (epochs)", key="f_step_size", step=1, help="1 to 1000")
-    st.number_input("StepLR gamma", key="f_gamma", step=0.05, format="%.3f", help="(0, 1]")
-    st.number_input("Batch size", key="f_batch_size", step=16, help="1 to 4096")
-    st.number_input("Early stopping patience (epochs, 0 = off)", key="f_early_stopping_patience", step=1)
-with data_col:
-    st.subheader("Data and run")
-    st.number_input("Classes (first K, 0 = all 101)", key="f_classes", step=1)
-    _root = data_root()
-    _names = data.list_classes(_root) if _root is not None else []
-    st.multiselect("Or these classes (by name)", sorted({*_names, *st.session_state.get("f_class_names", [])}),
-                   key="f_class_names", help="Instead of the first K classes (set K to 0).")
-    st.number_input("Max images per class (0 = all)", key="f_max_per_class", step=1)
-    st.checkbox("Retrain on train+val, then test", key="f_retrain_on_train_val",
-                help="The study's final step: after choosing the epochs on validation, retrain on both.")
-    st.number_input("Seed", key="f_seed", step=1)
-    st.selectbox("Device", DEVICES, key="f_device",
-                 help="auto = CUDA when available, else CPU.")
-    st.text_input("Run name", key="f_name")
-    st.text_input("Group (sweep)", key="f_group")
-    with st.expander("Advanced"):
-        st.number_input("Train fraction of the official train list", key="f_train_fraction", step=0.05,
-                        format="%.2f")
-        st.number_input("Split seed", key="f_split_seed", step=1)
-        st.number_input("Training images per class (classic protocol, 0 = off)", key="f_per_class_train", step=1)
-        st.text_input("Local ImageNet weights file (optional)", key="f_weights_path")
-        st.checkbox("Frozen-backbone fast path (cache features)", key="f_fast_path")
-        st.checkbox("Mixed precision on CUDA", key="f_amp")
+for column, group in ((model_col, "model"), (opt_col, "optimisation"), (data_col, "data")):
+    with column:
+        st.subheader(GROUPS[group])
+        for setting in _settings.in_group(group):
+            _field(setting)
+with data_col, st.expander(GROUPS["advanced"]):
+    for setting in _settings.in_group("advanced"):
+        _field(setting)
 st.session_state["train_form"] = {key: value for key, value in st.session_state.items()
                                   if isinstance(key, str) and key.startswith("f_")}
 
 try:
-    cfg: TrainConfig | None = _form_config()
+    cfg: TrainConfig | None = _settings.from_widgets(st.session_state)
     problem = None
 except ConfigError as exc:
     cfg, problem = None, exc

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from caltech_core.cli import main
-from caltech_core.config import TrainConfig
+from caltech_core.config import SETTINGS, Setting, TrainConfig
 from caltech_core.store import RunStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -370,15 +370,60 @@ def test_cancel_stops_a_run_of_another_process_within_a_batch(tmp_path: Path, mi
     assert run.epochs_done < 200
 
 
-def test_every_config_field_is_reachable_from_the_command_line(tmp_path: Path) -> None:
+def _other_value(setting: Setting) -> Any:
+    """A valid value of a setting that differs from its default, from its metadata alone."""
+    if setting.kind == "bool":
+        return not setting.default
+    if setting.kind == "tuple":
+        return tuple(setting.choices[:2]) if setting.choices else ("pizza", "accordion")
+    if setting.choices:
+        return next(c for c in reversed(setting.choices) if c != setting.default)
+    if setting.kind == "int":
+        return next(v for v in (int(setting.low) + 1, int(setting.low) + 2) if v != setting.default)
+    if setting.kind == "float":
+        return (setting.low + 2 * setting.high) / 3
+    return "/tmp/w.pt" if setting.name == "weights_path" else "some text"
+
+
+def _argv(flag: str, value: Any) -> list[str]:
+    if isinstance(value, bool):
+        return [flag if value else "--no-" + flag[2:]]
+    if isinstance(value, tuple):
+        return [flag, ",".join(value)]
+    return [flag, repr(value) if isinstance(value, float) else str(value)]
+
+
+def test_every_config_field_and_alias_parses_into_the_config(tmp_path: Path) -> None:
+    """Every TrainConfig field has a `train` option (generated from its Setting), and each of its flags carries
+    a non-default value through to the config the run would get, changing nothing else."""
     import dataclasses
 
-    from caltech_core.cli import _CONFIG_OPTIONS, _train_configs, build_parser
+    from caltech_core.cli import _train_configs, build_parser
 
-    assert set(_CONFIG_OPTIONS.values()) == {f.name for f in dataclasses.fields(TrainConfig)}
+    parser = build_parser()
+    store = RunStore(tmp_path)
+    baseline = TrainConfig().to_dict()
+    for f in dataclasses.fields(TrainConfig):
+        setting = SETTINGS[f.name]
+        value = _other_value(setting)
+        for flag in setting.flags or (f"--{f.name.replace('_', '-')}",):
+            args = parser.parse_args(["train", *_argv(flag, value), "--store", str(tmp_path)])
+            [cfg], _ = _train_configs(args, store)
+            assert getattr(cfg, f.name) == value, flag
+            changed = {k for k, v in cfg.to_dict().items() if v != baseline[k]}
+            implied = {"weights_path": {"pretrained"}, "arch": {"image_size"}}.get(f.name, set())
+            assert changed == {f.name} | implied, flag
+
+
+def test_old_flag_spellings_still_work(tmp_path: Path) -> None:
+    from caltech_core.cli import _train_configs, build_parser
+
     args = build_parser().parse_args([
         "train", "--class-names", "pizza,accordion", "--per-class-train", "5", "--train-fraction", "0.6",
-        "--split-seed", "7", "--rotate-degrees", "15", "--no-fast-path", "--no-amp", "--store", str(tmp_path)])
+        "--split-seed", "7", "--rotate-degrees", "15", "--no-fast-path", "--no-amp", "--aug", "crop,hflip",
+        "--retrain", "--patience", "3", "--weights", "w.pt", "--step-size", "5", "--store", str(tmp_path)])
     [cfg], _ = _train_configs(args, RunStore(tmp_path))
     assert (cfg.class_names, cfg.per_class_train, cfg.train_fraction, cfg.split_seed, cfg.rotate_degrees,
             cfg.fast_path, cfg.amp) == (("pizza", "accordion"), 5, 0.6, 7, 15.0, False, False)
+    assert (cfg.augment, cfg.retrain_on_train_val, cfg.early_stopping_patience, cfg.weights_path, cfg.pretrained,
+            cfg.step_size) == (("crop", "hflip"), True, 3, "w.pt", True, 5)

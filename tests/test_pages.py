@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from apptest_pages import open_page, page_texts
 
-from caltech_core import jobs
-from caltech_core.config import TrainConfig
+from caltech_core import experiments, jobs
+from caltech_core.config import SETTINGS, TrainConfig
 from caltech_core.store import RunStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -90,6 +90,27 @@ def test_train_form_refuses_an_invalid_value(with_data: Path) -> None:
     errors = " ".join(e.value for e in at.error)
     assert "lr" in errors and "must be > 0 and <= 10" in errors
     assert RunStore(with_data).list_runs() == []
+
+
+def test_every_config_field_has_a_form_widget_with_its_label_and_help(with_data: Path) -> None:
+    """The Train form is generated from TrainConfig's Settings: one widget per field, labelled from its metadata,
+    and a preset loaded into it comes back out as the same config."""
+    import dataclasses
+
+    from dashboard import _settings
+
+    at = open_page("train")
+    widgets = {w.key: w for kind in ("checkbox", "selectbox", "multiselect", "number_input", "text_input")
+               for w in getattr(at, kind) if w.key and w.key.startswith("f_")}
+    for f in dataclasses.fields(TrainConfig):
+        setting = SETTINGS[f.name]
+        assert widgets[f"f_{f.name}"].label == setting.label
+        assert setting.help_text in (widgets[f"f_{f.name}"].help or "")
+    preset = experiments.PRESETS["quick-demo"].configs[0]
+    at.selectbox(key="preset").set_value("quick-demo").run()
+    assert _settings.from_widgets(at.session_state) == preset
+    odd = preset.replace(classes=None, class_names=("dalmatian",), weights_path="w.pt", pretrained=True)
+    assert _settings.from_widgets(_settings.to_widgets(odd)) == odd
 
 
 def test_picking_an_architecture_sets_its_native_image_size(with_data: Path) -> None:
