@@ -368,6 +368,9 @@ def test_tag_clone_retry_and_delete_runs(server, page) -> None:
     page.keyboard.type("baseline")
     page.keyboard.press("Enter")
     page.keyboard.press("Escape")
+    # The new tag's chip must be drawn before the next input: on a busy machine a quick Save lost it.
+    tags.get_by_text("baseline", exact=True).wait_for()
+    _settle(page)
     page.get_by_label("Note").fill("the reference run")
     page.get_by_role("button", name=re.compile("Save name, tags and note")).click()
     _settle(page)
