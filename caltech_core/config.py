@@ -10,7 +10,7 @@ from typing import Any
 
 from caltech_core.architectures import ARCH_LABELS as ARCH_LABELS  # re-exported: friendly names for the UI
 from caltech_core.architectures import ARCHITECTURES as ARCHITECTURES
-from caltech_core.architectures import get_spec
+from caltech_core.architectures import MemberWeights, get_spec
 
 TRAIN_MODES: tuple[str, ...] = ("all", "fc", "conv", "conv+head")
 AUGMENTATIONS: tuple[str, ...] = ("crop", "hflip", "rotate", "vflip")
@@ -194,6 +194,8 @@ class TrainConfig:
             raise ConfigError("weights_path", "must be a file path")
         if self.weights_path and not self.pretrained:
             raise ConfigError("weights_path", "only makes sense with pretrained=true")
+        if self.weights_path and isinstance(get_spec(self.arch).weights, MemberWeights):
+            raise ConfigError("weights_path", f"{self.arch} loads its members' ImageNet weights, not one file")
 
     # -- derived values ---------------------------------------------------------------------
     @property

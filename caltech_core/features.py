@@ -16,9 +16,11 @@ backbone (conv kernels may sum in another order for another batch composition).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from caltech_core.architectures import get_spec
 from caltech_core.checkpoints import save_atomic
 from caltech_core.config import TrainConfig
 from caltech_core.evaluation import autocast_for
@@ -83,6 +86,7 @@ def cached_features(
         return stored["features"][order].to(device), path
 
     backbone.eval()
+    run = _runner(backbone, cfg, device)
     loader = BatchLoader(
         cache, list(range(len(cache))), [0] * len(cache), batch_size=batch_size, train=False, cfg=cfg,
         device=device, reuse_buffers=True,
@@ -91,8 +95,7 @@ def cached_features(
     for i, (x, _) in enumerate(loader):
         if should_stop is not None and should_stop():
             return None
-        with autocast_for(device, cfg.amp):
-            chunks.append(backbone(x).float())
+        chunks.append(run(x))
         if progress is not None:
             progress(i + 1, len(loader))
     features = torch.cat(chunks) if chunks else torch.zeros(0, 0, device=device)
@@ -102,6 +105,41 @@ def cached_features(
         {"paths": [str(cache.paths[i]) for i in ranks], "features": features[torch.tensor(ranks)].cpu()}, path
     )
     return features, path
+
+
+def _runner(backbone: nn.Module, cfg: TrainConfig, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The frozen backbone as a function of a batch: onnxruntime on the CPU where the architecture table says it
+    pays (the same numbers to float rounding, several times faster for EfficientNet-Lite: bench/feature_speed.py),
+    else torch."""
+    if device.type == "cpu" and get_spec(cfg.arch).onnx_features:
+        return onnx_runner(backbone, cfg.image_size, torch.get_num_threads())
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with autocast_for(device, cfg.amp):
+            return backbone(x).float()
+
+    return run
+
+
+def onnx_runner(module: nn.Module, image_size: int, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`module` (eval mode, CPU) exported to ONNX in memory and run by onnxruntime with `threads` threads."""
+    import onnxruntime as ort
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The TorchScript-based exporter is deprecated, but it exports these networks in seconds where the
+        # dynamo exporter takes about a minute each, and this file is thrown away after the features.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(module, (torch.zeros(1, 3, image_size, image_size),), buffer, input_names=["x"],
+                          output_names=["features"], dynamic_axes={"x": {0: "batch"}}, dynamo=False)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = max(1, threads), 1
+    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {"x": x.contiguous().numpy()})[0])
+
+    return run
 
 
 class FeatureLoader:

