@@ -212,8 +212,9 @@ SPECS: dict[str, ArchSpec] = {s.name: s for s in (
     _lite_spec(0, 224, 0.875, 0.2, 75.1),
     _lite_spec(1, 240, 0.882, 0.2, 76.7),
     _lite_spec(2, 260, 0.89, 0.3, 77.6),
-    # Every member sees the same crop, at the largest member's native size and crop (chosen on validation,
-    # bench/best_offline.py): one decode and one crop serve all three.
+    # Every member sees the same crop, the largest member's native one, so one decode and one crop serve all
+    # three (Lite0 at 260 px scored as at its own 224 px on validation, 320 px did not help it); no dropout
+    # (chosen on validation: bench/ensemble_choices.py, docs/benchmarks.md).
     _ensemble_spec((0, 1, 2), 260, 0.89, 0.0),
 )}
 ARCHITECTURES: tuple[str, ...] = tuple(SPECS)

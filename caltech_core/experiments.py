@@ -380,10 +380,10 @@ def _build_presets() -> dict[str, Preset]:
 
 
 # The frozen-feature head for the best-offline preset; its settings were chosen on the validation split
-# by bench/best_offline.py (docs/benchmarks.md has the numbers).
+# by bench/ensemble_choices.py (docs/benchmarks.md has the numbers).
 BEST_OFFLINE_HEAD = TrainConfig(
     arch="lite_ensemble", pretrained=True, train="fc", fast_path=True, augment=(),
-    optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=0.0, epochs=60, step_size=40, batch_size=64,
+    optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, epochs=60, step_size=40, batch_size=64,
     retrain_on_train_val=True,
 )
 
