@@ -122,7 +122,8 @@ repeats = col_repeats.number_input(
 if preset != BASELINE:
     p = experiments.PRESETS[preset]
     st.caption(f"{p.description} ({len(p.configs)} run(s), feeds {p.study_ref.item}).")
-    if col_queue_preset.button(f"Queue all {len(p.configs) * repeats} runs", key="queue_preset"):
+    count = len(p.configs) * repeats
+    if col_queue_preset.button(f"Queue all {count} runs" if count > 1 else "Queue it", key="queue_preset"):
         ids = experiments.submit_preset(get_manager(), preset, repeats)
         st.success(f"Queued runs {', '.join(f'#{i}' for i in ids)}.")
 
