@@ -107,7 +107,8 @@ def _live_view() -> None:
     rec = store.get_run(run_id)
     st.markdown(f"**{run_label(rec)}**")
     if rec.node:
-        st.caption(f"Trains on {rec.node}", help="A run of the Ray backend: the node, its GPU and the worker process.")
+        verb = "Trains" if rec.status in run_status.ACTIVE else "Trained"
+        st.caption(f"{verb} on {rec.node}", help="A run of the Ray backend: the node, its GPU and the worker process.")
     _progress(rec)
     _buttons(rec)
     if rec.error:

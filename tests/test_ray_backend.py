@@ -245,7 +245,7 @@ def test_train_sidebar_picks_ray_and_monitor_shows_where_a_run_trains(
         assert isinstance(manager, RayJobManager) and manager.wait(run.id, timeout=240)
         monitor = open_page("monitor", run=str(run.id))
         assert not monitor.exception, monitor.exception
-        assert "Trains on Ray node" in page_texts(monitor)
+        assert "Trained on Ray node" in page_texts(monitor)
         assert RunStore(studio_home).get_run(run.id).status == "finished"
         at.radio(key="backend_choice").set_value("local").run()
         at.button(key="backend_apply").click().run()
