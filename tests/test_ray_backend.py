@@ -125,8 +125,10 @@ def test_killed_worker_is_interrupted_and_resumes_to_identical_curves(
     cluster: Any, tmp_path: Path, mini_root: Path
 ) -> None:
     store = RunStore(tmp_path / "home")
+    shared = tmp_path / "mounted-elsewhere"  # the store's folder as the workers see it (another path to it)
+    shared.symlink_to(store.home)
     runner = functools.partial(engine.train, checkpoint_seconds=0)  # last.pt after every epoch
-    manager = RayJobManager(store, raybackend.LOCAL_CLUSTER, data_root=mini_root, runner=runner)
+    manager = RayJobManager(store, raybackend.LOCAL_CLUSTER, data_root=mini_root, runner=runner, worker_home=shared)
     reference = manager.submit(tiny(name="reference", epochs=6))
     killed = manager.submit(tiny(name="killed", epochs=6))
     wait_for(lambda: (store.get_run(killed).checkpoint_epoch or 0) >= 1)
@@ -135,6 +137,8 @@ def test_killed_worker_is_interrupted_and_resumes_to_identical_curves(
     assert manager.wait(killed, timeout=120)
     run = store.get_run(killed)
     assert run.status == "interrupted" and "Ray worker" in run.error
+    last = store.artifacts(killed)["last"]  # recorded at the driver's path of the store, not the workers'
+    assert last == store.run_dir(killed) / "last.pt" and last.is_file()
     manager.resume(killed)
     assert manager.wait(timeout=300)
     assert store.get_run(reference).status == "finished"
