@@ -29,7 +29,7 @@ from caltech_core import status as run_status
 from caltech_core.config import TrainConfig
 from caltech_core.jobs import Progress, Runner
 from caltech_core.status import RunStatus
-from caltech_core.store import RunNotFoundError, RunRecord, RunStore
+from caltech_core.store import RunNotFoundError, RunRecord, RunStore, _process_alive
 
 log = logging.getLogger(__name__)
 
@@ -260,16 +260,6 @@ def _sink_name(store: RunStore) -> str:
     return f"{_sink_prefix(store)}{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _crash_message(exc: BaseException) -> tuple[RunStatus, str]:
     """The status and message of a task that did not return: its process or node died (interrupted, resumable),
     or it raised before `run_job` could record anything (failed)."""
@@ -277,8 +267,6 @@ def _crash_message(exc: BaseException) -> tuple[RunStatus, str]:
     if isinstance(exc, ray.exceptions.RayTaskError):
         cause = exc.cause if getattr(exc, "cause", None) is not None else exc
         return RunStatus.FAILED, f"{type(cause).__name__}: {cause}"
-    if isinstance(exc, ray.exceptions.TaskCancelledError):
-        return RunStatus.CANCELLED, "cancelled before it started"
     return (RunStatus.INTERRUPTED,
             f"the Ray worker training this run stopped ({type(exc).__name__}); resume it to continue from its "
             "last checkpoint")
@@ -305,7 +293,11 @@ class RayJobManager:
         self.data_root = None if data_root is None else str(data_root)
         self._runner = runner
         self.worker_home = str(worker_home or os.environ.get(ENV_WORKER_HOME) or store.home)
-        self.cpus_per_run = float(cpus_per_run if cpus_per_run is not None else os.environ.get(ENV_CPUS) or 1)
+        cpus = cpus_per_run if cpus_per_run is not None else os.environ.get(ENV_CPUS) or 1
+        try:
+            self.cpus_per_run = float(cpus)
+        except ValueError:
+            raise ValueError(f"{ENV_CPUS} is the number of CPUs a run reserves, e.g. 4 (got {cpus!r})") from None
         self.runtime_env = runtime_env
         self._task = self._ray.remote(train_remote)
         self._cond = threading.Condition()
@@ -537,7 +529,7 @@ class RayJobManager:
         for entry in self._ray.util.list_named_actors(all_namespaces=True):
             name = entry["name"] if isinstance(entry, dict) else entry
             pid = name[len(prefix):].split("-")[0]
-            if not name.startswith(prefix) or not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+            if not name.startswith(prefix) or not pid.isdigit() or int(pid) == os.getpid() or _process_alive(int(pid), None):
                 continue
             orphan = self._ray.get_actor(name, namespace=NAMESPACE)
             messages = self._ray.get(orphan.take.remote(0))

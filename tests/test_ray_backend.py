@@ -47,7 +47,8 @@ def tiny(**changes: Any) -> TrainConfig:
     return TrainConfig(**(base | changes))
 
 
-def wait_for(condition: Any, timeout: float = 240.0, every: float = 0.05) -> None:
+def wait_for(condition: Any, timeout: float = 600.0, every: float = 0.05) -> None:
+    # Generous: the 2-core CI machine may be shared with other test suites and benchmarks.
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -111,11 +112,11 @@ def test_cancel_a_waiting_and_a_running_remote_run(cluster: Any, tmp_path: Path,
     assert store.get_run(waiting).status == "cancelled" and store.get_run(waiting).started is None
     asked = time.monotonic()
     assert manager.cancel(long)
-    assert manager.wait(long, timeout=120)
-    assert time.monotonic() - asked < 15
+    assert manager.wait(long, timeout=300)
+    assert time.monotonic() - asked < 120  # about a batch and a poll on an idle machine; loaded CI needs slack
     run = store.get_run(long)
     assert run.status == "cancelled" and 1 <= run.epochs_done < 6
-    assert manager.wait(timeout=120)
+    assert manager.wait(timeout=300)
     assert store.get_run(waiting).status == "cancelled" and store.get_run(waiting).started is None
     assert store.epochs(waiting) == [] and manager.cancel(long) is False
     manager.shutdown(wait=True)
@@ -134,13 +135,13 @@ def test_killed_worker_is_interrupted_and_resumes_to_identical_curves(
     wait_for(lambda: (store.get_run(killed).checkpoint_epoch or 0) >= 1)
     assert store.get_run(killed).status == "running", "the run finished before it could be killed"
     os.kill(manager.placement(killed).pid, signal.SIGKILL)
-    assert manager.wait(killed, timeout=120)
+    assert manager.wait(killed, timeout=300)
     run = store.get_run(killed)
     assert run.status == "interrupted" and "Ray worker" in run.error
     last = store.artifacts(killed)["last"]  # recorded at the driver's path of the store, not the workers'
     assert last == store.run_dir(killed) / "last.pt" and last.is_file()
     manager.resume(killed)
-    assert manager.wait(timeout=300)
+    assert manager.wait(timeout=600)
     assert store.get_run(reference).status == "finished"
     run = store.get_run(killed)
     assert run.status == "finished", run.error
