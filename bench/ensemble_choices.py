@@ -5,7 +5,8 @@ product's image cache, centre crop and onnxruntime runner; `--flips` also the mi
 linear head the engine trains (dropout + linear, SGD momentum 0.9, StepLR) on the train split for:
 - each member alone and the members concatenated;
 - centre crop only vs the mean of an image's and its mirror's features (`--flips`);
-- dropout 0 / 0.3, LR 0.1 / 0.03, weight decay 0 / 1e-4.
+- dropout 0 / 0.3, LR 0.1 / 0.03, weight decay 0 / 1e-4, label smoothing 0 / 0.1 / 0.2 / 0.3 (the last three
+  on the concatenated features only).
 Prints validation accuracy; the test split is never looked at.
 
     CALTECH101_ROOT=../shared/caltech101 .venv/bin/python bench/ensemble_choices.py --size 260 --flips --work /tmp/ec
@@ -59,7 +60,7 @@ def member_features(name: str, cfg: TrainConfig, cache: ImageCache, out: Path, f
 
 
 def head_val_acc(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor, *,
-                 lr: float, weight_decay: float, dropout: float, epochs: int = 60, step: int = 40,
+                 lr: float, weight_decay: float, dropout: float, smoothing: float = 0.0, epochs: int = 60, step: int = 40,
                  batch: int = 64, seed: int = 42) -> float:
     """The engine's head recipe on feature rows; validation accuracy of the last epoch."""
     torch.manual_seed(seed)
@@ -72,7 +73,7 @@ def head_val_acc(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tens
         order = torch.randperm(len(train_y), generator=generator)
         for b in range(0, len(order), batch):
             rows = order[b: b + batch]
-            loss = F.cross_entropy(head(train_x[rows]), train_y[rows])
+            loss = F.cross_entropy(head(train_x[rows]), train_y[rows], label_smoothing=smoothing)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -105,14 +106,18 @@ def main(argv: list[str] | None = None) -> int:
     subsets = [(m,) for m in MEMBERS] + [MEMBERS]
     view_sets = {"centre": ["centre"], "mirror-averaged": ["centre", "mirror"]} if args.flips else {
         "centre": ["centre"]}
-    print("| members | features | dropout | LR | weight decay | val acc |\n|---|---|---:|---:|---:|---:|")
+    print("| members | features | dropout | LR | weight decay | label smoothing | val acc |\n"
+          "|---|---|---:|---:|---:|---:|---:|")
     for subset, (label, views) in itertools.product(subsets, view_sets.items()):
         tx, ty = rows(splits.train, views, subset)
         vx, vy = rows(splits.val, views, subset)
-        for dropout, lr, wd in [(0.3, 0.1, 0.0), (0.0, 0.1, 0.0), (0.0, 0.03, 0.0), (0.0, 0.1, 1e-4)]:
-            acc = head_val_acc(tx, ty, vx, vy, lr=lr, weight_decay=wd, dropout=dropout)
+        grid = [(0.3, 0.1, 0.0, 0.0), (0.0, 0.1, 0.0, 0.0), (0.0, 0.03, 0.0, 0.0), (0.0, 0.1, 1e-4, 0.0)]
+        if len(subset) > 1:
+            grid += [(0.0, 0.1, 1e-4, smoothing) for smoothing in (0.1, 0.2, 0.3)]
+        for dropout, lr, wd, smoothing in grid:
+            acc = head_val_acc(tx, ty, vx, vy, lr=lr, weight_decay=wd, dropout=dropout, smoothing=smoothing)
             names = "+".join(m.replace("efficientnet_lite", "Lite") for m in subset)
-            print(f"| {names} | {label} | {dropout} | {lr} | {wd} | {acc * 100:.2f}% |", flush=True)
+            print(f"| {names} | {label} | {dropout} | {lr} | {wd} | {smoothing} | {acc * 100:.2f}% |", flush=True)
     return 0
 
 
