@@ -19,7 +19,7 @@ from typing import Any
 from caltech_core import status as run_status
 from caltech_core.config import ConfigError, TrainConfig
 from caltech_core.status import RunStatus
-from caltech_core.store import RunNotFoundError, RunStore
+from caltech_core.store import RunNotFoundError, RunRecord, RunStore
 
 log = logging.getLogger(__name__)
 
@@ -332,6 +332,19 @@ def _free_cuda() -> None:
         torch.cuda.empty_cache()
 
 
+def resumable_run(store: RunStore, run_id: int) -> RunRecord:
+    """The record of `run_id` if it can be resumed; RunNotFoundError or ValueError saying why not."""
+    record = store.get_run(run_id)
+    if record is None:
+        raise RunNotFoundError(run_id)
+    if record.status not in run_status.RESUMABLE:
+        raise ValueError(
+            f"run {run_id} is {record.status}; only {' or '.join(run_status.names(run_status.RESUMABLE))}"
+            " runs can be resumed"
+        )
+    return record
+
+
 class JobManager:
     """A FIFO queue of training runs executed one at a time by a daemon worker thread."""
 
@@ -387,14 +400,7 @@ class JobManager:
     def resume(self, run_id: int) -> None:
         """Queue an interrupted or cancelled run again; it continues from its last checkpoint."""
         with self._cond:
-            record = self.store.get_run(run_id)
-            if record is None:
-                raise RunNotFoundError(run_id)
-            if record.status not in run_status.RESUMABLE:
-                raise ValueError(
-                    f"run {run_id} is {record.status}; only {' or '.join(run_status.names(run_status.RESUMABLE))}"
-                    " runs can be resumed"
-                )
+            record = resumable_run(self.store, run_id)
             if self._closing:
                 raise RuntimeError("the job manager is shut down")
             self.store.set_status(run_id, RunStatus.QUEUED, record.error)

@@ -27,7 +27,7 @@ from typing import Any
 
 from caltech_core import status as run_status
 from caltech_core.config import TrainConfig
-from caltech_core.jobs import Progress, Runner
+from caltech_core.jobs import Progress, Runner, resumable_run
 from caltech_core.status import RunStatus
 from caltech_core.store import RunNotFoundError, RunRecord, RunStore, _process_alive
 
@@ -335,14 +335,7 @@ class RayJobManager:
     def resume(self, run_id: int) -> None:
         """Queue an interrupted or cancelled run again; it continues from its last checkpoint, on any node."""
         with self._cond:
-            record = self.store.get_run(run_id)
-            if record is None:
-                raise RunNotFoundError(run_id)
-            if record.status not in run_status.RESUMABLE:
-                raise ValueError(
-                    f"run {run_id} is {record.status}; only {' or '.join(run_status.names(run_status.RESUMABLE))}"
-                    " runs can be resumed"
-                )
+            record = resumable_run(self.store, run_id)
             if self._closing:
                 raise RuntimeError("the job manager is shut down")
             self.store.set_status(run_id, RunStatus.QUEUED, record.error)
