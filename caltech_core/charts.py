@@ -48,9 +48,10 @@ def class_counts_figure(images_per_class: Mapping[str, int]) -> go.Figure:
 
 
 def lr_schedule_figure(cfg: TrainConfig) -> go.Figure:
-    """The StepLR learning rate for every epoch of `cfg`, before launching it."""
+    """The learning rate of every epoch of `cfg` (StepLR or cosine), before launching it."""
     epochs = list(range(1, cfg.epochs + 1))
-    fig = _figure("Learning-rate schedule (StepLR)", "epoch", "learning rate", height=260)
+    kind = "StepLR" if cfg.lr_schedule == "step" else f"cosine, warm-up {cfg.warmup_epochs} epochs"
+    fig = _figure(f"Learning-rate schedule ({kind})", "epoch", "learning rate", height=260)
     fig.add_scatter(x=epochs, y=[cfg.lr_at(e - 1) for e in epochs], mode="lines+markers",
                     line_shape="hv", line_color=TRAIN_COLOR, name="lr")
     fig.update_yaxes(type="log", exponentformat="e")

@@ -15,6 +15,7 @@ from caltech_core.architectures import MemberWeights, get_spec
 TRAIN_MODES: tuple[str, ...] = ("all", "fc", "conv", "conv+head")
 AUGMENTATIONS: tuple[str, ...] = ("crop", "hflip", "rotate", "vflip")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
+LR_SCHEDULES: tuple[str, ...] = ("step", "cosine")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
 TRAIN_MODE_LABELS = {
@@ -22,6 +23,10 @@ TRAIN_MODE_LABELS = {
     "fc": "FC only (classifier; conv frozen)",
     "conv": "Conv only (classifier frozen at random init)",
     "conv+head": "Conv layers + new output layer",
+}
+LR_SCHEDULE_LABELS = {
+    "step": "Step (StepLR: times gamma every step size)",
+    "cosine": "Cosine, after a linear warm-up",
 }
 AUGMENTATION_LABELS = {
     "crop": "Random crop",
@@ -126,6 +131,17 @@ class TrainConfig:
                               help="The learning rate is multiplied by gamma every this many epochs.")
     gamma: float = _setting(0.1, "StepLR gamma", "optimisation", low=0.0, high=1.0, low_open=True, step=0.05,
                             fmt="%.3f", help="StepLR's factor.")
+    lr_schedule: str = _setting("step", "Learning-rate schedule", "optimisation", choices=LR_SCHEDULES,
+                                labels=LR_SCHEDULE_LABELS,
+                                help="step: StepLR (step size, gamma); cosine: a linear warm-up, then half a "
+                                     "cosine from the learning rate down towards 0.")
+    warmup_epochs: int = _setting(0, "Warm-up epochs (cosine)", "optimisation", low=0, high=1000, step=1,
+                                  metavar="EPOCHS", help="Cosine schedule only: epochs of linear warm-up "
+                                                         "(lr/(W+1), 2 lr/(W+1), ...) before the decay.")
+    label_smoothing: float = _setting(0.0, "Label smoothing", "optimisation", low=0.0, high=1.0, high_open=True,
+                                      step=0.05, fmt="%.2f", help="Of the training loss (torch's "
+                                      "CrossEntropyLoss label_smoothing); validation and test losses stay plain "
+                                      "cross-entropy. 0 = off.")
     batch_size: int = _setting(256, "Batch size", "optimisation", low=1, high=4096, step=16)
     early_stopping_patience: int = _setting(
         0, "Early stopping patience (epochs, 0 = off)", "optimisation", low=0, high=1000, step=1,
@@ -165,6 +181,9 @@ class TrainConfig:
                                help="With a frozen backbone and no random augmentation, train the head on cached "
                                     "features.")
     amp: bool = _setting(True, "Mixed precision on CUDA", "advanced", help="Mixed precision on CUDA (ignored on the CPU).")
+    compile: bool = _setting(False, "torch.compile on CUDA", "advanced",
+                             help="Compile the model for the training steps on CUDA: the first batches pay the "
+                                  "compilation (tens of seconds), later ones may run faster. Ignored on the CPU.")
 
     def __post_init__(self) -> None:
         # Accept lists/strings for augment (from JSON, CLI, widgets) but store a canonical tuple.
@@ -184,6 +203,10 @@ class TrainConfig:
             _check(setting, getattr(self, setting.name))
         if len(set(self.augment)) != len(self.augment):
             raise ConfigError("augment", "each augmentation may appear once")
+        if self.warmup_epochs and self.lr_schedule != "cosine":
+            raise ConfigError("warmup_epochs", "a warm-up goes with lr_schedule=cosine (or set it to 0)")
+        if self.warmup_epochs >= self.epochs:
+            raise ConfigError("warmup_epochs", f"must be fewer than the epochs ({self.epochs})")
         if any(not isinstance(c, str) or not c.strip() for c in self.class_names):
             raise ConfigError("class_names", "must be class folder names")
         if len(set(self.class_names)) != len(self.class_names):
@@ -210,8 +233,19 @@ class TrainConfig:
         return get_spec(self.arch).resize_size(self.image_size)
 
     def lr_at(self, epoch: int) -> float:
-        """Learning rate StepLR gives in `epoch` (0-based)."""
-        return self.lr * self.gamma ** (epoch // self.step_size)
+        """Learning rate of `epoch` (0-based): what StepLR gives, or the cosine schedule (`lr_factor`)."""
+        if self.lr_schedule == "step":
+            return self.lr * self.gamma ** (epoch // self.step_size)
+        return self.lr * self.lr_factor(epoch)
+
+    def lr_factor(self, epoch: int) -> float:
+        """The cosine schedule's multiple of lr in `epoch` (0-based): linear warm-up over `warmup_epochs`
+        (lr / (W + 1), 2 lr / (W + 1), ...), then half a cosine from lr down towards 0 over the other epochs
+        (its last epoch still trains, at a small rate)."""
+        warm = self.warmup_epochs
+        if epoch < warm:
+            return (epoch + 1) / (warm + 1)
+        return 0.5 * (1.0 + math.cos(math.pi * (epoch - warm) / (self.epochs - warm)))
 
     # -- (de)serialisation ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

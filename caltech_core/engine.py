@@ -1,6 +1,6 @@
 """The training loop: one plain function, `train`, read top to bottom.
 
-cache images → loaders → model (+ train mode) → optimizer / StepLR / cross-entropy → epochs (per-batch
+cache images → loaders → model (+ train mode) → optimizer / LR schedule / cross-entropy → epochs (per-batch
 callbacks, cancel, divergence check; per-epoch validation, best weights kept in memory, last.pt + best.pt at
 most every `checkpoint_seconds`) → best weights → test metrics → optional retrain on train+val.
 
@@ -8,8 +8,8 @@ Retention: a finished (or diverged) run keeps best.pt (+ retrain.pt when it retr
 last.pt: nothing can resume it. A cancelled run keeps its last.pt (an interrupted one whatever was last
 written), so it resumes. Checkpoints are written only when they change what a resume would need: at most once
 per `checkpoint_seconds` of training (a kill loses at most that much work), never after the final epoch. Epochs and batches are numbered from 1. On CUDA: mixed precision (bf16
-when supported, else fp16 with a GradScaler), channels_last, cudnn.benchmark; on the CPU plain fp32, and a
-seeded run repeats exactly (resume included: last.pt carries every RNG state).
+when supported, else fp16 with a GradScaler), channels_last, cudnn.benchmark, torch.compile when asked; on
+the CPU plain fp32, and a seeded run repeats exactly (resume included: last.pt carries every RNG state).
 """
 
 from __future__ import annotations
@@ -169,14 +169,18 @@ def _train(
     apply_train_mode(model, cfg.arch, cfg.train)
     model.to(device, memory_format=torch.channels_last if on_cuda else torch.contiguous_format)
 
-    # Optimizer on the trainable parameters only; StepLR per epoch.
+    # Optimizer on the trainable parameters only; the learning-rate schedule steps per epoch.
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     else:
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
-    criterion = nn.CrossEntropyLoss()
+    if cfg.lr_schedule == "step":  # StepLR itself: old runs' last.pt hold its state and resume with it
+        scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    else:  # the config's own formula, so the Train page's planned schedule is the one trained with
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: cfg.lr_factor(epoch))
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     use_fp16 = on_cuda and cfg.amp and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=use_fp16)
     loader_gen = torch.Generator().manual_seed(cfg.seed)  # shuffling + augmentation draws
@@ -228,6 +232,9 @@ def _train(
                            device=device, generator=generator, reuse_buffers=True)
 
     train_loader, val_loader, test_loader = loader(data.train, True), loader(data.val, False), loader(data.test, False)
+    # Compiled for the training steps only (evaluation stays eager: its batches vary in size); the first
+    # batch of each shape pays the compilation. On the CPU the switch is ignored, like amp.
+    step_net = torch.compile(net, dynamic=False) if cfg.compile and on_cuda else net
 
     _phase(cb, "training", start_epoch - 1, cfg.epochs)
     saved_at = time.monotonic()  # training time since the last last.pt
@@ -241,7 +248,7 @@ def _train(
             if cb.should_stop is not None and cb.should_stop():
                 return _stopped(RunStatus.CANCELLED, None, history, workdir, best_val_acc, best_epoch, data, best)
             with autocast_for(device, cfg.amp):
-                logits = net(x)
+                logits = step_net(x)
                 loss = criterion(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -314,9 +321,11 @@ def _train(
         _phase(cb, "retraining")
         merged = Splits(root=data.root, classes=data.classes, train=[*data.train, *data.val], val=[],
                         test=data.test, skipped=data.skipped, protocol=data.protocol)
-        again = cfg.replace(epochs=best_epoch, retrain_on_train_val=False, early_stopping_patience=0)
+        # A cosine schedule is laid over the retrain's epochs (its warm-up kept shorter than they are).
+        again = cfg.replace(epochs=best_epoch, retrain_on_train_val=False, early_stopping_patience=0,
+                            warmup_epochs=min(cfg.warmup_epochs, best_epoch - 1))
         retrain_dir = workdir / "retrain"
-        del model, net, optimizer, features, train_loader, val_loader, test_loader  # free before retraining
+        del model, net, step_net, optimizer, features, train_loader, val_loader, test_loader  # free first
         retrained = train(again, merged, Callbacks(should_stop=cb.should_stop),
                           workdir=retrain_dir, cache_dir=cache_dir, checkpoint_seconds=math.inf)
         if retrained.status == RunStatus.FINISHED:

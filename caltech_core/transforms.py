@@ -179,6 +179,8 @@ class BatchLoader:
     crop the images of one batch side by side; every random draw is made up front, so the batches are the
     same for any number. On a 2-core machine it is 1: the crop thread itself does the work.
 
+    flips_on_device=False (CUDA only; for measuring the old path): every flip is done on the host, per image.
+
     reuse_buffers=True (CPU only): batches (and their uint8 crops) are written into a `BufferRing` allocated
     once, so a batch is overwritten PREFETCH + 2 batches later. Fresh 10-150 MB tensors per batch cost more in page
     faults than the conversion itself; the training and evaluation loops, which finish with each batch
@@ -188,7 +190,7 @@ class BatchLoader:
     def __init__(
         self, cache: ImageCache, indices: Sequence[int], labels: Sequence[int], *, batch_size: int, train: bool,
         cfg: TrainConfig, device: torch.device | str = "cpu", generator: torch.Generator | None = None,
-        reuse_buffers: bool = False, crop_workers: int | None = None,
+        reuse_buffers: bool = False, crop_workers: int | None = None, flips_on_device: bool = True,
     ) -> None:
         if len(indices) != len(labels):
             raise ValueError(f"indices ({len(indices)}) and labels ({len(labels)}) differ in length")
@@ -204,6 +206,7 @@ class BatchLoader:
         self.generator = generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
         self.size = cfg.image_size
         self.crop_workers = worker_threads(reserved=2) if crop_workers is None else max(1, int(crop_workers))
+        self.flips_on_device = flips_on_device
         # Kept across epochs, so later epochs reuse the memory and the turn keeps counting.
         reuse = reuse_buffers and self.device.type == "cpu"
         s = self.size
@@ -297,7 +300,8 @@ class BatchLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         plan = self._plan()  # drawn here, in the caller's thread, so the generator is never shared
         cuda = self.device.type == "cuda"
-        host = _background(self._host_iter(plan, pin=cuda, device_flips=cuda), "batch-crops")
+        host = _background(self._host_iter(plan, pin=cuda, device_flips=cuda and self.flips_on_device),
+                           "batch-crops")
         if cuda:
             # The thread only fills pinned host tensors; device work stays on the caller's stream.
             for batch, labels, flips in host:

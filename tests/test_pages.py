@@ -304,6 +304,9 @@ def test_chart_builders_place_and_normalise_values() -> None:
     assert list(bars.x) == ["many", "mid", "few"]  # most populous first, like the study's Figure 2
     lr = charts.lr_schedule_figure(TrainConfig(lr=0.01, epochs=4, step_size=2, gamma=0.1)).data[0]
     assert list(lr.y) == pytest.approx([0.01, 0.01, 0.001, 0.001])
+    cosine = charts.lr_schedule_figure(TrainConfig(lr=0.01, epochs=4, lr_schedule="cosine", warmup_epochs=1))
+    assert list(cosine.data[0].y) == pytest.approx([0.005, 0.01, 0.0075, 0.0025])
+    assert "cosine, warm-up 1 epochs" in cosine.layout.title.text
 
 
 def test_data_page_shows_disk_use_and_prunes_unused_caches(with_data: Path) -> None:
