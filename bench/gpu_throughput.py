@@ -18,6 +18,7 @@ import itertools
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -40,14 +41,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(
-    cfg: TrainConfig, batches, num_classes: int, device: torch.device, warmup: int, iters: int, *,
-    channels_last: bool | None = None, fused: bool = False,
-) -> float:
-    """Images per second of `iters` training steps on `batches` after `warmup` untimed steps.
+def trainer(
+    cfg: TrainConfig, num_classes: int, device: torch.device, *, channels_last: bool | None = None,
+    fused: bool = False, compile_backend: str | None = None,
+) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """A fresh model's training step (forward, backward, SGD step) as engine.train takes it.
 
-    As engine.train by default (channels_last and autocast on CUDA when cfg.amp); `channels_last` and
-    `fused` (the fused CUDA SGD kernel) switch single settings for the settings table.
+    As the engine by default (channels_last and autocast on CUDA when cfg.amp); `channels_last` and `fused`
+    (the fused CUDA SGD kernel) switch single settings for the settings table; `compile_backend` wraps the
+    model in torch.compile with that backend ("inductor": what cfg.compile does on CUDA).
     """
     torch.manual_seed(0)
     if channels_last is None:
@@ -58,23 +60,43 @@ def measure(
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4,
                                 **({"fused": True} if fused else {}))
+    net = torch.compile(model, backend=compile_backend, dynamic=False) if compile_backend else model
     scaler = torch.amp.GradScaler(
         "cuda", enabled=device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported())
     criterion = torch.nn.CrossEntropyLoss()
-    seen, started = 0, 0.0
-    for step, (x, y) in enumerate(itertools.islice(batches, warmup + iters)):
-        if step == warmup:
-            _sync(device)
-            started, seen = time.perf_counter(), 0
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
         with autocast_for(device, cfg.amp):
-            loss = criterion(model(x).float(), y)
+            loss = criterion(net(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+
+    return step
+
+
+def rate(step: Callable[[torch.Tensor, torch.Tensor], None], batches, device: torch.device, warmup: int,
+         iters: int) -> float:
+    """Images per second of `iters` steps on `batches` after `warmup` untimed steps."""
+    seen, started = 0, 0.0
+    for n, (x, y) in enumerate(itertools.islice(batches, warmup + iters)):
+        if n == warmup:
+            _sync(device)
+            started, seen = time.perf_counter(), 0
+        step(x, y)
         seen += len(y)
     _sync(device)
     return seen / (time.perf_counter() - started)
+
+
+def measure(
+    cfg: TrainConfig, batches, num_classes: int, device: torch.device, warmup: int, iters: int, *,
+    channels_last: bool | None = None, fused: bool = False,
+) -> float:
+    """Images per second of `iters` training steps of a fresh model on `batches` after `warmup` untimed steps."""
+    step = trainer(cfg, num_classes, device, channels_last=channels_last, fused=fused)
+    return rate(step, batches, device, warmup, iters)
 
 
 # GPU settings measured one at a time on a synthetic batch: (label, amp, channels_last, fused SGD).
@@ -139,6 +161,76 @@ def throughput_rows(
         log(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
         rows.append(row)
     return rows
+
+
+def loader_rows(
+    cache: ImageCache, samples: list, num_classes: int, archs: list[str], device: torch.device, *,
+    batch_size: int, image_size: int, augment: str, warmup: int, iters: int, compile_backend: str | None,
+    log=print,
+) -> list[dict]:
+    """The second GPU pass's throughput: per architecture, img/s of the real loader with the flips on the GPU
+    (one crop thread per core beyond two, and one), with every flip forced onto the host per image (the old
+    path), and of a synthetic batch on the device (the ceiling). With `compile_backend`, one torch.compile'd
+    model: the seconds of its first step (compilation) apart from its steady img/s on the synthetic and the
+    real batches. ratio_* = real / synthetic of the same model (eager or compiled); target >= 0.90.
+    """
+    cfg0 = TrainConfig(image_size=image_size, augment=augment)
+    indices, labels = [cache.index_of(s.path) for s in samples], [s.label for s in samples]
+    rows = []
+    for arch in archs:
+        cfg = cfg0.replace(arch=arch, batch_size=batch_size, device=device.type)
+
+        def real(crop_workers: int | None = None, flips_on_device: bool = True, cfg: TrainConfig = cfg) -> BatchLoader:
+            return BatchLoader(cache, indices, labels, batch_size=batch_size, train=True, cfg=cfg, device=device,
+                               generator=torch.Generator().manual_seed(0), reuse_buffers=True,
+                               crop_workers=crop_workers, flips_on_device=flips_on_device)
+
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(batch_size, 3, image_size, image_size, generator=gen).to(device)
+        x = x.contiguous(memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format)
+        y = torch.randint(0, num_classes, (batch_size,), generator=gen).to(device)
+        synthetic = itertools.repeat((x, y))
+        loader = real()
+        row: dict = {"arch": arch, "batch_size": batch_size, "image_size": image_size,
+                     "crop_workers": loader.crop_workers}
+        row["real_gpu_flips"] = measure(cfg, iter(loader), num_classes, device, warmup, iters)
+        row["real_gpu_flips_1"] = measure(cfg, iter(real(1)), num_classes, device, warmup, iters)
+        row["real_host_flips"] = measure(cfg, iter(real(flips_on_device=False)), num_classes, device, warmup, iters)
+        row["synthetic"] = measure(cfg, synthetic, num_classes, device, warmup, iters)
+        for key in ("real_gpu_flips", "real_gpu_flips_1", "real_host_flips"):
+            row[f"ratio_{key[5:]}"] = row[key] / row["synthetic"]
+        if compile_backend:
+            step = trainer(cfg, num_classes, device, compile_backend=compile_backend)
+            started = time.perf_counter()
+            step(x, y)
+            _sync(device)
+            first = time.perf_counter() - started
+            row["synthetic_compiled"] = rate(step, synthetic, device, warmup, iters)
+            row["real_compiled"] = rate(step, iter(real()), device, warmup, iters)
+            row["compile_s"] = max(0.0, first - batch_size / row["synthetic_compiled"])  # less one steady step
+            row["ratio_compiled"] = row["real_compiled"] / row["synthetic_compiled"]
+        log(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        rows.append(row)
+    return rows
+
+
+def loader_table(rows: list[dict]) -> str:
+    """loader_rows as Markdown (img/s; ratio = real / synthetic of the same model)."""
+    compiled = any("compile_s" in r for r in rows)
+    head = ["architecture", "crop threads", "real, GPU flips", "real, GPU flips, 1 thread", "real, host flips",
+            "synthetic", "ratio GPU flips", "ratio host flips"]
+    if compiled:
+        head += ["compile (s)", "compiled: real", "compiled: synthetic", "ratio compiled"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["arch"], str(r["crop_workers"]), *(f"{r[k]:.0f}" for k in (
+            "real_gpu_flips", "real_gpu_flips_1", "real_host_flips", "synthetic")),
+            f"{r['ratio_gpu_flips']:.2f}", f"{r['ratio_host_flips']:.2f}"]
+        if compiled:
+            cells += ([f"{r['compile_s']:.1f}", f"{r['real_compiled']:.0f}", f"{r['synthetic_compiled']:.0f}",
+                       f"{r['ratio_compiled']:.2f}"] if "compile_s" in r else ["-"] * 4)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:

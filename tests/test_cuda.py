@@ -135,6 +135,45 @@ def test_pinned_batches_arrive_normalised_like_the_cpu_path(mini_root, tmp_path)
         torch.testing.assert_close(xg.cpu(), xc, rtol=0, atol=1e-6)
 
 
+def test_flips_on_the_gpu_equal_the_forced_host_flips(mini_root, tmp_path):
+    """Without rotations the flips of a batch run on the GPU; `flips_on_device=False` (the GPU check's way of
+    measuring the old path) flips on the host instead: the same batches, equal to the CPU loader's."""
+    cfg = _tiny(augment=("crop", "hflip", "vflip"), batch_size=5)
+    data = Splits.from_config(cfg, root=mini_root)
+    cache = ImageCache.build(data.all_paths(), tmp_path / "cache", resize_size=cfg.resize_size)
+    indices, labels = [cache.index_of(s.path) for s in data.train], [s.label for s in data.train]
+
+    def batches(device: str, on_device: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        loader = BatchLoader(cache, indices, labels, batch_size=5, train=True, cfg=cfg, device=device,
+                             generator=torch.Generator().manual_seed(3), flips_on_device=on_device)
+        return [(x.cpu(), y.cpu()) for x, y in loader]
+
+    gpu_flips, host_flips, cpu = batches("cuda", True), batches("cuda", False), batches("cpu", True)
+    assert len(gpu_flips) == len(host_flips) == len(cpu) > 1
+    for (xa, ya), (xb, yb), (xc, yc) in zip(gpu_flips, host_flips, cpu, strict=True):
+        assert torch.equal(ya, yb) and torch.equal(ya, yc)
+        torch.testing.assert_close(xa, xb, rtol=0, atol=0)
+        torch.testing.assert_close(xa, xc, rtol=0, atol=1e-6)
+
+
+def test_compiled_training_matches_eager_training(mini_root, tmp_path, record_property):
+    """compile=True: torch.compile'd training steps on CUDA (evaluation eager). Its kernels round differently,
+    so the curves agree to a tolerance; the first epoch pays the compilation (recorded)."""
+    cfg = _tiny(epochs=2, label_smoothing=0.1, lr_schedule="cosine", warmup_epochs=1)
+    data = Splits.from_config(cfg, root=mini_root)
+    eager = engine.train(cfg, data, workdir=tmp_path / "eager", cache_dir=tmp_path / "cache")
+    compiled = engine.train(cfg.replace(compile=True), data, workdir=tmp_path / "compiled",
+                            cache_dir=tmp_path / "cache")
+    assert eager.status == compiled.status == "finished", (eager.error, compiled.error)
+    record_property("epoch_seconds_eager", [round(m.seconds, 2) for m in eager.epochs])
+    record_property("epoch_seconds_compiled", [round(m.seconds, 2) for m in compiled.epochs])
+    assert [m.lr for m in compiled.epochs] == [m.lr for m in eager.epochs]
+    first_e, first_c = eager.epochs[0], compiled.epochs[0]
+    assert abs(first_c.train_loss - first_e.train_loss) <= 0.05 * first_e.train_loss, (first_e, first_c)
+    saved = torch.load(compiled.checkpoint_path, weights_only=True)["model"]
+    assert set(saved) == set(torch.load(eager.checkpoint_path, weights_only=True)["model"])  # no _orig_mod.
+
+
 def test_resume_on_cuda_repeats_the_curves(mini_root, tmp_path):
     cfg = _tiny(augment=("crop", "hflip"))
     data = Splits.from_config(cfg, root=mini_root)

@@ -84,3 +84,65 @@ def test_the_budget_cancels_long_runs_cleanly(mini_root, tmp_path):
     runs = json.loads((tmp_path / "out" / "gpu_check.json").read_text())["parts"]["experiments"]["rows"]
     assert [r["status"] for r in runs] == ["cancelled", "cancelled"], [r["error"] for r in runs]
     assert all(r["device"] == "cpu" and r["epochs_done"] < 1000 for r in runs)  # started, then stopped
+
+
+def test_the_second_plan_is_candidates_chosen_on_validation():
+    plan = gpu_check.PLANS["second"](540)
+    assert plan.loader_archs == ["alexnet", "resnet18"] and plan.compile_backend == "inductor"
+    assert plan.throughput_archs == plan.settings_archs == []  # the first pass measured those
+    assert {cfg.group for cfg in plan.jobs} <= set(plan.choose)
+    assert all(cfg.retrain_on_train_val and "crop" in cfg.augment and cfg.lr_schedule == "cosine"
+               for cfg in plan.jobs)
+    assert len({cfg.name for cfg in plan.jobs}) == len(plan.jobs) and len(plan.jobs) <= plan.processes
+    scratch = [cfg for cfg in plan.jobs if cfg.group == gpu_check.SCRATCH_GROUP]
+    assert len(scratch) == 3 and all(cfg.arch == "alexnet" and not cfg.pretrained for cfg in scratch)
+
+
+def test_a_tiny_second_plan_measures_the_loader_and_chooses_on_validation(mini_root, tmp_path):
+    job = TrainConfig(arch="resnet18", image_size=32, batch_size=12, epochs=2, lr=0.01, device="cpu",
+                      augment=("crop", "hflip"), lr_schedule="cosine", warmup_epochs=1, label_smoothing=0.1,
+                      retrain_on_train_val=True, group="cands", name="cand a")
+    plan = gpu_check.Plan(
+        budget_s=900, device="cpu", throughput_archs=[], settings_archs=[],
+        throughput={"batch_size": 4, "image_size": 32, "warmup": 1, "iters": 1},
+        jobs=[job, job.replace(lr=0.03, name="cand b")], processes=2, cuda_tests=False,
+        caps={"loader": 120.0, "wrap_up": 8.0, "min_start": 2.0}, loader_archs=["resnet18"],
+        compile_backend="eager",  # dynamo without code generation: the compiled path, fast on the CPU
+        choose={"cands": 70.0},
+    )
+    out = tmp_path / "out"
+    gpu_check.run(plan, mini_root, out, tmp_path / "work")
+    summary = json.loads((out / "gpu_check.json").read_text())
+    assert set(summary["parts"]) == {"machine", "loader", "experiments"}
+    row = summary["parts"]["loader"]["rows"][0]
+    for key in ("real_gpu_flips", "real_gpu_flips_1", "real_host_flips", "synthetic", "real_compiled",
+                "synthetic_compiled"):
+        assert row[key] > 0, key
+    assert row["compile_s"] >= 0 and row["ratio_compiled"] == row["real_compiled"] / row["synthetic_compiled"]
+    runs = summary["parts"]["experiments"]["rows"]
+    assert [r["status"] for r in runs] == ["finished", "finished"], [r["error"] for r in runs]
+    assert all(r["retrain_test_acc"] is not None for r in runs)
+    chosen = summary["parts"]["experiments"]["chosen"]["cands"]
+    best = max(runs, key=lambda r: r["best_val_acc"])
+    assert chosen["run_id"] == best["run_id"] and chosen["complete"] and chosen["candidates"] == 2
+    assert chosen["retrain_test_acc"] == best["retrain_test_acc"]
+    assert chosen["met"] == (100 * best["retrain_test_acc"] >= 70.0)
+    report = (out / "gpu_check.md").read_text()
+    assert "## Loader: flips on the GPU vs on the host" in report and "| resnet18 | " in report
+    assert f"| cands | 2 | #{best['run_id']} {best['name']} |" in report
+
+
+def test_choosing_prefers_runs_that_trained_all_their_epochs():
+    rows = [
+        {"run_id": 1, "group": "g", "name": "cut", "status": "cancelled", "epochs_done": 3, "epochs": 9,
+         "best_val_acc": 0.9, "best_epoch": 3, "test_acc": None, "retrain_test_acc": None, "seconds": 5},
+        {"run_id": 2, "group": "g", "name": "whole", "status": "finished", "epochs_done": 9, "epochs": 9,
+         "best_val_acc": 0.6, "best_epoch": 8, "test_acc": 0.58, "retrain_test_acc": 0.71, "seconds": 9},
+        {"run_id": 3, "group": "other", "name": "x", "status": "finished", "epochs_done": 9, "epochs": 9,
+         "best_val_acc": 0.99, "best_epoch": 9, "test_acc": 0.9, "retrain_test_acc": 0.9, "seconds": 9},
+    ]
+    chosen = gpu_check.chosen_on_val(rows, {"g": 70.0, "empty": 50.0})
+    assert chosen["g"]["run_id"] == 2 and chosen["g"]["met"] is True and chosen["g"]["complete"]
+    cut_only = gpu_check.chosen_on_val(rows[:1], {"g": 70.0})["g"]
+    assert cut_only["run_id"] == 1 and not cut_only["complete"] and cut_only["met"] is None
+    assert "run_id" not in chosen["empty"] and chosen["empty"]["candidates"] == 0
