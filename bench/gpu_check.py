@@ -156,11 +156,12 @@ class Plan:
     # throughput / settings / loader: their caps; wrap_up: seconds kept at the end to cancel, reap and write;
     # min_start: no run is started with less than this left before the wrap-up.
     caps: dict[str, float] = field(default_factory=lambda: {
-        "throughput": 120.0, "settings": 60.0, "loader": 120.0, "wrap_up": 25.0, "min_start": 30.0})
+        "throughput": 120.0, "settings": 60.0, "loader": 60.0, "compile": 100.0, "wrap_up": 25.0,
+        "min_start": 30.0})
     data: dict[str, Any] = field(default_factory=dict)  # load_splits overrides (tests: fewer classes)
-    # The second pass: loader / compile throughput of these architectures (gpu_throughput.loader_rows) with
-    # torch.compile's `compile_backend` (None: not measured), and groups of candidate runs, each chosen on
-    # validation against its target test accuracy (%).
+    # The second pass: the loader's throughput for these architectures (gpu_throughput.loader_rows) and, after
+    # the runs, in the last caps["compile"] seconds, torch.compile's with `compile_backend` (None: not
+    # measured); groups of candidate runs, each chosen on validation against its target test accuracy (%).
     loader_archs: list[str] = field(default_factory=list)
     compile_backend: str | None = "inductor"
     choose: dict[str, float] = field(default_factory=dict)
@@ -367,9 +368,10 @@ class Check:
                 self.log(f"settings {arch} failed: {exc}")
         self.part("settings", {"rows": rows, "batch_size": t["batch_size"], "image_size": t["image_size"]})
 
-    def loader(self, splits: caltech_data.Splits, cache: ImageCache) -> None:
-        """The loader with flips on the GPU vs on the host, and torch.compile (gpu_throughput.loader_rows)."""
-        from gpu_throughput import loader_rows
+    def loader(self, splits: caltech_data.Splits, cache: ImageCache, *, compiled: bool = False) -> None:
+        """The loader with flips on the GPU vs on the host (part "loader"), or, with `compiled`, torch.compile's
+        compile time and steady img/s (part "compile", after the runs: its time is the least predictable)."""
+        from gpu_throughput import compile_rows, loader_rows
 
         t = self.plan.throughput
         device = torch.device(self.plan.device)
@@ -377,22 +379,27 @@ class Check:
             torch.backends.cudnn.benchmark = True
         needed = (t["warmup"] + t["iters"]) * t["batch_size"]
         samples = list(itertools.islice(itertools.cycle(splits.train), needed))
-        cap = time.monotonic() + min(self.plan.caps["loader"], self.left())
+        name = "compile" if compiled else "loader"
+        cap = time.monotonic() + min(self.plan.caps[name], self.left())
         rows: list[dict] = []
         for arch in self.plan.loader_archs:
             if time.monotonic() > cap:
                 rows.append({"arch": arch, "skipped": "time cap"})
                 continue
+            kwargs = dict(batch_size=t["batch_size"], image_size=t["image_size"], augment="crop,hflip",
+                          warmup=t["warmup"], iters=t["iters"], log=self.log)
             try:
-                rows += loader_rows(cache, samples, splits.num_classes, [arch], device, batch_size=t["batch_size"],
-                                    image_size=t["image_size"], augment="crop,hflip", warmup=t["warmup"],
-                                    iters=t["iters"], compile_backend=self.plan.compile_backend, log=self.log)
+                if compiled:
+                    rows += compile_rows(cache, samples, splits.num_classes, [arch], device,
+                                         backend=self.plan.compile_backend, **kwargs)
+                else:
+                    rows += loader_rows(cache, samples, splits.num_classes, [arch], device, **kwargs)
             except Exception as exc:  # one architecture failing must not hide the others' figures
                 rows.append({"arch": arch, "error": f"{type(exc).__name__}: {exc}"})
-                self.log(f"loader {arch} failed: {exc}")
+                self.log(f"{name} {arch} failed: {exc}")
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-        self.part("loader", {"rows": rows, **t, "augment": "crop,hflip", "compile_backend": self.plan.compile_backend})
+            self.part(name, {"rows": rows, **t, "augment": "crop,hflip", "backend": self.plan.compile_backend})
 
     def cuda_tests(self) -> subprocess.Popen | None:
         if not self.plan.cuda_tests:
@@ -406,12 +413,14 @@ class Check:
         self.log("CUDA tests started: " + " ".join(cmd))
         return subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
 
-    def experiments(self, tests: subprocess.Popen | None) -> None:
+    def experiments(self, tests: subprocess.Popen | None, reserve: float = 0.0) -> None:
+        """The plan's runs side by side; they stop `reserve` seconds before the check's deadline."""
         jobs = [Job(cfg) for cfg in self.plan.jobs]
         for job in jobs:
             job.run_id = self.store.create_run(job.cfg)
         pending, running = list(jobs), []
-        stop_at = self.deadline - self.plan.caps["wrap_up"]
+        deadline = self.deadline - reserve
+        stop_at = deadline - self.plan.caps["wrap_up"]
         stop_wall = time.time() + (stop_at - time.monotonic())  # the workers' clock
         threads = max(4, (os.cpu_count() or 1) // self.plan.processes + 2)  # 2 crop threads each on 16 cores
         env = {**os.environ, caltech_data.THREADS_ENV: str(threads)}
@@ -444,7 +453,7 @@ class Check:
                 last_report = time.monotonic()
                 states = ", ".join(f"#{j.run_id}:{len(self.store.epochs(j.run_id))}ep" for j in running)
                 self.log(f"{len(running)} running ({states}), {len(pending)} waiting, {self.left():.0f} s left")
-            if time.monotonic() > self.deadline - self.plan.caps["wrap_up"] / 4:  # one ignored its stop time
+            if time.monotonic() > deadline - self.plan.caps["wrap_up"] / 4:  # one ignored its stop time
                 for job in running:
                     job.process.kill()
                     job.process.wait()
@@ -453,7 +462,7 @@ class Check:
         self.part("experiments", self.experiment_rows(jobs))
         if tests is not None:
             try:
-                tests.wait(timeout=max(5.0, self.left() - 5))
+                tests.wait(timeout=max(5.0, deadline - time.monotonic() - 5))
             except subprocess.TimeoutExpired:
                 tests.kill()
                 tests.wait()
@@ -590,15 +599,17 @@ def markdown(summary: dict[str, Any]) -> str:
     if loader:
         from gpu_throughput import loader_table
 
-        measured = [r for r in loader["rows"] if "synthetic" in r]
-        lines += ["## Loader: flips on the GPU vs on the host, and torch.compile (img/s)", "",
+        lines += ["## Loader: flips on the GPU vs on the host (img/s)", "",
                   f"batch {loader['batch_size']}, {loader['image_size']} px, augment {loader['augment']}, "
-                  f"{loader['warmup']} warm-up + {loader['iters']} timed steps; ratio = real / synthetic of the "
-                  f"same model (target >= 0.90); compile = the first step's seconds less one steady step "
-                  f"(backend {loader['compile_backend']})", "", loader_table(measured) if measured else "", ""]
-        skipped = [f"- {r['arch']}: {r.get('error') or r.get('skipped')}" for r in loader["rows"]
-                   if "synthetic" not in r]
-        lines += [*skipped, ""] if skipped else []
+                  f"{loader['warmup']} warm-up + {loader['iters']} timed steps; ratio = real / synthetic "
+                  f"(target >= 0.90)", ""] + _table(loader["rows"], loader_table, "synthetic")
+    compiled = parts.get("compile")
+    if compiled:
+        from gpu_throughput import compile_table
+
+        lines += ["## torch.compile (after the runs)", "",
+                  f"backend {compiled['backend']}, same batches; compile = the first step's seconds less one "
+                  f"steady step", ""] + _table(compiled["rows"], compile_table, "compile_s")
     exp = parts.get("experiments")
     if exp and exp.get("chosen"):
         lines += ["## Chosen on validation (then retrained on train+val, tested once)", "",
@@ -628,6 +639,13 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _table(rows: list[dict], render, measured_key: str) -> list[str]:
+    """Markdown lines: the measured rows as a table, then the skipped or failed ones as a list."""
+    measured = [r for r in rows if measured_key in r]
+    others = [f"- {r['arch']}: {r.get('error') or r.get('skipped')}" for r in rows if measured_key not in r]
+    return [render(measured) if measured else "(none measured)", "", *others, *([""] if others else [])]
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
@@ -647,7 +665,10 @@ def run(plan: Plan, root: Path, out: Path, work: Path) -> dict[str, Any]:
     else:
         check.part("throughput", {"rows": [], "skipped": "time budget"})
     tests = check.cuda_tests()
-    check.experiments(tests)
+    compiling = bool(plan.loader_archs and plan.compile_backend)
+    check.experiments(tests, reserve=plan.caps["compile"] if compiling else 0.0)
+    if compiling:
+        check.loader(splits, cache, compiled=True)
     check.log(f"done in {time.monotonic() - check.t0:.0f} s: {out / 'gpu_check.md'}")
     return check.summary
 

@@ -18,7 +18,7 @@ import itertools
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -165,31 +165,15 @@ def throughput_rows(
 
 def loader_rows(
     cache: ImageCache, samples: list, num_classes: int, archs: list[str], device: torch.device, *,
-    batch_size: int, image_size: int, augment: str, warmup: int, iters: int, compile_backend: str | None,
-    log=print,
+    batch_size: int, image_size: int, augment: str, warmup: int, iters: int, log=print,
 ) -> list[dict]:
-    """The second GPU pass's throughput: per architecture, img/s of the real loader with the flips on the GPU
-    (one crop thread per core beyond two, and one), with every flip forced onto the host per image (the old
-    path), and of a synthetic batch on the device (the ceiling). With `compile_backend`, one torch.compile'd
-    model: the seconds of its first step (compilation) apart from its steady img/s on the synthetic and the
-    real batches. ratio_* = real / synthetic of the same model (eager or compiled); target >= 0.90.
+    """The second GPU pass's loader figures: per architecture, img/s of the real loader with the flips on the
+    GPU (one crop thread per core beyond two, and one), with every flip forced onto the host per image (the
+    old path), and of a synthetic batch on the device (the ceiling); ratio_* = real / synthetic (target >= 0.90).
     """
-    cfg0 = TrainConfig(image_size=image_size, augment=augment)
-    indices, labels = [cache.index_of(s.path) for s in samples], [s.label for s in samples]
     rows = []
     for arch in archs:
-        cfg = cfg0.replace(arch=arch, batch_size=batch_size, device=device.type)
-
-        def real(crop_workers: int | None = None, flips_on_device: bool = True, cfg: TrainConfig = cfg) -> BatchLoader:
-            return BatchLoader(cache, indices, labels, batch_size=batch_size, train=True, cfg=cfg, device=device,
-                               generator=torch.Generator().manual_seed(0), reuse_buffers=True,
-                               crop_workers=crop_workers, flips_on_device=flips_on_device)
-
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn(batch_size, 3, image_size, image_size, generator=gen).to(device)
-        x = x.contiguous(memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format)
-        y = torch.randint(0, num_classes, (batch_size,), generator=gen).to(device)
-        synthetic = itertools.repeat((x, y))
+        cfg, real, synthetic = _inputs(cache, samples, num_classes, arch, device, batch_size, image_size, augment)
         loader = real()
         row: dict = {"arch": arch, "batch_size": batch_size, "image_size": image_size,
                      "crop_workers": loader.crop_workers}
@@ -199,37 +183,73 @@ def loader_rows(
         row["synthetic"] = measure(cfg, synthetic, num_classes, device, warmup, iters)
         for key in ("real_gpu_flips", "real_gpu_flips_1", "real_host_flips"):
             row[f"ratio_{key[5:]}"] = row[key] / row["synthetic"]
-        if compile_backend:
-            step = trainer(cfg, num_classes, device, compile_backend=compile_backend)
-            started = time.perf_counter()
-            step(x, y)
-            _sync(device)
-            first = time.perf_counter() - started
-            row["synthetic_compiled"] = rate(step, synthetic, device, warmup, iters)
-            row["real_compiled"] = rate(step, iter(real()), device, warmup, iters)
-            row["compile_s"] = max(0.0, first - batch_size / row["synthetic_compiled"])  # less one steady step
-            row["ratio_compiled"] = row["real_compiled"] / row["synthetic_compiled"]
         log(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
         rows.append(row)
     return rows
 
 
+def compile_rows(
+    cache: ImageCache, samples: list, num_classes: int, archs: list[str], device: torch.device, *,
+    batch_size: int, image_size: int, augment: str, warmup: int, iters: int, backend: str, log=print,
+) -> list[dict]:
+    """Per architecture, one torch.compile'd model (`backend`; "inductor" is what cfg.compile does on CUDA):
+    the seconds of its first step less one steady step (the compilation), then its steady img/s on the
+    synthetic and on the real batches (flips on the GPU); ratio = real / synthetic of the compiled model."""
+    rows = []
+    for arch in archs:
+        cfg, real, synthetic = _inputs(cache, samples, num_classes, arch, device, batch_size, image_size, augment)
+        step = trainer(cfg, num_classes, device, compile_backend=backend)
+        started = time.perf_counter()
+        step(*next(synthetic))
+        _sync(device)
+        first = time.perf_counter() - started
+        row: dict = {"arch": arch, "backend": backend}
+        row["synthetic_compiled"] = rate(step, synthetic, device, warmup, iters)
+        row["real_compiled"] = rate(step, iter(real()), device, warmup, iters)
+        row["compile_s"] = max(0.0, first - batch_size / row["synthetic_compiled"])
+        row["ratio_compiled"] = row["real_compiled"] / row["synthetic_compiled"]
+        log(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        rows.append(row)
+    return rows
+
+
+def _inputs(cache: ImageCache, samples: list, num_classes: int, arch: str, device: torch.device, batch_size: int,
+            image_size: int, augment: str) -> tuple[TrainConfig, Callable[..., BatchLoader], Iterator]:
+    """`arch`'s config, a maker of real loaders (crop threads, where the flips run) and a synthetic batch."""
+    cfg = TrainConfig(arch=arch, image_size=image_size, augment=augment, batch_size=batch_size, device=device.type)
+    indices, labels = [cache.index_of(s.path) for s in samples], [s.label for s in samples]
+
+    def real(crop_workers: int | None = None, flips_on_device: bool = True) -> BatchLoader:
+        return BatchLoader(cache, indices, labels, batch_size=batch_size, train=True, cfg=cfg, device=device,
+                           generator=torch.Generator().manual_seed(0), reuse_buffers=True,
+                           crop_workers=crop_workers, flips_on_device=flips_on_device)
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, 3, image_size, image_size, generator=gen).to(device)
+    x = x.contiguous(memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format)
+    y = torch.randint(0, num_classes, (batch_size,), generator=gen).to(device)
+    return cfg, real, itertools.repeat((x, y))
+
+
 def loader_table(rows: list[dict]) -> str:
-    """loader_rows as Markdown (img/s; ratio = real / synthetic of the same model)."""
-    compiled = any("compile_s" in r for r in rows)
+    """loader_rows as Markdown (img/s; ratio = real / synthetic)."""
     head = ["architecture", "crop threads", "real, GPU flips", "real, GPU flips, 1 thread", "real, host flips",
-            "synthetic", "ratio GPU flips", "ratio host flips"]
-    if compiled:
-        head += ["compile (s)", "compiled: real", "compiled: synthetic", "ratio compiled"]
+            "synthetic", "ratio GPU flips", "ratio GPU flips, 1 thread", "ratio host flips"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["arch"], str(r["crop_workers"]), *(f"{r[k]:.0f}" for k in (
             "real_gpu_flips", "real_gpu_flips_1", "real_host_flips", "synthetic")),
-            f"{r['ratio_gpu_flips']:.2f}", f"{r['ratio_host_flips']:.2f}"]
-        if compiled:
-            cells += ([f"{r['compile_s']:.1f}", f"{r['real_compiled']:.0f}", f"{r['synthetic_compiled']:.0f}",
-                       f"{r['ratio_compiled']:.2f}"] if "compile_s" in r else ["-"] * 4)
+            *(f"{r[k]:.2f}" for k in ("ratio_gpu_flips", "ratio_gpu_flips_1", "ratio_host_flips"))]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def compile_table(rows: list[dict]) -> str:
+    """compile_rows as Markdown."""
+    lines = ["| architecture | compile (s) | compiled: real (img/s) | compiled: synthetic (img/s) | ratio |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['arch']} | {r['compile_s']:.1f} | {r['real_compiled']:.0f} | {r['synthetic_compiled']:.0f} | "
+              f"{r['ratio_compiled']:.2f} |" for r in rows]
     return "\n".join(lines)
 
 

@@ -106,19 +106,21 @@ def test_a_tiny_second_plan_measures_the_loader_and_chooses_on_validation(mini_r
         budget_s=900, device="cpu", throughput_archs=[], settings_archs=[],
         throughput={"batch_size": 4, "image_size": 32, "warmup": 1, "iters": 1},
         jobs=[job, job.replace(lr=0.03, name="cand b")], processes=2, cuda_tests=False,
-        caps={"loader": 120.0, "wrap_up": 8.0, "min_start": 2.0}, loader_archs=["resnet18"],
+        caps={"loader": 120.0, "compile": 120.0, "wrap_up": 8.0, "min_start": 2.0}, loader_archs=["resnet18"],
         compile_backend="eager",  # dynamo without code generation: the compiled path, fast on the CPU
         choose={"cands": 70.0},
     )
     out = tmp_path / "out"
     gpu_check.run(plan, mini_root, out, tmp_path / "work")
     summary = json.loads((out / "gpu_check.json").read_text())
-    assert set(summary["parts"]) == {"machine", "loader", "experiments"}
+    assert list(summary["parts"]) == ["machine", "loader", "experiments", "compile"]  # compile after the runs
     row = summary["parts"]["loader"]["rows"][0]
-    for key in ("real_gpu_flips", "real_gpu_flips_1", "real_host_flips", "synthetic", "real_compiled",
-                "synthetic_compiled"):
-        assert row[key] > 0, key
-    assert row["compile_s"] >= 0 and row["ratio_compiled"] == row["real_compiled"] / row["synthetic_compiled"]
+    assert row["synthetic"] > 0
+    for key in ("real_gpu_flips", "real_gpu_flips_1", "real_host_flips"):
+        assert row[key] > 0 and row[f"ratio_{key[5:]}"] == row[key] / row["synthetic"], key
+    compiled = summary["parts"]["compile"]["rows"][0]
+    assert compiled["arch"] == "resnet18" and compiled["real_compiled"] > 0 and compiled["compile_s"] >= 0
+    assert compiled["ratio_compiled"] == compiled["real_compiled"] / compiled["synthetic_compiled"]
     runs = summary["parts"]["experiments"]["rows"]
     assert [r["status"] for r in runs] == ["finished", "finished"], [r["error"] for r in runs]
     assert all(r["retrain_test_acc"] is not None for r in runs)
@@ -128,7 +130,8 @@ def test_a_tiny_second_plan_measures_the_loader_and_chooses_on_validation(mini_r
     assert chosen["retrain_test_acc"] == best["retrain_test_acc"]
     assert chosen["met"] == (100 * best["retrain_test_acc"] >= 70.0)
     report = (out / "gpu_check.md").read_text()
-    assert "## Loader: flips on the GPU vs on the host" in report and "| resnet18 | " in report
+    assert "## Loader: flips on the GPU vs on the host" in report and "## torch.compile" in report
+    assert report.count("| resnet18 | ") == 2
     assert f"| cands | 2 | #{best['run_id']} {best['name']} |" in report
 
 
