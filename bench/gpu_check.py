@@ -220,7 +220,7 @@ def full_plan(budget_s: float) -> Plan:
 # and at 300 px (more detail; about 1.3x the compute).
 SCRATCH_GROUP, LITE_GROUP = "gpu2-alexnet", "gpu2-lite"
 SCRATCH_CANDIDATES = ((64, 0.01), (64, 0.02), (128, 0.03))  # (batch size, learning rate)
-SCRATCH_EPOCHS, LITE_EPOCHS = 70, 12
+SCRATCH_EPOCHS, LITE_EPOCHS = 70, 10
 LITE_SIZES = (None, 300)  # None: the architecture's native size
 
 
