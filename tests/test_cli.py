@@ -403,15 +403,18 @@ def test_every_config_field_and_alias_parses_into_the_config(tmp_path: Path) -> 
     parser = build_parser()
     store = RunStore(tmp_path)
     baseline = TrainConfig().to_dict()
+    needs = {"warmup_epochs": ["--lr-schedule", "cosine"]}  # a warm-up goes with the cosine schedule
     for f in dataclasses.fields(TrainConfig):
         setting = SETTINGS[f.name]
         value = _other_value(setting)
         for flag in setting.flags or (f"--{f.name.replace('_', '-')}",):
-            args = parser.parse_args(["train", *_argv(flag, value), "--store", str(tmp_path)])
+            args = parser.parse_args(["train", *needs.get(f.name, []), *_argv(flag, value), "--store",
+                                      str(tmp_path)])
             [cfg], _ = _train_configs(args, store)
             assert getattr(cfg, f.name) == value, flag
             changed = {k for k, v in cfg.to_dict().items() if v != baseline[k]}
-            implied = {"weights_path": {"pretrained"}, "arch": {"image_size"}}.get(f.name, set())
+            implied = {"weights_path": {"pretrained"}, "arch": {"image_size"},
+                       "warmup_epochs": {"lr_schedule"}}.get(f.name, set())
             assert changed == {f.name} | implied, flag
 
 
