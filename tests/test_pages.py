@@ -113,6 +113,28 @@ def test_every_config_field_has_a_form_widget_with_its_label_and_help(with_data:
     assert _settings.from_widgets(_settings.to_widgets(odd)) == odd
 
 
+def test_train_form_queues_a_cosine_schedule_with_warm_up_and_label_smoothing(with_data: Path) -> None:
+    import json
+
+    at = open_page("train")
+    at.number_input(key="f_warmup_epochs").set_value(2).run()  # still the step schedule: refused, named
+    assert "warmup_epochs" in " ".join(e.value for e in at.error) and "cosine" in " ".join(e.value for e in at.error)
+    at.selectbox(key="f_lr_schedule").set_value("cosine").run()
+    at.number_input(key="f_label_smoothing").set_value(0.1).run()
+    assert not at.error
+    [chart] = [c for c in at.get("plotly_chart") if "lr_preview" in c.proto.id]
+    figure = json.loads(chart.proto.spec)
+    assert "cosine, warm-up 2 epochs" in figure["layout"]["title"]["text"]
+    assert figure["data"][0]["y"][:3] == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3])  # the form's LR 1e-3
+    for key, value in {"f_classes": 2, "f_max_per_class": 2, "f_epochs": 3, "f_arch": "resnet18",
+                       "f_image_size": 32}.items():
+        at.session_state[key] = value  # a tiny run: the fixture waits for the queue to drain
+    at.button(key="queue").click().run()
+    [run] = RunStore(with_data).list_runs()
+    assert (run.config.lr_schedule, run.config.warmup_epochs, run.config.label_smoothing, run.config.compile) == (
+        "cosine", 2, 0.1, False)
+
+
 def test_picking_an_architecture_sets_its_native_image_size(with_data: Path) -> None:
     at = open_page("train")
     assert at.number_input(key="f_image_size").value == 224
