@@ -383,8 +383,8 @@ def _build_presets() -> dict[str, Preset]:
 # by bench/ensemble_choices.py (docs/benchmarks.md has the numbers).
 BEST_OFFLINE_HEAD = TrainConfig(
     arch="lite_ensemble", pretrained=True, train="fc", fast_path=True, augment=(),
-    optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, epochs=60, step_size=40, batch_size=64,
-    retrain_on_train_val=True,
+    optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, label_smoothing=0.2, epochs=60, step_size=40,
+    batch_size=64, retrain_on_train_val=True,
 )
 
 PRESETS: dict[str, Preset] = _build_presets()
