@@ -364,12 +364,14 @@ def test_tag_clone_retry_and_delete_runs(server, page) -> None:
     _settle(page)
     page.get_by_text("Manage this run").click()
     tags = page.locator("[data-testid='stMultiSelect']").filter(has_text="Tags").first
-    tags.click()
-    page.keyboard.type("baseline")
-    page.keyboard.press("Enter")
-    page.keyboard.press("Escape")
-    # The new tag's chip must be drawn before the next input: on a busy machine a quick Save lost it.
-    tags.get_by_text("baseline", exact=True).wait_for()
+    # Type into the box itself (fill waits until it takes input; keystrokes sent to the page before the
+    # dropdown had opened were lost on a busy machine), then wait for the new tag's chip before going on.
+    box = tags.locator("input")
+    box.click()
+    box.fill("baseline")
+    box.press("Enter")
+    box.press("Escape")
+    tags.get_by_text("baseline", exact=True).wait_for(timeout=120_000)
     _settle(page)
     page.get_by_label("Note").fill("the reference run")
     page.get_by_role("button", name=re.compile("Save name, tags and note")).click()
