@@ -324,15 +324,19 @@ class Check:
     def _throughput_cfg(self) -> TrainConfig:
         return TrainConfig(image_size=self.plan.throughput["image_size"])
 
-    def throughput(self, splits: caltech_data.Splits, cache: ImageCache) -> None:
-        from gpu_throughput import throughput_rows
-
+    def _bench_batches(self, splits: caltech_data.Splits) -> tuple[dict, torch.device, list]:
+        """The throughput settings, the device (cuDNN autotuning on) and enough training samples for them."""
         t = self.plan.throughput
         device = torch.device(self.plan.device)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         needed = (t["warmup"] + t["iters"]) * t["batch_size"]
-        samples = list(itertools.islice(itertools.cycle(splits.train), needed))
+        return t, device, list(itertools.islice(itertools.cycle(splits.train), needed))
+
+    def throughput(self, splits: caltech_data.Splits, cache: ImageCache) -> None:
+        from gpu_throughput import throughput_rows
+
+        t, device, samples = self._bench_batches(splits)
         cap = time.monotonic() + min(self.plan.caps["throughput"], self.left())
         rows: list[dict] = []
         for arch in self.plan.throughput_archs:
@@ -373,12 +377,7 @@ class Check:
         compile time and steady img/s (part "compile", after the runs: its time is the least predictable)."""
         from gpu_throughput import compile_rows, loader_rows
 
-        t = self.plan.throughput
-        device = torch.device(self.plan.device)
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-        needed = (t["warmup"] + t["iters"]) * t["batch_size"]
-        samples = list(itertools.islice(itertools.cycle(splits.train), needed))
+        t, device, samples = self._bench_batches(splits)
         name = "compile" if compiled else "loader"
         cap = time.monotonic() + min(self.plan.caps[name], self.left())
         rows: list[dict] = []

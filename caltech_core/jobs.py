@@ -332,6 +332,14 @@ def _free_cuda() -> None:
         torch.cuda.empty_cache()
 
 
+def checked_config(cfg: TrainConfig | dict[str, Any]) -> TrainConfig:
+    """`cfg` as a validated TrainConfig (a dict from a form or JSON is converted); ConfigError otherwise."""
+    if not isinstance(cfg, TrainConfig):
+        cfg = TrainConfig.from_dict(dict(cfg))
+    cfg.validate()
+    return cfg
+
+
 def resumable_run(store: RunStore, run_id: int) -> RunRecord:
     """The record of `run_id` if it can be resumed; RunNotFoundError or ValueError saying why not."""
     record = store.get_run(run_id)
@@ -370,9 +378,7 @@ class JobManager:
     # -- queue -------------------------------------------------------------------------------------
     def submit(self, cfg: TrainConfig | dict[str, Any]) -> int:
         """Validate and queue a run; returns its id (ConfigError on an invalid value)."""
-        if not isinstance(cfg, TrainConfig):
-            cfg = TrainConfig.from_dict(dict(cfg))
-        cfg.validate()
+        cfg = checked_config(cfg)
         with self._cond:
             if self._closing:
                 raise RuntimeError("the job manager is shut down")

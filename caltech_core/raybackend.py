@@ -27,7 +27,7 @@ from typing import Any
 
 from caltech_core import status as run_status
 from caltech_core.config import TrainConfig
-from caltech_core.jobs import Progress, Runner, resumable_run
+from caltech_core.jobs import Progress, Runner, checked_config, resumable_run
 from caltech_core.status import RunStatus
 from caltech_core.store import RunNotFoundError, RunRecord, RunStore, _process_alive
 
@@ -322,9 +322,7 @@ class RayJobManager:
     # -- queue -------------------------------------------------------------------------------------
     def submit(self, cfg: TrainConfig | dict[str, Any]) -> int:
         """Validate and queue a run on the cluster; returns its id (ConfigError on an invalid value)."""
-        if not isinstance(cfg, TrainConfig):
-            cfg = TrainConfig.from_dict(dict(cfg))
-        cfg.validate()
+        cfg = checked_config(cfg)
         with self._cond:
             if self._closing:
                 raise RuntimeError("the job manager is shut down")
