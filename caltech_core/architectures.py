@@ -181,17 +181,18 @@ def _ensemble_split(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     return model.backbone, nn.Sequential(model.dropout, model.classifier)
 
 
-def _lite_ensemble(levels: tuple[int, ...], drop_rate: float, num_classes: int) -> nn.Module:
-    from caltech_core.ensemble import Ensemble, lite_member
+def _lite_ensemble(names: tuple[str, ...], drop_rate: float, num_classes: int) -> nn.Module:
+    from caltech_core.ensemble import Ensemble
 
-    return Ensemble({f"efficientnet_lite{k}": lite_member(k) for k in levels}, num_classes, drop_rate)
+    # Each member as its own entry builds it, returning its pooled features (no dropout, no classifier).
+    return Ensemble({name: _timm_lite(f"tf_{name}", 0.0, 0) for name in names}, num_classes, drop_rate)
 
 
 def _ensemble_spec(levels: tuple[int, ...], image_size: int, crop_pct: float, drop_rate: float) -> ArchSpec:
     names = tuple(f"efficientnet_lite{k}" for k in levels)
     return ArchSpec(
         name="lite_ensemble", label="EfficientNet-Lite" + "+".join(str(k) for k in levels) + " ensemble",
-        build=partial(_lite_ensemble, levels, drop_rate), weights=MemberWeights(names),
+        build=partial(_lite_ensemble, names, drop_rate), weights=MemberWeights(names),
         image_size=image_size, crop_pct=crop_pct, interpolation="bicubic", normalization="half",
         classifier="classifier", output="classifier", split=_ensemble_split,
         # Grad-CAM of the ensemble's prediction on its largest member's last map.

