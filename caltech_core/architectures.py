@@ -114,7 +114,7 @@ class ArchSpec:
 
 
 # -- per-family pieces ----------------------------------------------------------------------------------
-def _alexnet_split(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+def _features_split(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     return nn.Sequential(model.features, model.avgpool, nn.Flatten(1)), model.classifier
 
 
@@ -200,7 +200,10 @@ def _ensemble_spec(levels: tuple[int, ...], image_size: int, crop_pct: float, dr
     )
 
 
-_ALEX = {"classifier": "classifier", "output": "classifier.6", "split": _alexnet_split, "gradcam": _last_relu}
+_ALEX = {"classifier": "classifier", "output": "classifier.6", "split": _features_split, "gradcam": _last_relu}
+# MobileNetV3's features end in a conv + BatchNorm + Hardswish block: that block's output is the last map.
+_MOBILE = {"classifier": "classifier", "output": "classifier.3", "split": _features_split,
+           "gradcam": lambda m: m.features[-1]}
 _RES = {"classifier": "fc", "output": "fc", "split": _resnet_split, "gradcam": lambda m: m.layer4}
 
 # Lite sizes, crop_pct: timm's pretrained_cfg; dropout: the TF reference builder (efficientnet_lite_builder.py);
@@ -210,6 +213,9 @@ SPECS: dict[str, ArchSpec] = {s.name: s for s in (
     _tv_spec("vgg16", "VGG-16", tvm.vgg16, tvm.VGG16_Weights.DEFAULT, **_ALEX),
     _tv_spec("resnet18", "ResNet-18", tvm.resnet18, tvm.ResNet18_Weights.DEFAULT, **_RES),
     _tv_spec("resnet50", "ResNet-50", tvm.resnet50, tvm.ResNet50_Weights.DEFAULT, **_RES),
+    # The smallest and fastest entry (1.5 M parameters, a 6 MB checkpoint for a few classes): quick CPU runs.
+    _tv_spec("mobilenet_v3_small", "MobileNetV3-Small", tvm.mobilenet_v3_small,
+             tvm.MobileNet_V3_Small_Weights.DEFAULT, **_MOBILE),
     _lite_spec(0, 224, 0.875, 0.2, 75.1),
     _lite_spec(1, 240, 0.882, 0.2, 76.7),
     _lite_spec(2, 260, 0.89, 0.3, 77.6),

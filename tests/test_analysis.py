@@ -15,12 +15,12 @@ from caltech_core.store import RunStore
 
 @pytest.fixture(scope="module")
 def two_runs(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[int]]:
-    """A store with two finished one-epoch ResNet-18 runs (64 px) on the three-class mini dataset."""
+    """A store with two finished one-epoch MobileNetV3-Small runs (64 px) on the three-class mini dataset."""
     home = tmp_path_factory.mktemp("analysis")
     store = RunStore(home)
     ids = []
     for lr, name in ((0.01, "first"), (0.001, "second")):
-        run_id = store.create_run(TrainConfig(arch="resnet18", image_size=64, epochs=1, batch_size=8, lr=lr,
+        run_id = store.create_run(TrainConfig(arch="mobilenet_v3_small", image_size=64, epochs=1, batch_size=8, lr=lr,
                                               device="cpu", name=name))
         assert jobs.run_job(store, run_id, data_root=mini_root) == "finished"
         ids.append(run_id)
@@ -135,4 +135,4 @@ def test_monitor_exports_the_model_for_download(analysis_home: tuple[Path, list[
     at.button(key="export_prepare").click().run()
     assert not at.exception, at.exception
     [download] = [d for d in at.get("download_button") if "export" in d.proto.id or ".zip" in d.proto.label]
-    assert download.proto.label == f"Download run-{ids[0]}-resnet18-torchscript.zip"
+    assert download.proto.label == f"Download run-{ids[0]}-mobilenet_v3_small-torchscript.zip"

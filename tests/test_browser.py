@@ -130,12 +130,12 @@ def _set_number(page, label: str, value: float) -> None:
 
 
 def _queue(page, url: str, epochs: int) -> int:
-    """Fill the Train form for a tiny ResNet-18 run and queue it; returns the run id."""
+    """Fill the Train form for a tiny MobileNetV3-Small run and queue it; returns the run id."""
     page.goto(f"{url}/train")
     _settle(page)
     page.get_by_text("Train a network").wait_for()
     page.locator("[data-testid='stSelectbox']").filter(has_text="Architecture").click()
-    page.get_by_role("option", name="ResNet-18").click()
+    page.get_by_role("option", name="MobileNetV3-Small").click()
     _settle(page)
     for label, value in (("Image size (crop, px)", 64), ("Classes (first K, 0 = all 101)", 2),
                          ("Max images per class (0 = all)", 4), ("Batch size", 4), ("Epochs", epochs),
@@ -233,7 +233,7 @@ def test_killing_the_server_mid_run_leaves_a_resumable_interrupted_run(
     browser, mini_root: Path, tmp_path: Path,
 ) -> None:
     home, log = tmp_path / "home", tmp_path / "streamlit.log"
-    epochs = 12
+    epochs = 60  # MobileNetV3-Small runs a 4-image epoch in well under a second: room to kill it mid-run
     proc, url = _start_server(mini_root, home, log)
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
@@ -254,7 +254,7 @@ def test_killing_the_server_mid_run_leaves_a_resumable_interrupted_run(
         proc, url = _start_server(mini_root, home, log)
         page.goto(f"{url}/monitor?run={run_id}")
         _settle(page)
-        page.get_by_text(re.compile(rf"#{run_id} ResNet-18.*\(interrupted\)")).first.wait_for()
+        page.get_by_text(re.compile(rf"#{run_id} MobileNetV3-Small.*\(interrupted\)")).first.wait_for()
         assert store.get_run(run_id).status == "interrupted"
         page.get_by_role("button", name=re.compile("Resume run")).click()
         deadline = time.monotonic() + 300
@@ -295,7 +295,7 @@ def test_broken_store_and_unexpected_errors_show_no_traceback(browser, mini_root
         # page expects; Streamlit shows its redacted notice, the trace goes only to the server log.
         db.rename(home / "runs.sqlite.bad")
         store = RunStore(home)
-        run_id = store.create_run(TrainConfig(arch="resnet18", name="mangled"))
+        run_id = store.create_run(TrainConfig(arch="mobilenet_v3_small", name="mangled"))
         with sqlite3.connect(db) as conn:
             conn.execute("UPDATE runs SET config = '{not json' WHERE id = ?", (run_id,))
         page.goto(f"{url}/monitor")
@@ -314,7 +314,7 @@ def test_clicking_a_confusion_cell_opens_its_images(browser, mini_root: Path, tm
 
     home, log = tmp_path / "home", tmp_path / "streamlit.log"
     store = RunStore(home)
-    run_id = store.create_run(TrainConfig(arch="resnet18", image_size=64, epochs=1, batch_size=8, lr=0.01,
+    run_id = store.create_run(TrainConfig(arch="mobilenet_v3_small", image_size=64, epochs=1, batch_size=8, lr=0.01,
                                           device="cpu", name="errors"))
     assert jobs.run_job(store, run_id, data_root=mini_root) == "finished"
     results = predictions.load_run(store, run_id, "test")
@@ -355,7 +355,7 @@ def test_tag_clone_retry_and_delete_runs(server, page) -> None:
     ids = {}
     for name, status, lr in (("journey ref", "finished", 0.02), ("journey fast", "diverged", 5.0),
                              ("journey old", "failed", 0.01)):
-        ids[name] = store.create_run(TrainConfig(arch="resnet18", image_size=64, epochs=1, batch_size=4, classes=2,
+        ids[name] = store.create_run(TrainConfig(arch="mobilenet_v3_small", image_size=64, epochs=1, batch_size=4, classes=2,
                                                  max_per_class=4, lr=lr, name=name))
         store.set_status(ids[name], status)
 

@@ -22,7 +22,7 @@ from caltech_core.config import SETTINGS, Setting, TrainConfig
 from caltech_core.store import RunStore
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = ["--arch", "resnet18", "--image-size", "64", "--batch-size", "4", "--classes", "2", "--device", "cpu"]
+TINY = ["--arch", "mobilenet_v3_small", "--image-size", "64", "--batch-size", "4", "--classes", "2", "--device", "cpu"]
 
 
 @pytest.fixture(autouse=True)
@@ -65,7 +65,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, mini_root: Path) -> tuple[
 def test_train_json_last_line(trained: tuple[Path, dict[str, Any]]) -> None:
     home, summary = trained
     assert summary["status"] == "finished"
-    assert summary["name"] == "cli run" and summary["arch"] == "resnet18"
+    assert summary["name"] == "cli run" and summary["arch"] == "mobilenet_v3_small"
     assert [e["epoch"] for e in summary["epochs"]] == [1, 2]
     assert 0.0 <= summary["best_val_acc"] <= 1.0 and 0.0 <= summary["test_acc"] <= 1.0
     assert summary["config"]["image_size"] == 64 and summary["config"]["batch_size"] == 4
@@ -137,7 +137,7 @@ def test_evaluate_recomputes_per_image_results(trained: tuple[Path, dict[str, An
     code, _, err = run_cli("evaluate", "999", "--store", str(home))
     assert code == 1 and "run 999 does not exist" in err
     store = RunStore(home)
-    untrained = store.create_run(TrainConfig(arch="resnet18", image_size=64, classes=2), status="cancelled")
+    untrained = store.create_run(TrainConfig(arch="mobilenet_v3_small", image_size=64, classes=2), status="cancelled")
     code, _, err = run_cli("evaluate", str(untrained), "--root", str(mini_root), "--store", str(home))
     assert code == 1 and "has no saved weights" in err
     store.delete_run(untrained)
@@ -225,7 +225,7 @@ def test_repeats_train_new_seeds_and_splits(tmp_path: Path, mini_root: Path) -> 
 
 def test_resume_command(tmp_path: Path, mini_root: Path) -> None:
     store = RunStore(tmp_path)
-    run_id = store.create_run(TrainConfig(arch="resnet18", image_size=64, batch_size=8, classes=2, epochs=1,
+    run_id = store.create_run(TrainConfig(arch="mobilenet_v3_small", image_size=64, batch_size=8, classes=2, epochs=1,
                                           device="cpu"))
     store.set_status(run_id, "cancelled")  # cancelled before any checkpoint: resume starts it over
     code, out, err = run_cli("resume", str(run_id), "--root", str(mini_root), "--store", str(tmp_path), "--json")

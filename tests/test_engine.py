@@ -15,7 +15,7 @@ from caltech_core import engine, models, predictions
 from caltech_core.config import TrainConfig
 from caltech_core.data import Splits, load_splits
 
-BASE = TrainConfig(arch="resnet18", image_size=64, epochs=2, batch_size=8, lr=0.01, device="cpu")
+BASE = TrainConfig(arch="mobilenet_v3_small", image_size=64, epochs=2, batch_size=8, lr=0.01, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_cancel_keeps_curves_and_last_checkpoint(splits: Splits, cache_dir: Path
 
 def test_divergence_stops_with_curves_kept(splits: Splits, cache_dir: Path, tmp_path: Path) -> None:
     losses: list[float] = []
-    cfg = BASE.replace(arch="alexnet", lr=10.0, epochs=5, train="all", weight_decay=0.0)  # no BatchNorm: diverges
+    cfg = BASE.replace(lr=10.0, epochs=5, train="all", weight_decay=0.0)
     r = engine.train(cfg, splits, engine.Callbacks(on_batch=lambda e, b, n, loss: losses.append(loss)),
                      workdir=tmp_path, cache_dir=cache_dir)
     assert r.status == "diverged", (r.status, losses)
@@ -221,7 +221,7 @@ def test_short_run_writes_best_once_and_cancel_before_a_checkpoint(
     assert r.checkpoint_path == tmp_path / "b" / "best.pt"  # no last.pt yet: a resume starts over
 
 
-@pytest.mark.parametrize("arch", ["alexnet", "resnet18"])
+@pytest.mark.parametrize("arch", ["mobilenet_v3_small", "resnet18"])
 def test_fast_path_matches_plain_loop(arch: str, splits: Splits, cache_dir: Path, tmp_path: Path) -> None:
     cfg = BASE.replace(arch=arch, train="fc", epochs=2, step_size=1, gamma=0.5)
     plain = engine.train(cfg.replace(fast_path=False), splits, workdir=tmp_path / "plain", cache_dir=cache_dir)

@@ -21,7 +21,7 @@ from caltech_core.store import RunStore
 def store(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> RunStore:
     """One finished one-epoch run (64 px, three mini classes) per architecture under test."""
     store = RunStore(tmp_path_factory.mktemp("export"))
-    for arch in ("resnet18", "efficientnet_lite0"):
+    for arch in ("mobilenet_v3_small", "efficientnet_lite0"):
         run_id = store.create_run(TrainConfig(arch=arch, image_size=64, epochs=1, batch_size=8, device="cpu",
                                               name=arch))
         assert jobs.run_job(store, run_id, data_root=mini_root) == "finished"
@@ -52,7 +52,7 @@ def _preprocess_from_json(meta: dict, paths: list[Path]) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-@pytest.mark.parametrize("arch", ["resnet18", "efficientnet_lite0"])
+@pytest.mark.parametrize("arch", ["mobilenet_v3_small", "efficientnet_lite0"])
 def test_export_matches_pytorch_on_real_images(store: RunStore, mini_root: Path, tmp_path: Path, arch: str,
                                                fmt: str) -> None:
     run_id = _run_id(store, arch)
@@ -79,8 +79,8 @@ def test_export_matches_pytorch_on_real_images(store: RunStore, mini_root: Path,
 def test_unsupported_exports_fail_with_a_message(store: RunStore, tmp_path: Path, capsys: pytest.CaptureFixture
                                                  ) -> None:
     with pytest.raises(export.ExportError, match="unknown export format 'keras'; choose one of: onnx, torchscript"):
-        export.export_run(store, _run_id(store, "resnet18"), "keras", tmp_path)
-    untrained = store.create_run(TrainConfig(arch="resnet18", image_size=64), status="cancelled")
+        export.export_run(store, _run_id(store, "mobilenet_v3_small"), "keras", tmp_path)
+    untrained = store.create_run(TrainConfig(arch="mobilenet_v3_small", image_size=64), status="cancelled")
     with pytest.raises(export.ExportError, match="has no saved weights"):
         export.export_run(store, untrained, "onnx", tmp_path)
     assert main(["export", "999", "--format", "onnx", "--out", str(tmp_path), "--store", str(store.home)]) == 1
@@ -92,10 +92,10 @@ def test_unsupported_exports_fail_with_a_message(store: RunStore, tmp_path: Path
 
 
 def test_cli_export_writes_model_and_json(store: RunStore, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    run_id = _run_id(store, "resnet18")
+    run_id = _run_id(store, "mobilenet_v3_small")
     code = main(["export", str(run_id), "--format", "torchscript", "--out", str(tmp_path / "out"),
                  "--store", str(store.home), "--json"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
-    assert Path(result["model"]) == tmp_path / "out" / f"run-{run_id}-resnet18.pt"
+    assert Path(result["model"]) == tmp_path / "out" / f"run-{run_id}-mobilenet_v3_small.pt"
     assert json.loads(Path(result["metadata"]).read_text())["format"] == "torchscript"

@@ -43,7 +43,7 @@ def test_a_damaged_part_is_refused(mini_root, tmp_path):
 
 
 def _plan(budget: float, epochs: int) -> gpu_check.Plan:
-    job = TrainConfig(arch="resnet18", image_size=64, batch_size=8, epochs=epochs, step_size=2, lr=0.01,
+    job = TrainConfig(arch="mobilenet_v3_small", image_size=64, batch_size=8, epochs=epochs, step_size=2, lr=0.01,
                       device="cpu", name="tiny", group="tiny")
     return gpu_check.Plan(
         budget_s=budget, device="cpu", throughput_archs=["alexnet"], settings_archs=["alexnet"],
@@ -99,14 +99,14 @@ def test_the_second_plan_is_candidates_chosen_on_validation():
 
 
 def test_a_tiny_second_plan_measures_the_loader_and_chooses_on_validation(mini_root, tmp_path):
-    job = TrainConfig(arch="resnet18", image_size=32, batch_size=12, epochs=2, lr=0.01, device="cpu",
+    job = TrainConfig(arch="mobilenet_v3_small", image_size=32, batch_size=12, epochs=2, lr=0.01, device="cpu",
                       augment=("crop", "hflip"), lr_schedule="cosine", warmup_epochs=1, label_smoothing=0.1,
                       retrain_on_train_val=True, group="cands", name="cand a")
     plan = gpu_check.Plan(
         budget_s=900, device="cpu", throughput_archs=[], settings_archs=[],
         throughput={"batch_size": 4, "image_size": 32, "warmup": 1, "iters": 1},
         jobs=[job, job.replace(lr=0.03, name="cand b")], processes=2, cuda_tests=False,
-        caps={"loader": 120.0, "compile": 120.0, "wrap_up": 8.0, "min_start": 2.0}, loader_archs=["resnet18"],
+        caps={"loader": 120.0, "compile": 120.0, "wrap_up": 8.0, "min_start": 2.0}, loader_archs=["mobilenet_v3_small"],
         compile_backend="eager",  # dynamo without code generation: the compiled path, fast on the CPU
         choose={"cands": 70.0},
     )
@@ -119,7 +119,7 @@ def test_a_tiny_second_plan_measures_the_loader_and_chooses_on_validation(mini_r
     for key in ("real_gpu_flips", "real_gpu_flips_1", "real_host_flips"):
         assert row[key] > 0 and row[f"ratio_{key[5:]}"] == row[key] / row["synthetic"], key
     compiled = summary["parts"]["compile"]["rows"][0]
-    assert compiled["arch"] == "resnet18" and compiled["real_compiled"] > 0 and compiled["compile_s"] >= 0
+    assert compiled["arch"] == "mobilenet_v3_small" and compiled["real_compiled"] > 0 and compiled["compile_s"] >= 0
     assert compiled["ratio_compiled"] == compiled["real_compiled"] / compiled["synthetic_compiled"]
     runs = summary["parts"]["experiments"]["rows"]
     assert [r["status"] for r in runs] == ["finished", "finished"], [r["error"] for r in runs]
@@ -131,7 +131,7 @@ def test_a_tiny_second_plan_measures_the_loader_and_chooses_on_validation(mini_r
     assert chosen["met"] == (100 * best["retrain_test_acc"] >= 70.0)
     report = (out / "gpu_check.md").read_text()
     assert "## Loader: flips on the GPU vs on the host" in report and "## torch.compile" in report
-    assert report.count("| resnet18 | ") == 2
+    assert report.count("| mobilenet_v3_small | ") == 2
     assert f"| cands | 2 | #{best['run_id']} {best['name']} |" in report
 
 

@@ -126,7 +126,7 @@ def test_training_skips_bad_files_and_the_monitor_lists_them(
     monkeypatch.setenv("CALTECH101_ROOT", str(flawed_root))
     manager = jobs.get_manager(studio_home)
     try:
-        run_id = manager.submit(TrainConfig(arch="resnet18", image_size=64, epochs=1, batch_size=4, device="cpu"))
+        run_id = manager.submit(TrainConfig(arch="mobilenet_v3_small", image_size=64, epochs=1, batch_size=4, device="cpu"))
         assert manager.wait(run_id, timeout=300)
     finally:
         manager.shutdown(wait=True)
@@ -147,7 +147,7 @@ def test_training_skips_bad_files_and_the_monitor_lists_them(
 
 # -- two browser sessions queue at the same moment ----------------------------------------------------------
 def test_two_sessions_queue_at_the_same_moment_and_run_in_order(with_data: Path) -> None:
-    tiny = {"f_arch": "resnet18", "f_image_size": 64, "f_classes": 2, "f_max_per_class": 4, "f_batch_size": 4,
+    tiny = {"f_arch": "mobilenet_v3_small", "f_image_size": 64, "f_classes": 2, "f_max_per_class": 4, "f_batch_size": 4,
             "f_epochs": 1, "f_device": "cpu"}
     sessions = [open_page("train"), open_page("train")]
     for i, at in enumerate(sessions):

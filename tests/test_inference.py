@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.ops.misc import Conv2dNormActivation
 
 from caltech_core import models
 from caltech_core.architectures import get_spec
@@ -156,7 +157,8 @@ def test_gradcam_is_a_unit_range_map_that_depends_on_the_class(lite0: Classifier
     assert blended.size == (224, 224) and blended.mode == "RGB"
 
 
-@pytest.mark.parametrize(("arch", "kind"), [("alexnet", torch.nn.ReLU), ("resnet18", torch.nn.Sequential)])
+@pytest.mark.parametrize(("arch", "kind"), [("alexnet", torch.nn.ReLU), ("resnet18", torch.nn.Sequential),
+                                           ("mobilenet_v3_small", Conv2dNormActivation)])
 def test_gradcam_target_is_the_last_feature_map(arch: str, kind: type) -> None:
     model = models.build_model(arch, 3)
     layer = target_layer(model, arch)
@@ -166,7 +168,7 @@ def test_gradcam_target_is_the_last_feature_map(arch: str, kind: type) -> None:
 
 
 # -- trained runs ---------------------------------------------------------------------------------------
-def _stored_run(home: Path, arch: str = "resnet18") -> tuple[RunStore, int, torch.nn.Module]:
+def _stored_run(home: Path, arch: str = "mobilenet_v3_small") -> tuple[RunStore, int, torch.nn.Module]:
     store = RunStore(home)
     cfg = TrainConfig(arch=arch, image_size=64, epochs=1, classes=3, name="tiny")
     run_id = store.create_run(cfg)
@@ -214,7 +216,7 @@ def test_from_run_can_use_the_retrained_model(tmp_path: Path, photo: Image.Image
     store, run_id, best = _stored_run(tmp_path)
     with pytest.raises(CheckpointError, match="no saved weights"):
         Classifier.from_run(store, run_id, weights="retrain.pt")
-    retrained = models.build_model("resnet18", 3)
+    retrained = models.build_model(store.get_run(run_id).arch, 3)
     torch.save({"model": retrained.state_dict(), "classes": ["accordion", "dalmatian", "pizza"]},
                store.run_dir(run_id) / "retrain.pt")
     clf = Classifier.from_run(store, run_id, weights="retrain.pt", device="cpu")

@@ -57,7 +57,8 @@ def test_every_architecture_builds_and_takes_a_training_step(arch: str, mini_roo
 
 def _expected_trainable(arch: str, mode: str, names: list[str]) -> set[str]:
     classifier = {"resnet18": "fc.", "resnet50": "fc."}.get(arch, "classifier.")
-    head = {"alexnet": "classifier.6.", "vgg16": "classifier.6."}.get(arch, classifier)
+    head = {"alexnet": "classifier.6.", "vgg16": "classifier.6.", "mobilenet_v3_small": "classifier.3."}.get(
+        arch, classifier)
     if mode == "all":
         return set(names)
     if mode == "fc":
@@ -68,7 +69,7 @@ def _expected_trainable(arch: str, mode: str, names: list[str]) -> set[str]:
 
 
 @pytest.mark.parametrize("mode", TRAIN_MODES)
-@pytest.mark.parametrize("arch", ["alexnet", "resnet18", "efficientnet_lite0"])
+@pytest.mark.parametrize("arch", ["alexnet", "resnet18", "mobilenet_v3_small", "efficientnet_lite0"])
 def test_train_mode_updates_exactly_the_named_parameters(arch: str, mode: str, mini_root: Path) -> None:
     torch.manual_seed(1)
     model = models.build_model(arch, 3)
@@ -109,7 +110,8 @@ def test_unknown_mode_and_arch_are_rejected() -> None:
         models.build_model("lenet", 3)
 
 
-@pytest.mark.parametrize("arch", ["alexnet", "resnet18", "efficientnet_lite0", "efficientnet_lite2"])
+@pytest.mark.parametrize("arch", ["alexnet", "resnet18", "mobilenet_v3_small", "efficientnet_lite0",
+                                  "efficientnet_lite2"])
 def test_backbone_and_head_compose_to_the_model(arch: str) -> None:
     torch.manual_seed(3)
     model = models.build_model(arch, 3).eval()

@@ -14,7 +14,7 @@ from caltech_core.store import RunStore
 
 REPO = Path(__file__).resolve().parent.parent
 PAGES = ("data", "train", "monitor", "errors", "compare", "classify")
-TINY = {"f_arch": "resnet18", "f_image_size": 64, "f_classes": 2, "f_max_per_class": 4, "f_batch_size": 4,
+TINY = {"f_arch": "mobilenet_v3_small", "f_image_size": 64, "f_classes": 2, "f_max_per_class": 4, "f_batch_size": 4,
         "f_step_size": 1}
 
 
@@ -35,7 +35,7 @@ def trained_home(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     os.environ["CALTECH101_ROOT"] = str(mini_root)
     try:
         manager = jobs.JobManager(RunStore(home))
-        run_id = manager.submit(TrainConfig(arch="resnet18", image_size=64, epochs=2, step_size=1,
+        run_id = manager.submit(TrainConfig(arch="mobilenet_v3_small", image_size=64, epochs=2, step_size=1,
                                             batch_size=8, name="tiny", group="demo"))
         assert manager.wait(run_id, timeout=300)
         manager.shutdown(wait=True)
@@ -126,7 +126,7 @@ def test_train_form_queues_a_cosine_schedule_with_warm_up_and_label_smoothing(wi
     figure = json.loads(chart.proto.spec)
     assert "cosine, warm-up 2 epochs" in figure["layout"]["title"]["text"]
     assert figure["data"][0]["y"][:3] == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3])  # the form's LR 1e-3
-    for key, value in {"f_classes": 2, "f_max_per_class": 2, "f_epochs": 3, "f_arch": "resnet18",
+    for key, value in {"f_classes": 2, "f_max_per_class": 2, "f_epochs": 3, "f_arch": "mobilenet_v3_small",
                        "f_image_size": 32}.items():
         at.session_state[key] = value  # a tiny run: the fixture waits for the queue to drain
     at.button(key="queue").click().run()
@@ -155,7 +155,7 @@ def test_picking_an_architecture_sets_its_native_image_size(with_data: Path) -> 
 def test_train_form_survives_visiting_another_page(with_data: Path) -> None:
     at = open_page("train")
     at.number_input(key="f_lr").set_value(0.0123)
-    at.selectbox(key="f_arch").set_value("resnet18")
+    at.selectbox(key="f_arch").set_value("mobilenet_v3_small")
     at.run()
     at.switch_page("dashboard/monitor.py").run()
     # In a browser Streamlit drops the state of widgets that a run did not draw; AppTest keeps it, so drop
@@ -165,7 +165,7 @@ def test_train_form_survives_visiting_another_page(with_data: Path) -> None:
     at.switch_page("dashboard/train.py").run()
     assert not at.exception
     assert at.number_input(key="f_lr").value == 0.0123  # the page brought the form back
-    assert at.selectbox(key="f_arch").value == "resnet18"
+    assert at.selectbox(key="f_arch").value == "mobilenet_v3_small"
 
 
 def test_time_per_epoch_estimate_on_this_device(with_data: Path) -> None:
@@ -226,7 +226,7 @@ def test_repeats_queue_runs_with_new_seeds_and_splits(with_data: Path) -> None:
 
 def test_cancel_button_stops_a_run(with_data: Path) -> None:
     manager = jobs.get_manager(with_data)
-    run_id = manager.submit(TrainConfig(arch="resnet18", image_size=64, classes=2, max_per_class=4, epochs=200,
+    run_id = manager.submit(TrainConfig(arch="mobilenet_v3_small", image_size=64, classes=2, max_per_class=4, epochs=200,
                                         batch_size=4))
     at = open_page("monitor", run=str(run_id))
     assert not at.exception, at.exception
@@ -250,7 +250,7 @@ def test_compare_lists_finished_runs_and_offers_csv(trained_home: Path, mini_roo
 
 def test_compare_shows_mean_and_spread_of_repeats(studio_home: Path) -> None:
     store = RunStore(studio_home)
-    base = TrainConfig(arch="resnet18", image_size=64, epochs=1, name="rep", group="g")
+    base = TrainConfig(arch="mobilenet_v3_small", image_size=64, epochs=1, name="rep", group="g")
     for seed, (val, test) in zip((1, 2, 3), ((0.5, 0.4), (0.7, 0.6), (0.6, 0.5)), strict=True):
         run_id = store.create_run(base.replace(seed=seed, split_seed=seed))
         store.set_results(run_id, {"best_val_acc": val, "test_acc": test})
@@ -348,7 +348,7 @@ def test_data_page_shows_disk_use_and_prunes_unused_caches(with_data: Path) -> N
 
 def _stored(home: Path, status: str, **cfg) -> int:
     store = RunStore(home)
-    run_id = store.create_run(TrainConfig(arch="resnet18", image_size=64, epochs=2, **cfg))
+    run_id = store.create_run(TrainConfig(arch="mobilenet_v3_small", image_size=64, epochs=2, **cfg))
     store.set_status(run_id, status)
     (store.run_dir(run_id) / "best.pt").write_bytes(b"w")
     return run_id
@@ -369,7 +369,7 @@ def test_monitor_renames_tags_notes_filters_and_deletes(with_data: Path) -> None
     assert (rec.name, rec.tags, rec.note, rec.config.name) == ("kept run", ("baseline",), "the reference", "kept run")
 
     at.multiselect(key="monitor-tags").set_value(["baseline"]).run()
-    assert at.selectbox[0].options == [f"#{keep} ResNet-18 · kept run (finished)"]  # only the tagged run
+    assert at.selectbox[0].options == [f"#{keep} MobileNetV3-Small · kept run (finished)"]  # only the tagged run
     at.multiselect(key="monitor-tags").set_value([]).run()
 
     at.query_params["run"] = str(busy)

@@ -42,8 +42,8 @@ def cluster() -> Any:
 
 
 def tiny(**changes: Any) -> TrainConfig:
-    """Two real classes of the mini dataset (8 training images), 64 px ResNet-18 on the CPU, 4 batches an epoch."""
-    base = {"arch": "resnet18", "image_size": 64, "epochs": 2, "batch_size": 2, "classes": 2, "device": "cpu"}
+    """Two real classes of the mini dataset (8 training images), 64 px MobileNetV3-Small on the CPU, 4 batches an epoch."""
+    base = {"arch": "mobilenet_v3_small", "image_size": 64, "epochs": 2, "batch_size": 2, "classes": 2, "device": "cpu"}
     return TrainConfig(**(base | changes))
 
 
@@ -104,7 +104,7 @@ def test_cancel_a_waiting_and_a_running_remote_run(cluster: Any, tmp_path: Path,
     store = RunStore(tmp_path / "home")
     # Two CPUs a run on a two-CPU cluster: one run at a time, so the second one waits for a slot.
     manager = RayJobManager(store, raybackend.LOCAL_CLUSTER, data_root=mini_root, cpus_per_run=2)
-    long = manager.submit(tiny(name="long", epochs=6))
+    long = manager.submit(tiny(name="long", epochs=20))  # far more than a cancel takes
     waiting = manager.submit(tiny(name="waiting"))
     wait_for(lambda: (p := manager.progress(long)) is not None and p.phase == "training" and p.epoch >= 1)
     assert manager.queued() == [waiting] and manager.progress(waiting).phase == "queued"
@@ -115,7 +115,7 @@ def test_cancel_a_waiting_and_a_running_remote_run(cluster: Any, tmp_path: Path,
     assert manager.wait(long, timeout=300)
     assert time.monotonic() - asked < 120  # about a batch and a poll on an idle machine; loaded CI needs slack
     run = store.get_run(long)
-    assert run.status == "cancelled" and 1 <= run.epochs_done < 6
+    assert run.status == "cancelled" and 1 <= run.epochs_done < 20
     assert manager.wait(timeout=300)
     assert store.get_run(waiting).status == "cancelled" and store.get_run(waiting).started is None
     assert store.epochs(waiting) == [] and manager.cancel(long) is False
@@ -130,8 +130,8 @@ def test_killed_worker_is_interrupted_and_resumes_to_identical_curves(
     shared.symlink_to(store.home)
     runner = functools.partial(engine.train, checkpoint_seconds=0)  # last.pt after every epoch
     manager = RayJobManager(store, raybackend.LOCAL_CLUSTER, data_root=mini_root, runner=runner, worker_home=shared)
-    reference = manager.submit(tiny(name="reference", epochs=6))
-    killed = manager.submit(tiny(name="killed", epochs=6))
+    reference = manager.submit(tiny(name="reference", epochs=12))
+    killed = manager.submit(tiny(name="killed", epochs=12))
     wait_for(lambda: (store.get_run(killed).checkpoint_epoch or 0) >= 1)
     assert store.get_run(killed).status == "running", "the run finished before it could be killed"
     os.kill(manager.placement(killed).pid, signal.SIGKILL)
@@ -145,7 +145,7 @@ def test_killed_worker_is_interrupted_and_resumes_to_identical_curves(
     assert store.get_run(reference).status == "finished"
     run = store.get_run(killed)
     assert run.status == "finished", run.error
-    assert batch_pairs(store, killed) == [(e, b) for e in range(1, 7) for b in (1, 2, 3, 4)]
+    assert batch_pairs(store, killed) == [(e, b) for e in range(1, 13) for b in (1, 2, 3, 4)]
     assert curves(store, killed) == curves(store, reference)
     assert run.test_acc == store.get_run(reference).test_acc
     manager.shutdown(wait=True)
@@ -193,9 +193,11 @@ def test_a_killed_driver_is_drained_and_the_cli_resumes_on_ray(cluster: Any, tmp
     from caltech_core import cli
 
     home = tmp_path / "home"
+    epochs = 30  # MobileNetV3-Small trains a 2-class epoch in about a second: room to kill the driver mid-run
     cmd = [
         sys.executable, "-m", "caltech_core", "train", "--ray", cluster.get_runtime_context().gcs_address,
-        "--root", str(mini_root), "--store", str(home), "--arch", "resnet18", "--image-size", "64", "--epochs", "6",
+        "--root", str(mini_root), "--store", str(home), "--arch", "mobilenet_v3_small", "--image-size", "64",
+        "--epochs", str(epochs),
         "--batch-size", "2", "--classes", "2", "--device", "cpu", "--name", "orphan",
     ]
     with (tmp_path / "stderr.txt").open("w") as err:
@@ -216,8 +218,8 @@ def test_a_killed_driver_is_drained_and_the_cli_resumes_on_ray(cluster: Any, tmp
     assert _sinks_of(cluster, proc.pid) == []  # drained into the store, then removed
     run = store.get_run(run_id)
     assert run.status == "finished", run.error
-    assert [e["epoch"] for e in store.epochs(run_id)] == [1, 2, 3, 4, 5, 6]
-    assert batch_pairs(store, run_id) == [(e, b) for e in range(1, 7) for b in (1, 2, 3, 4)]
+    assert [e["epoch"] for e in store.epochs(run_id)] == list(range(1, epochs + 1))
+    assert batch_pairs(store, run_id) == [(e, b) for e in range(1, epochs + 1) for b in (1, 2, 3, 4)]
 
 
 def test_train_sidebar_picks_ray_and_monitor_shows_where_a_run_trains(
@@ -240,7 +242,7 @@ def test_train_sidebar_picks_ray_and_monitor_shows_where_a_run_trains(
         at.button(key="backend_apply").click().run()
         assert not at.exception, at.exception
         assert "Now: Ray (local-cluster)" in page_texts(at)
-        for key, value in {"f_arch": "resnet18", "f_image_size": 64, "f_classes": 2, "f_max_per_class": 4,
+        for key, value in {"f_arch": "mobilenet_v3_small", "f_image_size": 64, "f_classes": 2, "f_max_per_class": 4,
                            "f_batch_size": 4, "f_epochs": 1}.items():
             at.session_state[key] = value
         at.button(key="queue").click().run()
