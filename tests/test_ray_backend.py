@@ -81,15 +81,16 @@ def test_a_resent_message_is_applied_once(tmp_path: Path) -> None:
 def test_two_runs_train_side_by_side_each_row_once(cluster: Any, tmp_path: Path, mini_root: Path) -> None:
     store = RunStore(tmp_path / "home")
     manager = RayJobManager(store, raybackend.LOCAL_CLUSTER, data_root=mini_root)
-    first = manager.submit(tiny(name="first"))
-    second = manager.submit(tiny(name="second", seed=7))
+    epochs = 20  # a few seconds each: longer than a Ray worker takes to start, so the two runs overlap
+    first = manager.submit(tiny(name="first", epochs=epochs))
+    second = manager.submit(tiny(name="second", seed=7, epochs=epochs))
     wait_for(lambda: len(manager.running()) == 2 or not manager.queued() and not manager.running())
     assert manager.wait(timeout=300)
     for run_id in (first, second):
         run = store.get_run(run_id)
         assert run.status == "finished", run.error
-        assert [e["epoch"] for e in store.epochs(run_id)] == [1, 2]
-        assert batch_pairs(store, run_id) == [(e, b) for e in (1, 2) for b in (1, 2, 3, 4)]
+        assert [e["epoch"] for e in store.epochs(run_id)] == list(range(1, epochs + 1))
+        assert batch_pairs(store, run_id) == [(e, b) for e in range(1, epochs + 1) for b in (1, 2, 3, 4)]
         assert (store.run_dir(run_id) / "best.pt").is_file() and run.test_acc is not None
         assert run.node.startswith("Ray node ") and "GPU" in run.node
         assert manager.placement(run_id).pid != os.getpid()
