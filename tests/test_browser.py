@@ -185,8 +185,9 @@ def test_queue_watch_and_cancel_runs(server, page) -> None:
     _shot(page, "monitor", docs=True)
 
     # A long run: while it trains, its curves gain points in place (no reload); then it is cancelled.
-    # (Long, so the growth is seen during training whatever the machine's speed, never only at the end.)
-    long_id = _queue(page, url, epochs=200)
+    # (Long, so the growth is seen during training whatever the machine's speed, never only at the end: 1000
+    # epochs of a few images are several minutes even for MobileNetV3-Small.)
+    long_id = _queue(page, url, epochs=1000)
     page.goto(f"{url}/monitor?run={long_id}")
     _settle(page)
     page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 4", timeout=120_000)

@@ -283,19 +283,19 @@ def _train_in_a_process(
 def test_ctrl_c_cancels_cleanly_and_resume_finishes(tmp_path: Path, mini_root: Path) -> None:
     import signal
 
-    proc, store = _train_in_a_process(tmp_path, mini_root, 8, lambda store, run: run.epochs_done >= 1)
+    proc, store = _train_in_a_process(tmp_path, mini_root, 20, lambda store, run: run.epochs_done >= 1)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130
     result = json.loads(out.strip().splitlines()[-1])
-    assert result["status"] == "cancelled" and 1 <= len(result["epochs"]) < 8
+    assert result["status"] == "cancelled" and 1 <= len(result["epochs"]) < 20
     run_id = result["run_id"]
     assert store.get_run(run_id).status == "cancelled"
 
     code, out, err = run_cli("resume", str(run_id), "--json", "--root", str(mini_root),
                              "--store", str(tmp_path))
     assert code == 0, err
-    assert [e["epoch"] for e in json.loads(out.strip().splitlines()[-1])["epochs"]] == list(range(1, 9))
+    assert [e["epoch"] for e in json.loads(out.strip().splitlines()[-1])["epochs"]] == list(range(1, 21))
 
 
 def test_arch_brings_its_native_image_size_unless_given(tmp_path: Path, mini_root: Path) -> None:
@@ -352,7 +352,8 @@ def test_delete_tag_note_and_filter(tmp_path: Path) -> None:
 def test_cancel_stops_a_run_of_another_process_within_a_batch(tmp_path: Path, mini_root: Path) -> None:
     from caltech_core.jobs import JobManager
 
-    proc, store = _train_in_a_process(tmp_path, mini_root, 200, lambda store, run: bool(store.batches(run.id)))
+    # 1000 epochs: minutes even for MobileNetV3-Small, far longer than starting the `cancel` process takes.
+    proc, store = _train_in_a_process(tmp_path, mini_root, 1000, lambda store, run: bool(store.batches(run.id)))
     run_id = store.list_runs()[0].id
     # A dashboard's job manager does not own the run either: its cancel also goes through the store.
     manager = JobManager(store, data_root=mini_root, recover=False)
@@ -367,7 +368,7 @@ def test_cancel_stops_a_run_of_another_process_within_a_batch(tmp_path: Path, mi
         proc.kill()
     run = store.get_run(run_id)
     assert run.status == "cancelled" and json.loads(out.strip().splitlines()[-1])["status"] == "cancelled"
-    assert run.epochs_done < 200
+    assert run.epochs_done < 1000
 
 
 def _other_value(setting: Setting) -> Any:

@@ -120,7 +120,8 @@ def test_two_submitters_run_in_fifo_order_while_readers_poll(tmp_path: Path, min
 def test_cancel_queued_and_running_then_resume(tmp_path: Path, mini_root: Path) -> None:
     store = RunStore(tmp_path)
     manager = JobManager(store, data_root=mini_root)
-    first = manager.submit(tiny(name="long", epochs=2, batch_size=2))
+    epochs = 20  # far more than a cancel takes: a MobileNetV3-Small epoch here is a fraction of a second
+    first = manager.submit(tiny(name="long", epochs=epochs, batch_size=2))
     second = manager.submit(tiny(name="waiting"))
     wait_for(lambda: manager.current() == first)
     assert manager.queued() == [second]
@@ -130,15 +131,15 @@ def test_cancel_queued_and_running_then_resume(tmp_path: Path, mini_root: Path) 
     assert manager.queued() == []
     assert store.get_run(second).status == "cancelled" and store.get_run(second).started is None
 
-    # Cancel in the middle of epoch 2.
+    # Cancel in the middle of a later epoch than the first.
     wait_for(lambda: (p := manager.progress(first)) is not None and p.epoch >= 1 and 1 <= p.batch < p.batches)
     assert manager.cancel(first)
     assert manager.wait(first, timeout=120)
     run = store.get_run(first)
     assert run.status == "cancelled"
-    epochs = store.epochs(first)
-    assert len(epochs) == 1
-    assert all(e[k] is not None for e in epochs for k in EPOCH_FIELDS)
+    kept = store.epochs(first)
+    assert 1 <= len(kept) < epochs
+    assert all(e[k] is not None for e in kept for k in EPOCH_FIELDS)
     assert manager.cancel(first) is False  # nothing to cancel any more
 
     with pytest.raises(ValueError, match="only cancelled or interrupted"):
@@ -147,9 +148,9 @@ def test_cancel_queued_and_running_then_resume(tmp_path: Path, mini_root: Path) 
     assert manager.wait(first, timeout=300)
     run = store.get_run(first)
     assert run.status == "finished", run.error
-    assert [e["epoch"] for e in store.epochs(first)] == [1, 2]
+    assert [e["epoch"] for e in store.epochs(first)] == list(range(1, epochs + 1))
     per_epoch = [(b["epoch"], b["batch"]) for b in store.batches(first)]
-    assert per_epoch == [(e, b) for e in (1, 2) for b in (1, 2, 3, 4)]  # 8 train images / batch 2
+    assert per_epoch == [(e, b) for e in range(1, epochs + 1) for b in (1, 2, 3, 4)]  # 8 train images / batch 2
     manager.shutdown(wait=True)
 
 

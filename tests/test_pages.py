@@ -226,8 +226,8 @@ def test_repeats_queue_runs_with_new_seeds_and_splits(with_data: Path) -> None:
 
 def test_cancel_button_stops_a_run(with_data: Path) -> None:
     manager = jobs.get_manager(with_data)
-    run_id = manager.submit(TrainConfig(arch="mobilenet_v3_small", image_size=64, classes=2, max_per_class=4, epochs=200,
-                                        batch_size=4))
+    run_id = manager.submit(TrainConfig(arch="mobilenet_v3_small", image_size=64, classes=2, max_per_class=4,
+                                        epochs=1000, batch_size=4))  # minutes: still running at the click
     at = open_page("monitor", run=str(run_id))
     assert not at.exception, at.exception
     at.button(key=f"cancel-{run_id}").click().run()
