@@ -353,7 +353,63 @@ def resumable_run(store: RunStore, run_id: int) -> RunRecord:
     return record
 
 
-class JobManager:
+class BaseJobManager:
+    """What both job managers share: submit and resume through the store, wait, a queued run's progress.
+
+    A subclass sets `store`, `_cond` (guarding its queue) and `_closing`, and defines `_enqueue` (start or queue a
+    run; called with the lock held) and `_pending` (is a run, or any run when None, not ended yet?).
+    """
+
+    store: RunStore
+    _cond: threading.Condition
+    _closing: bool
+
+    def _enqueue(self, run_id: int, *, resume: bool) -> None:
+        raise NotImplementedError
+
+    def _pending(self, run_id: int | None) -> bool:
+        raise NotImplementedError
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise RuntimeError("the job manager is shut down")
+
+    def submit(self, cfg: TrainConfig | dict[str, Any]) -> int:
+        """Validate and queue a run; returns its id (ConfigError on an invalid value)."""
+        cfg = checked_config(cfg)
+        with self._cond:
+            self._check_open()
+            # Created under the lock, so the queue order is the id order even with concurrent submitters.
+            run_id = self.store.create_run(cfg, status=RunStatus.QUEUED)
+            self._enqueue(run_id, resume=False)
+        return run_id
+
+    def resume(self, run_id: int) -> None:
+        """Queue an interrupted or cancelled run again; it continues from its last checkpoint."""
+        with self._cond:
+            record = resumable_run(self.store, run_id)
+            self._check_open()
+            self.store.set_status(run_id, RunStatus.QUEUED, record.error)
+            self._enqueue(run_id, resume=True)
+
+    def wait(self, run_id: int | None = None, timeout: float | None = None) -> bool:
+        """Block until `run_id` (or every run) has ended and its rows are in the store; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._pending(run_id):
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def _queued_progress(self, run_id: int) -> Progress:
+        record = self.store.get_run(run_id)
+        epochs = record.config.epochs if record else 0
+        return Progress(run_id, RunStatus.QUEUED.value, 0, epochs, 0, 0, 0.0, None, 0.0)
+
+
+class JobManager(BaseJobManager):
     """A FIFO queue of training runs executed one at a time by a daemon worker thread."""
 
     def __init__(self, store: RunStore, data_root: str | Path | None = None, runner: Runner | None = None,
@@ -376,17 +432,16 @@ class JobManager:
         self._thread.start()
 
     # -- queue -------------------------------------------------------------------------------------
-    def submit(self, cfg: TrainConfig | dict[str, Any]) -> int:
-        """Validate and queue a run; returns its id (ConfigError on an invalid value)."""
-        cfg = checked_config(cfg)
-        with self._cond:
-            if self._closing:
-                raise RuntimeError("the job manager is shut down")
-            # Created under the lock, so the queue order is the id order even with concurrent submitters.
-            run_id = self.store.create_run(cfg, status=RunStatus.QUEUED)
-            self._queue.append(run_id)
-            self._cond.notify_all()
-        return run_id
+    def _enqueue(self, run_id: int, *, resume: bool) -> None:
+        if resume:
+            self._resume.add(run_id)
+        self._queue.append(run_id)
+        self._cond.notify_all()
+
+    def _pending(self, run_id: int | None) -> bool:
+        if run_id is None:
+            return bool(self._queue) or self._current is not None
+        return run_id in self._queue or run_id == self._current
 
     def cancel(self, run_id: int) -> bool:
         """Cancel a queued run (removed, "cancelled") or ask the running one to stop, whichever process owns it
@@ -402,17 +457,6 @@ class JobManager:
                 self._stops[run_id].set()
                 return True
         return self.store.request_cancel(run_id)
-
-    def resume(self, run_id: int) -> None:
-        """Queue an interrupted or cancelled run again; it continues from its last checkpoint."""
-        with self._cond:
-            record = resumable_run(self.store, run_id)
-            if self._closing:
-                raise RuntimeError("the job manager is shut down")
-            self.store.set_status(run_id, RunStatus.QUEUED, record.error)
-            self._resume.add(run_id)
-            self._queue.append(run_id)
-            self._cond.notify_all()
 
     def queued(self) -> list[int]:
         """Ids waiting to run, in order."""
@@ -434,23 +478,8 @@ class JobManager:
         with self._cond:
             tracker = self._trackers.get(run_id) if run_id == self._current else None
             if tracker is None and run_id in self._queue:
-                record = self.store.get_run(run_id)
-                epochs = record.config.epochs if record else 0
-                return Progress(run_id, RunStatus.QUEUED.value, 0, epochs, 0, 0, 0.0, None, 0.0)
+                return self._queued_progress(run_id)
         return tracker.snapshot() if tracker is not None else None
-
-    def wait(self, run_id: int | None = None, timeout: float | None = None) -> bool:
-        """Block until `run_id` (or the whole queue) is done; False on timeout."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while (run_id in self._queue or run_id == self._current) if run_id is not None else (
-                self._queue or self._current is not None
-            ):
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._cond.wait(left)
-        return True
 
     def shutdown(self, wait: bool = False) -> None:
         """Stop the worker: the running job stops at its next batch; it and the queued ones become "interrupted"."""

@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from caltech_core import status as run_status
-from caltech_core.config import TrainConfig
-from caltech_core.jobs import Progress, Runner, checked_config, resumable_run
+from caltech_core.jobs import BaseJobManager, Progress, Runner
 from caltech_core.status import RunStatus
 from caltech_core.store import RunNotFoundError, RunRecord, RunStore, _process_alive
 
@@ -272,7 +271,7 @@ def _crash_message(exc: BaseException) -> tuple[RunStatus, str]:
             "last checkpoint")
 
 
-class RayJobManager:
+class RayJobManager(BaseJobManager):
     """The job manager's API on a Ray cluster: each run is a Ray task (1 GPU when the cluster has GPUs, plus
     `cpus_per_run` CPUs), so runs train side by side up to the cluster's capacity.
 
@@ -320,27 +319,8 @@ class RayJobManager:
         self._thread.start()
 
     # -- queue -------------------------------------------------------------------------------------
-    def submit(self, cfg: TrainConfig | dict[str, Any]) -> int:
-        """Validate and queue a run on the cluster; returns its id (ConfigError on an invalid value)."""
-        cfg = checked_config(cfg)
-        with self._cond:
-            if self._closing:
-                raise RuntimeError("the job manager is shut down")
-            run_id = self.store.create_run(cfg, status=RunStatus.QUEUED)
-            self._launch(run_id, resume=False)
-        return run_id
-
-    def resume(self, run_id: int) -> None:
-        """Queue an interrupted or cancelled run again; it continues from its last checkpoint, on any node."""
-        with self._cond:
-            record = resumable_run(self.store, run_id)
-            if self._closing:
-                raise RuntimeError("the job manager is shut down")
-            self.store.set_status(run_id, RunStatus.QUEUED, record.error)
-            self._launch(run_id, resume=True)
-
-    def _launch(self, run_id: int, *, resume: bool) -> None:
-        # Called with the lock held.
+    def _enqueue(self, run_id: int, *, resume: bool) -> None:
+        # A Ray task per run, queued by Ray until a slot is free; a resumed one continues on any node.
         record = self.store.get_run(run_id)
         assert record is not None
         options: dict[str, Any] = {"num_cpus": self.cpus_per_run, "max_retries": 0, "name": f"caltech-run-{run_id}"}
@@ -395,21 +375,12 @@ class RayJobManager:
                 return None
             progress = self._progress.get(run_id)
             if progress is None or run_id not in self._started:
-                record = self.store.get_run(run_id)
-                epochs = record.config.epochs if record else 0
-                return Progress(run_id, RunStatus.QUEUED.value, 0, epochs, 0, 0, 0.0, None, 0.0)
+                return self._queued_progress(run_id)
             return progress
 
-    def wait(self, run_id: int | None = None, timeout: float | None = None) -> bool:
-        """Block until `run_id` (or every run) has ended and its rows are in the store; False on timeout."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while run_id in self._refs if run_id is not None else self._refs:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._cond.wait(left)
-        return True
+    def _pending(self, run_id: int | None) -> bool:
+        # A run stays in _refs until its task has ended and the drain has put its rows in the store.
+        return run_id in self._refs if run_id is not None else bool(self._refs)
 
     def shutdown(self, wait: bool = False) -> None:
         """Stop: every run of this manager stops at its next batch and becomes "interrupted" (resumable)."""
