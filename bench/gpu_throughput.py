@@ -137,25 +137,14 @@ def throughput_rows(
 
     `samples` must hold at least (warmup + iters) * batch_size training samples (repeats allowed).
     """
-    cfg0 = TrainConfig(image_size=image_size, augment=augment)
     rows = []
     for arch in archs:
-        cfg = cfg0.replace(arch=arch, batch_size=batch_size, device=device.type)
+        cfg, real, synthetic = _inputs(cache, samples, num_classes, arch, device, batch_size, image_size, augment)
         row: dict = {"arch": arch, "batch_size": batch_size, "image_size": image_size}
         for workers in crop_workers:
-            loader = BatchLoader(
-                cache, [cache.index_of(s.path) for s in samples], [s.label for s in samples],
-                batch_size=batch_size, train=True, cfg=cfg, device=device,
-                generator=torch.Generator().manual_seed(0), reuse_buffers=True,  # as the engine's loaders
-                crop_workers=workers,
-            )
+            loader = real(workers)
             row[f"real_{loader.crop_workers}"] = measure(cfg, iter(loader), num_classes, device, warmup, iters)
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn(batch_size, 3, image_size, image_size, generator=gen).to(device)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = torch.randint(0, num_classes, (batch_size,), generator=gen).to(device)
-        row["synthetic"] = measure(cfg, itertools.repeat((x, y)), num_classes, device, warmup, iters)
+        row["synthetic"] = measure(cfg, synthetic, num_classes, device, warmup, iters)
         for key in [k for k in row if k.startswith("real_")]:
             row[f"ratio_{key[5:]}"] = row[key] / row["synthetic"]
         log(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))

@@ -48,6 +48,20 @@ def mini_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def splits(mini_root: Path):
+    """The mini tree's splits: 3 classes, 12 train / 12 val / 12 test real images."""
+    from caltech_core.data import load_splits
+
+    return load_splits(mini_root)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An image/feature cache folder shared by the tests of one module."""
+    return tmp_path_factory.mktemp("cache")
+
+
 @pytest.fixture
 def studio_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty store folder, also exported as CALTECH_STUDIO_HOME."""

@@ -13,19 +13,9 @@ import torch
 
 from caltech_core import engine, models, predictions
 from caltech_core.config import TrainConfig
-from caltech_core.data import Splits, load_splits
+from caltech_core.data import Splits
 
 BASE = TrainConfig(arch="mobilenet_v3_small", image_size=64, epochs=2, batch_size=8, lr=0.01, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def splits(mini_root: Path) -> Splits:
-    return load_splits(mini_root)  # 3 classes: 12 train / 12 val / 12 test real images
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cache")  # decoded images shared by the tests of this module
 
 
 def _curve(result: engine.RunResult) -> list[tuple]:

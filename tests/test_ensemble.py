@@ -11,17 +11,12 @@ from PIL import Image
 
 from caltech_core import engine, features, models
 from caltech_core.config import ConfigError, TrainConfig
-from caltech_core.data import Splits, load_splits
+from caltech_core.data import Splits
 from caltech_core.inference import Classifier
 from caltech_core.store import RunStore
 
 ARCH = "lite_ensemble"
 MEMBERS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-
-
-@pytest.fixture(scope="module")
-def splits(mini_root: Path) -> Splits:
-    return load_splits(mini_root)  # 3 classes: 12 train / 12 val / 12 test real images
 
 
 @pytest.fixture(scope="module")

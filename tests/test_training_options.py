@@ -14,19 +14,9 @@ from torch import nn
 
 from caltech_core import engine
 from caltech_core.config import ConfigError, TrainConfig
-from caltech_core.data import Splits, load_splits
+from caltech_core.data import Splits
 
 BASE = TrainConfig(arch="mobilenet_v3_small", image_size=48, epochs=2, batch_size=8, lr=0.01, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def splits(mini_root: Path) -> Splits:
-    return load_splits(mini_root)  # 3 classes: 12 train / 12 val / 12 test real images
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cache")
 
 
 def _curve(result: engine.RunResult) -> list[tuple]:
