@@ -145,11 +145,16 @@ def throughput_rows(
             loader = real(workers)
             row[f"real_{loader.crop_workers}"] = measure(cfg, iter(loader), num_classes, device, warmup, iters)
         row["synthetic"] = measure(cfg, synthetic, num_classes, device, warmup, iters)
-        for key in [k for k in row if k.startswith("real_")]:
-            row[f"ratio_{key[5:]}"] = row[key] / row["synthetic"]
-        log(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-        rows.append(row)
+        rows.append(_with_ratios(row, log))
     return rows
+
+
+def _with_ratios(row: dict, log) -> dict:
+    """`row` with ratio_X = real_X / synthetic for each real_X figure, logged on one line."""
+    for key in [k for k in row if k.startswith("real_")]:
+        row[f"ratio_{key[5:]}"] = row[key] / row["synthetic"]
+    log(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    return row
 
 
 def loader_rows(
@@ -170,10 +175,7 @@ def loader_rows(
         row["real_gpu_flips_1"] = measure(cfg, iter(real(1)), num_classes, device, warmup, iters)
         row["real_host_flips"] = measure(cfg, iter(real(flips_on_device=False)), num_classes, device, warmup, iters)
         row["synthetic"] = measure(cfg, synthetic, num_classes, device, warmup, iters)
-        for key in ("real_gpu_flips", "real_gpu_flips_1", "real_host_flips"):
-            row[f"ratio_{key[5:]}"] = row[key] / row["synthetic"]
-        log(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-        rows.append(row)
+        rows.append(_with_ratios(row, log))
     return rows
 
 
