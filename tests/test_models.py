@@ -102,6 +102,17 @@ def test_conv_mode_keeps_alexnet_classifier_at_random_init(mini_root: Path) -> N
     assert torch.equal(model.classifier[6].weight, head)
 
 
+def test_mobilenet_batchnorm_follows_a_short_run(tmp_path: Path) -> None:
+    # torchvision's momentum 0.01 would leave a short run's running statistics mostly at their initial values.
+    source = models.build_model("mobilenet_v3_small", 1000)
+    torch.save(source.state_dict(), tmp_path / "mnv3.pth")
+    fine_tuned = models.build_model("mobilenet_v3_small", 3, pretrained=True, weights_path=tmp_path / "mnv3.pth")
+    for model in (models.build_model("mobilenet_v3_small", 3), fine_tuned):
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert norms and {(m.momentum, m.eps) for m in norms} == {(0.1, 0.001)}
+    assert torch.equal(fine_tuned.features[0][0].weight, source.features[0][0].weight)
+
+
 def test_unknown_mode_and_arch_are_rejected() -> None:
     model = models.build_model("resnet18", 3)
     with pytest.raises(ValueError, match="unknown train mode 'head'"):
