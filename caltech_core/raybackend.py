@@ -309,8 +309,7 @@ class RayJobManager(BaseJobManager):
         self._closing = False
         self.interrupted: list[int] = []
         if recover:
-            self._drain_orphans()
-            self.interrupted = store.mark_interrupted()
+            self.interrupted = self._drain_orphans() + store.mark_interrupted()
         # Detached and named after this process: if this driver dies, a later one drains what it left.
         self._sink = self._ray.remote(Sink).options(
             name=_sink_name(store), namespace=NAMESPACE, lifetime="detached", num_cpus=0,
@@ -485,9 +484,11 @@ class RayJobManager(BaseJobManager):
                 self.store.set_status(run_id, RunStatus.INTERRUPTED,
                                       f"lost contact with the Ray cluster ({type(exc).__name__}); resume it to continue")
 
-    def _drain_orphans(self) -> None:
-        """Apply what sinks of dead drivers of this store (on this host) still hold, then remove those sinks."""
+    def _drain_orphans(self) -> list[int]:
+        """Apply what sinks of dead drivers of this store (on this host) still hold, then remove those sinks;
+        returns their runs that this left queued or running, now marked "interrupted"."""
         prefix = _sink_prefix(self.store)
+        orphaned: set[int] = set()
         for entry in self._ray.util.list_named_actors(all_namespaces=True):
             name = entry["name"] if isinstance(entry, dict) else entry
             pid = name[len(prefix):].split("-")[0]
@@ -497,5 +498,9 @@ class RayJobManager(BaseJobManager):
             messages = self._ray.get(orphan.take.remote(0))
             for message in messages:
                 self._apply(message)
+                orphaned.add(message[1])
             log.info("applied %d message(s) left by dead driver %s", len(messages), pid)
             self._ray.kill(orphan)
+        # A dead driver's runs are no process's any more, though a "running" among its messages (again, when the
+        # driver died before its next drain dropped it) has just stamped this process as their owner.
+        return self.store.mark_interrupted(only_dead=False, ids=orphaned)

@@ -18,7 +18,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -567,11 +567,12 @@ class RunStore:
         ])
 
     # -- crash recovery -------------------------------------------------------------------------
-    def mark_interrupted(self, *, only_dead: bool = True) -> list[int]:
+    def mark_interrupted(self, *, only_dead: bool = True, ids: Collection[int] | None = None) -> list[int]:
         """Turn runs left queued/running by a process that no longer exists into 'interrupted'.
 
         With `only_dead=False` every queued/running run is marked (a caller that knows none is alive).
         Runs owned by a live process (e.g. a CLI training beside the dashboard) are left alone.
+        `ids`: only these runs (default: all).
         """
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
@@ -583,7 +584,8 @@ class RunStore:
             ).fetchall()
             dead = [
                 r["id"] for r in rows
-                if not only_dead or not _process_alive(r["owner_pid"], r["owner_start"])
+                if (ids is None or r["id"] in ids)
+                and (not only_dead or not _process_alive(r["owner_pid"], r["owner_start"]))
             ]
             now = time.time()
             for run_id in dead:

@@ -144,6 +144,11 @@ def test_mark_interrupted_only_touches_runs_of_dead_processes(tmp_path: Path) ->
     orphan_run = store.get_run(orphan)
     assert orphan_run.status == "interrupted" and "resume" in orphan_run.error
     assert store.mark_interrupted() == []
+    other = store.create_run(TrainConfig(name="other"))
+    store.set_status(other, "running")
+    # Named runs only (a dead Ray driver's, which this process just stamped as its own), whoever owns them.
+    assert store.mark_interrupted(only_dead=False, ids={other}) == [other]
+    assert store.get_run(mine).status == "running"
     assert store.mark_interrupted(only_dead=False) == [mine]
 
 
