@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from caltech_core import engine  # noqa: E402
-from caltech_core.data import Splits  # noqa: E402
-from caltech_core.experiments import PRESETS  # noqa: E402
+from caltech_core.data.dataset import Splits  # noqa: E402
+from caltech_core.study.experiments import PRESETS  # noqa: E402
+from caltech_core.training import engine  # noqa: E402
 
 # Head settings compared with --tune (validation accuracy only).
 TUNE_GRID: list[dict] = [

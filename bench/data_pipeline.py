@@ -33,16 +33,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from machine import cpu_model
 
-from caltech_core import data
 from caltech_core.config import TrainConfig
-from caltech_core.imagecache import ImageCache
-from caltech_core.transforms import NORMALIZATION, BatchLoader
+from caltech_core.data import dataset
+from caltech_core.data.imagecache import ImageCache
+from caltech_core.data.transforms import NORMALIZATION, BatchLoader
 
 
 class StudyDataset(Dataset):
     """What torchvision's ImageFolder does per item: PIL open/convert, then the transform."""
 
-    def __init__(self, samples: list[data.Sample], transform: T.Compose) -> None:
+    def __init__(self, samples: list[dataset.Sample], transform: T.Compose) -> None:
         self.samples = samples
         self.transform = transform
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
 
-    splits = data.load_splits(args.root)
+    splits = dataset.load_splits(args.root)
     pool = splits.train + splits.val  # the study's training list (train.txt), real JPEGs
     samples = pool[: args.count]
     cfg = TrainConfig(augment=("crop", "hflip"), batch_size=args.batch_size)

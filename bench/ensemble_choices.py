@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 
 from caltech_core.config import TrainConfig
-from caltech_core.data import Splits
-from caltech_core.features import onnx_runner
-from caltech_core.imagecache import ImageCache
-from caltech_core.models import build_model, split_for_features
-from caltech_core.transforms import BatchLoader
+from caltech_core.data.dataset import Splits
+from caltech_core.data.imagecache import ImageCache
+from caltech_core.data.transforms import BatchLoader
+from caltech_core.nets.models import build_model, split_for_features
+from caltech_core.training.features import onnx_runner
 
 MEMBERS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 

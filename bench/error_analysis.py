@@ -2,7 +2,7 @@
 
 A ResNet-18 at 224 px with random weights stands in for a trained run (the page's work does not depend on the
 weights: the same number of images, cells and Grad-CAMs). Stages, each timed: decode the test images into a
-fresh image cache (what training does once), `predictions.recompute` (the CLI's `evaluate`), then the page
+fresh image cache (what training does once), `recompute.recompute` (the CLI's `evaluate`), then the page
 through Streamlit's AppTest: first view (12 thumbnails with Grad-CAM), the same again (cached), the next page,
 each other view, and the confusion cell with the most images.
 
@@ -24,12 +24,13 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from caltech_core import models, predictions  # noqa: E402
-from caltech_core.checkpoints import save_atomic  # noqa: E402
 from caltech_core.config import TrainConfig  # noqa: E402
-from caltech_core.data import Splits  # noqa: E402
-from caltech_core.imagecache import ImageCache  # noqa: E402
-from caltech_core.store import RunStore  # noqa: E402
+from caltech_core.data.dataset import Splits  # noqa: E402
+from caltech_core.data.imagecache import ImageCache  # noqa: E402
+from caltech_core.nets import models  # noqa: E402
+from caltech_core.nets.checkpoints import save_atomic  # noqa: E402
+from caltech_core.runs.store import RunStore  # noqa: E402
+from caltech_core.use import recompute  # noqa: E402
 
 
 def timed(label: str, fn, out: dict) -> object:
@@ -59,7 +60,7 @@ def main() -> None:
     timed("decode test images into the cache", lambda: ImageCache.build([s.path for s in splits.test],
                                                                        store.cache_dir, cfg.resize_size), times)
     results, path = timed("evaluate (recompute per-image results)",
-                          lambda: predictions.recompute(store, run_id, "test"), times)
+                          lambda: recompute.recompute(store, run_id, "test"), times)
 
     from streamlit.testing.v1 import AppTest
 

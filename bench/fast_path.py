@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from machine import describe
 
-from caltech_core import engine
 from caltech_core.config import TrainConfig
-from caltech_core.data import load_splits
-from caltech_core.imagecache import ImageCache
+from caltech_core.data.dataset import load_splits
+from caltech_core.data.imagecache import ImageCache
+from caltech_core.training import engine
 
 
 def main() -> None:

@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from caltech_core.architectures import ARCHITECTURES, get_spec
-from caltech_core.features import onnx_runner
-from caltech_core.models import build_model, split_for_features
+from caltech_core.nets.architectures import ARCHITECTURES, get_spec
+from caltech_core.nets.models import build_model, split_for_features
+from caltech_core.training.features import onnx_runner
 
 
 def main(argv: list[str] | None = None) -> int:

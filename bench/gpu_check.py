@@ -52,10 +52,11 @@ sys.path.insert(0, str(BENCH))
 
 import torch  # noqa: E402
 
-from caltech_core import data as caltech_data  # noqa: E402
+from caltech_core import settings  # noqa: E402
 from caltech_core.config import ARCHITECTURES, TrainConfig  # noqa: E402
-from caltech_core.imagecache import ImageCache  # noqa: E402
-from caltech_core.store import RunStore  # noqa: E402
+from caltech_core.data import dataset as caltech_data  # noqa: E402
+from caltech_core.data.imagecache import ImageCache  # noqa: E402
+from caltech_core.runs.store import RunStore  # noqa: E402
 
 STUDY_RETRAIN_TEST = 62.5  # the study's tuned from-scratch AlexNet, retrained on train+val (numbers.json)
 STUDY_BEST_TEST = 95.89  # the study's best model, ResNet-50 (Table 4)
@@ -169,7 +170,7 @@ class Plan:
 
 def _lite_arch() -> str | None:
     """The strongest EfficientNet-Lite whose ImageNet weights are installed, if any."""
-    from caltech_core.models import weights_status
+    from caltech_core.nets.models import weights_status
 
     for arch in ("efficientnet_lite2", "efficientnet_lite1", "efficientnet_lite0"):
         if arch in ARCHITECTURES and weights_status(arch).available:
@@ -179,7 +180,7 @@ def _lite_arch() -> str | None:
 
 def study_jobs(device: str) -> list[TrainConfig]:
     """The study's from-scratch experiments and the Lite fine-tune, longest and most important first."""
-    from caltech_core.experiments import PRESETS
+    from caltech_core.study.experiments import PRESETS
 
     best = PRESETS["retrain"].configs[0].replace(device=device)  # LR 1e-2, 60 epochs, step 30, train+val
     jobs = [
@@ -227,7 +228,7 @@ LITE_SIZES = (None, 300)  # None: the architecture's native size
 def second_jobs(device: str) -> list[TrainConfig]:
     """Candidates, each retrained on train+val after training (chosen on validation, reported on test):
     the Lite2 fine-tunes first (their epochs are the longest), then the from-scratch AlexNets."""
-    from caltech_core.experiments import PRESETS
+    from caltech_core.study.experiments import PRESETS
 
     jobs = []
     lite = _lite_arch()
@@ -422,7 +423,7 @@ class Check:
         stop_at = deadline - self.plan.caps["wrap_up"]
         stop_wall = time.time() + (stop_at - time.monotonic())  # the workers' clock
         threads = max(4, (os.cpu_count() or 1) // self.plan.processes + 2)  # 2 crop threads each on 16 cores
-        env = {**os.environ, caltech_data.THREADS_ENV: str(threads)}
+        env = {**os.environ, settings.THREADS.name: str(threads)}
         last_report = 0.0
         while pending or running:
             for job in [j for j in running if j.process.poll() is not None]:
@@ -674,7 +675,7 @@ def run(plan: Plan, root: Path, out: Path, work: Path) -> dict[str, Any]:
 
 def worker(store_home: Path, run_id: int, root: Path, stop_at: float) -> str:
     """Train one stored run through `jobs.run_job`, cancelling it cleanly at wall-clock time `stop_at`."""
-    from caltech_core import jobs
+    from caltech_core.runs import jobs
 
     torch.set_num_threads(2)
     stop = threading.Event()

@@ -28,12 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from machine import describe
 
 from caltech_core.config import ARCHITECTURES, TrainConfig
-from caltech_core.data import load_splits
-from caltech_core.engine import resolve_device
-from caltech_core.evaluation import autocast_for
-from caltech_core.imagecache import ImageCache
-from caltech_core.models import build_model
-from caltech_core.transforms import BatchLoader
+from caltech_core.data.dataset import load_splits
+from caltech_core.data.imagecache import ImageCache
+from caltech_core.data.transforms import BatchLoader
+from caltech_core.nets.models import build_model
+from caltech_core.training.engine import resolve_device
+from caltech_core.training.evaluation import autocast_for
 
 
 def _sync(device: torch.device) -> None:

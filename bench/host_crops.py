@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from machine import describe
 
 from caltech_core.config import TrainConfig
-from caltech_core.data import load_splits, worker_threads
-from caltech_core.imagecache import ImageCache
-from caltech_core.transforms import BatchLoader, _background
+from caltech_core.data.dataset import load_splits, worker_threads
+from caltech_core.data.imagecache import ImageCache
+from caltech_core.data.transforms import BatchLoader, _background
 
 
 def main() -> None:

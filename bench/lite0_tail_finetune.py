@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from machine import cpu_model
 
 from caltech_core.config import TrainConfig
-from caltech_core.data import Splits
-from caltech_core.imagecache import ImageCache
-from caltech_core.models import build_model
-from caltech_core.transforms import BatchLoader
+from caltech_core.data.dataset import Splits
+from caltech_core.data.imagecache import ImageCache
+from caltech_core.data.transforms import BatchLoader
+from caltech_core.nets.models import build_model
 
 FROZEN_BLOCKS = 5  # blocks[:5] always frozen: their output maps are what gets cached
 # name -> (index of the first trained block (7 = none, only conv_head; 8 = nothing but the new layer),

@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from machine import describe
 
-from caltech_core import engine
-from caltech_core.data import Splits
-from caltech_core.experiments import get_preset
+from caltech_core.data.dataset import Splits
+from caltech_core.study.experiments import get_preset
+from caltech_core.training import engine
 
 
 def main() -> None:

@@ -25,12 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from machine import describe
 
-from caltech_core import raybackend
-from caltech_core.data import Splits
-from caltech_core.experiments import get_preset
-from caltech_core.imagecache import ImageCache
-from caltech_core.jobs import JobManager
-from caltech_core.store import RunStore
+from caltech_core.data.dataset import Splits
+from caltech_core.data.imagecache import ImageCache
+from caltech_core.runs import raybackend
+from caltech_core.runs.backend import LOCAL_CLUSTER
+from caltech_core.runs.jobs import JobManager
+from caltech_core.runs.store import RunStore
+from caltech_core.study.experiments import get_preset
 
 
 def _grid(manager: object, store: RunStore, configs: list, label: str) -> float:
@@ -85,7 +86,7 @@ def main() -> None:
         ray.init(num_cpus=args.cpus, include_dashboard=False, namespace=raybackend.NAMESPACE, log_to_driver=False)
         cluster_seconds = time.perf_counter() - started
         try:
-            remote = raybackend.RayJobManager(store, raybackend.LOCAL_CLUSTER, data_root=args.root, cpus_per_run=1)
+            remote = raybackend.RayJobManager(store, LOCAL_CLUSTER, data_root=args.root, cpus_per_run=1)
             ray_seconds = _grid(remote, store, configs, "ray")
             remote.shutdown(wait=True)
         finally:

@@ -1,7 +1,7 @@
-"""`python -m caltech_core ...`: see caltech_core.cli."""
+"""`python -m caltech_core ...`: see caltech_core.cli.commands."""
 
 import sys
 
-from caltech_core.cli import main
+from caltech_core.cli.commands import main
 
 sys.exit(main())

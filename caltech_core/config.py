@@ -8,9 +8,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from caltech_core.architectures import ARCH_LABELS as ARCH_LABELS  # re-exported: friendly names for the UI
-from caltech_core.architectures import ARCHITECTURES as ARCHITECTURES
-from caltech_core.architectures import MemberWeights, get_spec
+from caltech_core.nets.architectures import (
+    ARCH_LABELS as ARCH_LABELS,  # re-exported: friendly names for the UI
+)
+from caltech_core.nets.architectures import ARCHITECTURES as ARCHITECTURES
+from caltech_core.nets.architectures import MemberWeights, get_spec
 
 TRAIN_MODES: tuple[str, ...] = ("all", "fc", "conv", "conv+head")
 AUGMENTATIONS: tuple[str, ...] = ("crop", "hflip", "rotate", "vflip")

@@ -9,12 +9,12 @@ in `.streamlit/config.toml`) is this machine only.
 from __future__ import annotations
 
 import hmac
-import os
 from pathlib import Path
 
 import streamlit as st
 
-ENV_VAR = "CALTECH_STUDIO_PASSWORD"
+from caltech_core import settings
+
 SECRET_KEY = "password"
 _SESSION_KEY = "_studio_authenticated"
 
@@ -32,7 +32,7 @@ def configured_password() -> str | None:
         if existing:
             raise SecretsUnreadable(f"{existing[0]} cannot be read ({exc})") from exc
         secret = None
-    value = secret if secret is not None else os.environ.get(ENV_VAR)
+    value = secret if secret is not None else settings.password()
     return str(value) if value else None
 
 
@@ -61,5 +61,5 @@ def require_password() -> None:
             st.session_state.pop("studio_password", None)
             st.rerun()
         st.error("Wrong password.", icon=":material/lock:")
-    st.caption(f"This studio is protected by a password (Streamlit secret `{SECRET_KEY}` or ${ENV_VAR}).")
+    st.caption(f"This studio is protected by a password (Streamlit secret `{SECRET_KEY}` or ${settings.PASSWORD.name}).")
     st.stop()

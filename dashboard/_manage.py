@@ -9,7 +9,7 @@ import streamlit as st
 
 from caltech_core import status as run_status
 from caltech_core.config import ConfigError
-from caltech_core.store import RunRecord, RunStore
+from caltech_core.runs.store import RunRecord, RunStore
 
 TRAIN_FROM = "train_from"  # session key: a config (dict) the Train page loads into its form once
 

@@ -8,22 +8,24 @@ connection and one job manager.
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
-from caltech_core import data, store
+from caltech_core import settings
 from caltech_core.config import ARCH_LABELS
+from caltech_core.data import dataset
+from caltech_core.runs import backend as job_backend
+from caltech_core.runs import store
 
 log = logging.getLogger(__name__)
 
 
 def studio_home() -> Path:
     """The store folder: $CALTECH_STUDIO_HOME, else ~/.caltech_studio."""
-    return store.default_home()
+    return settings.studio_home()
 
 
 @st.cache_resource(show_spinner=False)
@@ -34,20 +36,19 @@ def _store(home: str) -> store.RunStore:
 @st.cache_resource(show_spinner=False)
 def _manager(home: str, backend: str) -> Any:
     # Imported here: the job manager pulls in torch, which the Data page does not need.
-    from caltech_core import jobs
+    from caltech_core.runs import manager
 
-    return jobs.get_manager(Path(home), backend=backend)
+    return manager.get_manager(Path(home), backend=backend)
 
 
 @st.cache_resource(show_spinner=False)
 def _backend_setting() -> dict[str, str]:
     # One per server process, shared by every session (like the job manager it picks).
-    from caltech_core import raybackend
 
     try:
-        return {"backend": raybackend.backend_from_env()}
+        return {"backend": job_backend.backend_from_env()}
     except ValueError as exc:
-        return {"backend": raybackend.LOCAL, "problem": f"{raybackend.ENV_ADDRESS}: {exc}; training in this process."}
+        return {"backend": job_backend.LOCAL, "problem": f"{settings.RAY.name}: {exc}; training in this process."}
 
 
 def backend() -> str:
@@ -85,7 +86,7 @@ def get_store() -> store.RunStore:
 def get_manager() -> Any:
     """The process-wide job manager of the chosen backend, shared by all sessions (the local one trains one run at
     a time; a Ray cluster that cannot be reached stops the page with the reason)."""
-    from caltech_core.raybackend import RayBackendError
+    from caltech_core.runs.raybackend import RayBackendError
 
     try:
         return _open_or_stop(lambda home: _manager(home, backend()), "job manager")
@@ -98,7 +99,6 @@ def get_manager() -> Any:
 def backend_sidebar() -> None:
     """The Train page's sidebar setting: train in this process, or on a Ray cluster (changed only while nothing of
     the current backend is queued or running)."""
-    from caltech_core import raybackend
 
     setting = _backend_setting()
     with st.sidebar:
@@ -106,27 +106,27 @@ def backend_sidebar() -> None:
         if setting.get("problem"):
             st.warning(setting["problem"])
         current = setting["backend"]
-        choice = st.radio("Backend", ("local", "ray"), index=0 if current == raybackend.LOCAL else 1,
+        choice = st.radio("Backend", ("local", "ray"), index=0 if current == job_backend.LOCAL else 1,
                           key="backend_choice", format_func={"local": "This process (one run at a time)",
                                                               "ray": "Ray cluster (runs side by side)"}.get)
-        address = raybackend.LOCAL
+        address = job_backend.LOCAL
         if choice == "ray":
             address = st.text_input(
-                "Ray address", value=raybackend.LOCAL_CLUSTER if current == raybackend.LOCAL else current,
+                "Ray address", value=job_backend.LOCAL_CLUSTER if current == job_backend.LOCAL else current,
                 key="backend_address",
                 help="local-cluster (start Ray on this machine), auto (the cluster `ray start` made here), "
                      "ray://HOST:PORT or HOST:PORT. Each run asks for 1 GPU when the cluster has GPUs, else "
-                     f"${raybackend.ENV_CPUS} CPUs (default 1). See docs/scaling.md.")
-        st.caption(f"Now: {'this process' if current == raybackend.LOCAL else f'Ray ({current})'}")
+                     f"${settings.RAY_CPUS.name} CPUs (default 1). See docs/scaling.md.")
+        st.caption(f"Now: {'this process' if current == job_backend.LOCAL else f'Ray ({current})'}")
         if address.strip() != current and st.button("Use this backend", key="backend_apply"):
             _switch_backend(setting, address)
 
 
 def _switch_backend(setting: dict[str, str], address: str) -> None:
-    from caltech_core import raybackend
+    from caltech_core.runs import raybackend
 
     try:
-        address = raybackend.check_address(address)
+        address = job_backend.check_address(address)
     except ValueError as exc:
         st.error(str(exc))
         return
@@ -150,30 +150,30 @@ def _switch_backend(setting: dict[str, str], address: str) -> None:
 def data_root() -> Path | None:
     """The Caltech-101 folder if found ($CALTECH101_ROOT, then ./data/caltech101), else None."""
     try:
-        return data.resolve_root()
-    except data.DatasetNotFoundError:
+        return dataset.resolve_root()
+    except dataset.DatasetNotFoundError:
         return None
 
 
 def missing_data_message() -> str:
     """Why the dataset was not found and what to do, as the data module words it."""
     try:
-        data.resolve_root()
-    except data.DatasetNotFoundError as exc:
+        dataset.resolve_root()
+    except dataset.DatasetNotFoundError as exc:
         return str(exc)
     return ""
 
 
 def default_download_dir() -> Path:
     """Where the download button puts the dataset: $CALTECH101_ROOT if set, else ./data/caltech101."""
-    return Path(os.environ.get("CALTECH101_ROOT") or Path("data") / "caltech101")
+    return settings.dataset_root() or settings.DEFAULT_DATASET_ROOT
 
 
 def download_folders() -> list[Path]:
     """The folders the Data page may download into: ./data, the studio home and $CALTECH101_ROOT (if set)."""
     folders = [Path("data"), studio_home()]
-    if os.environ.get("CALTECH101_ROOT"):
-        folders.append(Path(os.environ["CALTECH101_ROOT"]))
+    if settings.dataset_root() is not None:
+        folders.append(settings.dataset_root())
     return [f.expanduser().resolve() for f in folders]
 
 

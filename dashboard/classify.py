@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from caltech_core import charts, inference, models
 from caltech_core.config import ARCH_LABELS
+from caltech_core.nets import models
 from caltech_core.status import RunStatus
+from caltech_core.study import charts
+from caltech_core.use import inference
 from dashboard._auth import require_password
 from dashboard._shared import get_store, run_label
 

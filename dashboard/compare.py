@@ -6,9 +6,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from caltech_core import charts, experiments, report
 from caltech_core import status as run_status
 from caltech_core.config import ARCH_LABELS, ARCHITECTURES, AUGMENTATIONS, TRAIN_MODES
+from caltech_core.study import charts, experiments, report
 from dashboard._auth import require_password
 from dashboard._manage import tag_filter
 from dashboard._shared import format_seconds, get_store

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from caltech_core import charts, data
+from caltech_core.data import dataset
+from caltech_core.study import charts
 from dashboard._auth import require_password
 from dashboard._shared import (
     confined_download_dir,
@@ -41,8 +42,8 @@ if root is None:
 
         try:
             with st.spinner("Downloading and unpacking…"):
-                got = data.download_dataset(target, progress=_progress)
-        except data.DatasetNotFoundError as exc:
+                got = dataset.download_dataset(target, progress=_progress)
+        except dataset.DatasetNotFoundError as exc:
             bar.empty()
             st.error(f"Download failed; this machine may be offline. {exc}")
         else:
@@ -63,8 +64,8 @@ def _scan_progress(done: int, total: int) -> None:
 
 
 try:
-    summary = data.dataset_summary(root, cache_dir=get_store().cache_dir, progress=_scan_progress)
-except (data.DatasetNotFoundError, data.SplitError) as exc:
+    summary = dataset.dataset_summary(root, cache_dir=get_store().cache_dir, progress=_scan_progress)
+except (dataset.DatasetNotFoundError, dataset.SplitError) as exc:
     st.error(str(exc))
     st.stop()
 scan_bar.empty()
@@ -89,8 +90,8 @@ classes = summary["classes"]
 default = classes.index("dalmatian") if "dalmatian" in classes else 0
 chosen = col_class.selectbox("Class", classes, index=default)
 split_name = col_split.radio("Split", ["train", "val", "test"], horizontal=True)
-splits_obj = data.load_splits(root)
-paths = data.sample_paths(splits_obj, chosen, 12, split=split_name)
+splits_obj = dataset.load_splits(root)
+paths = dataset.sample_paths(splits_obj, chosen, 12, split=split_name)
 if not paths:
     st.info(f"No {split_name} images of {chosen}.")
 for start in range(0, len(paths), 6):

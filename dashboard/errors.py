@@ -16,8 +16,10 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from caltech_core import charts, predictions
 from caltech_core.status import RunStatus
+from caltech_core.study import charts
+from caltech_core.training import predictions
+from caltech_core.use import recompute
 from dashboard._auth import require_password
 from dashboard._shared import data_root, get_store, run_label
 
@@ -54,7 +56,7 @@ def _results(file: str, stamp: float) -> predictions.ImageResults:
 @st.cache_resource(max_entries=4, show_spinner=False)
 def _image_cache(home: str, run: int, file: str, stamp: float):
     """The decoded-image cache over this results file's images (already decoded when the run trained here)."""
-    from caltech_core.imagecache import ImageCache
+    from caltech_core.data.imagecache import ImageCache
 
     record = store.get_run(run)
     return ImageCache.build(list(_results(file, stamp).paths), store.cache_dir, resize_size=record.config.resize_size)
@@ -62,7 +64,7 @@ def _image_cache(home: str, run: int, file: str, stamp: float):
 
 @st.cache_resource(max_entries=2, show_spinner=False)
 def _classifier(home: str, run: int, stamp: float):
-    from caltech_core.inference import Classifier
+    from caltech_core.use.inference import Classifier
 
     return Classifier.from_run(store, run)
 
@@ -73,7 +75,7 @@ if not path.is_file():
     if st.button("Compute per-image results", key="err_compute", icon=":material/calculate:"):
         with st.spinner(f"Evaluating run #{run_id} on the {split} split…"):
             try:
-                predictions.recompute(store, run_id, split, data_root=data_root())
+                recompute.recompute(store, run_id, split, data_root=data_root())
             except (predictions.ResultsError, FileNotFoundError) as exc:
                 st.error(str(exc))
                 st.stop()
@@ -107,7 +109,7 @@ show_cam = o3.toggle("Grad-CAM", value=True, key="err_cam", help="Heatmap of whe
 def _picture(home: str, run: int, file: str, stamp: float, image_path: str, class_index: int,
              cam: bool) -> np.ndarray | None:
     """The image as the network saw it (centre crop), with Grad-CAM of `class_index` over it; None if unreadable."""
-    from caltech_core.inference import overlay
+    from caltech_core.use.inference import overlay
 
     cache = _image_cache(home, run, file, stamp)
     index = cache.index_of(image_path)

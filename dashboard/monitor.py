@@ -7,9 +7,9 @@ import json
 import pandas as pd
 import streamlit as st
 
-from caltech_core import charts
 from caltech_core import status as run_status
 from caltech_core.status import RunStatus
+from caltech_core.study import charts
 from dashboard._auth import require_password
 from dashboard._manage import delete_many, manage_run, tag_filter
 from dashboard._shared import format_seconds, get_manager, get_store, run_label
@@ -158,7 +158,7 @@ if record.status == RunStatus.FINISHED or results.get("test_acc") is not None:
 # -- export ----------------------------------------------------------------------------------------------------
 if (store.run_dir(record.id) / "best.pt").is_file():
     with st.expander("Export the model (ONNX / TorchScript)"):
-        from caltech_core import export
+        from caltech_core.use import export
 
         fmt = st.radio("Format", list(export.FORMATS), horizontal=True, key="export_format",
                        format_func={"onnx": "ONNX (onnxruntime, CPU)", "torchscript": "TorchScript"}.get)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from caltech_core.experiments import PRESETS, submit_preset
-from caltech_core.report import build_report, export_zip, summary_lines
+from caltech_core.study.experiments import PRESETS, submit_preset
+from caltech_core.study.report import build_report, export_zip, summary_lines
 from dashboard._auth import require_password
 from dashboard._shared import data_root, format_seconds, get_manager, get_store
 

@@ -6,9 +6,11 @@ import math
 
 import streamlit as st
 
-from caltech_core import charts, data, experiments, weights
-from caltech_core.architectures import get_spec
 from caltech_core.config import GROUPS, ConfigError, Setting, TrainConfig
+from caltech_core.data import dataset
+from caltech_core.nets import weights
+from caltech_core.nets.architectures import get_spec
+from caltech_core.study import charts, experiments
 from dashboard import _settings
 from dashboard._auth import require_password
 from dashboard._manage import TRAIN_FROM
@@ -44,7 +46,7 @@ def _field(setting: Setting) -> None:
                                               "first.")
     elif setting.name == "class_names":
         root = data_root()
-        names = data.list_classes(root) if root is not None else []
+        names = dataset.list_classes(root) if root is not None else []
         _settings.widget(setting, options=sorted({*names, *st.session_state.get("f_class_names", [])}))
     else:
         ticked = _settings.widget(setting)
@@ -86,7 +88,7 @@ def _download_progress(arch: str) -> None:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _seconds_per_image(arch: str, train_mode: str, image_size: int, batch: int, device: str) -> float:
-    from caltech_core import engine
+    from caltech_core.training import engine
 
     return engine.seconds_per_training_image(arch, train_mode, image_size, batch, device)
 
@@ -156,8 +158,8 @@ if cfg is not None:
         splits = None
         if root is not None:
             try:
-                splits = data.Splits.from_config(cfg, root)
-            except (data.SplitError, FileNotFoundError) as exc:
+                splits = dataset.Splits.from_config(cfg, root)
+            except (dataset.SplitError, FileNotFoundError) as exc:
                 st.warning(str(exc))
         if splits is not None:
             st.caption(f"{len(splits.train)} training, {len(splits.val)} validation, {len(splits.test)} test "
@@ -188,9 +190,9 @@ if cfg is not None:
             if st.button("New random draw", key="reshuffle"):
                 st.session_state["preview_seed"] = st.session_state.get("preview_seed", 0) + 1
             try:
-                from caltech_core import imagecache, transforms
+                from caltech_core.data import imagecache, transforms
 
-                splits = splits or data.Splits.from_config(cfg, data_root())
+                splits = splits or dataset.Splits.from_config(cfg, data_root())
                 picked = splits.train[:: max(1, len(splits.train) // 6)][:6]
                 cache = imagecache.ImageCache.build([s.path for s in picked], get_store().cache_dir,
                                                     resize_size=cfg.resize_size)
@@ -198,7 +200,7 @@ if cfg is not None:
                                                   seed=st.session_state.get("preview_seed", 0))
                 for col, img, path in zip(st.columns(6), shown, cache.paths, strict=False):
                     col.image(img, caption=f"{path.parent.name}", width="stretch")
-            except (data.SplitError, FileNotFoundError) as exc:
+            except (dataset.SplitError, FileNotFoundError) as exc:
                 st.warning(str(exc))
 
 # -- queue ----------------------------------------------------------------------------------------------

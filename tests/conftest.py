@@ -51,7 +51,7 @@ def mini_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def splits(mini_root: Path):
     """The mini tree's splits: 3 classes, 12 train / 12 val / 12 test real images."""
-    from caltech_core.data import load_splits
+    from caltech_core.data.dataset import load_splits
 
     return load_splits(mini_root)
 
@@ -86,7 +86,7 @@ def _few_threads() -> None:
     torch.set_num_threads(2)
 
 
-# ---- data layer fixtures (caltech_core.data / imagecache / transforms) -------------------------------------
+# ---- data layer fixtures (caltech_core.data.dataset / imagecache / transforms) -------------------------------------
 
 
 @pytest.fixture

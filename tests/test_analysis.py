@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from apptest_pages import open_page, page_texts
 
-from caltech_core import charts, jobs, predictions
 from caltech_core.config import TrainConfig
-from caltech_core.store import RunStore
+from caltech_core.runs import jobs
+from caltech_core.runs.store import RunStore
+from caltech_core.study import charts
+from caltech_core.training import predictions
 
 
 @pytest.fixture(scope="module")

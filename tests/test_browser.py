@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from caltech_core.config import TrainConfig
-from caltech_core.store import RunStore
+from caltech_core.runs.store import RunStore
 
 pytestmark = pytest.mark.browser
 
@@ -311,7 +311,8 @@ def test_broken_store_and_unexpected_errors_show_no_traceback(browser, mini_root
 
 
 def test_clicking_a_confusion_cell_opens_its_images(browser, mini_root: Path, tmp_path: Path) -> None:
-    from caltech_core import jobs, predictions
+    from caltech_core.runs import jobs
+    from caltech_core.training import predictions
 
     home, log = tmp_path / "home", tmp_path / "streamlit.log"
     store = RunStore(home)

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from caltech_core.cli import main
+from caltech_core.cli.commands import main
 from caltech_core.config import SETTINGS, Setting, TrainConfig
-from caltech_core.store import RunStore
+from caltech_core.runs.store import RunStore
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--arch", "mobilenet_v3_small", "--image-size", "64", "--batch-size", "4", "--classes", "2", "--device", "cpu"]
@@ -108,7 +108,7 @@ def test_classify_good_bad_and_missing_files(trained: tuple[Path, dict[str, Any]
 
 
 def test_evaluate_recomputes_per_image_results(trained: tuple[Path, dict[str, Any]], mini_root: Path) -> None:
-    from caltech_core import predictions
+    from caltech_core.training import predictions
 
     home, summary = trained
     run_dir = RunStore(home).run_dir(summary["run_id"])
@@ -350,7 +350,7 @@ def test_delete_tag_note_and_filter(tmp_path: Path) -> None:
 
 
 def test_cancel_stops_a_run_of_another_process_within_a_batch(tmp_path: Path, mini_root: Path) -> None:
-    from caltech_core.jobs import JobManager
+    from caltech_core.runs.jobs import JobManager
 
     # 1000 epochs: minutes even for MobileNetV3-Small, far longer than starting the `cancel` process takes.
     proc, store = _train_in_a_process(tmp_path, mini_root, 1000, lambda store, run: bool(store.batches(run.id)))
@@ -399,7 +399,7 @@ def test_every_config_field_and_alias_parses_into_the_config(tmp_path: Path) -> 
     a non-default value through to the config the run would get, changing nothing else."""
     import dataclasses
 
-    from caltech_core.cli import _train_configs, build_parser
+    from caltech_core.cli.commands import _train_configs, build_parser
 
     parser = build_parser()
     store = RunStore(tmp_path)
@@ -420,7 +420,7 @@ def test_every_config_field_and_alias_parses_into_the_config(tmp_path: Path) -> 
 
 
 def test_old_flag_spellings_still_work(tmp_path: Path) -> None:
-    from caltech_core.cli import _train_configs, build_parser
+    from caltech_core.cli.commands import _train_configs, build_parser
 
     args = build_parser().parse_args([
         "train", "--class-names", "pizza,accordion", "--per-class-train", "5", "--train-fraction", "0.6",

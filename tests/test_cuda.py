@@ -17,16 +17,16 @@ import pytest
 import torch
 from torch import nn
 
-from caltech_core import engine
-from caltech_core.architectures import get_spec
 from caltech_core.config import ARCHITECTURES, TrainConfig
-from caltech_core.data import Splits
-from caltech_core.evaluation import autocast_for
-from caltech_core.imagecache import ImageCache
-from caltech_core.jobs import JobManager
-from caltech_core.models import build_model
-from caltech_core.store import RunStore
-from caltech_core.transforms import BatchLoader
+from caltech_core.data.dataset import Splits
+from caltech_core.data.imagecache import ImageCache
+from caltech_core.data.transforms import BatchLoader
+from caltech_core.nets.architectures import get_spec
+from caltech_core.nets.models import build_model
+from caltech_core.runs.jobs import JobManager
+from caltech_core.runs.store import RunStore
+from caltech_core.training import engine
+from caltech_core.training.evaluation import autocast_for
 
 pytestmark = [
     pytest.mark.cuda,

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from caltech_core import data
 from caltech_core.config import ConfigError, TrainConfig
+from caltech_core.data import dataset
 
 
 def _tiny_root(tmp_path: Path, per_class: dict[str, int], *, test_per_class: int = 2) -> Path:
     """A synthetic dataset: class folders with tiny JPEGs and split files listing them."""
     root = tmp_path / "root"
-    images = root / data.IMAGES_DIR
+    images = root / dataset.IMAGES_DIR
     train, test = [], []
     for cls, n in per_class.items():
         (images / cls).mkdir(parents=True)
@@ -39,7 +39,7 @@ def _tiny_root(tmp_path: Path, per_class: dict[str, int], *, test_per_class: int
 
 
 def test_full_real_split_sizes(caltech_root):
-    splits = data.load_splits(caltech_root)
+    splits = dataset.load_splits(caltech_root)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (2892, 2892, 2893)
     assert len(splits.classes) == 101 and "BACKGROUND_Google" not in splits.classes
     assert splits.classes == sorted(splits.classes)
@@ -49,14 +49,14 @@ def test_full_real_split_sizes(caltech_root):
     assert not {s.path for s in splits.train} & {s.path for s in splits.val}
     assert {s.label for s in splits.val} == set(range(101))
     # The same seed gives the same split; another seed another one.
-    again = data.load_splits(caltech_root)
+    again = dataset.load_splits(caltech_root)
     assert [s.path for s in again.train] == [s.path for s in splits.train]
-    other = data.load_splits(caltech_root, seed=7)
+    other = dataset.load_splits(caltech_root, seed=7)
     assert [s.path for s in other.train] != [s.path for s in splits.train]
 
 
 def test_mini_root_labels_and_paths(mini_root):
-    splits = data.load_splits(mini_root)
+    splits = dataset.load_splits(mini_root)
     assert splits.classes == ["accordion", "dalmatian", "pizza"]
     assert (len(splits.train), len(splits.val), len(splits.test)) == (12, 12, 12)
     assert Counter(s.label for s in splits.train) == {0: 4, 1: 4, 2: 4}
@@ -66,13 +66,13 @@ def test_mini_root_labels_and_paths(mini_root):
 
 def test_from_config_passes_the_split_settings(mini_root):
     cfg = TrainConfig(classes=2, max_per_class=3, train_fraction=0.5, split_seed=3)
-    splits = data.Splits.from_config(cfg, root=mini_root)
+    splits = dataset.Splits.from_config(cfg, root=mini_root)
     assert splits.classes == ["accordion", "dalmatian"]
     assert max(Counter(s.label for s in splits.test).values()) == 3
 
 
 def test_subsets_apply_to_every_split(mini_root):
-    splits = data.load_splits(mini_root, classes=2, max_per_class=2)
+    splits = dataset.load_splits(mini_root, classes=2, max_per_class=2)
     assert splits.classes == ["accordion", "dalmatian"]
     for part in (splits.train, splits.val, splits.test):
         assert Counter(s.label for s in part) == {0: 2, 1: 2}
@@ -80,7 +80,7 @@ def test_subsets_apply_to_every_split(mini_root):
 
 
 def test_per_class_protocol(mini_root):
-    splits = data.load_splits(mini_root, per_class_train=5, seed=1)
+    splits = dataset.load_splits(mini_root, per_class_train=5, seed=1)
     assert splits.protocol == "per_class"
     assert Counter(s.label for s in splits.train) == {0: 5, 1: 5, 2: 5}
     # 12 images per class: 5 train, 10% of the 7 left (at least one) validate, the rest test.
@@ -88,31 +88,31 @@ def test_per_class_protocol(mini_root):
     assert Counter(s.label for s in splits.test) == {0: 6, 1: 6, 2: 6}
     parts = [{s.path for s in p} for p in (splits.train, splits.val, splits.test)]
     assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
-    same = data.load_splits(mini_root, per_class_train=5, seed=1)
+    same = dataset.load_splits(mini_root, per_class_train=5, seed=1)
     assert [s.path for s in same.train] == [s.path for s in splits.train]
-    assert [s.path for s in data.load_splits(mini_root, per_class_train=5, seed=2).train] != [
+    assert [s.path for s in dataset.load_splits(mini_root, per_class_train=5, seed=2).train] != [
         s.path for s in splits.train
     ]
 
 
 def test_per_class_protocol_always_leaves_a_test_image(mini_root):
-    splits = data.load_splits(mini_root, per_class_train=100)
+    splits = dataset.load_splits(mini_root, per_class_train=100)
     assert Counter(s.label for s in splits.train) == {0: 11, 1: 11, 2: 11}
     assert Counter(s.label for s in splits.test) == {0: 1, 1: 1, 2: 1}
     assert splits.val == []
 
 
 def test_sample_paths(mini_root):
-    splits = data.load_splits(mini_root)
-    paths = data.sample_paths(splits, "pizza", 3)
+    splits = dataset.load_splits(mini_root)
+    paths = dataset.sample_paths(splits, "pizza", 3)
     assert len(paths) == 3 and all(p.parent.name == "pizza" for p in paths)
-    assert len(data.sample_paths(splits, "pizza", 3, split="test")) == 3
+    assert len(dataset.sample_paths(splits, "pizza", 3, split="test")) == 3
     with pytest.raises(KeyError, match="unknown class"):
-        data.sample_paths(splits, "BACKGROUND_Google", 3)
+        dataset.sample_paths(splits, "BACKGROUND_Google", 3)
 
 
 def test_dataset_summary_on_mini_root(mini_root, tmp_path):
-    summary = data.dataset_summary(mini_root, cache_dir=tmp_path)
+    summary = dataset.dataset_summary(mini_root, cache_dir=tmp_path)
     assert summary["root"] == str(mini_root.resolve())
     assert summary["num_classes"] == 3 and summary["classes"] == ["accordion", "dalmatian", "pizza"]
     assert summary["splits"] == {"train": 12, "val": 12, "test": 12}
@@ -125,32 +125,32 @@ def test_dataset_summary_on_mini_root(mini_root, tmp_path):
 
 def test_root_resolution_order(mini_root, tmp_path, monkeypatch):
     monkeypatch.setenv("CALTECH101_ROOT", str(mini_root))
-    assert data.resolve_root() == mini_root.resolve()
-    assert data.resolve_root(mini_root) == mini_root.resolve()
+    assert dataset.resolve_root() == mini_root.resolve()
+    assert dataset.resolve_root(mini_root) == mini_root.resolve()
     monkeypatch.delenv("CALTECH101_ROOT")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(data.DatasetNotFoundError) as err:
-        data.resolve_root()
+    with pytest.raises(dataset.DatasetNotFoundError) as err:
+        dataset.resolve_root()
     assert "data/caltech101" in str(err.value) and "101_ObjectCategories" in str(err.value)
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "caltech101").symlink_to(mini_root)
-    assert data.resolve_root() == mini_root.resolve()
+    assert dataset.resolve_root() == mini_root.resolve()
 
 
 def test_missing_root_message_says_what_and_where(tmp_path):
-    with pytest.raises(data.DatasetNotFoundError) as err:
-        data.load_splits(tmp_path / "nowhere")
+    with pytest.raises(dataset.DatasetNotFoundError) as err:
+        dataset.load_splits(tmp_path / "nowhere")
     message = str(err.value)
     assert str(tmp_path / "nowhere") in message
-    assert data.DATASET_URL in message and "train.txt" in message and "unpack" in message
+    assert dataset.DATASET_URL in message and "train.txt" in message and "unpack" in message
     assert isinstance(err.value, FileNotFoundError)
 
 
 def test_missing_split_file_message(tmp_path):
     root = _tiny_root(tmp_path, {"a": 6, "b": 6})
     (root / "test.txt").unlink()
-    with pytest.raises(data.DatasetNotFoundError, match=r"Split file test\.txt not found"):
-        data.load_splits(root)
+    with pytest.raises(dataset.DatasetNotFoundError, match=r"Split file test\.txt not found"):
+        dataset.load_splits(root)
 
 
 def test_missing_listed_file_and_bad_lines_are_skipped(tmp_path):
@@ -158,8 +158,8 @@ def test_missing_listed_file_and_bad_lines_are_skipped(tmp_path):
     with open(root / "train.txt", "a") as f:
         f.write("a/image_0099.jpg\nzebra/image_0001.jpg\nBACKGROUND_Google/image_0001.jpg\na/notes.txt\n")
         f.write("a/image_0003.jpg\n../../etc/passwd\n")
-    splits = data.load_splits(root)
-    reasons = {s.path.relative_to(root / data.IMAGES_DIR).as_posix(): s.reason for s in splits.skipped}
+    splits = dataset.load_splits(root)
+    reasons = {s.path.relative_to(root / dataset.IMAGES_DIR).as_posix(): s.reason for s in splits.skipped}
     assert reasons["a/image_0099.jpg"] == "train.txt: listed but missing"
     assert "class folder zebra does not exist" in reasons["zebra/image_0001.jpg"]
     assert reasons["a/notes.txt"] == "train.txt: not an image file"
@@ -171,23 +171,23 @@ def test_missing_listed_file_and_bad_lines_are_skipped(tmp_path):
 
 def test_empty_class_folder_is_reported(tmp_path):
     root = _tiny_root(tmp_path, {"a": 6, "b": 6})
-    (root / data.IMAGES_DIR / "c").mkdir()
-    (root / data.IMAGES_DIR / "c" / "tmp").write_text("not an image")
-    splits = data.load_splits(root)
+    (root / dataset.IMAGES_DIR / "c").mkdir()
+    (root / dataset.IMAGES_DIR / "c" / "tmp").write_text("not an image")
+    splits = dataset.load_splits(root)
     assert splits.classes == ["a", "b", "c"]
-    assert data.Skipped(root.resolve() / data.IMAGES_DIR / "c", "class folder has no images") in splits.skipped
-    assert data.dataset_summary(root, scan=False)["images_per_class"]["c"] == 0
+    assert dataset.Skipped(root.resolve() / dataset.IMAGES_DIR / "c", "class folder has no images") in splits.skipped
+    assert dataset.dataset_summary(root, scan=False)["images_per_class"]["c"] == 0
 
 
 def test_too_few_images_to_stratify_is_a_clear_error(tmp_path):
     root = _tiny_root(tmp_path, {"a": 3, "b": 6})  # class a has one training image
-    with pytest.raises(data.SplitError, match="cannot split"):
-        data.load_splits(root)
+    with pytest.raises(dataset.SplitError, match="cannot split"):
+        dataset.load_splits(root)
 
 
 def test_non_image_files_in_class_folders_are_ignored(mini_root):
     # mini_root's BACKGROUND_Google mirrors the real one; add nothing, just check the count ignores non-images.
-    counts = data.images_per_class(mini_root, ["accordion"])
+    counts = dataset.images_per_class(mini_root, ["accordion"])
     assert counts == {"accordion": 12}
 
 
@@ -195,33 +195,33 @@ def test_non_image_files_in_class_folders_are_ignored(mini_root):
 
 
 def test_find_unreadable_reports_each_broken_file(odd_images):
-    bad = data.find_unreadable(odd_images.values())
+    bad = dataset.find_unreadable(odd_images.values())
     assert {s.path for s in bad} == {odd_images["truncated"], odd_images["text"], odd_images["empty"]}
 
 
 def test_summary_reports_unreadable_images_and_caches_the_scan(tmp_path):
     root = _tiny_root(tmp_path, {"a": 6, "b": 6})
-    broken = root / data.IMAGES_DIR / "a" / "image_0004.jpg"
+    broken = root / dataset.IMAGES_DIR / "a" / "image_0004.jpg"
     good = broken.read_bytes()
     broken.write_bytes(good[: len(good) // 3])
     cache_dir = tmp_path / "cache"
-    summary = data.dataset_summary(root, cache_dir=cache_dir)
+    summary = dataset.dataset_summary(root, cache_dir=cache_dir)
     assert summary["unreadable"] == [str(broken.resolve())]
     assert summary["unreadable_count"] == 1
 
     decoded: list[tuple[int, int]] = []
-    data.dataset_summary(root, cache_dir=cache_dir, progress=lambda d, t: decoded.append((d, t)))
+    dataset.dataset_summary(root, cache_dir=cache_dir, progress=lambda d, t: decoded.append((d, t)))
     assert decoded == []  # second call: nothing decoded, results came from the scan cache
 
     broken.write_bytes(good)  # repaired: size changes, so it is checked again
-    fixed = data.dataset_summary(root, cache_dir=cache_dir, progress=lambda d, t: decoded.append((d, t)))
+    fixed = dataset.dataset_summary(root, cache_dir=cache_dir, progress=lambda d, t: decoded.append((d, t)))
     assert fixed["unreadable"] == [] and decoded == [(1, 1)]
 
 
 def test_splits_without_unreadable(mini_root):
-    splits = data.load_splits(mini_root)
+    splits = dataset.load_splits(mini_root)
     victim = splits.train[0]
-    cleaned = splits.without([data.Skipped(victim.path, "unreadable image")])
+    cleaned = splits.without([dataset.Skipped(victim.path, "unreadable image")])
     assert victim not in cleaned.train and len(cleaned.train) == len(splits.train) - 1
     assert cleaned.skipped[-1].path == victim.path
 
@@ -238,11 +238,11 @@ def _closed_port() -> int:
 def test_download_offline_fails_fast_with_instructions(tmp_path):
     url = f"http://127.0.0.1:{_closed_port()}/caltech.zip"
     start = time.monotonic()
-    with pytest.raises(data.DatasetNotFoundError) as err:
-        data.download_dataset(tmp_path / "dest", url=url, timeout=2)
+    with pytest.raises(dataset.DatasetNotFoundError) as err:
+        dataset.download_dataset(tmp_path / "dest", url=url, timeout=2)
     assert time.monotonic() - start < 5
     message = str(err.value)
-    assert "Download of" in message and data.DATASET_URL in message
+    assert "Download of" in message and dataset.DATASET_URL in message
     assert str(tmp_path / "dest") in message
     assert list((tmp_path / "dest").iterdir()) == []  # no partial download left behind
 
@@ -254,10 +254,10 @@ def test_download_uses_the_real_url_by_default(tmp_path, monkeypatch):
         requested.append(url)
         raise OSError("Network is unreachable")
 
-    monkeypatch.setattr(data.urllib.request, "urlopen", refuse)
-    with pytest.raises(data.DatasetNotFoundError, match="Network is unreachable"):
-        data.download_dataset(tmp_path)
-    assert requested == [data.DATASET_URL] and requested[0].startswith("https://github.com/")
+    monkeypatch.setattr(dataset.urllib.request, "urlopen", refuse)
+    with pytest.raises(dataset.DatasetNotFoundError, match="Network is unreachable"):
+        dataset.download_dataset(tmp_path)
+    assert requested == [dataset.DATASET_URL] and requested[0].startswith("https://github.com/")
 
 
 def _zip_of(root: Path, top: str = "Homework2-Caltech101-master") -> bytes:
@@ -292,13 +292,13 @@ def test_download_unpacks_verifies_and_reports_progress(tmp_path, served):
     (www / "c.zip").write_bytes(payload)
     seen: list[tuple[int, int]] = []
     dest = tmp_path / "dest"
-    root = data.download_dataset(
+    root = dataset.download_dataset(
         dest, lambda d, t: seen.append((d, t)), url=f"{base}/c.zip",
         sha256=hashlib.sha256(payload).hexdigest(), expected_bytes=len(payload),
     )
     assert root == dest.resolve()
     assert seen[-1] == (len(payload), len(payload))
-    splits = data.load_splits(dest)
+    splits = dataset.load_splits(dest)
     assert splits.classes == ["a", "b"] and len(splits.test) == 4
     assert sorted(p.name for p in dest.iterdir()) == ["101_ObjectCategories", "test.txt", "train.txt"]
 
@@ -306,34 +306,34 @@ def test_download_unpacks_verifies_and_reports_progress(tmp_path, served):
 def test_download_rejects_wrong_checksum(tmp_path, served):
     www, base = served
     (www / "c.zip").write_bytes(_zip_of(_tiny_root(tmp_path, {"a": 6, "b": 6})))
-    with pytest.raises(data.DatasetNotFoundError, match="wrong SHA-256"):
-        data.download_dataset(tmp_path / "dest", url=f"{base}/c.zip", sha256="0" * 64)
-    assert not (tmp_path / "dest" / data.IMAGES_DIR).exists()
+    with pytest.raises(dataset.DatasetNotFoundError, match="wrong SHA-256"):
+        dataset.download_dataset(tmp_path / "dest", url=f"{base}/c.zip", sha256="0" * 64)
+    assert not (tmp_path / "dest" / dataset.IMAGES_DIR).exists()
 
 
 def test_download_from_file_url_detects_incomplete_archive(tmp_path):
     root = _tiny_root(tmp_path, {"a": 6, "b": 6})
-    (root / data.IMAGES_DIR / "a" / "image_0005.jpg").unlink()  # listed in train.txt, absent from the zip
+    (root / dataset.IMAGES_DIR / "a" / "image_0005.jpg").unlink()  # listed in train.txt, absent from the zip
     archive = tmp_path / "c.zip"
     archive.write_bytes(_zip_of(root))
-    with pytest.raises(data.DatasetNotFoundError, match="incomplete: 1 images of train.txt missing"):
-        data.download_dataset(tmp_path / "dest", url=archive.as_uri())
+    with pytest.raises(dataset.DatasetNotFoundError, match="incomplete: 1 images of train.txt missing"):
+        dataset.download_dataset(tmp_path / "dest", url=archive.as_uri())
 
 
 def test_download_rejects_a_non_zip(tmp_path):
     junk = tmp_path / "junk.zip"
     junk.write_text("<html>rate limited</html>")
-    with pytest.raises(data.DatasetNotFoundError, match="not a zip archive"):
-        data.download_dataset(tmp_path / "dest", url=junk.as_uri())
+    with pytest.raises(dataset.DatasetNotFoundError, match="not a zip archive"):
+        dataset.download_dataset(tmp_path / "dest", url=junk.as_uri())
 
 
 def test_classes_by_name(mini_root: Path) -> None:
-    splits = data.load_splits(mini_root, classes=["pizza", "accordion"])
+    splits = dataset.load_splits(mini_root, classes=["pizza", "accordion"])
     assert splits.classes == ["accordion", "pizza"] and {s.label for s in splits.test} == {0, 1}
     cfg = TrainConfig(class_names="pizza, accordion")
     assert cfg.class_names == ("pizza", "accordion") and TrainConfig.from_dict(cfg.to_dict()) == cfg
-    assert data.Splits.from_config(cfg, root=mini_root).classes == ["accordion", "pizza"]
-    with pytest.raises(data.SplitError, match="unknown class 'pizzza'"):
-        data.load_splits(mini_root, classes=["pizzza"])
+    assert dataset.Splits.from_config(cfg, root=mini_root).classes == ["accordion", "pizza"]
+    with pytest.raises(dataset.SplitError, match="unknown class 'pizzza'"):
+        dataset.load_splits(mini_root, classes=["pizzza"])
     with pytest.raises(ConfigError, match="not both"):
         TrainConfig(classes=2, class_names=("pizza",))

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms import v2
 
-from caltech_core import models
-from caltech_core.architectures import get_spec
+from caltech_core.nets import models
+from caltech_core.nets.architectures import get_spec
 
 # TF EfficientNet-Lite stages (efficientnet_lite_builder.py): the first stride of each of the 7 stages, and
 # their repeats per model (Lite0's, times the depth multiplier 1.0 / 1.1 / 1.2 rounded up; the first and last

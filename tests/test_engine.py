@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from caltech_core import engine, models, predictions
 from caltech_core.config import TrainConfig
-from caltech_core.data import Splits
+from caltech_core.data.dataset import Splits
+from caltech_core.nets import models
+from caltech_core.training import engine, predictions
 
 BASE = TrainConfig(arch="mobilenet_v3_small", image_size=64, epochs=2, batch_size=8, lr=0.01, device="cpu")
 
@@ -194,7 +195,7 @@ def test_early_stopping_and_retrain_on_train_val(splits: Splits, cache_dir: Path
 def test_short_run_writes_best_once_and_cancel_before_a_checkpoint(
     splits: Splits, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from caltech_core import checkpoints
+    from caltech_core.nets import checkpoints
 
     written: list[str] = []
     real_save = checkpoints.save_atomic

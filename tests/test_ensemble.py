@@ -9,11 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from caltech_core import engine, features, models
 from caltech_core.config import ConfigError, TrainConfig
-from caltech_core.data import Splits
-from caltech_core.inference import Classifier
-from caltech_core.store import RunStore
+from caltech_core.data.dataset import Splits
+from caltech_core.nets import models
+from caltech_core.runs.store import RunStore
+from caltech_core.training import engine, features
+from caltech_core.use.inference import Classifier
 
 ARCH = "lite_ensemble"
 MEMBERS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")

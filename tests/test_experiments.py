@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from caltech_core.config import ConfigError, TrainConfig
-from caltech_core.experiments import (
+from caltech_core.runs.jobs import JobManager
+from caltech_core.runs.store import RunStore
+from caltech_core.study.experiments import (
     PRESETS,
     best_member,
     differing_fields,
@@ -16,8 +18,6 @@ from caltech_core.experiments import (
     submit_preset,
     sweep,
 )
-from caltech_core.jobs import JobManager
-from caltech_core.store import RunStore
 
 TINY = TrainConfig(image_size=64, epochs=1, step_size=1, batch_size=4, device="cpu")
 

@@ -10,11 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from caltech_core import export, jobs
-from caltech_core.cli import main
+from caltech_core.cli.commands import main
 from caltech_core.config import TrainConfig
-from caltech_core.inference import Classifier
-from caltech_core.store import RunStore
+from caltech_core.runs import jobs
+from caltech_core.runs.store import RunStore
+from caltech_core.use import export
+from caltech_core.use.inference import Classifier
 
 
 @pytest.fixture(scope="module")

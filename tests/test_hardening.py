@@ -17,11 +17,11 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 from torch import nn
 
-from caltech_core import jobs
-from caltech_core.cli import main as cli_main
+from caltech_core.cli.commands import main as cli_main
 from caltech_core.config import ConfigError, TrainConfig
-from caltech_core.inference import Classifier, ImageError, classify_uploads, open_upload
-from caltech_core.store import RunStore
+from caltech_core.runs.manager import get_manager
+from caltech_core.runs.store import RunStore
+from caltech_core.use.inference import Classifier, ImageError, classify_uploads, open_upload
 
 REPO = Path(__file__).resolve().parent.parent
 REAL_CLASSES = ("accordion", "dalmatian")
@@ -43,7 +43,7 @@ def _padded(data: bytes, total: int) -> bytes:
 def with_data(mini_root: Path, studio_home: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("CALTECH101_ROOT", str(mini_root))
     yield studio_home
-    jobs.get_manager(studio_home).shutdown(wait=True)
+    get_manager(studio_home).shutdown(wait=True)
 
 
 # -- uploads over the limit ---------------------------------------------------------------------------------
@@ -124,7 +124,7 @@ def test_training_skips_bad_files_and_the_monitor_lists_them(
     flawed_root: Path, studio_home: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("CALTECH101_ROOT", str(flawed_root))
-    manager = jobs.get_manager(studio_home)
+    manager = get_manager(studio_home)
     try:
         run_id = manager.submit(TrainConfig(arch="mobilenet_v3_small", image_size=64, epochs=1, batch_size=4, device="cpu"))
         assert manager.wait(run_id, timeout=300)
@@ -175,7 +175,7 @@ def test_two_sessions_queue_at_the_same_moment_and_run_in_order(with_data: Path)
         assert f"Queued run #{run_id}" in page_texts(at)
     assert len(set(queued)) == 2
 
-    assert jobs.get_manager(with_data).wait(timeout=300)
+    assert get_manager(with_data).wait(timeout=300)
     store = RunStore(with_data)
     first, second = (store.get_run(i) for i in sorted(queued))
     assert first.status == second.status == "finished", (first.error, second.error)

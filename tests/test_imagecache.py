@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from torchvision.transforms import v2
 
-from caltech_core import data
-from caltech_core.imagecache import ImageCache, load_resized, resized_size
+from caltech_core.data import dataset
+from caltech_core.data.imagecache import ImageCache, load_resized, resized_size
 
 READABLE = ("rgb_jpeg", "gray", "cmyk", "rgba_png", "png16", "gif")
 BROKEN = ("truncated", "text", "empty")
@@ -153,7 +153,7 @@ def test_decompression_bomb_limit_stays_on(tmp_path, monkeypatch):
 
 
 def test_mini_root_images_cache_at_256(mini_root, tmp_path):
-    splits = data.load_splits(mini_root)
+    splits = dataset.load_splits(mini_root)
     paths = splits.all_paths()
     cache = ImageCache.build(paths, tmp_path / "cache")
     assert len(cache) == len(paths) == 36 and cache.unreadable == []
@@ -164,7 +164,7 @@ def test_mini_root_images_cache_at_256(mini_root, tmp_path):
 
 
 def test_build_reports_progress_up_to_total(mini_root, tmp_path):
-    paths = data.load_splits(mini_root).all_paths()[:5]
+    paths = dataset.load_splits(mini_root).all_paths()[:5]
     seen: list[tuple[int, int]] = []
     ImageCache.build(paths, tmp_path / "cache", resize_size=64, progress=lambda d, t: seen.append((d, t)))
     assert seen[0] == (0, 5) and seen[-1] == (5, 5)

@@ -13,10 +13,11 @@ import torch
 from PIL import Image
 from torchvision.ops.misc import Conv2dNormActivation
 
-from caltech_core import models
-from caltech_core.architectures import get_spec
 from caltech_core.config import TrainConfig
-from caltech_core.inference import (
+from caltech_core.nets import models
+from caltech_core.nets.architectures import get_spec
+from caltech_core.runs.store import RunStore
+from caltech_core.use.inference import (
     CheckpointError,
     Classifier,
     ImageError,
@@ -24,7 +25,6 @@ from caltech_core.inference import (
     overlay,
     target_layer,
 )
-from caltech_core.store import RunStore
 
 
 def _encode(image: Image.Image, fmt: str, **kwargs: object) -> bytes:
@@ -238,7 +238,7 @@ def test_missing_weights_and_unknown_run_are_clear_errors(tmp_path: Path) -> Non
 
 def test_training_and_classify_see_the_same_pixels(tmp_path: Path) -> None:
     """The same awkward files decoded by the training cache and by Classify's upload reader are identical."""
-    from caltech_core.imagecache import ImageCache
+    from caltech_core.data.imagecache import ImageCache
 
     rng = np.random.default_rng(3)
     rgb = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 import torch
 
-from caltech_core import engine
 from caltech_core.config import ConfigError, TrainConfig
-from caltech_core.jobs import JobManager, get_manager
-from caltech_core.store import RunStore
+from caltech_core.runs.jobs import JobManager
+from caltech_core.runs.manager import get_manager
+from caltech_core.runs.store import RunStore
+from caltech_core.training import engine
 
 REPO = Path(__file__).resolve().parent.parent
 EPOCH_FIELDS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
@@ -168,7 +169,7 @@ def test_failures_are_recorded_and_the_queue_goes_on(
     manager = JobManager(store, data_root=mini_root, runner=runner)
     with pytest.raises(ConfigError, match="lr"):
         manager.submit({"lr": -1.0})
-    with caplog.at_level(logging.ERROR, logger="caltech_core.jobs"):
+    with caplog.at_level(logging.ERROR, logger="caltech_core.runs.jobs"):
         boom = manager.submit(tiny(name="boom"))
         oom = manager.submit(tiny(name="oom", batch_size=8))
         ok = manager.submit(tiny(name="ok"))

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from caltech_core import models
-from caltech_core.architectures import ARCH_LABELS, UnknownArchitectureError, get_spec
 from caltech_core.config import ARCHITECTURES, TRAIN_MODES
+from caltech_core.nets import models
+from caltech_core.nets.architectures import ARCH_LABELS, UnknownArchitectureError, get_spec
 
 
 def _real_batch(mini_root: Path, size: int, n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,7 +209,7 @@ def test_every_table_entry_is_complete(arch: str) -> None:
 
 def test_unknown_architecture_fails_loudly_everywhere() -> None:
     from caltech_core.config import ConfigError, TrainConfig
-    from caltech_core.inference import target_layer
+    from caltech_core.use.inference import target_layer
 
     model = models.build_model("efficientnet_lite0", 3)
     for call in (

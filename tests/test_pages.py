@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 from apptest_pages import open_page, page_texts
 
-from caltech_core import experiments, jobs
 from caltech_core.config import SETTINGS, TrainConfig
-from caltech_core.store import RunStore
+from caltech_core.runs import jobs
+from caltech_core.runs.manager import get_manager
+from caltech_core.runs.store import RunStore
+from caltech_core.study import experiments
 
 REPO = Path(__file__).resolve().parent.parent
 PAGES = ("data", "train", "monitor", "errors", "compare", "classify")
@@ -22,7 +24,7 @@ TINY = {"f_arch": "mobilenet_v3_small", "f_image_size": 64, "f_classes": 2, "f_m
 def with_data(mini_root: Path, studio_home: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("CALTECH101_ROOT", str(mini_root))
     yield studio_home
-    jobs.get_manager(studio_home).shutdown(wait=True)
+    get_manager(studio_home).shutdown(wait=True)
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +196,7 @@ def test_a_queued_run_shows_in_monitor_and_finishes(with_data: Path) -> None:
     monitor = open_page("monitor", run=str(run.id))
     assert not monitor.exception, monitor.exception
     assert monitor.selectbox[0].value == run.id
-    assert jobs.get_manager(with_data).wait(run.id, timeout=300)
+    assert get_manager(with_data).wait(run.id, timeout=300)
     monitor.run()
     assert not monitor.exception, monitor.exception
     assert RunStore(with_data).get_run(run.id).status == "finished"
@@ -221,11 +223,11 @@ def test_repeats_queue_runs_with_new_seeds_and_splits(with_data: Path) -> None:
     assert [(r.config.lr, r.config.seed, r.config.split_seed) for r in queued] == [
         (0.01, 42, 42), (0.05, 42, 42), (0.01, 43, 43), (0.05, 43, 43)]
     for run in queued:
-        jobs.get_manager(with_data).cancel(run.id)  # full-size AlexNet runs: only their queueing is tested
+        get_manager(with_data).cancel(run.id)  # full-size AlexNet runs: only their queueing is tested
 
 
 def test_cancel_button_stops_a_run(with_data: Path) -> None:
-    manager = jobs.get_manager(with_data)
+    manager = get_manager(with_data)
     run_id = manager.submit(TrainConfig(arch="mobilenet_v3_small", image_size=64, classes=2, max_per_class=4,
                                         epochs=1000, batch_size=4))  # minutes: still running at the click
     at = open_page("monitor", run=str(run_id))
@@ -263,7 +265,7 @@ def test_compare_shows_mean_and_spread_of_repeats(studio_home: Path) -> None:
 
 
 def test_report_shows_verdicts_summary_and_queues_repeats(with_data: Path) -> None:
-    from caltech_core.experiments import PRESETS
+    from caltech_core.study.experiments import PRESETS
 
     store = RunStore(with_data)
     run_id = store.create_run(PRESETS["baseline"].configs[0].replace(seed=5))
@@ -289,7 +291,7 @@ def test_report_shows_verdicts_summary_and_queues_repeats(with_data: Path) -> No
     queued = [r for r in store.list_runs(group="baseline", newest_first=False) if r.id != run_id]
     assert [(r.config.seed, r.config.split_seed) for r in queued] == [(42, 42), (43, 43)]
     for run in queued:
-        jobs.get_manager(with_data).cancel(run.id)  # full-size AlexNet: only the queueing is tested
+        get_manager(with_data).cancel(run.id)  # full-size AlexNet: only the queueing is tested
 
 
 def test_classify_a_run_and_imagenet_uploads(trained_home: Path, mini_root: Path,
@@ -316,7 +318,7 @@ def test_classify_a_run_and_imagenet_uploads(trained_home: Path, mini_root: Path
 
 
 def test_chart_builders_place_and_normalise_values() -> None:
-    from caltech_core import charts
+    from caltech_core.study import charts
 
     rows = [{"epoch": 1, "batch": b, "loss": 1.0} for b in (1, 2, 3, 4)] + [{"epoch": 2, "batch": 1, "loss": 0.5}]
     assert list(charts.batch_loss_figure(rows).data[0].x) == [0.25, 0.5, 0.75, 1.0, 1.25]

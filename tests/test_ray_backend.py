@@ -15,10 +15,14 @@ from typing import Any
 
 import pytest
 
-from caltech_core import engine, jobs, raybackend
+from caltech_core import settings
 from caltech_core.config import TrainConfig
-from caltech_core.raybackend import RayJobManager
-from caltech_core.store import RunStore
+from caltech_core.runs import jobs, raybackend
+from caltech_core.runs.backend import LOCAL_CLUSTER
+from caltech_core.runs.manager import get_manager
+from caltech_core.runs.raybackend import RayJobManager
+from caltech_core.runs.store import RunStore
+from caltech_core.training import engine
 
 REPO = Path(__file__).resolve().parent.parent
 CURVE_FIELDS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
@@ -80,7 +84,7 @@ def test_a_resent_message_is_applied_once(tmp_path: Path) -> None:
 
 def test_two_runs_train_side_by_side_each_row_once(cluster: Any, tmp_path: Path, mini_root: Path) -> None:
     store = RunStore(tmp_path / "home")
-    manager = RayJobManager(store, raybackend.LOCAL_CLUSTER, data_root=mini_root)
+    manager = RayJobManager(store, LOCAL_CLUSTER, data_root=mini_root)
     epochs = 20  # a few seconds each: longer than a Ray worker takes to start, so the two runs overlap
     first = manager.submit(tiny(name="first", epochs=epochs))
     second = manager.submit(tiny(name="second", seed=7, epochs=epochs))
@@ -104,7 +108,7 @@ def test_two_runs_train_side_by_side_each_row_once(cluster: Any, tmp_path: Path,
 def test_cancel_a_waiting_and_a_running_remote_run(cluster: Any, tmp_path: Path, mini_root: Path) -> None:
     store = RunStore(tmp_path / "home")
     # Two CPUs a run on a two-CPU cluster: one run at a time, so the second one waits for a slot.
-    manager = RayJobManager(store, raybackend.LOCAL_CLUSTER, data_root=mini_root, cpus_per_run=2)
+    manager = RayJobManager(store, LOCAL_CLUSTER, data_root=mini_root, cpus_per_run=2)
     long = manager.submit(tiny(name="long", epochs=20))  # far more than a cancel takes
     waiting = manager.submit(tiny(name="waiting"))
     wait_for(lambda: (p := manager.progress(long)) is not None and p.phase == "training" and p.epoch >= 1)
@@ -130,7 +134,7 @@ def test_killed_worker_is_interrupted_and_resumes_to_identical_curves(
     shared = tmp_path / "mounted-elsewhere"  # the store's folder as the workers see it (another path to it)
     shared.symlink_to(store.home)
     runner = functools.partial(engine.train, checkpoint_seconds=0)  # last.pt after every epoch
-    manager = RayJobManager(store, raybackend.LOCAL_CLUSTER, data_root=mini_root, runner=runner, worker_home=shared)
+    manager = RayJobManager(store, LOCAL_CLUSTER, data_root=mini_root, runner=runner, worker_home=shared)
     reference = manager.submit(tiny(name="reference", epochs=12))
     killed = manager.submit(tiny(name="killed", epochs=12))
     wait_for(lambda: (store.get_run(killed).checkpoint_epoch or 0) >= 1)
@@ -155,7 +159,7 @@ def test_killed_worker_is_interrupted_and_resumes_to_identical_curves(
 def test_a_worker_without_the_dataset_fails_the_run_saying_so(cluster: Any, tmp_path: Path) -> None:
     store = RunStore(tmp_path / "home")
     nowhere = tmp_path / "no-caltech"
-    manager = RayJobManager(store, raybackend.LOCAL_CLUSTER,
+    manager = RayJobManager(store, LOCAL_CLUSTER,
                             runtime_env={"env_vars": {"CALTECH101_ROOT": str(nowhere)}})
     run_id = manager.submit(tiny())
     assert manager.wait(run_id, timeout=180)
@@ -167,19 +171,19 @@ def test_a_worker_without_the_dataset_fails_the_run_saying_so(cluster: Any, tmp_
 def test_backend_choice_and_the_local_backend_needs_no_ray(
     cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(raybackend.ENV_ADDRESS, "local-cluster")
-    manager = jobs.get_manager(tmp_path / "a")
-    assert isinstance(manager, RayJobManager) and jobs.get_manager(tmp_path / "a") is manager
-    local = jobs.get_manager(tmp_path / "a", backend="local")
+    monkeypatch.setenv(settings.RAY.name, "local-cluster")
+    manager = get_manager(tmp_path / "a")
+    assert isinstance(manager, RayJobManager) and get_manager(tmp_path / "a") is manager
+    local = get_manager(tmp_path / "a", backend="local")
     assert isinstance(local, jobs.JobManager)
     for m in (manager, local):
         m.shutdown(wait=True)
-    monkeypatch.setenv(raybackend.ENV_ADDRESS, "somewhere")
+    monkeypatch.setenv(settings.RAY.name, "somewhere")
     with pytest.raises(ValueError, match="ray://HOST:PORT"):
-        jobs.get_manager(tmp_path / "a")
-    code = ("import sys; from caltech_core import jobs; m = jobs.get_manager(sys.argv[1]); m.shutdown(wait=True); "
+        get_manager(tmp_path / "a")
+    code = ("import sys; from caltech_core import jobs; m = get_manager(sys.argv[1]); m.shutdown(wait=True); "
             "print(type(m).__name__, 'ray' in sys.modules)")
-    env = {k: v for k, v in os.environ.items() if k != raybackend.ENV_ADDRESS}
+    env = {k: v for k, v in os.environ.items() if k != settings.RAY.name}
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "b")], cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=120, check=True)
     assert out.stdout.split() == ["JobManager", "False"]
@@ -191,7 +195,7 @@ def _sinks_of(ray: Any, pid: int) -> list[str]:
 
 
 def test_a_killed_driver_is_drained_and_the_cli_resumes_on_ray(cluster: Any, tmp_path: Path, mini_root: Path) -> None:
-    from caltech_core import cli
+    from caltech_core.cli import commands
 
     home = tmp_path / "home"
     epochs = 30  # MobileNetV3-Small trains a 2-class epoch in about a second: room to kill the driver mid-run
@@ -214,7 +218,7 @@ def test_a_killed_driver_is_drained_and_the_cli_resumes_on_ray(cluster: Any, tmp
             proc.wait()
     run_id = store.list_runs()[0].id
     assert store.get_run(run_id).status == "running"
-    assert cli.main(["resume", str(run_id), "--ray", raybackend.LOCAL_CLUSTER, "--store", str(home),
+    assert commands.main(["resume", str(run_id), "--ray", LOCAL_CLUSTER, "--store", str(home),
                      "--root", str(mini_root)]) == 0
     assert _sinks_of(cluster, proc.pid) == []  # drained into the store, then removed
     run = store.get_run(run_id)
@@ -239,7 +243,7 @@ def test_train_sidebar_picks_ray_and_monitor_shows_where_a_run_trains(
         at.text_input(key="backend_address").set_value("nowhere").run()
         at.button(key="backend_apply").click().run()
         assert "unknown backend 'nowhere'" in page_texts(at)
-        at.text_input(key="backend_address").set_value(raybackend.LOCAL_CLUSTER).run()
+        at.text_input(key="backend_address").set_value(LOCAL_CLUSTER).run()
         at.button(key="backend_apply").click().run()
         assert not at.exception, at.exception
         assert "Now: Ray (local-cluster)" in page_texts(at)
@@ -249,7 +253,7 @@ def test_train_sidebar_picks_ray_and_monitor_shows_where_a_run_trains(
         at.button(key="queue").click().run()
         assert not at.exception, at.exception
         [run] = RunStore(studio_home).list_runs()
-        manager = jobs.get_manager(studio_home, backend=raybackend.LOCAL_CLUSTER)
+        manager = get_manager(studio_home, backend=LOCAL_CLUSTER)
         assert isinstance(manager, RayJobManager) and manager.wait(run.id, timeout=240)
         monitor = open_page("monitor", run=str(run.id))
         assert not monitor.exception, monitor.exception
@@ -261,4 +265,4 @@ def test_train_sidebar_picks_ray_and_monitor_shows_where_a_run_trains(
         manager.shutdown(wait=True)
     finally:
         _shared._backend_setting.clear()
-        jobs.get_manager(studio_home, backend="local").shutdown(wait=True)
+        get_manager(studio_home, backend="local").shutdown(wait=True)

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from caltech_core.data import load_splits
-from caltech_core.experiments import PRESETS
-from caltech_core.jobs import JobManager
-from caltech_core.report import (
+from caltech_core.data.dataset import load_splits
+from caltech_core.runs.jobs import JobManager
+from caltech_core.runs.store import RunStore
+from caltech_core.study.experiments import PRESETS
+from caltech_core.study.report import (
     Report,
     build_report,
     export_markdown,
@@ -23,7 +24,6 @@ from caltech_core.report import (
     safe_filename,
     safe_path,
 )
-from caltech_core.store import RunStore
 
 # MobileNetV3-Small instead of the presets' AlexNet: the report matches runs by group and varied fields, and
 # its checkpoints are 6 MB instead of 228 MB each.
@@ -102,8 +102,8 @@ def test_tables_come_from_the_runs_and_missing_experiments_say_so(
         assert section.missing and not section.figures, key
     assert report.section("retrain").message.startswith("missing — run preset retrain")
     # Without torchvision's ImageNet files on this machine, rows that need them say which file.
-    from caltech_core import models
-    from caltech_core.architectures import get_spec
+    from caltech_core.nets import models
+    from caltech_core.nets.architectures import get_spec
 
     for key, arch in (("transfer", "alexnet"), ("architectures", "resnet50")):
         if not models.weights_status(arch).available:
@@ -229,7 +229,7 @@ def test_a_run_at_the_study_setting_counts_wherever_its_config_appears(tmp_path:
 
 
 def test_study_values_beside_ours_in_bars_and_reference_lines() -> None:
-    from caltech_core import charts
+    from caltech_core.study import charts
 
     fig = charts.accuracy_bar_figure(["all", "fc", "conv"], [0.81, None, 0.31], study=[0.8363, 0.8355, None])
     ours, study = fig.data

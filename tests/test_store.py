@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from caltech_core.config import ConfigError, TrainConfig
-from caltech_core.engine import EpochMetrics
-from caltech_core.store import RunNotFoundError, RunStore, default_home
+from caltech_core.runs.store import RunNotFoundError, RunStore
+from caltech_core.settings import studio_home as default_home
+from caltech_core.training.engine import EpochMetrics
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -131,7 +132,7 @@ def test_mark_interrupted_only_touches_runs_of_dead_processes(tmp_path: Path) ->
     store.set_status(mine, "running")
     # Another process creates a run, marks it running and exits without finishing it.
     code = (
-        "import sys; from caltech_core.store import RunStore; from caltech_core.config import TrainConfig;"
+        "import sys; from caltech_core.runs.store import RunStore; from caltech_core.config import TrainConfig;"
         "s = RunStore(sys.argv[1]); i = s.create_run(TrainConfig(name='orphan')); s.set_status(i, 'running');"
         "j = s.create_run(TrainConfig(name='orphan-queued')); print(i, j)"
     )

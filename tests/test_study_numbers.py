@@ -1,6 +1,6 @@
 """Every number and setting of the study transcribed into the presets equals the study's numbers.json.
 
-The product never reads the study's files; this test does, so a typo in caltech_core/experiments.py fails CI.
+The product never reads the study's files; this test does, so a typo in caltech_core/study/experiments.py fails CI.
 numbers.json lives in the shared folder beside the checkout (`../shared/study/numbers.json`).
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from caltech_core.experiments import (
+from caltech_core.study.experiments import (
     BASELINE,
     PRESETS,
     STUDY_CLASSES,

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from caltech_core import engine
 from caltech_core.config import ConfigError, TrainConfig
-from caltech_core.data import Splits
+from caltech_core.data.dataset import Splits
+from caltech_core.training import engine
 
 BASE = TrainConfig(arch="mobilenet_v3_small", image_size=48, epochs=2, batch_size=8, lr=0.01, device="cpu")
 

@@ -11,10 +11,11 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from caltech_core import data
+from caltech_core import settings
 from caltech_core.config import TrainConfig
-from caltech_core.imagecache import ImageCache
-from caltech_core.transforms import (
+from caltech_core.data import dataset
+from caltech_core.data.imagecache import ImageCache
+from caltech_core.data.transforms import (
     NORMALIZATION,
     PREFETCH,
     BatchLoader,
@@ -215,7 +216,7 @@ def test_preview_shows_what_the_model_sees(cache):
 
 
 def test_loader_on_mini_root_real_images(mini_root, tmp_path):
-    splits = data.load_splits(mini_root, max_per_class=3)
+    splits = dataset.load_splits(mini_root, max_per_class=3)
     cfg = TrainConfig(image_size=64, augment=("crop", "hflip"), batch_size=3)
     real = ImageCache.build([s.path for s in splits.train], tmp_path / "cache", resize_size=cfg.resize_size)
     loader = BatchLoader(
@@ -245,17 +246,17 @@ def test_crop_workers_give_the_same_batches_as_one_thread(cache, reuse_buffers):
 
 
 def test_worker_threads_follow_the_cores(monkeypatch):
-    monkeypatch.setattr(data.os, "cpu_count", lambda: 16)
-    assert data.worker_threads() == 16 and data.worker_threads(reserved=2) == 14
-    monkeypatch.setattr(data.os, "cpu_count", lambda: 2)
-    assert data.worker_threads() == 2 and data.worker_threads(reserved=2) == 1
-    monkeypatch.setattr(data.os, "cpu_count", lambda: 64)
-    assert data.worker_threads() == data.MAX_WORKERS
-    monkeypatch.setenv(data.THREADS_ENV, "4")
-    assert data.worker_threads() == 4 and data.worker_threads(reserved=2) == 2
-    monkeypatch.setenv(data.THREADS_ENV, "many")
+    monkeypatch.setattr(dataset.os, "cpu_count", lambda: 16)
+    assert dataset.worker_threads() == 16 and dataset.worker_threads(reserved=2) == 14
+    monkeypatch.setattr(dataset.os, "cpu_count", lambda: 2)
+    assert dataset.worker_threads() == 2 and dataset.worker_threads(reserved=2) == 1
+    monkeypatch.setattr(dataset.os, "cpu_count", lambda: 64)
+    assert dataset.worker_threads() == dataset.MAX_WORKERS
+    monkeypatch.setenv(settings.THREADS.name, "4")
+    assert dataset.worker_threads() == 4 and dataset.worker_threads(reserved=2) == 2
+    monkeypatch.setenv(settings.THREADS.name, "many")
     with pytest.raises(ValueError, match="CALTECH_STUDIO_THREADS"):
-        data.worker_threads()
+        dataset.worker_threads()
 
 
 @pytest.mark.parametrize("augment", [("crop", "hflip", "vflip"), ("hflip", "rotate")])

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from caltech_core.experiments import FINDINGS, PRESETS
-from caltech_core.verdicts import RULES, compare, count, decide
+from caltech_core.study.experiments import FINDINGS, PRESETS
+from caltech_core.study.verdicts import RULES, compare, count, decide
 
 
 def test_a_single_run_reproduces_within_one_and_a_half_points() -> None:

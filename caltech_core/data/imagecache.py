@@ -24,7 +24,7 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from caltech_core.data import Skipped, worker_threads
+from caltech_core.data.dataset import Skipped, worker_threads
 
 INDEX_VERSION = 1
 CHUNK = 128  # images decoded between index checkpoints (a crash loses at most one chunk of work)

@@ -2,7 +2,7 @@
 
 `<run dir>/predictions-<split>.npz` (split "test" or "val") holds, row by row in split order: the image path,
 its true class, the top-5 classes with softmax probabilities and the cross-entropy loss, plus the class
-names. The engine writes it when it evaluates the best weights; `recompute` rebuilds it from `best.pt`.
+names. The engine writes it when it evaluates the best weights; `caltech_core.use.recompute` rebuilds it from `best.pt`.
 The analysis helpers (confusion cells, confident mistakes, per-class table, confused pairs) read only it.
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from caltech_core.data import Sample
-from caltech_core.evaluation import Predictions, metrics
+from caltech_core.data.dataset import Sample
+from caltech_core.training.evaluation import Predictions, metrics
 
 SPLITS = ("test", "val")
 
@@ -167,40 +167,3 @@ def load_run(store: Any, run_id: int, split: str) -> ImageResults | None:
     """A stored run's results of `split`, or None when they have not been computed."""
     path = results_path(store.run_dir(run_id), split)
     return load(path) if path.is_file() else None
-
-
-def recompute(store: Any, run_id: int, split: str = "test", *, data_root: str | Path | None = None,
-              device: str | None = None, batch_size: int | None = None) -> tuple[ImageResults, Path]:
-    """Evaluate a run's `best.pt` on `split` again, image by image, and (re)write its results file."""
-    import torch
-
-    from caltech_core import data, engine
-    from caltech_core.evaluation import predict
-    from caltech_core.imagecache import ImageCache
-    from caltech_core.inference import CheckpointError, Classifier
-    from caltech_core.transforms import BatchLoader
-
-    path = results_path(store.run_dir(run_id), split)  # an unknown split fails before any work
-    record = store.get_run(run_id)
-    if record is None:
-        raise ResultsError(f"run {run_id} does not exist")
-    cfg = record.config
-    dev = engine.resolve_device(device or cfg.device)
-    try:
-        classifier = Classifier.from_run(store, run_id, device=dev)
-    except CheckpointError as exc:
-        raise ResultsError(str(exc)) from exc
-    splits = data.Splits.from_config(cfg, root=data_root)
-    if list(splits.classes) != list(classifier.classes):
-        raise ResultsError(f"run {run_id} was trained on other classes than the dataset at {splits.root} holds")
-    samples = splits.test if split == "test" else splits.val
-    if not samples:
-        raise ResultsError(f"run {run_id} has no {split} images")
-    cache = ImageCache.build([s.path for s in samples], store.cache_dir, resize_size=cfg.resize_size)
-    samples = [s for s in samples if cache.index_of(s.path) is not None]
-    loader = BatchLoader(cache, [cache.index_of(s.path) for s in samples], [s.label for s in samples],
-                         batch_size=batch_size or max(cfg.batch_size, 32), train=False, cfg=cfg, device=dev)
-    with torch.inference_mode():
-        pred = predict(classifier.model, loader, amp=cfg.amp)
-    results = ImageResults.from_predictions(pred, samples, classifier.classes, split)
-    return results, save(results, path)

@@ -19,11 +19,11 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 from torchvision.transforms import v2
 
-from caltech_core.architectures import get_spec
-from caltech_core.checkpoints import CheckpointError, read_weights
 from caltech_core.config import TrainConfig
-from caltech_core.imagecache import to_rgb
-from caltech_core.transforms import IMAGENET_MEAN, IMAGENET_STD, NORMALIZATION
+from caltech_core.data.imagecache import to_rgb
+from caltech_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD, NORMALIZATION
+from caltech_core.nets.architectures import get_spec
+from caltech_core.nets.checkpoints import CheckpointError, read_weights
 
 IMAGENET_CLASSES_FILE = Path(__file__).with_name("imagenet_classes.txt")
 UPLOAD_TYPES = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
@@ -116,7 +116,7 @@ class Classifier:
                  device: torch.device | str | None = None) -> Classifier:
         """A finished run's best-validation weights (or `weights="retrain.pt"`: the model it retrained on
         train+val), with its class names and eval transform."""
-        from caltech_core import models
+        from caltech_core.nets import models
 
         record = run_store.get_run(run_id)
         if record is None:
@@ -144,7 +144,7 @@ class Classifier:
     def imagenet(cls, arch: str | None = None, *, device: torch.device | str | None = None) -> Classifier:
         """An ImageNet-pretrained `arch` with its 1000 ImageNet classes and the preprocessing its weights
         were evaluated with; by default the strongest one whose weights are on this machine."""
-        from caltech_core import models
+        from caltech_core.nets import models
 
         if arch is None:
             arch = models.strongest_installed_imagenet()
@@ -271,10 +271,10 @@ def _class_names(names: list[str] | None, cfg: TrainConfig) -> list[str]:
     """The stored class names, else those of the dataset split of the run's config."""
     if names:
         return [str(n) for n in names]
-    from caltech_core import data
+    from caltech_core.data import dataset
 
     try:
-        return list(data.Splits.from_config(cfg).classes)
+        return list(dataset.Splits.from_config(cfg).classes)
     except FileNotFoundError as exc:
         raise CheckpointError(
             "The run's class names are not stored with it and the dataset is not available to look them up."

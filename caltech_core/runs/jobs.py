@@ -18,8 +18,8 @@ from typing import Any
 
 from caltech_core import status as run_status
 from caltech_core.config import ConfigError, TrainConfig
+from caltech_core.runs.store import RunNotFoundError, RunRecord, RunStore
 from caltech_core.status import RunStatus
-from caltech_core.store import RunNotFoundError, RunRecord, RunStore
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ PHASE_NAMES = {
 
 
 def _default_runner() -> Runner:
-    from caltech_core import engine
+    from caltech_core.training import engine
 
     return engine.train
 
@@ -204,7 +204,7 @@ class _Tracker:
             self.on_progress(self.snapshot())
 
     def callbacks(self) -> Any:
-        from caltech_core import engine
+        from caltech_core.training import engine
 
         return engine.Callbacks(on_batch=self.on_batch, on_epoch=self.on_epoch, on_checkpoint=self.on_checkpoint,
                                 should_stop=self.should_stop, on_phase=self.on_phase)
@@ -226,7 +226,7 @@ def _results_dict(result: Any, classes: list[str]) -> dict[str, Any]:
 def skipped_files(splits: Any, cfg: TrainConfig, cache_dir: Path) -> list[dict[str, str]]:
     """Files a run left out, as {"path", "reason"} rows: split-file lines naming missing or non-image files,
     empty class folders, and listed images that cannot be decoded (read from the image cache's index)."""
-    from caltech_core.imagecache import ImageCache
+    from caltech_core.data.imagecache import ImageCache
 
     unreadable = ImageCache.build(splits.all_paths(), cache_dir, resize_size=cfg.resize_size).unreadable
     return [s.to_dict() for s in (*splits.skipped, *unreadable)]
@@ -234,7 +234,7 @@ def skipped_files(splits: Any, cfg: TrainConfig, cache_dir: Path) -> list[dict[s
 
 def _device_name(cfg: TrainConfig) -> str | None:
     try:
-        from caltech_core import engine
+        from caltech_core.training import engine
 
         return str(engine.resolve_device(cfg.device))
     except Exception as exc:  # e.g. cuda asked for on a machine without it: the runner will report it
@@ -271,10 +271,10 @@ def run_job(
     store.set_status(run_id, RunStatus.RUNNING, device=_device_name(cfg))
     status = RunStatus.FAILED
     try:
-        from caltech_core import data
+        from caltech_core.data import dataset
 
         tracker.on_phase("loading data")
-        splits = data.Splits.from_config(cfg, root=data_root)
+        splits = dataset.Splits.from_config(cfg, root=data_root)
         workdir = store.run_dir(run_id)
         if resume:
             done = checkpoint_epoch(workdir)
@@ -533,31 +533,3 @@ class JobManager(BaseJobManager):
                     self._stops.pop(run_id, None)
                     self._trackers.pop(run_id, None)
                     self._cond.notify_all()
-
-
-_MANAGERS: dict[tuple[Path, str], Any] = {}
-_MANAGERS_LOCK = threading.Lock()
-
-
-def get_manager(home: str | Path | None = None, data_root: str | Path | None = None,
-                backend: str | None = None) -> Any:
-    """The process-wide manager of store `home` (default: `default_home()`) on `backend`: "local" (a `JobManager`,
-    one run at a time in a thread of this process) or a Ray address (a `raybackend.RayJobManager`: local-cluster,
-    auto, ray://host:port, host:port); None = `$CALTECH_STUDIO_RAY`, unset = local. Runs left by a dead process
-    are marked "interrupted" when it starts."""
-    from caltech_core.raybackend import LOCAL, backend_from_env, check_address
-    from caltech_core.store import default_home
-
-    backend = backend_from_env() if backend is None else check_address(backend)
-    path = Path(home if home is not None else default_home()).expanduser().resolve()
-    with _MANAGERS_LOCK:
-        manager = _MANAGERS.get((path, backend))
-        if manager is None or not manager.alive:
-            if backend == LOCAL:
-                manager = JobManager(RunStore(path), data_root=data_root)
-            else:
-                from caltech_core.raybackend import RayJobManager
-
-                manager = RayJobManager(RunStore(path), backend, data_root=data_root)
-            _MANAGERS[(path, backend)] = manager
-        return manager

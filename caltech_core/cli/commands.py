@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -26,13 +25,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from caltech_core import settings
 from caltech_core import status as run_status
 from caltech_core.config import SETTINGS, ConfigError, Setting, TrainConfig
+from caltech_core.runs import backend
+from caltech_core.runs.store import RunStore
 from caltech_core.status import RunStatus
-from caltech_core.store import RunStore, default_home
-from caltech_core.weights import OFFLINE_ENV
 
-log = logging.getLogger("caltech_core.cli")
+log = logging.getLogger("caltech_core.cli.commands")
 
 class CliError(Exception):
     """A user-facing failure: printed on stderr without a traceback, exit code `code`."""
@@ -45,7 +45,7 @@ class CliError(Exception):
 # -- helpers ---------------------------------------------------------------------------------------
 
 def _store(args: argparse.Namespace) -> RunStore:
-    return RunStore(Path(args.store) if args.store else default_home())
+    return RunStore(Path(args.store) if args.store else settings.studio_home())
 
 
 def _print_json(obj: Any) -> None:
@@ -87,15 +87,15 @@ def cmd_data(args: argparse.Namespace) -> int:
     """Dataset summary (split sizes, classes, unreadable images)."""
     from tqdm import tqdm
 
-    from caltech_core import data
+    from caltech_core.data import dataset
 
-    root = data.resolve_root(args.root)  # a missing dataset is reported before any progress bar is drawn
+    root = dataset.resolve_root(args.root)  # a missing dataset is reported before any progress bar is drawn
     with tqdm(desc="checking images", unit="img", file=sys.stderr, leave=False, mininterval=0.5) as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)  # update() honours mininterval; refresh() would redraw per image
 
-        summary = data.dataset_summary(root, progress=progress)
+        summary = dataset.dataset_summary(root, progress=progress)
     if args.json:
         _print_json(summary)
         return 0
@@ -117,7 +117,7 @@ def _train_configs(args: argparse.Namespace, store: RunStore) -> tuple[list[Trai
     if args.weights_path is not None:
         overrides["pretrained"] = True  # a weights file only makes sense for a pretrained model
     if args.preset:
-        from caltech_core import experiments
+        from caltech_core.study import experiments
 
         try:
             bases = experiments.resolve_configs(args.preset, store)
@@ -128,7 +128,7 @@ def _train_configs(args: argparse.Namespace, store: RunStore) -> tuple[list[Trai
     if "arch" in overrides:  # through replace(), so a new architecture brings its native image size
         bases = [base.replace(arch=overrides["arch"]) for base in bases]
     configs = [TrainConfig.from_dict({**base.to_dict(), **overrides}) for base in bases]
-    from caltech_core.experiments import repeat_configs
+    from caltech_core.study.experiments import repeat_configs
 
     # An explicit --seed is kept as given (repeats count up from it); otherwise seeds already used by runs of
     # the same name skip ahead, so every repeat is new.
@@ -166,7 +166,7 @@ def _progress_bar(cfg: TrainConfig, label: str) -> tuple[Any, Any]:
 
 def _run_foreground(store: RunStore, run_id: int, root: str | None, *, resume: bool, label: str) -> str:
     """Train one stored run in this process (same path as the job manager); Ctrl-C cancels it cleanly."""
-    from caltech_core import jobs
+    from caltech_core.runs import jobs
 
     record = store.get_run(run_id)
     assert record is not None
@@ -209,13 +209,13 @@ def _exit_code(statuses: list[str]) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train in the foreground through the store; one run, or every config of a preset in order."""
-    from caltech_core import data
+    from caltech_core.data import dataset
 
     store = _store(args)
     configs, preset = _train_configs(args, store)
     if _backend(args) != "local":
         return _train_on_ray(args, store, configs, preset)
-    data.resolve_root(args.root)  # a missing dataset is reported before any run is created
+    dataset.resolve_root(args.root)  # a missing dataset is reported before any run is created
     summaries: list[dict[str, Any]] = []
     for i, cfg in enumerate(configs, 1):
         run_id = store.create_run(cfg)
@@ -250,18 +250,16 @@ def _report_sweep(summaries: list[dict[str, Any]], preset: str | None, as_json: 
 
 def _backend(args: argparse.Namespace) -> str:
     """`--ray ADDRESS`, else $CALTECH_STUDIO_RAY, else "local" (train in this process)."""
-    from caltech_core import raybackend
-
     try:
-        return raybackend.check_address(args.ray) if args.ray else raybackend.backend_from_env()
+        return backend.check_address(args.ray) if args.ray else backend.backend_from_env()
     except ValueError as exc:
         raise CliError(str(exc), 2) from exc
 
 
 def _ray_manager(args: argparse.Namespace, store: RunStore) -> Any:
-    from caltech_core import raybackend
+    from caltech_core.runs import raybackend
 
-    env = {OFFLINE_ENV: "1"} if args.offline else {}  # workers do not see this process's environment
+    env = {settings.OFFLINE.name: "1"} if args.offline else {}  # workers do not see this process's environment
     try:
         return raybackend.RayJobManager(store, _backend(args), data_root=args.root,
                                         runtime_env={"env_vars": env} if env else None)
@@ -423,7 +421,7 @@ def cmd_note(args: argparse.Namespace) -> int:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     """Top-K classes of each image with a trained run's best weights; a bad file never stops the others."""
-    from caltech_core import inference
+    from caltech_core.use import inference
 
     store = _store(args)
     if store.get_run(args.run) is None:
@@ -457,13 +455,14 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Recompute a run's per-image results of one split from best.pt; print accuracy and the file's path."""
-    from caltech_core import predictions
+    from caltech_core.training import predictions
+    from caltech_core.use import recompute
 
     store = _store(args)
     if store.get_run(args.run) is None:
         raise CliError(f"run {args.run} does not exist in {store.home}")
     try:
-        results, path = predictions.recompute(store, args.run, args.split, data_root=args.root)
+        results, path = recompute.recompute(store, args.run, args.split, data_root=args.root)
     except predictions.ResultsError as exc:
         raise CliError(str(exc)) from exc
     summary = {"run_id": args.run, **results.summary(), "path": str(path)}
@@ -478,7 +477,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a run's best weights to ONNX or TorchScript with a JSON of classes and preprocessing."""
-    from caltech_core import export
+    from caltech_core.use import export
 
     store = _store(args)
     try:
@@ -497,7 +496,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Rebuild the study's tables and figures from the store; write report.md (+ figures) to --out."""
-    from caltech_core import report
+    from caltech_core.study import report
 
     store = _store(args)
     rep = report.build_report(store, args.root)
@@ -574,7 +573,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and `--help` docs)."""
-    from caltech_core.experiments import PRESETS
+    from caltech_core.study.experiments import PRESETS
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--store", metavar="DIR",
@@ -585,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Caltech-101 folder (default: $CALTECH101_ROOT, else ./data/caltech101)")
     no_download = argparse.ArgumentParser(add_help=False)
     no_download.add_argument("--offline", action="store_true",
-                             help=f"never download ImageNet weights (same as {OFFLINE_ENV}=1)")
+                             help=f"never download ImageNet weights (same as {settings.OFFLINE.name}=1)")
     backend = argparse.ArgumentParser(add_help=False)
     backend.add_argument("--ray", metavar="ADDRESS",
                          help="train on a Ray cluster, the runs side by side: local-cluster (start one here), auto "
@@ -676,7 +675,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "offline", False):
-        os.environ[OFFLINE_ENV] = "1"  # read by weights.fetch in this process's runs
+        settings.set_offline()  # read by weights.fetch in this process's runs
     try:
         return int(args.func(args))
     except ConfigError as exc:

@@ -29,17 +29,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from caltech_core import predictions
-from caltech_core.checkpoints import save_atomic
 from caltech_core.config import TrainConfig
-from caltech_core.data import Sample, Splits
-from caltech_core.evaluation import Evaluation, autocast_for, evaluate
-from caltech_core.features import FeatureLoader, cached_features, fast_path_applies
-from caltech_core.imagecache import ImageCache
-from caltech_core.models import apply_train_mode, build_model, set_train_mode_eval, split_for_features
+from caltech_core.data.dataset import Sample, Splits
+from caltech_core.data.imagecache import ImageCache
+from caltech_core.data.transforms import BatchLoader
+from caltech_core.nets.checkpoints import save_atomic
+from caltech_core.nets.models import apply_train_mode, build_model, set_train_mode_eval, split_for_features
+from caltech_core.nets.weights import fetch as fetch_weights
 from caltech_core.status import RunStatus
-from caltech_core.transforms import BatchLoader
-from caltech_core.weights import fetch as fetch_weights
+from caltech_core.training import predictions
+from caltech_core.training.evaluation import Evaluation, autocast_for, evaluate
+from caltech_core.training.features import FeatureLoader, cached_features, fast_path_applies
 
 CHECKPOINT_SECONDS = 60.0  # last.pt at most this often; a crash loses at most this much training
 RETRAINED = "retrain.pt"  # the model retrained on train+val (same layout as best.pt)

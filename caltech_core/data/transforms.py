@@ -24,11 +24,11 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from caltech_core.data import worker_threads
+from caltech_core.data.dataset import worker_threads
 
 if TYPE_CHECKING:
     from caltech_core.config import TrainConfig
-    from caltech_core.imagecache import ImageCache
+    from caltech_core.data.imagecache import ImageCache
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

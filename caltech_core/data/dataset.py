@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 from sklearn.model_selection import StratifiedShuffleSplit
 
-from caltech_core.store import default_home
+from caltech_core import settings
 
 if TYPE_CHECKING:
     from caltech_core.config import TrainConfig
@@ -35,7 +35,6 @@ IMAGES_DIR = "101_ObjectCategories"
 BACKGROUND = "BACKGROUND_Google"
 SPLIT_FILES = ("train.txt", "test.txt")
 DEFAULT_ROOT = Path("data") / "caltech101"
-ROOT_ENV = "CALTECH101_ROOT"
 # Extensions treated as images; anything else in a class folder (e.g. BACKGROUND_Google/tmp) is ignored.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 
@@ -50,7 +49,6 @@ DATASET_BYTES: int | None = None
 DOWNLOAD_TIMEOUT_S = 10.0
 
 MAX_WORKERS = 16  # image decode/crop threads on big machines; past this the GIL-held Python per image dominates
-THREADS_ENV = "CALTECH_STUDIO_THREADS"  # cores the studio's image threads may use (several processes on one box)
 
 
 def worker_threads(reserved: int = 0) -> int:
@@ -60,12 +58,9 @@ def worker_threads(reserved: int = 0) -> int:
     machine); on a 2-core machine this is the pipeline tuned there.
     """
     cores = os.cpu_count() or 1
-    limit = os.environ.get(THREADS_ENV, "").strip()
-    if limit:
-        try:
-            cores = max(1, int(limit))
-        except ValueError:
-            raise ValueError(f"{THREADS_ENV} must be a whole number of cores (got {limit!r})") from None
+    limit = settings.thread_limit()
+    if limit is not None:
+        cores = limit
     return max(1, min(MAX_WORKERS, cores - reserved))
 
 # Classic protocol: share of each class's non-training images held out for validation (see load_splits).
@@ -156,7 +151,7 @@ def _missing_message(root: Path, what: str) -> str:
     return (
         f"{what}. Download the Caltech-101 archive with the train.txt/test.txt split ({DATASET_URL}) "
         f"and unpack it so that {root / IMAGES_DIR}/<class>/*.jpg, {root / 'train.txt'} and "
-        f"{root / 'test.txt'} exist; or point {ROOT_ENV} (or --root) at an existing copy."
+        f"{root / 'test.txt'} exist; or point {settings.DATASET_ROOT.name} (or --root) at an existing copy."
     )
 
 
@@ -164,8 +159,8 @@ def resolve_root(root: str | Path | None = None) -> Path:
     """The dataset root: `root`, else $CALTECH101_ROOT, else ./data/caltech101; must hold 101_ObjectCategories."""
     if root is not None and str(root).strip():
         candidate, source = Path(root).expanduser(), "the given root"
-    elif os.environ.get(ROOT_ENV, "").strip():
-        candidate, source = Path(os.environ[ROOT_ENV]).expanduser(), f"${ROOT_ENV}"
+    elif settings.dataset_root() is not None:
+        candidate, source = settings.dataset_root(), f"${settings.DATASET_ROOT.name}"
     else:
         candidate, source = DEFAULT_ROOT, "the default root"
     if not (candidate / IMAGES_DIR).is_dir():
@@ -388,7 +383,7 @@ def find_unreadable(paths: Iterable[Path], progress: Progress | None = None) -> 
 
 def default_cache_dir() -> Path:
     """`<studio home>/cache`: the cache folder of the run store's home."""
-    return default_home() / "cache"
+    return settings.studio_home() / "cache"
 
 
 def scan_unreadable(

@@ -28,13 +28,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from caltech_core.architectures import get_spec
-from caltech_core.checkpoints import save_atomic
 from caltech_core.config import TrainConfig
-from caltech_core.evaluation import autocast_for
-from caltech_core.imagecache import ImageCache
-from caltech_core.models import is_backbone_frozen
-from caltech_core.transforms import BatchLoader, is_deterministic, plan_epoch
+from caltech_core.data.imagecache import ImageCache
+from caltech_core.data.transforms import BatchLoader, is_deterministic, plan_epoch
+from caltech_core.nets.architectures import get_spec
+from caltech_core.nets.checkpoints import save_atomic
+from caltech_core.nets.models import is_backbone_frozen
+from caltech_core.training.evaluation import autocast_for
 
 FEATURES_VERSION = 1
 

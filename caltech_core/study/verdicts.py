@@ -15,8 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from caltech_core.experiments import FINDINGS, STUDY_METRICS, Finding
 from caltech_core.status import RunStatus
+from caltech_core.study.experiments import FINDINGS, STUDY_METRICS, Finding
 
 VERDICTS: tuple[str, ...] = ("reproduced", "higher", "lower", "not run")
 FINDING_VERDICTS: tuple[str, ...] = ("reproduced", "not reproduced", "not run")

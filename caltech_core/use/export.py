@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from caltech_core.checkpoints import CheckpointError
+from caltech_core.nets.checkpoints import CheckpointError
 
 OPSET = 18  # the torch.export-based exporter's lowest opset; onnxruntime >= 1.14 runs it on the CPU
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}  # format -> model file suffix
@@ -101,7 +101,7 @@ def run_export(path: Path, fmt: str, x: torch.Tensor) -> np.ndarray:
 
 def export_run(store: Any, run_id: int, fmt: str, out_dir: str | Path) -> Exported:
     """Write `<out_dir>/run-<id>-<arch>.<onnx|pt>` and its `.json`; ExportError with the reason otherwise."""
-    from caltech_core.inference import Classifier
+    from caltech_core.use.inference import Classifier
 
     _check_format(fmt)
     run = store.get_run(run_id)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from caltech_core import settings
 from caltech_core import status as run_status
 from caltech_core.config import TrainConfig
 from caltech_core.status import RunStatus
@@ -133,12 +134,6 @@ class RunRecord:
         return (self.finished or time.time()) - self.started
 
 
-def default_home() -> Path:
-    """`$CALTECH_STUDIO_HOME`, else `~/.caltech_studio`."""
-    env = os.environ.get("CALTECH_STUDIO_HOME", "").strip()
-    return Path(env).expanduser() if env else Path.home() / ".caltech_studio"
-
-
 def _process_start(pid: int) -> str | None:
     """The kernel's start time of `pid` (guards against a recycled pid); None when unknown."""
     try:
@@ -206,7 +201,7 @@ class RunStore:
     """SQLite-backed store of runs, per-epoch metrics, per-batch losses and artifacts (thread-safe)."""
 
     def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
-        self.home = Path(home).expanduser() if home is not None else default_home()
+        self.home = Path(home).expanduser() if home is not None else settings.studio_home()
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "runs").mkdir(exist_ok=True)
         self.cache_dir.mkdir(exist_ok=True)

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from caltech_core.config import ConfigError, TrainConfig
+from caltech_core.runs.store import RunRecord
 from caltech_core.status import RunStatus
-from caltech_core.store import RunRecord
 
 # Fields that identify *what* experiment a run is; the rest (name, group, seed, device, speed switches)
 # say how or where it ran and must not split the results into separate rows.

@@ -1,0 +1,1 @@
+"""Networks: the architecture table, the ensemble, model building, ImageNet weights, checkpoint files."""

@@ -1,0 +1,1 @@
+"""Stored runs: the SQLite store, background job managers (thread and Ray)."""

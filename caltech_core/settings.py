@@ -1,0 +1,93 @@
+"""Environment settings: every variable the studio reads, in one table, with one reader each.
+
+The README's "Environment settings" table is this table. A module never reads `os.environ` itself; it calls
+the reader here, so the name, the default and the meaning of each variable live in one place.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """One environment variable: its name, what it means and what applies when it is unset."""
+
+    name: str
+    meaning: str
+    default: str
+
+    def get(self) -> str:
+        """The variable's value, stripped; "" when unset or blank."""
+        return os.environ.get(self.name, "").strip()
+
+
+DATASET_ROOT = EnvVar("CALTECH101_ROOT", "folder holding 101_ObjectCategories/, train.txt and test.txt",
+                      "./data/caltech101")
+HOME = EnvVar("CALTECH_STUDIO_HOME", "the run store: runs.sqlite, runs/<id>/, cache/", "~/.caltech_studio")
+THREADS = EnvVar("CALTECH_STUDIO_THREADS", "cores the image threads may use (several processes on one box)",
+                 "every core")
+OFFLINE = EnvVar("CALTECH_STUDIO_OFFLINE", "1 forbids downloads of ImageNet weights (the CLI's --offline)", "0")
+RAY = EnvVar("CALTECH_STUDIO_RAY", "job backend: local, local-cluster, auto, ray://HOST:PORT or HOST:PORT", "local")
+RAY_STORE = EnvVar("CALTECH_STUDIO_RAY_STORE", "the store folder as Ray workers see it", "the store's own path")
+RAY_CPUS = EnvVar("CALTECH_STUDIO_RAY_CPUS", "CPUs a Ray worker reserves per run", "1")
+PASSWORD = EnvVar("CALTECH_STUDIO_PASSWORD", "dashboard password (Streamlit secrets take precedence)", "no gate")
+
+ALL: tuple[EnvVar, ...] = (DATASET_ROOT, HOME, THREADS, OFFLINE, RAY, RAY_STORE, RAY_CPUS, PASSWORD)
+
+DEFAULT_DATASET_ROOT = Path("data") / "caltech101"
+
+
+def studio_home() -> Path:
+    """`$CALTECH_STUDIO_HOME`, else `~/.caltech_studio`."""
+    value = HOME.get()
+    return Path(value).expanduser() if value else Path.home() / ".caltech_studio"
+
+
+def dataset_root() -> Path | None:
+    """`$CALTECH101_ROOT` when set, else None (the caller picks its default)."""
+    value = DATASET_ROOT.get()
+    return Path(value).expanduser() if value else None
+
+
+def thread_limit() -> int | None:
+    """`$CALTECH_STUDIO_THREADS` as a core count (at least 1), None when unset; ValueError when not a number."""
+    value = THREADS.get()
+    if not value:
+        return None
+    try:
+        return max(1, int(value))
+    except ValueError:
+        raise ValueError(f"{THREADS.name} must be a whole number of cores (got {value!r})") from None
+
+
+def offline() -> bool:
+    """True when `$CALTECH_STUDIO_OFFLINE` forbids downloads."""
+    return OFFLINE.get().lower() not in ("", "0", "false", "no")
+
+
+def set_offline() -> None:
+    """Forbid downloads in this process (the CLI's --offline)."""
+    os.environ[OFFLINE.name] = "1"
+
+
+def ray_address() -> str:
+    """`$CALTECH_STUDIO_RAY`, "" when unset."""
+    return RAY.get()
+
+
+def ray_worker_home() -> str:
+    """`$CALTECH_STUDIO_RAY_STORE`, "" when unset."""
+    return RAY_STORE.get()
+
+
+def ray_cpus() -> str:
+    """`$CALTECH_STUDIO_RAY_CPUS`, "" when unset."""
+    return RAY_CPUS.get()
+
+
+def password() -> str:
+    """`$CALTECH_STUDIO_PASSWORD`, "" when unset."""
+    return os.environ.get(PASSWORD.name, "")

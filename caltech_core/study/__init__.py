@@ -1,0 +1,1 @@
+"""The study: presets and their numbers, verdicts, the report, figure builders."""

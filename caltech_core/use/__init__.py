@@ -1,0 +1,1 @@
+"""Using trained runs: classification, Grad-CAM, export."""
