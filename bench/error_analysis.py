@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from caltech_core import layout  # noqa: E402
 from caltech_core.config import TrainConfig  # noqa: E402
 from caltech_core.data.dataset import Splits  # noqa: E402
 from caltech_core.data.imagecache import ImageCache  # noqa: E402
@@ -55,7 +56,7 @@ def main() -> None:
     run_id = store.create_run(cfg, status="finished")
     save_atomic({"model": models.build_model("resnet18", splits.num_classes).state_dict(),
                  "classes": list(splits.classes), "config": cfg.to_dict(), "epoch": 1},
-                store.run_dir(run_id) / "best.pt")
+                layout.best(store.run_dir(run_id)))
     times: dict[str, float] = {}
     timed("decode test images into the cache", lambda: ImageCache.build([s.path for s in splits.test],
                                                                        store.cache_dir, cfg.resize_size), times)

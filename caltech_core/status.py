@@ -1,4 +1,4 @@
-"""Run statuses: the one definition the store, engine, jobs, pages and report share.
+"""Run statuses and progress phases: the one definition the store, engine, jobs, pages and report share.
 
 `RunStatus` is a `StrEnum`, so a member equals its plain string ("finished" == RunStatus.FINISHED) and is
 stored as that string in SQLite.
@@ -6,6 +6,7 @@ stored as that string in SQLite.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 
 
@@ -39,3 +40,41 @@ def check(status: str) -> RunStatus:
 def names(statuses: frozenset[RunStatus] | tuple[RunStatus, ...]) -> list[str]:
     """Plain strings in definition order (for SQL parameters, widgets, messages)."""
     return [s.value for s in ALL if s in statuses]
+
+
+class Phase(StrEnum):
+    """Where a run stands while it is queued or working: the engine reports these, the job tracker adds its
+    own (queued, loading data, validating, done, failed), and every progress display reads `label` and `unit`."""
+
+    QUEUED = "queued"
+    LOADING = "loading"  # reading the split lists
+    PREPARING = "preparing"  # the runner starting (imports, device)
+    DOWNLOADING = "downloading"  # ImageNet weights; done/total are bytes
+    MODEL = "model"
+    CACHING = "caching"  # decoding images into the cache; done/total are images
+    FEATURES = "features"  # the frozen-backbone fast path's features; done/total are images
+    TRAINING = "training"
+    VALIDATING = "validating"
+    TESTING = "testing"
+    RETRAINING = "retraining"
+    DONE = "done"
+    FAILED = "failed"
+
+    @property
+    def label(self) -> str:
+        """The words a person reads."""
+        return _PHASE_LABELS.get(self, self.value)
+
+    @property
+    def unit(self) -> str:
+        """What `done`/`total` count in this phase: "bytes", "images" or "" (epochs and batches)."""
+        return "bytes" if self is Phase.DOWNLOADING else "images" if self in (Phase.CACHING, Phase.FEATURES) else ""
+
+
+_PHASE_LABELS = {
+    Phase.LOADING: "loading data", Phase.DOWNLOADING: "downloading weights", Phase.MODEL: "building model",
+    Phase.CACHING: "caching images", Phase.FEATURES: "computing features",
+    Phase.RETRAINING: "retraining on train+val",
+}
+
+ProgressFn = Callable[[int, int], None]  # (done, total; total 0 when unknown): bytes, images, ...

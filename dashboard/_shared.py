@@ -14,7 +14,7 @@ from typing import Any
 
 import streamlit as st
 
-from caltech_core import settings
+from caltech_core import layout, settings
 from caltech_core.config import ARCH_LABELS
 from caltech_core.data import dataset
 from caltech_core.runs import backend as job_backend
@@ -58,7 +58,7 @@ def backend() -> str:
 
 def store_problem(home: Path, exc: BaseException) -> str:
     """What to tell the user when the store cannot be opened; names the file and what to do."""
-    db = home / "runs.sqlite"
+    db = layout.database(home)
     if isinstance(exc, sqlite3.DatabaseError):
         return (f"The run store `{db}` cannot be read ({exc}). Nothing was changed or deleted. Restore it from "
                 "a backup, or move it aside (e.g. rename it to runs.sqlite.bad) to start an empty store, or set "

@@ -7,6 +7,7 @@ import json
 import pandas as pd
 import streamlit as st
 
+from caltech_core import layout
 from caltech_core import status as run_status
 from caltech_core.status import RunStatus
 from caltech_core.study import charts
@@ -156,7 +157,7 @@ if record.status == RunStatus.FINISHED or results.get("test_acc") is not None:
                      icon=":material/error_med:", query_params={"run": str(record.id)})
 
 # -- export ----------------------------------------------------------------------------------------------------
-if (store.run_dir(record.id) / "best.pt").is_file():
+if layout.best(store.run_dir(record.id)).is_file():
     with st.expander("Export the model (ONNX / TorchScript)"):
         from caltech_core.use import export
 

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from caltech_core import settings
+from caltech_core import layout, settings
 from caltech_core import status as run_status
 from caltech_core.config import SETTINGS, ConfigError, Setting, TrainConfig
 from caltech_core.runs import backend
@@ -428,7 +428,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         raise CliError(f"run {args.run} does not exist in {store.home}")
     try:
         classifier = inference.Classifier.from_run(store, args.run,
-                                                   weights="retrain.pt" if args.retrained else "best.pt")
+                                                   weights=layout.RETRAINED if args.retrained else layout.BEST)
     except inference.CheckpointError as exc:
         raise CliError(str(exc)) from exc
     results: list[dict[str, Any]] = []

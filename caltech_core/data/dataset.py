@@ -26,7 +26,9 @@ import numpy as np
 from PIL import Image
 from sklearn.model_selection import StratifiedShuffleSplit
 
+from caltech_core import layout
 from caltech_core import settings
+from caltech_core.files import write_json_atomic
 
 if TYPE_CHECKING:
     from caltech_core.config import TrainConfig
@@ -383,7 +385,7 @@ def find_unreadable(paths: Iterable[Path], progress: Progress | None = None) -> 
 
 def default_cache_dir() -> Path:
     """`<studio home>/cache`: the cache folder of the run store's home."""
-    return settings.studio_home() / "cache"
+    return layout.cache_dir(settings.studio_home())
 
 
 def scan_unreadable(
@@ -418,20 +420,8 @@ def scan_unreadable(
         bad = {str(s.path): s.reason for s in find_unreadable([t[0] for t in todo], progress)}
         for p, size, mtime in todo:
             results[str(p)] = [size, mtime, bad.get(str(p))]
-        _write_json_atomic(file, {"root": str(root), "files": results})
+        write_json_atomic(file, {"root": str(root), "files": results})
     return [Skipped(Path(p), e[2]) for p, e in results.items() if e[2] is not None]
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def dataset_summary(

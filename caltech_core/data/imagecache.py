@@ -24,6 +24,9 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from caltech_core import layout
+from caltech_core.files import file_lock, write_json_atomic
+
 from caltech_core.data.dataset import Skipped, worker_threads
 
 INDEX_VERSION = 1
@@ -95,29 +98,6 @@ def _decode(job: tuple[str, int]) -> np.ndarray | str:
 
 
 # -- index files ------------------------------------------------------------------------------------------
-
-
-def _atomic_write_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-@contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    with open(directory / ".lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class _Index:
@@ -194,10 +174,10 @@ class ImageCache:
         progress: Progress | None = None,
     ) -> ImageCache:
         """Cache `paths` (decoding only new or changed files) and return the cache over them, in order."""
-        directory = Path(cache_dir) / f"images-{int(resize_size)}"
+        directory = layout.images_dir(cache_dir, resize_size)
         directory.mkdir(parents=True, exist_ok=True)
         wanted = list(dict.fromkeys(Path(p).absolute() for p in paths))
-        with _locked(directory):
+        with file_lock(directory / ".lock"):
             index = _load_index(directory, resize_size)
             entries, unreadable = index.entries, index.unreadable
             stats: dict[str, tuple[int, int] | str] = {}
@@ -262,12 +242,13 @@ class ImageCache:
 
 
 def _save(directory: Path, resize_size: int, index: _Index) -> None:
-    _atomic_write_json(
+    write_json_atomic(
         directory / "index.json",
         {
             "version": INDEX_VERSION, "resize_size": resize_size, "pixels": index.pixels,
             "entries": index.entries, "unreadable": index.unreadable,
         },
+        fsync=True,
     )
 
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from caltech_core.files import atomic_write
 
 STATE_KEYS = ("model", "state_dict", "model_state")  # where checkpoints commonly nest their state dict
 
@@ -20,14 +20,8 @@ class CheckpointError(RuntimeError):
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
     """torch.save to a temporary file in the same folder, then rename: never a half-written checkpoint."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        torch.save(obj, f)
 
 
 def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

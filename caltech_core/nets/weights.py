@@ -16,7 +16,6 @@ torch.hub stopped using them).
 
 from __future__ import annotations
 
-import fcntl
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch.hub
 
 from caltech_core import settings
+from caltech_core.files import file_lock
 from caltech_core.nets.architectures import HubWeights, MemberWeights, get_spec
 
 TIMEOUT_S = 15.0  # connect / read timeout: offline or unreachable fails within about this long
@@ -118,7 +118,7 @@ def fetch(arch: str, progress: Progress | None = None) -> Path | None:
     source = get_spec(arch).weights
     dst = source.path()
     dst.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(dst):
+    with file_lock(dst.with_name(dst.name + ".lock"), remove=True):
         if dst.is_file():  # another run downloaded it while this one waited
             return dst
         prefix = torch.hub.HASH_REGEX.search(source.filename)
@@ -184,17 +184,6 @@ def _hooks(progress: Progress | None) -> Iterator[None]:
         yield
     finally:
         _local.progress, _local.fetching = None, False
-
-
-@contextmanager
-def _file_lock(dst: Path) -> Iterator[None]:
-    """One download of `dst` at a time across threads and processes (an fcntl lock on a side file)."""
-    with open(dst.with_name(dst.name + ".lock"), "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 # -- background downloads (the Train page's button) ---------------------------------------------------------

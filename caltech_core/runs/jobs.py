@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from caltech_core import layout
 from caltech_core import status as run_status
 from caltech_core.config import ConfigError, TrainConfig
 from caltech_core.runs.store import RunNotFoundError, RunRecord, RunStore
@@ -85,8 +86,8 @@ def oom_message(cfg: TrainConfig) -> str:
 
 
 def checkpoint_epoch(workdir: Path) -> int | None:
-    """The last completed epoch saved in `workdir/last.pt`, or None when there is no readable checkpoint."""
-    path = Path(workdir) / "last.pt"
+    """The last completed epoch saved in the run's last.pt, or None when there is no readable checkpoint."""
+    path = layout.last(workdir)
     if not path.is_file():
         return None
     import torch

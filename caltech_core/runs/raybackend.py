@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from caltech_core import settings
+from caltech_core import layout, settings
 from caltech_core import status as run_status
 from caltech_core.runs.backend import LOCAL, LOCAL_CLUSTER, check_address
 from caltech_core.runs.jobs import BaseJobManager, Progress, Runner
@@ -134,12 +134,12 @@ class RemoteStore:
 
     @property
     def cache_dir(self) -> Path:
-        path = self.home / "cache"
+        path = layout.cache_dir(self.home)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
     def run_dir(self, run_id: int) -> Path:
-        path = self.home / "runs" / str(int(run_id))
+        path = layout.run_dir(self.home, run_id)
         path.mkdir(parents=True, exist_ok=True)
         return path
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from caltech_core import settings
+from caltech_core import layout, settings
 from caltech_core import status as run_status
 from caltech_core.config import TrainConfig
 from caltech_core.status import RunStatus
@@ -203,9 +203,9 @@ class RunStore:
     def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
         self.home = Path(home).expanduser() if home is not None else settings.studio_home()
         self.home.mkdir(parents=True, exist_ok=True)
-        (self.home / "runs").mkdir(exist_ok=True)
+        layout.runs_dir(self.home).mkdir(exist_ok=True)
         self.cache_dir.mkdir(exist_ok=True)
-        self.db_path = self.home / "runs.sqlite"
+        self.db_path = layout.database(self.home)
         self._local = threading.local()
         conn = self._conn()
         with conn:
@@ -265,11 +265,11 @@ class RunStore:
     # -- folders --------------------------------------------------------------------------------
     @property
     def cache_dir(self) -> Path:
-        return self.home / "cache"
+        return layout.cache_dir(self.home)
 
     def run_dir(self, run_id: int) -> Path:
         """The run's folder (checkpoints); created on demand."""
-        path = self.home / "runs" / str(int(run_id))
+        path = layout.run_dir(self.home, run_id)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -468,7 +468,7 @@ class RunStore:
             ("DELETE FROM artifacts WHERE run_id = ?", (int(run_id),)),
             ("DELETE FROM runs WHERE id = ?", (int(run_id),)),
         ])
-        shutil.rmtree(self.home / "runs" / str(int(run_id)), ignore_errors=True)
+        shutil.rmtree(layout.run_dir(self.home, run_id), ignore_errors=True)
 
     # -- disk -----------------------------------------------------------------------------------
     def disk_usage(self) -> dict[str, int]:
@@ -481,20 +481,20 @@ class RunStore:
 
     def _kind_of(self, path: Path) -> str:
         parts = path.relative_to(self.home).parts
-        if parts[0] == "runs":
+        if parts[0] == layout.RUNS:
             return "checkpoints"
-        if parts[0] == "cache" and len(parts) > 2:
-            return "feature cache" if parts[1] == "features" else "image cache"
-        return "database" if parts[0].startswith("runs.sqlite") else "other"
+        if parts[0] == layout.CACHE and len(parts) > 2:
+            return "feature cache" if parts[1] == layout.FEATURES else "image cache"
+        return "database" if parts[0].startswith(layout.DATABASE) else "other"
 
     def unused_caches(self) -> dict[Path, int]:
         """Cache folders/files no run needs, with their bytes: image caches at a size no stored run uses, feature
         files no stored run trained on. Deleting them is safe (a later run rebuilds what it needs)."""
         runs = self.list_runs()
-        sizes = {f"images-{r.config.resize_size}" for r in runs}
+        sizes = {layout.images_dir(self.cache_dir, r.config.resize_size) for r in runs}
         features = {r.results.get("feature_cache") for r in runs}
-        unused = [p for p in sorted(self.cache_dir.glob("images-*")) if p.is_dir() and p.name not in sizes]
-        unused += [p for p in sorted((self.cache_dir / "features").glob("*.pt")) if p.name not in features]
+        unused = [p for p in sorted(self.cache_dir.glob(f"{layout.IMAGES_PREFIX}*")) if p.is_dir() and p not in sizes]
+        unused += [p for p in sorted(layout.features_dir(self.cache_dir).glob("*.pt")) if p.name not in features]
         return {p: _bytes(p) for p in unused}
 
     def prune_caches(self) -> tuple[list[Path], int]:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from caltech_core import layout
 from caltech_core.config import TrainConfig
 from caltech_core.data.dataset import Sample, Splits
 from caltech_core.data.imagecache import ImageCache
@@ -42,7 +43,6 @@ from caltech_core.training.evaluation import Evaluation, autocast_for, evaluate
 from caltech_core.training.features import FeatureLoader, cached_features, fast_path_applies
 
 CHECKPOINT_SECONDS = 60.0  # last.pt at most this often; a crash loses at most this much training
-RETRAINED = "retrain.pt"  # the model retrained on train+val (same layout as best.pt)
 
 
 @dataclass
@@ -144,7 +144,7 @@ def train(
     except Exception as exc:  # reported as a failed run; the traceback (and its tensors) dies with this block
         error = _failure_message(exc, cfg)
     _free_memory()
-    last = workdir / "last.pt"
+    last = layout.last(workdir)
     return RunResult(RunStatus.FAILED, epochs=history, error=error, checkpoint_path=last if last.is_file() else None,
                      classes=list(data.classes))
 
@@ -186,9 +186,9 @@ def _train(
     loader_gen = torch.Generator().manual_seed(cfg.seed)  # shuffling + augmentation draws
 
     start_epoch, best_val_acc, best_epoch = 1, None, None
-    best = _Best(workdir / "best.pt", list(data.classes), cfg)
+    best = _Best(layout.best(workdir), list(data.classes), cfg)
     if resume:
-        last = workdir / "last.pt"
+        last = layout.last(workdir)
         if not last.is_file():
             raise FileNotFoundError(f"cannot resume: no checkpoint at {last}")
         state = torch.load(last, map_location=device, weights_only=True)
@@ -292,15 +292,15 @@ def _train(
                  "rng": _rng_state(loader_gen), "metrics": [m.to_dict() for m in history],
                  "best_val_acc": best_val_acc, "best_epoch": best_epoch, "classes": list(data.classes),
                  "config": cfg.to_dict()},
-                workdir / "last.pt",
+                layout.last(workdir),
             )
             saved_at = time.monotonic()
             if cb.on_checkpoint is not None:
-                cb.on_checkpoint(epoch, workdir / "last.pt")
+                cb.on_checkpoint(epoch, layout.last(workdir))
 
     # Finished: best.pt is what is kept; last.pt (model + optimizer state) can no longer be resumed.
     best.save()
-    (workdir / "last.pt").unlink(missing_ok=True)
+    (layout.last(workdir)).unlink(missing_ok=True)
 
     # Test the best-validation weights.
     _phase(cb, "testing")
@@ -312,7 +312,7 @@ def _train(
         RunStatus.FINISHED, epochs=list(history), best_val_acc=best_val_acc, best_epoch=best_epoch,
         test_acc=test.acc if test else None, mean_class_acc=test.mean_class_acc if test else None,
         per_class_acc=_per_class(test, data.classes), confusion=test.confusion.tolist() if test else None,
-        checkpoint_path=workdir / "best.pt", classes=list(data.classes), fast_path=features is not None,
+        checkpoint_path=layout.best(workdir), classes=list(data.classes), fast_path=features is not None,
         feature_cache=feature_file.name if feature_file else None,
     )
 
@@ -330,7 +330,7 @@ def _train(
                           workdir=retrain_dir, cache_dir=cache_dir, checkpoint_seconds=math.inf)
         if retrained.status == RunStatus.FINISHED:
             result.retrain_test_acc = retrained.test_acc
-            os.replace(retrain_dir / "best.pt", workdir / RETRAINED)  # Classify can use the retrained model
+            os.replace(layout.best(retrain_dir), layout.retrained(workdir))  # Classify can use the retrained model
         shutil.rmtree(retrain_dir, ignore_errors=True)
         if retrained.status != RunStatus.FINISHED:
             result.status = retrained.status if retrained.status == RunStatus.CANCELLED else result.status
@@ -380,7 +380,7 @@ def _stopped(
     """A cancelled or diverged run: curves and best weights are kept, no test; only a cancelled run keeps last.pt
     (it can be resumed, a diverged one cannot)."""
     best.save()
-    last = workdir / "last.pt"
+    last = layout.last(workdir)
     if status != RunStatus.CANCELLED:
         last.unlink(missing_ok=True)
     kept = last if last.is_file() else best.path if best.path.is_file() else None

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from caltech_core import layout
 from caltech_core.config import TrainConfig
 from caltech_core.data.imagecache import ImageCache
 from caltech_core.data.transforms import BatchLoader, is_deterministic, plan_epoch
@@ -76,7 +77,7 @@ def cached_features(
 
     Read from disk when present, else computed in eval mode and saved. None when `should_stop` said stop.
     """
-    folder = Path(cache_dir) / "features"
+    folder = layout.features_dir(cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{feature_key(cfg, backbone, cache.paths)}.pt"
     if path.is_file():

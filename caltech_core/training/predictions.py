@@ -8,15 +8,15 @@ The analysis helpers (confusion cells, confident mistakes, per-class table, conf
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from caltech_core import layout
 from caltech_core.data.dataset import Sample
+from caltech_core.files import atomic_write
 from caltech_core.training.evaluation import Predictions, metrics
 
 SPLITS = ("test", "val")
@@ -30,7 +30,7 @@ def results_path(run_dir: str | Path, split: str) -> Path:
     """Where a run's per-image results of `split` live."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r} (known: {', '.join(SPLITS)})")
-    return Path(run_dir) / f"predictions-{split}.npz"
+    return layout.predictions(Path(run_dir), split)
 
 
 @dataclass(frozen=True)
@@ -130,20 +130,13 @@ class ImageResults:
 def save(results: ImageResults, path: str | Path) -> Path:
     """Write `results` to `path` atomically (a reader never sees half a file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(
-                f, split=np.array(results.split), classes=np.array(results.classes, dtype=str),
-                paths=results.paths.astype(str), labels=results.labels.astype(np.int16),
-                top_classes=results.top_classes.astype(np.int16), top_probs=results.top_probs.astype(np.float32),
-                losses=results.losses.astype(np.float32),
-            )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as f:
+        np.savez_compressed(
+            f, split=np.array(results.split), classes=np.array(results.classes, dtype=str),
+            paths=results.paths.astype(str), labels=results.labels.astype(np.int16),
+            top_classes=results.top_classes.astype(np.int16), top_probs=results.top_probs.astype(np.float32),
+            losses=results.losses.astype(np.float32),
+        )
     return path
 
 

@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 from torchvision.transforms import v2
 
+from caltech_core import layout
 from caltech_core.config import TrainConfig
 from caltech_core.data.imagecache import to_rgb
 from caltech_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD, NORMALIZATION
@@ -28,7 +29,7 @@ from caltech_core.nets.checkpoints import CheckpointError, read_weights
 IMAGENET_CLASSES_FILE = Path(__file__).with_name("imagenet_classes.txt")
 UPLOAD_TYPES = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
 # A run's weight files Classify can use -> how the model is described.
-RUN_WEIGHTS = {"best.pt": "", "retrain.pt": " · retrained on train+val"}
+RUN_WEIGHTS = {layout.BEST: "", layout.RETRAINED: " · retrained on train+val"}
 
 
 class ImageError(ValueError):
@@ -112,7 +113,7 @@ class Classifier:
 
     # -- constructors ---------------------------------------------------------------------------------
     @classmethod
-    def from_run(cls, run_store: Any, run_id: int, *, weights: str = "best.pt",
+    def from_run(cls, run_store: Any, run_id: int, *, weights: str = layout.BEST,
                  device: torch.device | str | None = None) -> Classifier:
         """A finished run's best-validation weights (or `weights="retrain.pt"`: the model it retrained on
         train+val), with its class names and eval transform."""

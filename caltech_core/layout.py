@@ -1,0 +1,65 @@
+"""Where everything lives on disk: the store's folders, a run's files and the caches' folders.
+
+Under the store's home: `runs.sqlite`, `runs/<id>/` (a run's files) and `cache/` (the image caches,
+`images-<resize>/`, the frozen-feature cache, `features/`, and the dataset scan cache). Every module that
+names one of these paths asks this module, so the layout is written once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DATABASE = "runs.sqlite"
+RUNS = "runs"
+CACHE = "cache"
+
+BEST = "best.pt"  # best-validation weights (what Classify, export and the report use)
+LAST = "last.pt"  # the resume point: weights, optimizer, RNG states; deleted when a run ends
+RETRAINED = "retrain.pt"  # the model retrained on train+val (same layout as best.pt)
+RUN_WEIGHTS = (BEST, RETRAINED)  # the weights files a finished run may offer
+FEATURES = "features"
+IMAGES_PREFIX = "images-"
+
+
+def database(home: Path) -> Path:
+    return Path(home) / DATABASE
+
+
+def runs_dir(home: Path) -> Path:
+    return Path(home) / RUNS
+
+
+def run_dir(home: Path, run_id: int) -> Path:
+    """`<home>/runs/<id>` (not created here)."""
+    return runs_dir(home) / str(int(run_id))
+
+
+def cache_dir(home: Path) -> Path:
+    return Path(home) / CACHE
+
+
+def best(run_dir: Path) -> Path:
+    return Path(run_dir) / BEST
+
+
+def last(run_dir: Path) -> Path:
+    return Path(run_dir) / LAST
+
+
+def retrained(run_dir: Path) -> Path:
+    return Path(run_dir) / RETRAINED
+
+
+def predictions(run_dir: Path, split: str) -> Path:
+    """A run's per-image results of `split` ("test" or "val")."""
+    return Path(run_dir) / f"predictions-{split}.npz"
+
+
+def images_dir(cache_dir: Path, resize_size: int) -> Path:
+    """The decoded-image cache of one resize size."""
+    return Path(cache_dir) / f"{IMAGES_PREFIX}{int(resize_size)}"
+
+
+def features_dir(cache_dir: Path) -> Path:
+    """The frozen-backbone feature cache."""
+    return Path(cache_dir) / FEATURES
