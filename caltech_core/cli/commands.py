@@ -30,7 +30,7 @@ from caltech_core import status as run_status
 from caltech_core.config import SETTINGS, ConfigError, Setting, TrainConfig
 from caltech_core.runs import backend
 from caltech_core.runs.store import RunStore
-from caltech_core.status import RunStatus
+from caltech_core.status import Phase, RunStatus
 
 if TYPE_CHECKING:
     from caltech_core.runs.raybackend import RayJobManager
@@ -155,13 +155,13 @@ def _progress_bar(cfg: TrainConfig, label: str) -> tuple[Any, Any]:
         bar.n = round(p.fraction * p.epochs, 2)
         if p.phase in ("training", "validating"):
             detail = f"batch {p.batch}/{p.batches}"
-        elif p.phase == "downloading weights":
+        elif p.phase == Phase.DOWNLOADING:
             detail = f"{p.phase_done / 2**20:.1f}/{p.phase_total / 2**20:.1f} MB"
         elif p.phase_total:
             detail = f"{p.phase_done}/{p.phase_total}"
         else:
             detail = ""
-        bar.set_postfix_str(f"{p.phase} {detail}".strip(), refresh=False)
+        bar.set_postfix_str(f"{p.phase.label} {detail}".strip(), refresh=False)
         bar.refresh()
 
     return bar, update

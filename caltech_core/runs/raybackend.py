@@ -222,11 +222,6 @@ class RayJobManager(BaseJobManager):
         if wait:
             self._thread.join()
 
-    @property
-    def alive(self) -> bool:
-        """Takes new runs: not shut down, and the drain thread runs."""
-        return self._thread.is_alive() and not self._closing
-
     # -- the driver's loop ---------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:

@@ -27,13 +27,21 @@ log = logging.getLogger(__name__)
 class BaseJobManager(ABC):
     """What both job managers share: submit and resume through the store, wait, a queued run's progress.
 
-    A subclass sets `store`, `_cond` (guarding its queue) and `_closing`, and defines `_enqueue` (start or queue a
-    run; called with the lock held) and `_pending` (is a run, or any run when None, not ended yet?).
+    A subclass sets `store`, `_cond` (guarding its queue), `_closing` and `_thread` (its worker), and defines
+    `_enqueue` (start or queue a run; called with the lock held) and `_pending` (is a run, or any run when None,
+    not ended yet?).
     """
 
     store: RunStore
     _cond: threading.Condition
     _closing: bool
+    _thread: threading.Thread
+
+    @property
+    def alive(self) -> bool:
+        """Takes new runs: not shut down, and the worker thread (the thread backend's runner, the Ray backend's
+        drain loop) runs."""
+        return self._thread.is_alive() and not self._closing
 
     @abstractmethod
     def _enqueue(self, run_id: int, *, resume: bool) -> None: ...
@@ -161,11 +169,6 @@ class ThreadJobManager(BaseJobManager):
             self._cond.notify_all()
         if wait:
             self._thread.join()
-
-    @property
-    def alive(self) -> bool:
-        """Takes new runs: not shut down, and the worker thread runs."""
-        return self._thread.is_alive() and not self._closing
 
     # -- worker ------------------------------------------------------------------------------------
     def _work(self) -> None:
