@@ -11,7 +11,7 @@
    2-core tuning) and one per core, against a synthetic batch that never leaves the GPU; then the GPU
    settings one at a time on a synthetic batch (fp32, autocast, channels_last, fused SGD);
 3. the study's from-scratch experiments on the full split at 224 px through the studio's own store and
-   `jobs.run_job` (baseline, LR grid, the best setting LR 1e-2 / 60 epochs / step 30 retrained on train+val,
+   `job.run_job` (baseline, LR grid, the best setting LR 1e-2 / 60 epochs / step 30 retrained on train+val,
    the same with crop + flip augmentation, then the step and epoch grids), several runs side by side on the
    one GPU (one process each), and an EfficientNet-Lite fine-tune of all layers with augmentation;
    alongside them the CUDA tests (pytest -m cuda tests/test_cuda.py) in their own process.
@@ -674,15 +674,15 @@ def run(plan: Plan, root: Path, out: Path, work: Path) -> dict[str, Any]:
 
 
 def worker(store_home: Path, run_id: int, root: Path, stop_at: float) -> str:
-    """Train one stored run through `jobs.run_job`, cancelling it cleanly at wall-clock time `stop_at`."""
-    from caltech_core.runs import jobs
+    """Train one stored run through `job.run_job`, cancelling it cleanly at wall-clock time `stop_at`."""
+    from caltech_core.runs import job
 
     torch.set_num_threads(2)
     stop = threading.Event()
     timer = threading.Timer(max(0.0, stop_at - time.time()), stop.set)
     timer.daemon = True
     timer.start()
-    return jobs.run_job(RunStore(store_home), run_id, data_root=root, stop=stop)
+    return job.run_job(RunStore(store_home), run_id, data_root=root, stop=stop)
 
 
 def _default_work() -> Path:

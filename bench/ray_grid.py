@@ -29,8 +29,8 @@ from caltech_core.data.dataset import Splits
 from caltech_core.data.imagecache import ImageCache
 from caltech_core.runs import raybackend
 from caltech_core.runs.backend import LOCAL_CLUSTER
-from caltech_core.runs.jobs import JobManager
 from caltech_core.runs.store import RunStore
+from caltech_core.runs.threads import ThreadJobManager
 from caltech_core.study.experiments import get_preset
 
 
@@ -76,7 +76,7 @@ def main() -> None:
         splits = Splits.from_config(configs[0], root=args.root)
         ImageCache.build(splits.all_paths(), store.cache_dir, resize_size=configs[0].resize_size)  # warm, untimed
 
-        local = JobManager(store, data_root=args.root)
+        local = ThreadJobManager(store, data_root=args.root)
         thread_seconds = _grid(local, store, configs, "thread")
         local.shutdown(wait=True)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
@@ -19,6 +19,9 @@ from caltech_core.config import ARCH_LABELS
 from caltech_core.data import dataset
 from caltech_core.runs import backend as job_backend
 from caltech_core.runs import store
+
+if TYPE_CHECKING:
+    from caltech_core.runs.manager import JobManager
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +36,9 @@ def _store(home: str) -> store.RunStore:
     return store.RunStore(Path(home))
 
 
-@st.cache_resource(show_spinner=False)
-def _manager(home: str, backend: str) -> Any:
-    # Imported here: the job manager pulls in torch, which the Data page does not need.
+def _manager(home: str, backend: str) -> JobManager:
+    # Imported here: the job manager pulls in torch, which the Data page does not need. It keeps one manager per
+    # store and backend for the whole process (every session), so no st.cache_resource here.
     from caltech_core.runs import manager
 
     return manager.get_manager(Path(home), backend=backend)
@@ -83,7 +86,7 @@ def get_store() -> store.RunStore:
     return _open_or_stop(_store, "run store")
 
 
-def get_manager() -> Any:
+def get_manager() -> JobManager:
     """The process-wide job manager of the chosen backend, shared by all sessions (the local one trains one run at
     a time; a Ray cluster that cannot be reached stops the page with the reason)."""
     from caltech_core.runs.raybackend import RayBackendError

@@ -82,12 +82,12 @@ def _progress(rec) -> None:
     done_epochs = f"epoch {min(prog.epoch + 1, prog.epochs)} of {prog.epochs}" if prog.epochs else ""
     batch = f", batch {prog.batch} of {prog.batches}" if prog.batches else ""
     eta = f" · ETA {format_seconds(prog.eta_seconds)}" if prog.eta_seconds is not None else ""
-    if prog.phase == "downloading weights":  # bytes of the ImageNet weights file, before any epoch
+    if prog.phase == run_status.Phase.DOWNLOADING:  # bytes of the ImageNet weights file, before any epoch
         total = f" of {prog.phase_total / 2**20:.1f} MB" if prog.phase_total else " MB"
         fraction = prog.phase_done / prog.phase_total if prog.phase_total else 0.0
         st.progress(min(fraction, 1.0), text=f"downloading weights: {prog.phase_done / 2**20:.1f}{total}")
         return
-    st.progress(min(max(prog.fraction, 0.0), 1.0), text=f"{prog.phase}: {done_epochs}{batch}{eta}")
+    st.progress(min(max(prog.fraction, 0.0), 1.0), text=f"{prog.phase.label}: {done_epochs}{batch}{eta}")
 
 
 def _curves(rec) -> None:

@@ -9,7 +9,7 @@ import pytest
 from apptest_pages import open_page, page_texts
 
 from caltech_core.config import TrainConfig
-from caltech_core.runs import jobs
+from caltech_core.runs import job
 from caltech_core.runs.store import RunStore
 from caltech_core.study import charts
 from caltech_core.training import predictions
@@ -24,7 +24,7 @@ def two_runs(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     for lr, name in ((0.01, "first"), (0.001, "second")):
         run_id = store.create_run(TrainConfig(arch="mobilenet_v3_small", image_size=64, epochs=1, batch_size=8, lr=lr,
                                               device="cpu", name=name))
-        assert jobs.run_job(store, run_id, data_root=mini_root) == "finished"
+        assert job.run_job(store, run_id, data_root=mini_root) == "finished"
         ids.append(run_id)
     return home, ids
 

@@ -311,14 +311,14 @@ def test_broken_store_and_unexpected_errors_show_no_traceback(browser, mini_root
 
 
 def test_clicking_a_confusion_cell_opens_its_images(browser, mini_root: Path, tmp_path: Path) -> None:
-    from caltech_core.runs import jobs
+    from caltech_core.runs import job
     from caltech_core.training import predictions
 
     home, log = tmp_path / "home", tmp_path / "streamlit.log"
     store = RunStore(home)
     run_id = store.create_run(TrainConfig(arch="mobilenet_v3_small", image_size=64, epochs=1, batch_size=8, lr=0.01,
                                           device="cpu", name="errors"))
-    assert jobs.run_job(store, run_id, data_root=mini_root) == "finished"
+    assert job.run_job(store, run_id, data_root=mini_root) == "finished"
     results = predictions.load_run(store, run_id, "test")
     confusion = results.confusion()
     cells = [(t, p) for t in range(len(confusion)) for p in range(len(confusion)) if confusion[t, p]]

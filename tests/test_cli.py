@@ -350,13 +350,13 @@ def test_delete_tag_note_and_filter(tmp_path: Path) -> None:
 
 
 def test_cancel_stops_a_run_of_another_process_within_a_batch(tmp_path: Path, mini_root: Path) -> None:
-    from caltech_core.runs.jobs import JobManager
+    from caltech_core.runs.threads import ThreadJobManager
 
     # 1000 epochs: minutes even for MobileNetV3-Small, far longer than starting the `cancel` process takes.
     proc, store = _train_in_a_process(tmp_path, mini_root, 1000, lambda store, run: bool(store.batches(run.id)))
     run_id = store.list_runs()[0].id
     # A dashboard's job manager does not own the run either: its cancel also goes through the store.
-    manager = JobManager(store, data_root=mini_root, recover=False)
+    manager = ThreadJobManager(store, data_root=mini_root, recover=False)
     try:
         other = store.create_run(TrainConfig(epochs=1))  # queued by "another process"
         assert manager.cancel(other) and store.cancel_requested(other)

@@ -23,8 +23,8 @@ from caltech_core.data.imagecache import ImageCache
 from caltech_core.data.transforms import BatchLoader
 from caltech_core.nets.architectures import get_spec
 from caltech_core.nets.models import build_model
-from caltech_core.runs.jobs import JobManager
 from caltech_core.runs.store import RunStore
+from caltech_core.runs.threads import ThreadJobManager
 from caltech_core.training import engine
 from caltech_core.training.evaluation import autocast_for
 
@@ -200,7 +200,7 @@ def store(tmp_path) -> RunStore:
 def test_out_of_memory_fails_with_advice_and_the_next_job_runs(mini_root, store):
     """A real CUDA out-of-memory: this process may use 256 MiB of the card (other processes, e.g. the
     GPU check's training runs, keep theirs), less than VGG-16's weights alone."""
-    manager = JobManager(store, data_root=mini_root)
+    manager = ThreadJobManager(store, data_root=mini_root)
     total = torch.cuda.get_device_properties(CUDA).total_memory
     try:
         torch.cuda.empty_cache()
@@ -220,7 +220,7 @@ def test_out_of_memory_fails_with_advice_and_the_next_job_runs(mini_root, store)
 
 
 def test_worker_thread_trains_on_cuda_while_the_main_thread_reads_the_store(mini_root, store):
-    manager = JobManager(store, data_root=mini_root)
+    manager = ThreadJobManager(store, data_root=mini_root)
     reads, seen_epochs = 0, set()
     try:
         run_id = manager.submit(_tiny(epochs=4))

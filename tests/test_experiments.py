@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from caltech_core.config import ConfigError, TrainConfig
-from caltech_core.runs.jobs import JobManager
 from caltech_core.runs.store import RunStore
+from caltech_core.runs.threads import ThreadJobManager
 from caltech_core.study.experiments import (
     PRESETS,
     best_member,
@@ -88,7 +88,7 @@ def test_presets_match_the_study() -> None:
     assert differing_fields(PRESETS["lr-grid"].configs[1], base) == []
 
 
-def _wait_all(manager: JobManager, timeout: float = 300) -> None:
+def _wait_all(manager: ThreadJobManager, timeout: float = 300) -> None:
     assert manager.wait(timeout=timeout), "the queued tiny runs did not finish in time"
 
 
@@ -96,7 +96,7 @@ def test_sweep_of_tiny_real_runs_survives_divergence_and_picks_best(
     mini_root: Path, studio_home: Path
 ) -> None:
     store = RunStore(studio_home)
-    manager = JobManager(store, data_root=mini_root)
+    manager = ThreadJobManager(store, data_root=mini_root)
     try:
         # LR 10 diverges (NaN loss within the first epoch's six batches of two images, seeded, so every time);
         # the members queued after it must still run.
@@ -139,7 +139,7 @@ def demo_root(caltech_root: Path, tmp_path: Path) -> Path:
 
 def test_submit_preset_queues_its_runs(demo_root: Path, studio_home: Path) -> None:
     store = RunStore(studio_home)
-    manager = JobManager(store, data_root=demo_root)
+    manager = ThreadJobManager(store, data_root=demo_root)
     try:
         with pytest.raises(KeyError, match="quick-demo"):
             submit_preset(manager, "no-such-preset")

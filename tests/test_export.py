@@ -12,7 +12,7 @@ from PIL import Image
 
 from caltech_core.cli.commands import main
 from caltech_core.config import TrainConfig
-from caltech_core.runs import jobs
+from caltech_core.runs import job
 from caltech_core.runs.store import RunStore
 from caltech_core.use import export
 from caltech_core.use.inference import Classifier
@@ -25,7 +25,7 @@ def store(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> RunStore
     for arch in ("mobilenet_v3_small", "efficientnet_lite0"):
         run_id = store.create_run(TrainConfig(arch=arch, image_size=64, epochs=1, batch_size=8, device="cpu",
                                               name=arch))
-        assert jobs.run_job(store, run_id, data_root=mini_root) == "finished"
+        assert job.run_job(store, run_id, data_root=mini_root) == "finished"
     return store
 
 

@@ -1,4 +1,5 @@
-"""The job manager with real (tiny) training runs: FIFO, concurrent readers, cancel, faults, kill -9 + resume."""
+"""The job manager with real (tiny) training runs: FIFO, concurrent readers, cancel, faults, kill -9 + resume; how
+`run_job` ends a failed run's progress and where a resume starts."""
 
 from __future__ import annotations
 
@@ -9,15 +10,20 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
 
+from caltech_core import layout
 from caltech_core.config import ConfigError, TrainConfig
-from caltech_core.runs.jobs import JobManager
-from caltech_core.runs.manager import get_manager
+from caltech_core.runs.job import run_job
+from caltech_core.runs.manager import JobManager, get_manager
 from caltech_core.runs.store import RunStore
+from caltech_core.runs.threads import ThreadJobManager
+from caltech_core.runs.tracker import Progress
+from caltech_core.status import Phase
 from caltech_core.training import engine
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,7 +55,7 @@ def wait_for(condition: Any, timeout: float = 180.0, every: float = 0.05) -> Non
 
 def test_two_submitters_run_in_fifo_order_while_readers_poll(tmp_path: Path, mini_root: Path) -> None:
     store = RunStore(tmp_path)
-    manager = JobManager(store, data_root=mini_root)
+    manager = ThreadJobManager(store, data_root=mini_root)
     barrier = threading.Barrier(2)
     submitted: dict[str, int] = {}
 
@@ -120,7 +126,7 @@ def test_two_submitters_run_in_fifo_order_while_readers_poll(tmp_path: Path, min
 
 def test_cancel_queued_and_running_then_resume(tmp_path: Path, mini_root: Path) -> None:
     store = RunStore(tmp_path)
-    manager = JobManager(store, data_root=mini_root)
+    manager = ThreadJobManager(store, data_root=mini_root)
     epochs = 20  # far more than a cancel takes: a MobileNetV3-Small epoch here is a fraction of a second
     first = manager.submit(tiny(name="long", epochs=epochs, batch_size=2))
     second = manager.submit(tiny(name="waiting"))
@@ -166,10 +172,10 @@ def test_failures_are_recorded_and_the_queue_goes_on(
         return engine.train(cfg, data, callbacks, **kwargs)
 
     store = RunStore(tmp_path)
-    manager = JobManager(store, data_root=mini_root, runner=runner)
+    manager = ThreadJobManager(store, data_root=mini_root, runner=runner)
     with pytest.raises(ConfigError, match="lr"):
         manager.submit({"lr": -1.0})
-    with caplog.at_level(logging.ERROR, logger="caltech_core.runs.jobs"):
+    with caplog.at_level(logging.ERROR, logger="caltech_core.runs.job"):
         boom = manager.submit(tiny(name="boom"))
         oom = manager.submit(tiny(name="oom", batch_size=8))
         ok = manager.submit(tiny(name="ok"))
@@ -205,6 +211,58 @@ def test_get_manager_is_one_per_home(tmp_path: Path) -> None:
     get_manager(tmp_path / "x").shutdown(wait=True)
 
 
+def test_get_manager_is_one_per_dataset_root_and_closing_means_not_alive(tmp_path: Path, mini_root: Path) -> None:
+    default = get_manager(tmp_path / "x")
+    with_root = get_manager(tmp_path / "x", data_root=mini_root)
+    assert with_root is not default and with_root.data_root == mini_root.resolve()
+    assert get_manager(tmp_path / "x", data_root=str(mini_root)) is with_root
+    with_root.shutdown()  # not waiting: it takes no new run from now on, whatever its thread still does
+    assert not with_root.alive and get_manager(tmp_path / "x", data_root=mini_root) is not with_root
+    for manager in (default, with_root, get_manager(tmp_path / "x", data_root=mini_root)):
+        manager.shutdown(wait=True)
+
+
+def test_a_failed_run_ends_in_the_failed_phase_where_it_stopped(tmp_path: Path, mini_root: Path) -> None:
+    def runner(cfg: TrainConfig, data: Any, callbacks: Any, **kwargs: Any) -> None:
+        callbacks.on_phase(Phase.TRAINING, 0, cfg.epochs)
+        callbacks.on_batch(1, 1, 4, 0.5)
+        raise ValueError("boom after the first batch")
+
+    store = RunStore(tmp_path)
+    run_id = store.create_run(tiny(epochs=2))
+    seen: list[Progress] = []
+    assert run_job(store, run_id, data_root=mini_root, runner=runner, on_progress=seen.append) == "failed"
+    assert [p.phase for p in seen[:2]] == [Phase.LOADING, Phase.PREPARING]
+    last = seen[-1]
+    assert last.phase is Phase.FAILED and last.phase.label == "failed"
+    assert last.fraction == pytest.approx(1 / 8) and last.eta_seconds is None  # 1 of 4 batches of 2 epochs
+    assert store.get_run(run_id).error == "ValueError: boom after the first batch"
+
+
+def test_resume_starts_after_the_epoch_the_store_recorded(tmp_path: Path, mini_root: Path) -> None:
+    resumed: list[bool] = []
+
+    def runner(cfg: TrainConfig, data: Any, callbacks: Any, *, resume: bool, **kwargs: Any) -> SimpleNamespace:
+        resumed.append(resume)
+        return SimpleNamespace(status="cancelled", error=None, epochs=[])
+
+    store = RunStore(tmp_path)
+    run_id = store.create_run(tiny(epochs=5))
+    for epoch in (1, 2, 3):
+        store.add_epoch(run_id, {"epoch": epoch, "train_loss": 1.0, "train_acc": 0.5, "val_loss": 1.0,
+                                 "val_acc": 0.5, "lr": 0.01, "seconds": 1.0})
+    last = layout.last(store.run_dir(run_id))
+    last.write_bytes(b"never read: the store says which epoch it holds")
+    store.set_checkpoint(run_id, 2, last)
+    store.set_status(run_id, "cancelled")
+    assert run_job(store, run_id, data_root=mini_root, runner=runner, resume=True) == "cancelled"
+    assert resumed == [True] and [e["epoch"] for e in store.epochs(run_id)] == [1, 2]  # epoch 3 is trained again
+
+    last.unlink()  # the checkpoint is gone: the run starts over, without the rows of the lost attempt
+    assert run_job(store, run_id, data_root=mini_root, runner=runner, resume=True) == "cancelled"
+    assert resumed == [True, False] and store.epochs(run_id) == []
+
+
 def test_kill_9_then_resume_loses_and_duplicates_nothing(tmp_path: Path, mini_root: Path) -> None:
     home = tmp_path / "home"
     cmd = [
@@ -227,7 +285,7 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(tmp_path: Path, mini_ro
     run_id = store.list_runs()[0].id
     assert store.get_run(run_id).status == "running"  # what a dead process leaves behind
 
-    manager = JobManager(store, data_root=mini_root)
+    manager = ThreadJobManager(store, data_root=mini_root)
     assert manager.interrupted == [run_id]
     assert store.get_run(run_id).status == "interrupted"
     manager.resume(run_id)

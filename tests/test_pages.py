@@ -9,9 +9,9 @@ import pytest
 from apptest_pages import open_page, page_texts
 
 from caltech_core.config import SETTINGS, TrainConfig
-from caltech_core.runs import jobs
 from caltech_core.runs.manager import get_manager
 from caltech_core.runs.store import RunStore
+from caltech_core.runs.threads import ThreadJobManager
 from caltech_core.study import experiments
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,7 +36,7 @@ def trained_home(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     old = os.environ.get("CALTECH101_ROOT")
     os.environ["CALTECH101_ROOT"] = str(mini_root)
     try:
-        manager = jobs.JobManager(RunStore(home))
+        manager = ThreadJobManager(RunStore(home))
         run_id = manager.submit(TrainConfig(arch="mobilenet_v3_small", image_size=64, epochs=2, step_size=1,
                                             batch_size=8, name="tiny", group="demo"))
         assert manager.wait(run_id, timeout=300)

@@ -17,11 +17,12 @@ import pytest
 
 from caltech_core import settings
 from caltech_core.config import TrainConfig
-from caltech_core.runs import jobs, raybackend
+from caltech_core.runs import raybackend
 from caltech_core.runs.backend import LOCAL_CLUSTER
 from caltech_core.runs.manager import get_manager
 from caltech_core.runs.raybackend import RayJobManager
 from caltech_core.runs.store import RunStore
+from caltech_core.runs.threads import ThreadJobManager
 from caltech_core.training import engine
 
 REPO = Path(__file__).resolve().parent.parent
@@ -175,18 +176,19 @@ def test_backend_choice_and_the_local_backend_needs_no_ray(
     manager = get_manager(tmp_path / "a")
     assert isinstance(manager, RayJobManager) and get_manager(tmp_path / "a") is manager
     local = get_manager(tmp_path / "a", backend="local")
-    assert isinstance(local, jobs.JobManager)
+    assert isinstance(local, ThreadJobManager)
     for m in (manager, local):
         m.shutdown(wait=True)
     monkeypatch.setenv(settings.RAY.name, "somewhere")
     with pytest.raises(ValueError, match="ray://HOST:PORT"):
         get_manager(tmp_path / "a")
-    code = ("import sys; from caltech_core import jobs; m = get_manager(sys.argv[1]); m.shutdown(wait=True); "
+    code = ("import sys; from caltech_core.runs.manager import get_manager; m = get_manager(sys.argv[1]); "
+            "m.shutdown(wait=True); "
             "print(type(m).__name__, 'ray' in sys.modules)")
     env = {k: v for k, v in os.environ.items() if k != settings.RAY.name}
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "b")], cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=120, check=True)
-    assert out.stdout.split() == ["JobManager", "False"]
+    assert out.stdout.split() == ["ThreadJobManager", "False"]
 
 
 def _sinks_of(ray: Any, pid: int) -> list[str]:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from caltech_core.data.dataset import load_splits
-from caltech_core.runs.jobs import JobManager
 from caltech_core.runs.store import RunStore
+from caltech_core.runs.threads import ThreadJobManager
 from caltech_core.study.experiments import PRESETS
 from caltech_core.study.report import (
     Report,
@@ -34,7 +34,7 @@ TINY = {"arch": "mobilenet_v3_small", "image_size": 64, "epochs": 1, "step_size"
 def filled_store(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> RunStore:
     """Tiny real runs: the baseline with two seeds and one augmentation member; the rest left missing."""
     store = RunStore(tmp_path_factory.mktemp("report-store"))
-    manager = JobManager(store, data_root=mini_root)
+    manager = ThreadJobManager(store, data_root=mini_root)
     try:
         for seed in (1, 2):
             manager.submit(PRESETS["baseline"].configs[0].replace(seed=seed, **TINY))

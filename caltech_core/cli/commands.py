@@ -23,14 +23,17 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from caltech_core import layout, settings
 from caltech_core import status as run_status
 from caltech_core.config import SETTINGS, ConfigError, Setting, TrainConfig
 from caltech_core.runs import backend
 from caltech_core.runs.store import RunStore
-from caltech_core.status import RunStatus
+from caltech_core.status import Phase, RunStatus
+
+if TYPE_CHECKING:
+    from caltech_core.runs.raybackend import RayJobManager
 
 log = logging.getLogger("caltech_core.cli.commands")
 
@@ -152,13 +155,13 @@ def _progress_bar(cfg: TrainConfig, label: str) -> tuple[Any, Any]:
         bar.n = round(p.fraction * p.epochs, 2)
         if p.phase in ("training", "validating"):
             detail = f"batch {p.batch}/{p.batches}"
-        elif p.phase == "downloading weights":
+        elif p.phase == Phase.DOWNLOADING:
             detail = f"{p.phase_done / 2**20:.1f}/{p.phase_total / 2**20:.1f} MB"
         elif p.phase_total:
             detail = f"{p.phase_done}/{p.phase_total}"
         else:
             detail = ""
-        bar.set_postfix_str(f"{p.phase} {detail}".strip(), refresh=False)
+        bar.set_postfix_str(f"{p.phase.label} {detail}".strip(), refresh=False)
         bar.refresh()
 
     return bar, update
@@ -166,7 +169,7 @@ def _progress_bar(cfg: TrainConfig, label: str) -> tuple[Any, Any]:
 
 def _run_foreground(store: RunStore, run_id: int, root: str | None, *, resume: bool, label: str) -> str:
     """Train one stored run in this process (same path as the job manager); Ctrl-C cancels it cleanly."""
-    from caltech_core.runs import jobs
+    from caltech_core.runs import job
 
     record = store.get_run(run_id)
     assert record is not None
@@ -182,7 +185,7 @@ def _run_foreground(store: RunStore, run_id: int, root: str | None, *, resume: b
         previous = signal.signal(signal.SIGINT, on_sigint)
     bar, update = _progress_bar(record.config, label)
     try:
-        status = jobs.run_job(store, run_id, data_root=root, resume=resume, stop=stop, on_progress=update)
+        status = job.run_job(store, run_id, data_root=root, resume=resume, stop=stop, on_progress=update)
     finally:
         bar.close()
         if previous is not None:
@@ -256,7 +259,7 @@ def _backend(args: argparse.Namespace) -> str:
         raise CliError(str(exc), 2) from exc
 
 
-def _ray_manager(args: argparse.Namespace, store: RunStore) -> Any:
+def _ray_manager(args: argparse.Namespace, store: RunStore) -> RayJobManager:
     from caltech_core.runs import raybackend
 
     env = {settings.OFFLINE.name: "1"} if args.offline else {}  # workers do not see this process's environment

@@ -1,12 +1,13 @@
-"""The Ray backend of the job queue: every queued run is a Ray task that trains through `jobs.run_job` on a worker.
+"""The Ray backend of the job queue, the driver's side: every queued run is a Ray task (`remote.train_remote`)
+that trains through `job.run_job` on a worker.
 
 The process that owns the store (the dashboard, or the CLI with `--ray`) is the Ray driver and stays the only
-writer of SQLite. On the worker, `run_job` gets a `RemoteStore`: its writes (status, batch and epoch rows,
-checkpoints, results) become numbered messages to the driver's `Sink` actor, each put waiting for the actor's
-receipt; the driver's drain thread applies them to the real `RunStore` in order and acknowledges them, and the
-sink drops only acknowledged messages. Rows are upserts keyed by (run, epoch) and (run, epoch, batch), so a
-message applied twice leaves one row. Cancel goes the other way: a flag on the sink that the worker's tracker
-polls (every `jobs.CANCEL_POLL_SECONDS`), so a remote run stops within about one batch.
+writer of SQLite. A worker's `remote.RemoteStore` sends its writes (status, batch and epoch rows, checkpoints,
+results) as numbered messages to this driver's `Sink` actor; the driver's drain thread applies them to the real
+`RunStore` in order and acknowledges them, and the sink drops only acknowledged messages. Rows are upserts keyed
+by (run, epoch) and (run, epoch, batch), so a message applied twice leaves one row. Cancel goes the other way: a
+flag on the sink that the worker's tracker polls (every `tracker.CANCEL_POLL_SECONDS`), so a remote run stops
+within about one batch.
 
 Checkpoints go to the run's folder under the store path as workers see it (`worker_home`, default the store's own
 path: one machine or a shared filesystem). Ray is imported lazily: the local backend needs nothing of it.
@@ -21,44 +22,34 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from caltech_core import layout, settings
+from caltech_core import settings
 from caltech_core import status as run_status
 from caltech_core.runs.backend import LOCAL, LOCAL_CLUSTER, check_address
-from caltech_core.runs.jobs import BaseJobManager, Progress, Runner
-from caltech_core.runs.store import RunNotFoundError, RunRecord, RunStore, _process_alive
+from caltech_core.runs.job import Runner
+from caltech_core.runs.owners import process_alive
+from caltech_core.runs.records import RunNotFoundError
+from caltech_core.runs.remote import Message, Placement, RayBackendError, Sink, ray_module, train_remote
+from caltech_core.runs.store import RunStore
+from caltech_core.runs.threads import BaseJobManager
+from caltech_core.runs.tracker import Progress
 from caltech_core.status import RunStatus
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "caltech_studio"
 DRAIN_SECONDS = 0.2  # how often the driver empties the sink into SQLite
-PROGRESS_SECONDS = 0.5  # a worker sends its progress at most this often (and on every phase change)
-RAY_VERSION = "2.60.0"  # the pin in requirements.txt, for the message when Ray is missing
 
 # Store writes a worker may send; the driver applies nothing else.
 _WRITES = frozenset({"set_status", "add_batches", "add_epoch", "set_checkpoint", "set_results", "truncate_after",
                      "placed"})
 
 
-class RayBackendError(RuntimeError):
-    """Ray is missing, the address is not understood, or the cluster cannot be reached."""
-
-
-def _ray() -> Any:
-    try:
-        import ray
-    except ImportError as exc:
-        raise RayBackendError(f"the Ray backend needs the ray package: pip install ray=={RAY_VERSION}") from exc
-    return ray
-
-
 def connect(address: str) -> Any:
     """Join (or, for `local-cluster`, start) the Ray cluster once per process; returns the ray module."""
-    ray = _ray()
+    ray = ray_module()
     if ray.is_initialized():
         return ray
     try:
@@ -71,149 +62,7 @@ def connect(address: str) -> Any:
     return ray
 
 
-@dataclass(frozen=True)
-class Placement:
-    """Where a run trains: the Ray node, its GPUs (none for a CPU run) and the worker process."""
-
-    node_ip: str
-    node_id: str
-    gpu_ids: tuple[str, ...]
-    pid: int
-    hostname: str
-
-    def describe(self) -> str:
-        gpus = f"GPU {', '.join(self.gpu_ids)}" if self.gpu_ids else "CPU"
-        return f"Ray node {self.node_ip} ({self.hostname}) · {gpus} · worker pid {self.pid}"
-
-
-class Sink:
-    """The Ray actor between workers and the driver: numbered store writes in arrival order, cancel flags and each
-    run's latest progress. One per driver process."""
-
-    def __init__(self) -> None:
-        self._messages: list[tuple[int, int, str, tuple[Any, ...], dict[str, Any]]] = []
-        self._seq = 0
-        self._cancelled: set[int] = set()
-        self._progress: dict[int, Progress] = {}
-
-    def put(self, run_id: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
-        self._seq += 1
-        self._messages.append((self._seq, run_id, method, args, kwargs))
-        return self._seq
-
-    def take(self, applied: int) -> list[tuple[int, int, str, tuple[Any, ...], dict[str, Any]]]:
-        """Drop the messages up to `applied` (the driver has them in SQLite) and return the rest, in order."""
-        self._messages = [m for m in self._messages if m[0] > applied]
-        return list(self._messages)
-
-    def cancel(self, run_id: int) -> None:
-        self._cancelled.add(run_id)
-
-    def cancel_requested(self, run_id: int) -> bool:
-        return run_id in self._cancelled
-
-    def forget(self, run_id: int) -> None:
-        self._cancelled.discard(run_id)
-        self._progress.pop(run_id, None)
-
-    def set_progress(self, run_id: int, progress: Progress) -> None:
-        self._progress[run_id] = progress
-
-    def progress(self) -> dict[int, Progress]:
-        return dict(self._progress)
-
-
-class RemoteStore:
-    """What `jobs.run_job` needs of a `RunStore`, on a Ray worker: the run's record as submitted, folders under the
-    store path as this worker sees it, and every write sent to the driver's sink (waiting for its receipt)."""
-
-    def __init__(self, sink: Any, record: RunRecord, home: str | Path) -> None:
-        self._sink = sink
-        self._record = record
-        self.home = Path(home)
-
-    @property
-    def cache_dir(self) -> Path:
-        path = layout.cache_dir(self.home)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def run_dir(self, run_id: int) -> Path:
-        path = layout.run_dir(self.home, run_id)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def get_run(self, run_id: int) -> RunRecord | None:
-        return self._record if run_id == self._record.id else None
-
-    def cancel_requested(self, run_id: int) -> bool:
-        return bool(_ray().get(self._sink.cancel_requested.remote(int(run_id))))
-
-    def _put(self, method: str, run_id: int, *args: Any, **kwargs: Any) -> None:
-        _ray().get(self._sink.put.remote(int(run_id), method, args, kwargs))
-
-    def set_status(self, run_id: int, status: str, error: str | None = None, *, device: str | None = None) -> None:
-        self._put("set_status", run_id, str(status), error, device=device)
-
-    def add_batches(self, run_id: int, rows: Any) -> None:
-        rows = list(rows)
-        if rows:
-            self._put("add_batches", run_id, rows)
-
-    def add_epoch(self, run_id: int, metrics: Any) -> None:
-        self._put("add_epoch", run_id, metrics.to_dict() if hasattr(metrics, "to_dict") else dict(metrics))
-
-    def set_checkpoint(self, run_id: int, epoch: int, path: str | os.PathLike[str], kind: str = "last") -> None:
-        # Relative to the store: the driver may see the shared folder at another path.
-        self._put("set_checkpoint", run_id, int(epoch), str(Path(path).relative_to(self.home)), kind=kind)
-
-    def set_results(self, run_id: int, results: dict[str, Any]) -> None:
-        self._put("set_results", run_id, results)
-
-    def truncate_after(self, run_id: int, epoch: int) -> None:
-        self._put("truncate_after", run_id, int(epoch))
-
-    def placed(self, run_id: int) -> Placement:
-        ray = _ray()
-        place = Placement(node_ip=ray.util.get_node_ip_address(), node_id=ray.get_runtime_context().get_node_id(),
-                          gpu_ids=tuple(str(g) for g in ray.get_gpu_ids()), pid=os.getpid(),
-                          hostname=socket.gethostname())
-        self._put("placed", run_id, place)
-        return place
-
-
-class _ProgressSender:
-    """on_progress of a remote run: the latest snapshot to the sink, on a phase change or every PROGRESS_SECONDS."""
-
-    def __init__(self, sink: Any, run_id: int) -> None:
-        self._sink, self._run_id = sink, run_id
-        self._phase = ""
-        self._sent = 0.0
-
-    def __call__(self, progress: Progress) -> None:
-        now = time.monotonic()
-        if progress.phase != self._phase or now - self._sent >= PROGRESS_SECONDS:
-            self._phase, self._sent = progress.phase, now
-            self._sink.set_progress.remote(self._run_id, progress)  # no receipt needed: only the latest matters
-
-
-def train_remote(sink: Any, record: RunRecord, home: str, data_root: str | None, resume: bool,
-                 runner: Runner | None) -> str:
-    """The body of a run's Ray task: the one `jobs.run_job` path, through a `RemoteStore`."""
-    import torch
-
-    from caltech_core.runs import jobs
-
-    # Ray reuses worker processes across tasks: size torch's thread pool to this task's CPUs, not an earlier one's
-    # (a different count also changes the float sums, so a resume on another worker would not repeat the curves).
-    torch.set_num_threads(max(1, int(_ray().get_runtime_context().get_assigned_resources().get("CPU", 1))))
-    store = RemoteStore(sink, record, home)
-    store.placed(record.id)
-    return jobs.run_job(store, record.id, data_root=data_root, runner=runner, resume=resume,  # type: ignore[arg-type]
-                        on_progress=_ProgressSender(sink, record.id))
-
-
-def apply_message(store: RunStore, message: tuple[int, int, str, tuple[Any, ...], dict[str, Any]]) -> None:
+def apply_message(store: RunStore, message: Message) -> None:
     """Write one worker message into the store; applying it again changes nothing (upserts by run/epoch/batch)."""
     _seq, run_id, method, args, kwargs = message
     if method not in _WRITES:
@@ -243,7 +92,7 @@ def _sink_name(store: RunStore) -> str:
 def _crash_message(exc: BaseException) -> tuple[RunStatus, str]:
     """The status and message of a task that did not return: its process or node died (interrupted, resumable),
     or it raised before `run_job` could record anything (failed)."""
-    ray = _ray()
+    ray = ray_module()
     if isinstance(exc, ray.exceptions.RayTaskError):
         cause = exc.cause if getattr(exc, "cause", None) is not None else exc
         return RunStatus.FAILED, f"{type(cause).__name__}: {cause}"
@@ -267,7 +116,7 @@ class RayJobManager(BaseJobManager):
                  recover: bool = True) -> None:
         self.address = check_address(address)
         if self.address == LOCAL:
-            raise ValueError("the local backend is jobs.JobManager")
+            raise ValueError("the local backend is threads.ThreadJobManager")
         self._ray = connect(self.address)
         self.store = store
         self.data_root = None if data_root is None else str(data_root)
@@ -373,10 +222,6 @@ class RayJobManager(BaseJobManager):
         if wait:
             self._thread.join()
 
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive() and not self._closing
-
     # -- the driver's loop ---------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
@@ -418,7 +263,7 @@ class RayJobManager(BaseJobManager):
             self._apply(message)
             self._applied = message[0]
 
-    def _apply(self, message: tuple[int, int, str, tuple[Any, ...], dict[str, Any]]) -> None:
+    def _apply(self, message: Message) -> None:
         _seq, run_id, method, args, _kwargs = message
         try:
             apply_message(self.store, message)
@@ -473,7 +318,7 @@ class RayJobManager(BaseJobManager):
         for entry in self._ray.util.list_named_actors(all_namespaces=True):
             name = entry["name"] if isinstance(entry, dict) else entry
             pid = name[len(prefix):].split("-")[0]
-            if not name.startswith(prefix) or not pid.isdigit() or int(pid) == os.getpid() or _process_alive(int(pid), None):
+            if not name.startswith(prefix) or not pid.isdigit() or int(pid) == os.getpid() or process_alive(int(pid), None):
                 continue
             orphan = self._ray.get_actor(name, namespace=NAMESPACE)
             messages = self._ray.get(orphan.take.remote(0))

@@ -1,200 +1,36 @@
 """The run store: one folder with a SQLite database (WAL mode) and a sub-folder per run.
 
-Layout under `home`: `runs.sqlite`, `runs/<id>/` (checkpoints, written by the engine), `cache/` (image and
-feature caches). Every write is a single transaction, so a reader in another thread or process sees a run
-either before or after a write, never half of it. Each thread gets its own connection.
+Layout under `home` (see `caltech_core.layout`): `runs.sqlite`, `runs/<id>/` (checkpoints, written by the
+engine), `cache/` (image and feature caches). Every write is a single transaction, so a reader in another thread
+or process sees a run either before or after a write, never half of it. Each thread gets its own connection.
 
 Timestamps are Unix seconds (float). Metrics are written as they happen, so a second reader (the
-dashboard, the CLI) sees the same curves while a run trains.
+dashboard, the CLI) sees the same curves while a run trains. The tables and the record a row becomes are in
+`records.py`; what is on disk, by kind, in `disk.py`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import os
 import shutil
 import sqlite3
 import threading
 import time
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from caltech_core import layout, settings
 from caltech_core import status as run_status
 from caltech_core.config import TrainConfig
+from caltech_core.runs import disk, records
+from caltech_core.runs.owners import process_alive, process_start
+from caltech_core.runs.records import RunNotFoundError, RunRecord
 from caltech_core.status import RunStatus
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL DEFAULT '',
-    group_name TEXT NOT NULL DEFAULT '',
-    arch TEXT NOT NULL,
-    config TEXT NOT NULL,
-    status TEXT NOT NULL,
-    created REAL NOT NULL,
-    started REAL,
-    finished REAL,
-    device TEXT,
-    error TEXT,
-    results TEXT,
-    best_val_acc REAL,
-    test_acc REAL,
-    checkpoint_epoch INTEGER,
-    owner_pid INTEGER,
-    owner_start TEXT,
-    tags TEXT NOT NULL DEFAULT '[]',
-    note TEXT NOT NULL DEFAULT '',
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    node TEXT
-);
-CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
-CREATE INDEX IF NOT EXISTS runs_group ON runs(group_name);
-CREATE TABLE IF NOT EXISTS epochs (
-    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
-    epoch INTEGER NOT NULL,
-    train_loss REAL, train_acc REAL, val_loss REAL, val_acc REAL, lr REAL, seconds REAL,
-    UNIQUE(run_id, epoch)
-);
-CREATE TABLE IF NOT EXISTS batches (
-    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
-    epoch INTEGER NOT NULL,
-    batch INTEGER NOT NULL,
-    loss REAL,
-    UNIQUE(run_id, epoch, batch)
-);
-CREATE TABLE IF NOT EXISTS artifacts (
-    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
-    kind TEXT NOT NULL,
-    path TEXT NOT NULL,
-    UNIQUE(run_id, kind)
-);
-"""
-
-# Columns added after the first release, with their definitions: an older store gains them when opened.
-_ADDED_COLUMNS = {
-    "tags": "TEXT NOT NULL DEFAULT '[]'", "note": "TEXT NOT NULL DEFAULT ''",
-    "cancel_requested": "INTEGER NOT NULL DEFAULT 0", "node": "TEXT",
-}
 MAX_TAG = 40
 MAX_NOTE = 10_000
-_EPOCH_FIELDS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
-DISK_KINDS = ("checkpoints", "image cache", "feature cache", "database", "other")
-
-
-class RunNotFoundError(KeyError):
-    """No run with this id in the store."""
-
-    def __init__(self, run_id: int) -> None:
-        super().__init__(run_id)
-        self.run_id = run_id
-
-    def __str__(self) -> str:
-        return f"run {self.run_id} does not exist in this store"
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """One row of the runs table, with `config` parsed back to a TrainConfig and `results` to a dict."""
-
-    id: int
-    name: str
-    group: str
-    arch: str
-    config: TrainConfig
-    status: RunStatus
-    created: float
-    started: float | None
-    finished: float | None
-    device: str | None
-    error: str | None
-    results: dict[str, Any] = field(default_factory=dict)
-    best_val_acc: float | None = None
-    test_acc: float | None = None
-    checkpoint_epoch: int | None = None  # last epoch whose last.pt is on disk (as reported by the engine)
-    epochs_done: int = 0  # rows in the epochs table
-    tags: tuple[str, ...] = ()
-    note: str = ""
-    node: str | None = None  # where a Ray backend run trains (node, GPU, worker pid); None for in-process runs
-
-    @property
-    def label(self) -> str:
-        """A short human name: `#id name` (or the architecture when unnamed)."""
-        return f"#{self.id} {self.name or self.arch}"
-
-    @property
-    def duration(self) -> float | None:
-        """Seconds from start to finish (or to now while running)."""
-        if self.started is None:
-            return None
-        return (self.finished or time.time()) - self.started
-
-
-def _process_start(pid: int) -> str | None:
-    """The kernel's start time of `pid` (guards against a recycled pid); None when unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # Field 22 (starttime); the command name in field 2 may contain spaces, so split after its ')'.
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def _process_alive(pid: int | None, start: str | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return start is None or _process_start(pid) in (None, start)
-
-
-def _json_default(value: Any) -> Any:
-    # Results carry numpy arrays / scalars, Paths and tensors; store them as plain JSON.
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    if isinstance(value, (set, tuple)):
-        return list(value)
-    raise TypeError(f"cannot store {type(value).__name__} as JSON")
-
-
-def _clean_float(value: Any) -> float | None:
-    """SQLite has no NaN: a diverged loss is stored as NULL."""
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, default=_json_default, allow_nan=False) if value is not None else "null"
-
-
-def _sanitize(value: Any) -> Any:
-    """Replace non-finite floats (anywhere in a results dict) by None so the JSON stays standard."""
-    value = json.loads(json.dumps(value, default=_json_default))
-    return _replace_nonfinite(value)
-
-
-def _replace_nonfinite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, list):
-        return [_replace_nonfinite(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _replace_nonfinite(v) for k, v in value.items()}
-    return value
 
 
 class RunStore:
@@ -209,9 +45,9 @@ class RunStore:
         self._local = threading.local()
         conn = self._conn()
         with conn:
-            conn.executescript(_SCHEMA)
+            conn.executescript(records.SCHEMA)
             have = {r["name"] for r in conn.execute("PRAGMA table_info(runs)")}
-            for column, definition in _ADDED_COLUMNS.items():
+            for column, definition in records.ADDED_COLUMNS.items():
                 if column not in have:
                     conn.execute(f"ALTER TABLE runs ADD COLUMN {column} {definition}")
 
@@ -282,7 +118,7 @@ class RunStore:
             "INSERT INTO runs (name, group_name, arch, config, status, created, owner_pid, owner_start)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (cfg.name, cfg.group, cfg.arch, json.dumps(cfg.to_dict()), status, time.time(), pid,
-             _process_start(pid)),
+             process_start(pid)),
         )
         run_id = int(cur.lastrowid)
         self.run_dir(run_id)
@@ -297,11 +133,11 @@ class RunStore:
         if status == RunStatus.RUNNING:
             pid = os.getpid()
             sets += ["started = COALESCE(started, ?)", "finished = NULL", "owner_pid = ?", "owner_start = ?"]
-            params += [now, pid, _process_start(pid)]
+            params += [now, pid, process_start(pid)]
         elif status == RunStatus.QUEUED:
             pid = os.getpid()
             sets += ["finished = NULL", "owner_pid = ?", "owner_start = ?", "cancel_requested = 0"]
-            params += [pid, _process_start(pid)]
+            params += [pid, process_start(pid)]
         else:
             sets.append("finished = ?")
             params.append(now)
@@ -344,19 +180,19 @@ class RunStore:
 
     def set_results(self, run_id: int, results: Mapping[str, Any]) -> None:
         """Store the final results (JSON); `best_val_acc` / `test_acc` also go to their own columns."""
-        clean = _sanitize(dict(results))
+        clean = records.sanitize(dict(results))
         cur = self._write(
             "UPDATE runs SET results = ?, best_val_acc = ?, test_acc = ? WHERE id = ?",
-            (_dumps(clean), _clean_float(clean.get("best_val_acc")), _clean_float(clean.get("test_acc")),
-             int(run_id)),
+            (records.dumps(clean), records.clean_float(clean.get("best_val_acc")),
+             records.clean_float(clean.get("test_acc")), int(run_id)),
         )
         if cur.rowcount == 0:
             raise RunNotFoundError(run_id)
 
     def get_run(self, run_id: int) -> RunRecord | None:
         """The run, or None when there is no such id."""
-        row = self._conn().execute(_SELECT_RUN + " WHERE r.id = ?", (int(run_id),)).fetchone()
-        return _record(row) if row is not None else None
+        row = self._conn().execute(records.SELECT_RUN + " WHERE r.id = ?", (int(run_id),)).fetchone()
+        return records.from_row(row) if row is not None else None
 
     def list_runs(
         self,
@@ -389,14 +225,14 @@ class RunStore:
         for tag in tags:
             where.append("EXISTS (SELECT 1 FROM json_each(r.tags) WHERE value = ?)")
             params.append(tag)
-        sql = _SELECT_RUN
+        sql = records.SELECT_RUN
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY r.id " + ("DESC" if newest_first else "ASC")
         if limit is not None:
             sql += " LIMIT ?"
             params.append(int(limit))
-        return [_record(row) for row in self._conn().execute(sql, params)]
+        return [records.from_row(row) for row in self._conn().execute(sql, params)]
 
     # -- run management ---------------------------------------------------------------------------
     def rename(self, run_id: int, name: str) -> None:
@@ -473,29 +309,12 @@ class RunStore:
     # -- disk -----------------------------------------------------------------------------------
     def disk_usage(self) -> dict[str, int]:
         """Bytes on disk by kind: checkpoints (run folders), image cache, feature cache, database, other."""
-        usage = dict.fromkeys(DISK_KINDS, 0)
-        for path in self.home.rglob("*"):
-            if path.is_file() and not path.is_symlink():
-                usage[self._kind_of(path)] += path.stat().st_size
-        return usage
-
-    def _kind_of(self, path: Path) -> str:
-        parts = path.relative_to(self.home).parts
-        if parts[0] == layout.RUNS:
-            return "checkpoints"
-        if parts[0] == layout.CACHE and len(parts) > 2:
-            return "feature cache" if parts[1] == layout.FEATURES else "image cache"
-        return "database" if parts[0].startswith(layout.DATABASE) else "other"
+        return disk.usage(self.home)
 
     def unused_caches(self) -> dict[Path, int]:
         """Cache folders/files no run needs, with their bytes: image caches at a size no stored run uses, feature
         files no stored run trained on. Deleting them is safe (a later run rebuilds what it needs)."""
-        runs = self.list_runs()
-        sizes = {layout.images_dir(self.cache_dir, r.config.resize_size) for r in runs}
-        features = {r.results.get("feature_cache") for r in runs}
-        unused = [p for p in sorted(self.cache_dir.glob(f"{layout.IMAGES_PREFIX}*")) if p.is_dir() and p not in sizes]
-        unused += [p for p in sorted(layout.features_dir(self.cache_dir).glob("*.pt")) if p.name not in features]
-        return {p: _bytes(p) for p in unused}
+        return disk.unused_caches(self.cache_dir, self.list_runs())
 
     def prune_caches(self) -> tuple[list[Path], int]:
         """Delete `unused_caches()`; returns what was removed and the bytes freed. Refused while a run is queued or
@@ -504,22 +323,19 @@ class RunStore:
         if active:
             raise ValueError(f"run {active[0].id} is {active[0].status}; prune the caches when nothing is training")
         unused = self.unused_caches()
-        for path in unused:
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+        disk.remove(unused)
         return list(unused), sum(unused.values())
 
     # -- metrics --------------------------------------------------------------------------------
     def add_epoch(self, run_id: int, metrics: Any) -> None:
         """Store one epoch's metrics (an EpochMetrics or a dict); a repeated epoch replaces the old row."""
         get = metrics.get if isinstance(metrics, Mapping) else lambda k: getattr(metrics, k, None)
-        values = [_clean_float(get(k)) for k in _EPOCH_FIELDS]
+        values = [records.clean_float(get(k)) for k in records.EPOCH_FIELDS]
         self._write(
-            "INSERT INTO epochs (run_id, epoch, " + ", ".join(_EPOCH_FIELDS) + ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO epochs (run_id, epoch, " + ", ".join(records.EPOCH_FIELDS) + ")"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT(run_id, epoch) DO UPDATE SET "
-            + ", ".join(f"{k} = excluded.{k}" for k in _EPOCH_FIELDS),
+            + ", ".join(f"{k} = excluded.{k}" for k in records.EPOCH_FIELDS),
             (int(run_id), int(get("epoch")), *values),
         )
 
@@ -531,7 +347,7 @@ class RunStore:
                 epoch, batch, loss = row["epoch"], row["batch"], row["loss"]
             else:
                 epoch, batch, loss = row
-            params.append((int(run_id), int(epoch), int(batch), _clean_float(loss)))
+            params.append((int(run_id), int(epoch), int(batch), records.clean_float(loss)))
         if params:
             self._write(
                 "INSERT INTO batches (run_id, epoch, batch, loss) VALUES (?, ?, ?, ?)"
@@ -542,7 +358,7 @@ class RunStore:
     def epochs(self, run_id: int) -> list[dict[str, Any]]:
         """Per-epoch metrics in epoch order."""
         rows = self._conn().execute(
-            "SELECT epoch, " + ", ".join(_EPOCH_FIELDS) + " FROM epochs WHERE run_id = ? ORDER BY epoch",
+            "SELECT epoch, " + ", ".join(records.EPOCH_FIELDS) + " FROM epochs WHERE run_id = ? ORDER BY epoch",
             (int(run_id),),
         )
         return [dict(r) for r in rows]
@@ -580,7 +396,7 @@ class RunStore:
             dead = [
                 r["id"] for r in rows
                 if (ids is None or r["id"] in ids)
-                and (not only_dead or not _process_alive(r["owner_pid"], r["owner_start"]))
+                and (not only_dead or not process_alive(r["owner_pid"], r["owner_start"]))
             ]
             now = time.time()
             for run_id in dead:
@@ -594,39 +410,3 @@ class RunStore:
             raise
         conn.execute("COMMIT")
         return dead
-
-
-def _bytes(path: Path) -> int:
-    """Size of a file, or of every file under a folder."""
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
-
-
-_SELECT_RUN = (
-    "SELECT r.*, (SELECT COUNT(*) FROM epochs e WHERE e.run_id = r.id) AS epochs_done FROM runs r"
-)
-
-
-def _record(row: sqlite3.Row) -> RunRecord:
-    return RunRecord(
-        id=row["id"],
-        name=row["name"],
-        group=row["group_name"],
-        arch=row["arch"],
-        config=TrainConfig.from_dict(json.loads(row["config"])),
-        status=RunStatus(row["status"]),
-        created=row["created"],
-        started=row["started"],
-        finished=row["finished"],
-        device=row["device"],
-        error=row["error"],
-        results=(json.loads(row["results"]) if row["results"] else None) or {},
-        best_val_acc=row["best_val_acc"],
-        test_acc=row["test_acc"],
-        checkpoint_epoch=row["checkpoint_epoch"],
-        epochs_done=row["epochs_done"],
-        tags=tuple(json.loads(row["tags"])),
-        note=row["note"],
-        node=row["node"],
-    )

@@ -1,0 +1,180 @@
+"""The worker side of the Ray backend: a run's Ray task (`train_remote`) trains through the one `job.run_job`
+path with a `RemoteStore`, whose writes (status, batch and epoch rows, checkpoints, results) become numbered
+messages to the driver's `Sink` actor, each put waiting for the actor's receipt. The driver (`raybackend.py`)
+applies them to SQLite; cancel flags and each run's latest progress go through the sink too.
+
+Folders are the store's layout (`caltech_core.layout`) under the store path as this worker sees it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from caltech_core import layout
+from caltech_core.runs.job import Runner, run_job
+from caltech_core.runs.records import RunRecord
+from caltech_core.runs.tracker import Progress
+from caltech_core.status import Phase
+
+PROGRESS_SECONDS = 0.5  # a worker sends its progress at most this often (and on every phase change)
+RAY_VERSION = "2.60.0"  # the pin in requirements.txt, for the message when Ray is missing
+
+Message = tuple[int, int, str, tuple[Any, ...], dict[str, Any]]  # (sequence number, run id, store method, args, kwargs)
+
+
+class RayBackendError(RuntimeError):
+    """Ray is missing, the address is not understood, or the cluster cannot be reached."""
+
+
+def ray_module() -> Any:
+    """The ray package (imported on first use: the thread backend needs nothing of it)."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise RayBackendError(f"the Ray backend needs the ray package: pip install ray=={RAY_VERSION}") from exc
+    return ray
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a run trains: the Ray node, its GPUs (none for a CPU run) and the worker process."""
+
+    node_ip: str
+    node_id: str
+    gpu_ids: tuple[str, ...]
+    pid: int
+    hostname: str
+
+    def describe(self) -> str:
+        gpus = f"GPU {', '.join(self.gpu_ids)}" if self.gpu_ids else "CPU"
+        return f"Ray node {self.node_ip} ({self.hostname}) · {gpus} · worker pid {self.pid}"
+
+
+class Sink:
+    """The Ray actor between workers and the driver: numbered store writes in arrival order, cancel flags and each
+    run's latest progress. One per driver process."""
+
+    def __init__(self) -> None:
+        self._messages: list[Message] = []
+        self._seq = 0
+        self._cancelled: set[int] = set()
+        self._progress: dict[int, Progress] = {}
+
+    def put(self, run_id: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+        self._seq += 1
+        self._messages.append((self._seq, run_id, method, args, kwargs))
+        return self._seq
+
+    def take(self, applied: int) -> list[Message]:
+        """Drop the messages up to `applied` (the driver has them in SQLite) and return the rest, in order."""
+        self._messages = [m for m in self._messages if m[0] > applied]
+        return list(self._messages)
+
+    def cancel(self, run_id: int) -> None:
+        self._cancelled.add(run_id)
+
+    def cancel_requested(self, run_id: int) -> bool:
+        return run_id in self._cancelled
+
+    def forget(self, run_id: int) -> None:
+        self._cancelled.discard(run_id)
+        self._progress.pop(run_id, None)
+
+    def set_progress(self, run_id: int, progress: Progress) -> None:
+        self._progress[run_id] = progress
+
+    def progress(self) -> dict[int, Progress]:
+        return dict(self._progress)
+
+
+class RemoteStore:
+    """The `StoreWriter` of a run on a Ray worker: the run's record as submitted, folders under the store path as
+    this worker sees it, and every write sent to the driver's sink (waiting for its receipt)."""
+
+    def __init__(self, sink: Any, record: RunRecord, home: str | Path) -> None:
+        self._sink = sink
+        self._record = record
+        self.home = Path(home)
+
+    @property
+    def cache_dir(self) -> Path:
+        path = layout.cache_dir(self.home)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def run_dir(self, run_id: int) -> Path:
+        path = layout.run_dir(self.home, run_id)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def get_run(self, run_id: int) -> RunRecord | None:
+        return self._record if run_id == self._record.id else None
+
+    def cancel_requested(self, run_id: int) -> bool:
+        return bool(ray_module().get(self._sink.cancel_requested.remote(int(run_id))))
+
+    def _put(self, method: str, run_id: int, *args: Any, **kwargs: Any) -> None:
+        ray_module().get(self._sink.put.remote(int(run_id), method, args, kwargs))
+
+    def set_status(self, run_id: int, status: str, error: str | None = None, *, device: str | None = None) -> None:
+        self._put("set_status", run_id, str(status), error, device=device)
+
+    def add_batches(self, run_id: int, rows: Any) -> None:
+        rows = list(rows)
+        if rows:
+            self._put("add_batches", run_id, rows)
+
+    def add_epoch(self, run_id: int, metrics: Any) -> None:
+        self._put("add_epoch", run_id, metrics.to_dict() if hasattr(metrics, "to_dict") else dict(metrics))
+
+    def set_checkpoint(self, run_id: int, epoch: int, path: str | os.PathLike[str], kind: str = "last") -> None:
+        # Relative to the store: the driver may see the shared folder at another path.
+        self._put("set_checkpoint", run_id, int(epoch), str(Path(path).relative_to(self.home)), kind=kind)
+
+    def set_results(self, run_id: int, results: dict[str, Any]) -> None:
+        self._put("set_results", run_id, results)
+
+    def truncate_after(self, run_id: int, epoch: int) -> None:
+        self._put("truncate_after", run_id, int(epoch))
+
+    def placed(self, run_id: int) -> Placement:
+        ray = ray_module()
+        place = Placement(node_ip=ray.util.get_node_ip_address(), node_id=ray.get_runtime_context().get_node_id(),
+                          gpu_ids=tuple(str(g) for g in ray.get_gpu_ids()), pid=os.getpid(),
+                          hostname=socket.gethostname())
+        self._put("placed", run_id, place)
+        return place
+
+
+class _ProgressSender:
+    """on_progress of a remote run: the latest snapshot to the sink, on a phase change or every PROGRESS_SECONDS."""
+
+    def __init__(self, sink: Any, run_id: int) -> None:
+        self._sink, self._run_id = sink, run_id
+        self._phase: Phase | None = None
+        self._sent = 0.0
+
+    def __call__(self, progress: Progress) -> None:
+        now = time.monotonic()
+        if progress.phase != self._phase or now - self._sent >= PROGRESS_SECONDS:
+            self._phase, self._sent = progress.phase, now
+            self._sink.set_progress.remote(self._run_id, progress)  # no receipt needed: only the latest matters
+
+
+def train_remote(sink: Any, record: RunRecord, home: str, data_root: str | None, resume: bool,
+                 runner: Runner | None) -> str:
+    """The body of a run's Ray task: the one `job.run_job` path, through a `RemoteStore`."""
+    import torch
+
+    # Ray reuses worker processes across tasks: size torch's thread pool to this task's CPUs, not an earlier one's
+    # (a different count also changes the float sums, so a resume on another worker would not repeat the curves).
+    torch.set_num_threads(max(1, int(ray_module().get_runtime_context().get_assigned_resources().get("CPU", 1))))
+    store = RemoteStore(sink, record, home)
+    store.placed(record.id)
+    return run_job(store, record.id, data_root=data_root, runner=runner, resume=resume,
+                   on_progress=_ProgressSender(sink, record.id))
