@@ -1,7 +1,7 @@
-"""`python -m caltech_core ...`: see caltech_core.cli.commands."""
+"""`python -m caltech_core ...`: see caltech_core.cli.app."""
 
 import sys
 
-from caltech_core.cli.commands import main
+from caltech_core.cli import main
 
 sys.exit(main())

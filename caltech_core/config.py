@@ -38,6 +38,13 @@ AUGMENTATION_LABELS = {
 }
 
 
+def split_list(text: str) -> tuple[str, ...]:
+    """A comma-separated list ("crop, hflip") as a tuple of its non-empty items; "" or "none" is empty."""
+    if text.strip().lower() == "none":
+        return ()
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
 class ConfigError(ValueError):
     """An invalid configuration value; `field` names the offending field."""
 
@@ -191,9 +198,7 @@ class TrainConfig:
         # Accept lists/strings for augment (from JSON, CLI, widgets) but store a canonical tuple.
         for name in ("augment", "class_names"):
             value = getattr(self, name)
-            if isinstance(value, str):
-                value = tuple(a.strip() for a in value.split(",") if a.strip())
-            object.__setattr__(self, name, tuple(value))
+            object.__setattr__(self, name, split_list(value) if isinstance(value, str) else tuple(value))
         if self.image_size is None and self.arch in ARCHITECTURES:
             object.__setattr__(self, "image_size", get_spec(self.arch).image_size)
         self.validate()

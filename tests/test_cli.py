@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from caltech_core.cli.commands import main
+from caltech_core import settings
+from caltech_core.cli import main
 from caltech_core.config import SETTINGS, Setting, TrainConfig
+from caltech_core.nets import architectures
+from caltech_core.nets.architectures import HubWeights, get_spec
 from caltech_core.runs.store import RunStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -193,6 +199,51 @@ def test_data_json_is_one_object(mini_root: Path) -> None:
     assert summary["splits"] == {"train": 12, "val": 12, "test": 12}
     assert summary["unreadable"] == []
 
+
+
+@pytest.mark.parametrize("why", ["offline", "unreachable"])
+def test_a_run_failing_before_training_looks_failed(why: str, tmp_path: Path, mini_root: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pretrained weights that cannot be had fail the run before its first epoch: the bar ends in "failed" (not
+    "100% ... done"), the error is on stderr, the exit code is 1, and the weights download leaves no lock file."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty torch hub cache
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    flags = ["--offline"]
+    if why == "unreachable":  # downloads allowed, but nothing listens at the URL: the download itself fails
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        closed.close()
+        enum = SimpleNamespace(url=f"http://127.0.0.1:{port}/tiny-0123abcd.pth", meta={})
+        spec = dataclasses.replace(get_spec("mobilenet_v3_small"), weights=HubWeights(enum))
+        monkeypatch.setitem(architectures.SPECS, "mobilenet_v3_small", spec)
+        monkeypatch.delenv(settings.OFFLINE.name)
+        flags = []
+    code, out, err = run_cli("train", *TINY, "--pretrained", "--epochs", "1", *flags, "--root", str(mini_root),
+                             "--store", str(tmp_path / "store"))
+    [run] = RunStore(tmp_path / "store").list_runs()
+    assert code == 1 and run.status == "failed" and run.epochs_done == 0
+    assert "--weights PATH" in run.error and f"error: run {run.label} failed: {run.error}" in err
+    bars = [line.strip() for line in err.replace("\r", "\n").splitlines() if " epochs [" in line]
+    assert bars and bars[-1].endswith("failed]"), bars
+    assert "100%" not in err and "done]" not in err
+    assert f"run {run.label}: failed" in out  # stdout still has the run's one-line result
+    if why == "unreachable":
+        assert hub.is_dir()  # the download was tried under its lock ...
+    assert list(hub.glob("*.lock")) == []  # ... which it removed
+
+
+def test_lists_are_split_in_one_place(tmp_path: Path) -> None:
+    """`--aug`/`--class-names` and a config given text split commas the same way; "none" is the empty list."""
+    from caltech_core.cli.app import build_parser
+    from caltech_core.cli.train import train_configs
+
+    assert TrainConfig(augment=" crop, ,hflip").augment == ("crop", "hflip")
+    assert TrainConfig(augment="none").augment == () == TrainConfig(augment="").augment
+    args = build_parser().parse_args(["train", "--aug", "none", "--class-names", "pizza, accordion",
+                                      "--store", str(tmp_path)])
+    [cfg], _ = train_configs(args, RunStore(tmp_path))
+    assert cfg.augment == () and cfg.class_names == ("pizza", "accordion")
 
 def test_preset_sweep_prints_each_run_then_a_summary(tmp_path: Path, mini_root: Path) -> None:
     code, out, err = run_cli("train", "--preset", "more-epochs", *TINY, "--epochs", "1", "--root", str(mini_root),
@@ -399,7 +450,8 @@ def test_every_config_field_and_alias_parses_into_the_config(tmp_path: Path) -> 
     a non-default value through to the config the run would get, changing nothing else."""
     import dataclasses
 
-    from caltech_core.cli.commands import _train_configs, build_parser
+    from caltech_core.cli.app import build_parser
+    from caltech_core.cli.train import train_configs
 
     parser = build_parser()
     store = RunStore(tmp_path)
@@ -411,7 +463,7 @@ def test_every_config_field_and_alias_parses_into_the_config(tmp_path: Path) -> 
         for flag in setting.flags or (f"--{f.name.replace('_', '-')}",):
             args = parser.parse_args(["train", *needs.get(f.name, []), *_argv(flag, value), "--store",
                                       str(tmp_path)])
-            [cfg], _ = _train_configs(args, store)
+            [cfg], _ = train_configs(args, store)
             assert getattr(cfg, f.name) == value, flag
             changed = {k for k, v in cfg.to_dict().items() if v != baseline[k]}
             implied = {"weights_path": {"pretrained"}, "arch": {"image_size"},
@@ -420,13 +472,14 @@ def test_every_config_field_and_alias_parses_into_the_config(tmp_path: Path) -> 
 
 
 def test_old_flag_spellings_still_work(tmp_path: Path) -> None:
-    from caltech_core.cli.commands import _train_configs, build_parser
+    from caltech_core.cli.app import build_parser
+    from caltech_core.cli.train import train_configs
 
     args = build_parser().parse_args([
         "train", "--class-names", "pizza,accordion", "--per-class-train", "5", "--train-fraction", "0.6",
         "--split-seed", "7", "--rotate-degrees", "15", "--no-fast-path", "--no-amp", "--aug", "crop,hflip",
         "--retrain", "--patience", "3", "--weights", "w.pt", "--step-size", "5", "--store", str(tmp_path)])
-    [cfg], _ = _train_configs(args, RunStore(tmp_path))
+    [cfg], _ = train_configs(args, RunStore(tmp_path))
     assert (cfg.class_names, cfg.per_class_train, cfg.train_fraction, cfg.split_seed, cfg.rotate_degrees,
             cfg.fast_path, cfg.amp) == (("pizza", "accordion"), 5, 0.6, 7, 15.0, False, False)
     assert (cfg.augment, cfg.retrain_on_train_val, cfg.early_stopping_patience, cfg.weights_path, cfg.pretrained,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from caltech_core.cli.commands import main
+from caltech_core.cli import main
 from caltech_core.config import TrainConfig
 from caltech_core.runs import job
 from caltech_core.runs.store import RunStore

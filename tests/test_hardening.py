@@ -17,7 +17,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 from torch import nn
 
-from caltech_core.cli.commands import main as cli_main
+from caltech_core.cli import main as cli_main
 from caltech_core.config import ConfigError, TrainConfig
 from caltech_core.runs.manager import get_manager
 from caltech_core.runs.store import RunStore

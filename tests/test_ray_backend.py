@@ -197,7 +197,7 @@ def _sinks_of(ray: Any, pid: int) -> list[str]:
 
 
 def test_a_killed_driver_is_drained_and_the_cli_resumes_on_ray(cluster: Any, tmp_path: Path, mini_root: Path) -> None:
-    from caltech_core.cli import commands
+    from caltech_core.cli import main
 
     home = tmp_path / "home"
     epochs = 30  # MobileNetV3-Small trains a 2-class epoch in about a second: room to kill the driver mid-run
@@ -220,8 +220,8 @@ def test_a_killed_driver_is_drained_and_the_cli_resumes_on_ray(cluster: Any, tmp
             proc.wait()
     run_id = store.list_runs()[0].id
     assert store.get_run(run_id).status == "running"
-    assert commands.main(["resume", str(run_id), "--ray", LOCAL_CLUSTER, "--store", str(home),
-                     "--root", str(mini_root)]) == 0
+    assert main(["resume", str(run_id), "--ray", LOCAL_CLUSTER, "--store", str(home),
+                 "--root", str(mini_root)]) == 0
     assert _sinks_of(cluster, proc.pid) == []  # drained into the store, then removed
     run = store.get_run(run_id)
     assert run.status == "finished", run.error

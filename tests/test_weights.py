@@ -189,7 +189,7 @@ def test_background_download_for_the_train_page(hub: Path, server, monkeypatch: 
 
 
 def _cli(*argv: str) -> tuple[int, str, str]:
-    from caltech_core.cli.commands import main
+    from caltech_core.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -1,0 +1,83 @@
+"""`classify`, `evaluate` and `export`: use a trained run's weights."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from caltech_core import layout
+from caltech_core.cli.common import CliError, existing_run, open_store, percent, print_json
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    """Top-K classes of each image with a trained run's best weights; a bad file never stops the others."""
+    from caltech_core.use import inference
+
+    store = open_store(args)
+    existing_run(store, args.run)
+    try:
+        classifier = inference.Classifier.from_run(store, args.run,
+                                                   weights=layout.RETRAINED if args.retrained else layout.BEST)
+    except inference.CheckpointError as exc:
+        raise CliError(str(exc)) from exc
+    results: list[dict[str, Any]] = []
+    for name in args.images:
+        try:
+            image = inference.open_upload(Path(name).read_bytes(), Path(name).name)
+            top = classifier.predict([image], top=args.top)[0]
+        except (OSError, inference.ImageError) as exc:
+            message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            results.append({"file": name, "error": message})
+            continue
+        results.append({"file": name, "top": [{"class": c, "prob": p} for c, p in top]})
+    if args.json:
+        print_json(results)
+        return 0
+    for item in results:
+        if "error" in item:
+            print(f"{item['file']}: error: {item['error']}")
+        else:
+            best = ", ".join(f"{t['class']} {percent(t['prob'])}" for t in item["top"])
+            print(f"{item['file']}: {best}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Recompute a run's per-image results of one split from best.pt; print accuracy and the file's path."""
+    from caltech_core.training import predictions
+    from caltech_core.use import recompute
+
+    store = open_store(args)
+    existing_run(store, args.run)
+    try:
+        results, path = recompute.recompute(store, args.run, args.split, data_root=args.root)
+    except predictions.ResultsError as exc:
+        raise CliError(str(exc)) from exc
+    summary = {"run_id": args.run, **results.summary(), "path": str(path)}
+    if args.json:
+        print_json(summary)
+        return 0
+    print(f"run #{args.run} on {summary['images']} {args.split} images: accuracy {percent(summary['acc'])}, "
+          f"mean per-class accuracy {percent(summary['mean_class_acc'])}")
+    print(f"per-image results: {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a run's best weights to ONNX or TorchScript with a JSON of classes and preprocessing."""
+    from caltech_core.use import export
+
+    store = open_store(args)
+    try:
+        exported = export.export_run(store, args.run, args.format, args.out)
+    except export.ExportError as exc:
+        raise CliError(str(exc)) from exc
+    summary = {"run_id": args.run, "format": args.format, "model": str(exported.model_path),
+               "metadata": str(exported.meta_path), "max_difference": exported.max_difference}
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"{args.format} model: {exported.model_path}")
+        print(f"classes and preprocessing: {exported.meta_path}")
+    return 0
