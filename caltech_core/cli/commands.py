@@ -496,12 +496,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Rebuild the study's tables and figures from the store; write report.md (+ figures) to --out."""
-    from caltech_core.study import report
+    from caltech_core.study import export, report
 
     store = _store(args)
     rep = report.build_report(store, args.root)
     out = Path(args.out) if args.out else store.home / "report"
-    path = report.export_markdown(rep, out)
+    path = export.export_markdown(rep, out)
     if args.json:
         _print_json({**report.report_summary(rep), "markdown": str(path)})
     else:
