@@ -50,7 +50,7 @@ class Preset:
     """A named experiment: the configs to train, what the study reports for them, and which fields vary."""
 
     name: str
-    title: str
+    title: str  # also the heading of the preset's report section
     description: str
     configs: list[TrainConfig]
     study_ref: StudyRef
