@@ -10,7 +10,9 @@ import pandas as pd
 import streamlit as st
 
 from caltech_core.study.experiments import PRESETS, submit_preset
-from caltech_core.study.report import build_report, export_zip, summary_lines
+from caltech_core.study.export import export_zip
+from caltech_core.study.report import build_report, summary_lines
+from caltech_core.study.verdicts import rule_text
 from dashboard._auth import require_password
 from dashboard._shared import data_root, format_seconds, get_manager, get_store
 
@@ -19,8 +21,7 @@ st.title("Study report")
 st.caption(
     "Rebuilt from every run in the store. A run counts for an experiment when its configuration matches "
     "(or it belongs to the experiment's preset group). Numbers are mean ± standard deviation over finished "
-    "runs; '—' means no value — nothing is filled in. Verdict: reproduced when the study's number lies within "
-    "our mean ± 2 standard errors (within 1.5 points for a single run), else higher or lower; not run without runs."
+    f"runs; '—' means no value — nothing is filled in. Verdict: {rule_text()}; not run without runs."
 )
 
 store = get_store()

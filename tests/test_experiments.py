@@ -12,12 +12,12 @@ from caltech_core.runs.threads import ThreadJobManager
 from caltech_core.study.experiments import (
     PRESETS,
     best_member,
-    differing_fields,
     repeat_configs,
     resolve_configs,
     submit_preset,
     sweep,
 )
+from caltech_core.study.matching import differing_fields
 
 TINY = TrainConfig(image_size=64, epochs=1, step_size=1, batch_size=4, device="cpu")
 

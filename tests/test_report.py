@@ -10,20 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from caltech_core.config import SETTINGS, TrainConfig
 from caltech_core.data.dataset import load_splits
 from caltech_core.runs.store import RunStore
 from caltech_core.runs.threads import ThreadJobManager
 from caltech_core.study.experiments import PRESETS
-from caltech_core.study.report import (
-    Report,
-    build_report,
-    export_markdown,
-    export_zip,
-    format_pct,
-    report_summary,
-    safe_filename,
-    safe_path,
-)
+from caltech_core.study.export import export_markdown, export_zip, safe_filename, safe_path
+from caltech_core.study.matching import NON_DEFINING_FIELDS
+from caltech_core.study.report import SECTIONS, Report, build_report, format_pct, report_summary
 
 # MobileNetV3-Small instead of the presets' AlexNet: the report matches runs by group and varied fields, and
 # its checkpoints are 6 MB instead of 228 MB each.
@@ -195,15 +189,20 @@ def test_format_pct() -> None:
     assert format_pct(0.5, 0.012, 3) == "50.0 ± 1.2% (n=3)"
 
 
-def test_a_run_at_the_study_setting_counts_wherever_its_config_appears(tmp_path: Path) -> None:
-    """Matching by configuration: an ungrouped baseline run also fills the LR grid's 1e-3 row."""
-    store = RunStore(tmp_path / "home")
-    cfg = PRESETS["baseline"].configs[0].replace(name="my own run", group="", seed=7)
+def _finished_run(store: RunStore, cfg: TrainConfig) -> int:
+    """A finished run of `cfg` with one epoch: validation 20%, test 19%, final training loss 4.0."""
     run_id = store.create_run(cfg)
     store.add_epoch(run_id, {"epoch": 1, "train_loss": 4.0, "train_acc": 0.1, "val_loss": 3.9, "val_acc": 0.2,
                              "lr": 1e-3, "seconds": 1.0})
     store.set_results(run_id, {"best_val_acc": 0.2, "test_acc": 0.19})
     store.set_status(run_id, "finished")
+    return run_id
+
+
+def test_a_run_at_the_study_setting_counts_wherever_its_config_appears(tmp_path: Path) -> None:
+    """Matching by configuration: an ungrouped baseline run also fills the LR grid's 1e-3 row."""
+    store = RunStore(tmp_path / "home")
+    _finished_run(store, PRESETS["baseline"].configs[0].replace(name="my own run", group="", seed=7))
     diverged = store.create_run(PRESETS["lr-grid"].configs[4])  # lr=0.1
     store.set_status(diverged, "diverged", "loss became nan")
     report = build_report(store, tmp_path / "no-dataset-here")
@@ -239,3 +238,40 @@ def test_study_values_beside_ours_in_bars_and_reference_lines() -> None:
     lines = charts.with_reference_lines(charts.val_curves_figure({}), {"study a": 0.8254, "study b": 0.8234})
     assert [s.y0 for s in lines.layout.shapes] == [0.8254, 0.8234]
     assert [a.text for a in lines.layout.annotations] == ["study a", "study b"]
+
+
+def test_speed_switches_do_not_make_a_run_differ_from_the_study(tmp_path: Path) -> None:
+    """Regression: a compiled run (torch.compile) was reported as "differs from the study: compile True"."""
+    store = RunStore(tmp_path / "home")
+    base = PRESETS["baseline"].configs[0]
+    _finished_run(store, base.replace(compile=True, amp=False, fast_path=False, device="cpu", seed=3))
+    (row,) = build_report(store, tmp_path / "no-dataset-here").section("baseline").rows
+    assert (row["runs"], row["setting"]) == (1, "study setting")
+
+
+def test_every_config_field_is_declared_defining_or_not() -> None:
+    """A new TrainConfig field fails here until matching.NON_DEFINING_FIELDS (or this list) declares it."""
+    defining = {
+        "arch", "pretrained", "train", "augment", "rotate_degrees", "image_size", "optimizer", "lr", "momentum",
+        "weight_decay", "epochs", "step_size", "gamma", "lr_schedule", "warmup_epochs", "label_smoothing",
+        "batch_size", "classes", "class_names", "max_per_class", "retrain_on_train_val", "train_fraction",
+        "per_class_train",
+    }
+    assert set(NON_DEFINING_FIELDS) <= set(SETTINGS)
+    assert set(SETTINGS) - set(NON_DEFINING_FIELDS) == defining
+
+
+def test_section_titles_are_their_presets_titles(tmp_path: Path) -> None:
+    report = build_report(RunStore(tmp_path / "home"), tmp_path / "no-dataset-here")
+    for preset, _ in SECTIONS:
+        section = report.section(preset)
+        assert (section.title, section.item) == (PRESETS[preset].title, PRESETS[preset].study_ref.item)
+
+
+def test_the_loss_tolerance_is_stated_as_0_05(tmp_path: Path) -> None:
+    report = build_report(RunStore(tmp_path / "home"), tmp_path / "no-dataset-here")
+    (note,) = [n for n in report.section("baseline").notes if n.startswith("Ours:")]
+    assert "within 1.5 points (0.05 for the final training loss) of a single run" in note
+    assert all("0.05" not in n for n in report.section("freezing").notes)  # no loss number there
+    md = export_markdown(report, tmp_path / "out", png=False).read_text(encoding="utf-8")
+    assert "(0.05 for the final training loss)" in md

@@ -1,6 +1,6 @@
 """Every number and setting of the study transcribed into the presets equals the study's numbers.json.
 
-The product never reads the study's files; this test does, so a typo in caltech_core/study/experiments.py fails CI.
+The product never reads the study's files; this test does, so a typo in caltech_core/study/numbers.py fails CI.
 numbers.json lives in the shared folder beside the checkout (`../shared/study/numbers.json`).
 """
 
@@ -13,14 +13,8 @@ from typing import Any
 
 import pytest
 
-from caltech_core.study.experiments import (
-    BASELINE,
-    PRESETS,
-    STUDY_CLASSES,
-    STUDY_METRICS,
-    STUDY_REPEATS,
-    STUDY_SPLIT,
-)
+from caltech_core.study.experiments import BASELINE, PRESETS
+from caltech_core.study.numbers import STUDY_CLASSES, STUDY_METRICS, STUDY_REPEATS, STUDY_SPLIT
 
 REPO = Path(__file__).resolve().parent.parent
 

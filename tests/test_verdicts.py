@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from caltech_core.study.experiments import FINDINGS, PRESETS
-from caltech_core.study.verdicts import RULES, compare, count, decide
+from caltech_core.study.experiments import PRESETS
+from caltech_core.study.numbers import FINDINGS
+from caltech_core.study.verdicts import RULES, compare, count, decide, rule_text
 
 
 def test_a_single_run_reproduces_within_one_and_a_half_points() -> None:
@@ -36,8 +37,15 @@ def test_repeats_reproduce_within_two_standard_errors() -> None:
 def test_losses_are_compared_in_their_own_units() -> None:
     assert compare("final_train_loss", 4.49, [4.52]).verdict == "reproduced"
     assert compare("final_train_loss", 4.49, [4.60]).verdict == "higher"
+    assert compare("final_train_loss", 4.49, [4.54]).verdict == "reproduced"  # +0.05, the edge
     assert count(["reproduced", "lower", "lower"], ("reproduced", "higher", "lower")) == {
         "reproduced": 1, "higher": 0, "lower": 2}
+
+
+def test_the_rule_in_words_states_each_metric_s_own_tolerance() -> None:
+    assert "within 1.5 points of a single run" in rule_text(["val_acc", "test_acc"])
+    assert "within 0.05 of a single run" in rule_text(["final_train_loss"])
+    assert "within 1.5 points (0.05 for the final training loss) of a single run" in rule_text()
 
 
 @dataclass

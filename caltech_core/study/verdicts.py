@@ -1,22 +1,22 @@
 """Does our store reproduce the study? A verdict per number of the study and per qualitative finding.
 
 A number is *reproduced* when the study's value lies within our mean ± 2 standard errors (two or more runs;
-at least the study's own rounding), or within the metric's single-run tolerance of our one run (1.5 points
-for accuracies); otherwise ours is
-*higher* or *lower*; with no finished run it is *not run*. Findings (`experiments.FINDINGS`) are decided by
-one rule each from the curves and statuses of the preset's runs: *reproduced*, *not reproduced* or *not run*.
+at least the study's own rounding), or within the metric's single-run tolerance of our one run
+(`StudyMetric.single_run_tolerance`; `rule_text` says it in words); otherwise ours is *higher* or *lower*;
+with no finished run it is *not run*. Findings (`numbers.FINDINGS`) are decided by one rule each from the
+curves and statuses of the preset's runs: *reproduced*, *not reproduced* or *not run*.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from caltech_core.status import RunStatus
-from caltech_core.study.experiments import FINDINGS, STUDY_METRICS, Finding
+from caltech_core.study.numbers import FINDINGS, STUDY_METRICS, STUDY_REPEATS, Finding
 
 VERDICTS: tuple[str, ...] = ("reproduced", "higher", "lower", "not run")
 FINDING_VERDICTS: tuple[str, ...] = ("reproduced", "not reproduced", "not run")
@@ -55,6 +55,19 @@ def compare(metric: str, study: float, ours: Sequence[float]) -> Comparison:
     return Comparison(study, verdict, mean, sd, len(values))
 
 
+def rule_text(metrics: Iterable[str] = STUDY_METRICS) -> str:
+    """When a number of `metrics` counts as reproduced, in words, each single-run tolerance from STUDY_METRICS."""
+    labels: dict[str, list[str]] = {}  # tolerance text -> labels of the metrics it applies to
+    for metric in metrics:
+        spec = STUDY_METRICS[metric]
+        labels.setdefault(spec.tolerance_text, []).append(spec.label)
+    first, *others = labels
+    exceptions = "; ".join(f"{text} for the {' and '.join(labels[text])}" for text in others)
+    return (f"reproduced when the study's number (a mean of {STUDY_REPEATS} runs) lies within our mean ± 2 "
+            f"standard errors, or within {first}{f' ({exceptions})' if exceptions else ''} of a single run; "
+            "else higher or lower")
+
+
 def _half_unit(value: float) -> float:
     """Half a unit of the last decimal `value` is written with (9.2 -> 0.05, 95.89 -> 0.005)."""
     text = repr(float(value))
@@ -73,7 +86,7 @@ def _mean(values: Sequence[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def _final(member: Any, key: str) -> list[float]:
+def final_values(member: Any, key: str) -> list[float]:
     """The last epoch's `key` of each finished run (finite values only)."""
     out = []
     for rows in member.curves.values():
@@ -117,7 +130,7 @@ def _lr_1e3_underfits(m: Members) -> tuple[str, str]:
     low, best = m.get("lr=0.001"), m.get("lr=0.01")
     if not (_finished(low) and _finished(best)):
         return "not run", "needs finished runs at LR 1e-3 and LR 1e-2"
-    train_low, train_best = _mean(_final(low, "train_acc")), _mean(_final(best, "train_acc"))
+    train_low, train_best = _mean(final_values(low, "train_acc")), _mean(final_values(best, "train_acc"))
     val_low, val_best = _mean(low.val_acc), _mean(best.val_acc)
     slower = None not in (train_low, train_best, val_low, val_best) and train_low < train_best and val_low < val_best
     return ("reproduced" if slower else "not reproduced",
@@ -150,7 +163,7 @@ def _lr_5e2_overfits(m: Members) -> tuple[str, str]:
 
 
 def _step_30_best(m: Members) -> tuple[str, str]:
-    finals = {label: _mean(_final(member, "val_loss")) for label, member in m.items() if _finished(member)}
+    finals = {label: _mean(final_values(member, "val_loss")) for label, member in m.items() if _finished(member)}
     finals = {k: v for k, v in finals.items() if v is not None}
     missing = [label for label in m if label not in finals]
     if missing:
