@@ -1,0 +1,41 @@
+"""Environment settings: one table in caltech_core/settings.py, the same table in README."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from caltech_core import settings
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_lists_every_environment_variable_as_settings_defines_it() -> None:
+    text = README.read_text()
+    for var in settings.ALL:
+        assert f"| `{var.name}` | {var.meaning} | {var.default} |" in text, var.name
+    assert len({v.name for v in settings.ALL}) == len(settings.ALL)
+
+
+def test_no_module_reads_the_environment_itself() -> None:
+    library = Path(settings.__file__).parent
+    readers = [p for p in library.rglob("*.py") if p != Path(settings.__file__)
+               and ("os.environ" in p.read_text() or "getenv(" in p.read_text())]
+    assert readers == []
+
+
+def test_readers_follow_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(settings.HOME.name, str(tmp_path / "home"))
+    monkeypatch.setenv(settings.DATASET_ROOT.name, " ")
+    monkeypatch.setenv(settings.THREADS.name, "3")
+    monkeypatch.setenv(settings.OFFLINE.name, "no")
+    assert settings.studio_home() == tmp_path / "home"
+    assert settings.dataset_root() is None  # blank counts as unset
+    assert settings.thread_limit() == 3
+    assert not settings.offline()
+    monkeypatch.setenv(settings.THREADS.name, "many")
+    with pytest.raises(ValueError, match=settings.THREADS.name):
+        settings.thread_limit()
+    monkeypatch.delenv(settings.HOME.name)
+    assert settings.studio_home() == Path.home() / ".caltech_studio"
