@@ -87,7 +87,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     """Dataset summary (split sizes, classes, unreadable images)."""
     from tqdm import tqdm
 
-    from caltech_core.data import dataset
+    from caltech_core.data import dataset, scan
 
     root = dataset.resolve_root(args.root)  # a missing dataset is reported before any progress bar is drawn
     with tqdm(desc="checking images", unit="img", file=sys.stderr, leave=False, mininterval=0.5) as bar:
@@ -95,7 +95,7 @@ def cmd_data(args: argparse.Namespace) -> int:
             bar.total = total
             bar.update(done - bar.n)  # update() honours mininterval; refresh() would redraw per image
 
-        summary = dataset.dataset_summary(root, progress=progress)
+        summary = scan.dataset_summary(root, progress=progress)
     if args.json:
         _print_json(summary)
         return 0
