@@ -34,7 +34,6 @@ INDEX_VERSION = 1
 CHUNK = 128  # images decoded between index checkpoints (a crash loses at most one chunk of work)
 
 
-
 # -- decoding ---------------------------------------------------------------------------------------------
 
 
