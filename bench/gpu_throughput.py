@@ -31,8 +31,8 @@ from caltech_core.config import ARCHITECTURES, TrainConfig
 from caltech_core.data.dataset import load_splits
 from caltech_core.data.imagecache import ImageCache
 from caltech_core.data.transforms import BatchLoader
+from caltech_core.nets.device import resolve_device
 from caltech_core.nets.models import build_model
-from caltech_core.training.engine import resolve_device
 from caltech_core.training.evaluation import autocast_for
 
 

@@ -21,8 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from machine import describe
 
 from caltech_core.config import TrainConfig
-from caltech_core.data.dataset import load_splits, worker_threads
+from caltech_core.data.dataset import load_splits
 from caltech_core.data.imagecache import ImageCache
+from caltech_core.data.threads import worker_threads
 from caltech_core.data.transforms import BatchLoader, _background
 
 

@@ -26,7 +26,7 @@ from machine import describe
 
 from caltech_core.data.dataset import Splits
 from caltech_core.study.experiments import get_preset
-from caltech_core.training import engine
+from caltech_core.training import checkpointing, engine
 
 
 def main() -> None:
@@ -47,14 +47,14 @@ def main() -> None:
     print("config:", json.dumps({k: v for k, v in cfg.to_dict().items() if k not in ("name", "group")}))
 
     io_seconds: list[float] = []
-    real_save = engine.save_atomic
+    real_save = checkpointing.save_atomic
 
     def timed_save(obj: dict, path: Path) -> None:
         start = time.perf_counter()
         real_save(obj, path)
         io_seconds.append(time.perf_counter() - start)
 
-    engine.save_atomic = timed_save
+    checkpointing.save_atomic = timed_save
     phases: dict[str, float] = {}
 
     def on_phase(name: str, done: int, total: int) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from caltech_core.data import dataset
+from caltech_core.data import dataset, download, scan
 from caltech_core.study import charts
 from dashboard._auth import require_password
 from dashboard._shared import (
@@ -42,7 +42,7 @@ if root is None:
 
         try:
             with st.spinner("Downloading and unpacking…"):
-                got = dataset.download_dataset(target, progress=_progress)
+                got = download.download_dataset(target, progress=_progress)
         except dataset.DatasetNotFoundError as exc:
             bar.empty()
             st.error(f"Download failed; this machine may be offline. {exc}")
@@ -64,7 +64,7 @@ def _scan_progress(done: int, total: int) -> None:
 
 
 try:
-    summary = dataset.dataset_summary(root, cache_dir=get_store().cache_dir, progress=_scan_progress)
+    summary = scan.dataset_summary(root, cache_dir=get_store().cache_dir, progress=_scan_progress)
 except (dataset.DatasetNotFoundError, dataset.SplitError) as exc:
     st.error(str(exc))
     st.stop()

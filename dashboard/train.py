@@ -88,9 +88,9 @@ def _download_progress(arch: str) -> None:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _seconds_per_image(arch: str, train_mode: str, image_size: int, batch: int, device: str) -> float:
-    from caltech_core.training import engine
+    from caltech_core.training import timing
 
-    return engine.seconds_per_training_image(arch, train_mode, image_size, batch, device)
+    return timing.seconds_per_training_image(arch, train_mode, image_size, batch, device)
 
 
 require_password()  # also when Streamlit runs this page without the entry point (AppTest)

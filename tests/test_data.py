@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from caltech_core.config import ConfigError, TrainConfig
-from caltech_core.data import dataset
+from caltech_core.data import dataset, download, scan
 
 
 def _tiny_root(tmp_path: Path, per_class: dict[str, int], *, test_per_class: int = 2) -> Path:
@@ -112,7 +112,7 @@ def test_sample_paths(mini_root):
 
 
 def test_dataset_summary_on_mini_root(mini_root, tmp_path):
-    summary = dataset.dataset_summary(mini_root, cache_dir=tmp_path)
+    summary = scan.dataset_summary(mini_root, cache_dir=tmp_path)
     assert summary["root"] == str(mini_root.resolve())
     assert summary["num_classes"] == 3 and summary["classes"] == ["accordion", "dalmatian", "pizza"]
     assert summary["splits"] == {"train": 12, "val": 12, "test": 12}
@@ -176,7 +176,7 @@ def test_empty_class_folder_is_reported(tmp_path):
     splits = dataset.load_splits(root)
     assert splits.classes == ["a", "b", "c"]
     assert dataset.Skipped(root.resolve() / dataset.IMAGES_DIR / "c", "class folder has no images") in splits.skipped
-    assert dataset.dataset_summary(root, scan=False)["images_per_class"]["c"] == 0
+    assert scan.dataset_summary(root, scan=False)["images_per_class"]["c"] == 0
 
 
 def test_too_few_images_to_stratify_is_a_clear_error(tmp_path):
@@ -195,7 +195,7 @@ def test_non_image_files_in_class_folders_are_ignored(mini_root):
 
 
 def test_find_unreadable_reports_each_broken_file(odd_images):
-    bad = dataset.find_unreadable(odd_images.values())
+    bad = scan.find_unreadable(odd_images.values())
     assert {s.path for s in bad} == {odd_images["truncated"], odd_images["text"], odd_images["empty"]}
 
 
@@ -205,16 +205,16 @@ def test_summary_reports_unreadable_images_and_caches_the_scan(tmp_path):
     good = broken.read_bytes()
     broken.write_bytes(good[: len(good) // 3])
     cache_dir = tmp_path / "cache"
-    summary = dataset.dataset_summary(root, cache_dir=cache_dir)
+    summary = scan.dataset_summary(root, cache_dir=cache_dir)
     assert summary["unreadable"] == [str(broken.resolve())]
     assert summary["unreadable_count"] == 1
 
     decoded: list[tuple[int, int]] = []
-    dataset.dataset_summary(root, cache_dir=cache_dir, progress=lambda d, t: decoded.append((d, t)))
+    scan.dataset_summary(root, cache_dir=cache_dir, progress=lambda d, t: decoded.append((d, t)))
     assert decoded == []  # second call: nothing decoded, results came from the scan cache
 
     broken.write_bytes(good)  # repaired: size changes, so it is checked again
-    fixed = dataset.dataset_summary(root, cache_dir=cache_dir, progress=lambda d, t: decoded.append((d, t)))
+    fixed = scan.dataset_summary(root, cache_dir=cache_dir, progress=lambda d, t: decoded.append((d, t)))
     assert fixed["unreadable"] == [] and decoded == [(1, 1)]
 
 
@@ -239,7 +239,7 @@ def test_download_offline_fails_fast_with_instructions(tmp_path):
     url = f"http://127.0.0.1:{_closed_port()}/caltech.zip"
     start = time.monotonic()
     with pytest.raises(dataset.DatasetNotFoundError) as err:
-        dataset.download_dataset(tmp_path / "dest", url=url, timeout=2)
+        download.download_dataset(tmp_path / "dest", url=url, timeout=2)
     assert time.monotonic() - start < 5
     message = str(err.value)
     assert "Download of" in message and dataset.DATASET_URL in message
@@ -254,9 +254,9 @@ def test_download_uses_the_real_url_by_default(tmp_path, monkeypatch):
         requested.append(url)
         raise OSError("Network is unreachable")
 
-    monkeypatch.setattr(dataset.urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(download.urllib.request, "urlopen", refuse)
     with pytest.raises(dataset.DatasetNotFoundError, match="Network is unreachable"):
-        dataset.download_dataset(tmp_path)
+        download.download_dataset(tmp_path)
     assert requested == [dataset.DATASET_URL] and requested[0].startswith("https://github.com/")
 
 
@@ -292,7 +292,7 @@ def test_download_unpacks_verifies_and_reports_progress(tmp_path, served):
     (www / "c.zip").write_bytes(payload)
     seen: list[tuple[int, int]] = []
     dest = tmp_path / "dest"
-    root = dataset.download_dataset(
+    root = download.download_dataset(
         dest, lambda d, t: seen.append((d, t)), url=f"{base}/c.zip",
         sha256=hashlib.sha256(payload).hexdigest(), expected_bytes=len(payload),
     )
@@ -307,7 +307,7 @@ def test_download_rejects_wrong_checksum(tmp_path, served):
     www, base = served
     (www / "c.zip").write_bytes(_zip_of(_tiny_root(tmp_path, {"a": 6, "b": 6})))
     with pytest.raises(dataset.DatasetNotFoundError, match="wrong SHA-256"):
-        dataset.download_dataset(tmp_path / "dest", url=f"{base}/c.zip", sha256="0" * 64)
+        download.download_dataset(tmp_path / "dest", url=f"{base}/c.zip", sha256="0" * 64)
     assert not (tmp_path / "dest" / dataset.IMAGES_DIR).exists()
 
 
@@ -317,14 +317,14 @@ def test_download_from_file_url_detects_incomplete_archive(tmp_path):
     archive = tmp_path / "c.zip"
     archive.write_bytes(_zip_of(root))
     with pytest.raises(dataset.DatasetNotFoundError, match="incomplete: 1 images of train.txt missing"):
-        dataset.download_dataset(tmp_path / "dest", url=archive.as_uri())
+        download.download_dataset(tmp_path / "dest", url=archive.as_uri())
 
 
 def test_download_rejects_a_non_zip(tmp_path):
     junk = tmp_path / "junk.zip"
     junk.write_text("<html>rate limited</html>")
     with pytest.raises(dataset.DatasetNotFoundError, match="not a zip archive"):
-        dataset.download_dataset(tmp_path / "dest", url=junk.as_uri())
+        download.download_dataset(tmp_path / "dest", url=junk.as_uri())
 
 
 def test_classes_by_name(mini_root: Path) -> None:

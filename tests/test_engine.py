@@ -14,7 +14,10 @@ import torch
 from caltech_core.config import TrainConfig
 from caltech_core.data.dataset import Splits
 from caltech_core.nets import models
-from caltech_core.training import engine, predictions
+from caltech_core.nets.device import resolve_device
+from caltech_core.status import Phase
+from caltech_core.training import checkpointing, engine, predictions
+from caltech_core.training.failures import failure_message, is_out_of_memory, oom_message
 
 BASE = TrainConfig(arch="mobilenet_v3_small", image_size=64, epochs=2, batch_size=8, lr=0.01, device="cpu")
 
@@ -29,9 +32,10 @@ def test_finished_run_reports_metrics_and_weights_only_checkpoints(
     seen_epochs: list[engine.EpochMetrics] = []
     batches: list[tuple[int, int, int, float]] = []
     checkpoints: list[int] = []
+    phases: list[Phase] = []
     cb = engine.Callbacks(
         on_epoch=seen_epochs.append, on_batch=lambda *a: batches.append(a),
-        on_checkpoint=lambda e, p: checkpoints.append(e),
+        on_checkpoint=lambda e, p: checkpoints.append(e), on_phase=lambda phase, d, t: phases.append(phase),
     )
     r = engine.train(BASE.replace(step_size=1, gamma=0.5), splits, cb, workdir=tmp_path, cache_dir=cache_dir,
                      checkpoint_seconds=0)
@@ -39,6 +43,8 @@ def test_finished_run_reports_metrics_and_weights_only_checkpoints(
     assert [m.epoch for m in r.epochs] == [1, 2] and seen_epochs == r.epochs
     assert [m.lr for m in r.epochs] == pytest.approx([0.01, 0.005])  # StepLR
     assert checkpoints == [1]  # never after the final epoch: nothing would resume from it
+    assert all(isinstance(p, Phase) for p in phases)
+    assert [p for p in dict.fromkeys(phases) if p != Phase.CACHING] == [Phase.MODEL, Phase.TRAINING, Phase.TESTING]
     assert [(e, b, n) for e, b, n, _ in batches] == [(1, 1, 2), (1, 2, 2), (2, 1, 2), (2, 2, 2)]
     assert r.best_epoch in (1, 2) and r.best_val_acc == max(m.val_acc for m in r.epochs)
     assert set(r.per_class_acc) == set(splits.classes)
@@ -156,9 +162,19 @@ def test_out_of_memory_fails_with_advice_and_frees_the_model(
     monkeypatch.setattr(engine, "build_model", build_then_oom)
     r = engine.train(BASE.replace(batch_size=8), splits, workdir=tmp_path, cache_dir=cache_dir)
     assert r.status == "failed"
-    assert "reduce batch size" in r.error and "e.g. to 4" in r.error
+    assert "reduce the batch size (e.g. to 4)" in r.error and "CUDA out of memory" in r.error
     gc.collect()
     assert built and built[0]() is None, "the model must not outlive the failed run"
+
+
+def test_failure_messages_recognise_out_of_memory() -> None:
+    cfg = BASE.replace(batch_size=8)
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory")) and is_out_of_memory(MemoryError())
+    assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: out of memory"))
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+    assert "reduce the batch size (e.g. to 4)" in oom_message(cfg)
+    assert failure_message(RuntimeError("shape mismatch"), cfg) == "RuntimeError: shape mismatch"
+    assert failure_message(MemoryError(), cfg).startswith(oom_message(cfg))
 
 
 def test_other_errors_fail_with_their_message(splits: Splits, cache_dir: Path, tmp_path: Path) -> None:
@@ -199,7 +215,7 @@ def test_short_run_writes_best_once_and_cancel_before_a_checkpoint(
 
     written: list[str] = []
     real_save = checkpoints.save_atomic
-    monkeypatch.setattr(engine, "save_atomic", lambda obj, path: (written.append(path.name), real_save(obj, path)))
+    monkeypatch.setattr(checkpointing, "save_atomic", lambda obj, path: (written.append(path.name), real_save(obj, path)))
     r = engine.train(BASE.replace(epochs=3), splits, workdir=tmp_path / "a", cache_dir=cache_dir)
     assert r.status == "finished" and written == ["best.pt"]  # under a minute: one write, at the end
     assert sorted(p.name for p in (tmp_path / "a").glob("*.pt")) == ["best.pt"]
@@ -249,12 +265,14 @@ def test_fast_path_reuses_cached_features_and_needs_a_deterministic_transform(
 
 
 def test_resolve_device() -> None:
-    assert engine.resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert engine.resolve_device("auto").type == expected
+    assert resolve_device("auto").type == expected
+    assert resolve_device(None).type == expected  # Classify's default: the same decision as "auto"
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA GPU"):
-            engine.resolve_device("cuda")
+            resolve_device("cuda")
 
 
 def test_pretrained_efficientnet_lite2_fine_tunes_all_layers_at_its_native_size(

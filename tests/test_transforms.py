@@ -13,7 +13,7 @@ from torchvision.transforms.v2 import functional as F
 
 from caltech_core import settings
 from caltech_core.config import TrainConfig
-from caltech_core.data import dataset
+from caltech_core.data import dataset, threads
 from caltech_core.data.imagecache import ImageCache
 from caltech_core.data.transforms import (
     NORMALIZATION,
@@ -246,17 +246,17 @@ def test_crop_workers_give_the_same_batches_as_one_thread(cache, reuse_buffers):
 
 
 def test_worker_threads_follow_the_cores(monkeypatch):
-    monkeypatch.setattr(dataset.os, "cpu_count", lambda: 16)
-    assert dataset.worker_threads() == 16 and dataset.worker_threads(reserved=2) == 14
-    monkeypatch.setattr(dataset.os, "cpu_count", lambda: 2)
-    assert dataset.worker_threads() == 2 and dataset.worker_threads(reserved=2) == 1
-    monkeypatch.setattr(dataset.os, "cpu_count", lambda: 64)
-    assert dataset.worker_threads() == dataset.MAX_WORKERS
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 16)
+    assert threads.worker_threads() == 16 and threads.worker_threads(reserved=2) == 14
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
+    assert threads.worker_threads() == 2 and threads.worker_threads(reserved=2) == 1
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 64)
+    assert threads.worker_threads() == threads.MAX_WORKERS
     monkeypatch.setenv(settings.THREADS.name, "4")
-    assert dataset.worker_threads() == 4 and dataset.worker_threads(reserved=2) == 2
+    assert threads.worker_threads() == 4 and threads.worker_threads(reserved=2) == 2
     monkeypatch.setenv(settings.THREADS.name, "many")
     with pytest.raises(ValueError, match="CALTECH_STUDIO_THREADS"):
-        dataset.worker_threads()
+        threads.worker_threads()
 
 
 @pytest.mark.parametrize("augment", [("crop", "hflip", "vflip"), ("hflip", "rotate")])

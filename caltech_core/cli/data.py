@@ -11,11 +11,11 @@ from caltech_core.cli.progress import count_bar
 
 def cmd_data(args: argparse.Namespace) -> int:
     """Dataset summary (split sizes, classes, unreadable images)."""
-    from caltech_core.data import dataset
+    from caltech_core.data import dataset, scan
 
     root = dataset.resolve_root(args.root)  # a missing dataset is reported before any progress bar is drawn
     with count_bar("checking images", "img") as progress:
-        summary = dataset.dataset_summary(root, progress=progress)
+        summary = scan.dataset_summary(root, progress=progress)
     if args.json:
         print_json(summary)
         return 0

@@ -25,14 +25,13 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from caltech_core import layout
+from caltech_core.data.dataset import Skipped
+from caltech_core.data.threads import worker_threads
 from caltech_core.files import file_lock, write_json_atomic
-
-from caltech_core.data.dataset import Skipped, worker_threads
+from caltech_core.status import ProgressFn
 
 INDEX_VERSION = 1
 CHUNK = 128  # images decoded between index checkpoints (a crash loses at most one chunk of work)
-
-Progress = Callable[[int, int], None]
 
 
 # -- decoding ---------------------------------------------------------------------------------------------
@@ -171,7 +170,7 @@ class ImageCache:
     @classmethod
     def build(
         cls, paths: Iterable[str | Path], cache_dir: str | Path, resize_size: int = 256,
-        progress: Progress | None = None,
+        progress: ProgressFn | None = None,
     ) -> ImageCache:
         """Cache `paths` (decoding only new or changed files) and return the cache over them, in order."""
         directory = layout.images_dir(cache_dir, resize_size)
@@ -254,7 +253,7 @@ def _save(directory: Path, resize_size: int, index: _Index) -> None:
 
 def _decode_into(
     directory: Path, index: _Index, todo: list[str], stats: dict[str, Any], resize_size: int,
-    progress: Progress | None, done: int, total: int,
+    progress: ProgressFn | None, done: int, total: int,
 ) -> None:
     """Decode `todo` on a small thread pool (Pillow releases the GIL), append pixels, checkpoint the index."""
     entries, unreadable = index.entries, index.unreadable

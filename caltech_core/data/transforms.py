@@ -24,7 +24,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from caltech_core.data.dataset import worker_threads
+from caltech_core.data.threads import worker_threads
 
 if TYPE_CHECKING:
     from caltech_core.config import TrainConfig

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +28,10 @@ import torch.hub
 from caltech_core import settings
 from caltech_core.files import file_lock
 from caltech_core.nets.architectures import HubWeights, MemberWeights, get_spec
+from caltech_core.status import ProgressFn
 
 TIMEOUT_S = 15.0  # connect / read timeout: offline or unreachable fails within about this long
 
-Progress = Callable[[int, int], None]  # (bytes done, bytes total; 0 when unknown)
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -99,7 +99,7 @@ def weights_status(arch: str) -> WeightsStatus:
 _OFFLINE_WHY = f" and downloads are switched off ({settings.OFFLINE.name}=1 / --offline)"
 
 
-def fetch(arch: str, progress: Progress | None = None) -> Path | None:
+def fetch(arch: str, progress: ProgressFn | None = None) -> Path | None:
     """The local ImageNet weights file of `arch`, downloaded first if it is a torchvision file not yet cached.
 
     An ensemble fetches each member's and returns None (it has no file of its own). Raises
@@ -149,7 +149,7 @@ class _ReportingBar:
     """torch.hub's progress bar: the fetching thread's callback when it has one, else torch.hub's own bar."""
 
     def __init__(self, total: int | None = None, disable: bool = False, **kwargs: object) -> None:
-        self.callback: Progress | None = getattr(_local, "progress", None)
+        self.callback: ProgressFn | None = getattr(_local, "progress", None)
         self.total, self.done = total or 0, 0
         self.bar = None if self.callback else _hub_tqdm(total=total, disable=disable, **kwargs)
         if self.callback:
@@ -177,7 +177,7 @@ def _urlopen(request: urllib.request.Request, *args: object, **kwargs: object) -
 
 
 @contextmanager
-def _hooks(progress: Progress | None) -> Iterator[None]:
+def _hooks(progress: ProgressFn | None) -> Iterator[None]:
     torch.hub.tqdm, torch.hub.urlopen = _ReportingBar, _urlopen  # idempotent; only this thread's calls change
     _local.progress, _local.fetching = progress, True
     try:

@@ -15,6 +15,7 @@ from typing import Any
 from caltech_core import layout
 from caltech_core import status as run_status
 from caltech_core.config import ConfigError, TrainConfig
+from caltech_core.nets.device import resolve_device
 from caltech_core.runs.records import RunNotFoundError, RunRecord, StoreWriter
 from caltech_core.runs.tracker import Progress, Tracker
 from caltech_core.status import Phase, RunStatus
@@ -64,9 +65,7 @@ def skipped_files(splits: Any, cfg: TrainConfig, cache_dir: Path) -> list[dict[s
 
 def _device_name(cfg: TrainConfig) -> str | None:
     try:
-        from caltech_core.training import engine
-
-        return str(engine.resolve_device(cfg.device))
+        return str(resolve_device(cfg.device))
     except Exception as exc:  # e.g. cuda asked for on a machine without it: the runner will report it
         log.info("device %r not resolved: %s", cfg.device, exc)
         return None
@@ -121,7 +120,7 @@ def run_job(
         status = run_status.check(getattr(result, "status", RunStatus.FINISHED))
         error = getattr(result, "error", None)
         if status == RunStatus.FAILED and error and "out of memory" in error.lower() and "batch size" not in error:
-            error = f"{oom_message(cfg)} ({error})"
+            error = oom_message(cfg, error)
         results = _results_dict(result, splits.classes)
         if status == RunStatus.FINISHED or getattr(result, "epochs", None):
             # The engine trained on what was readable; say what it left out (the image cache remembers

@@ -296,11 +296,11 @@ def _table1_rows(counts: dict[str, int | None]) -> list[dict[str, Any]]:
 
 
 def _dataset_sections(data_root: Any) -> list[Section]:
-    from caltech_core.data import dataset  # imported lazily: the report of an empty store needs no dataset
+    from caltech_core.data import scan  # imported lazily: the report of an empty store needs no dataset
 
     columns = ["split", "images", "study", "verdict"]
     try:
-        summary = dataset.dataset_summary(data_root, scan=False)
+        summary = scan.dataset_summary(data_root, scan=False)
     except (FileNotFoundError, ValueError) as exc:
         message = f"missing — dataset not available: {exc}"
         return [

@@ -1,15 +1,19 @@
-"""The training loop: one plain function, `train`, read top to bottom.
+"""The training loop, read top to bottom like torchvision's references/classification/train.py.
 
-cache images → loaders → model (+ train mode) → optimizer / LR schedule / cross-entropy → epochs (per-batch
-callbacks, cancel, divergence check; per-epoch validation, best weights kept in memory, last.pt + best.pt at
-most every `checkpoint_seconds`) → best weights → test metrics → optional retrain on train+val.
+`train` is the one entry point: it never raises (a failure is a "failed" result with the reason) and talks to
+its caller only through `Callbacks`. It runs `fit`: ImageNet weights → model (+ train mode) → optimizer / LR
+schedule / cross-entropy → cached images → loaders → epochs (`train_one_epoch`: per-batch callbacks, cancel,
+divergence check; then validation, best weights kept in memory, last.pt + best.pt at most every
+`checkpoint_seconds`) → test of the best weights. When asked, `retrain_on_train_val` then trains a fresh
+model on train+val with the same `fit`.
 
 Retention: a finished (or diverged) run keeps best.pt (+ retrain.pt when it retrained on train+val) and no
 last.pt: nothing can resume it. A cancelled run keeps its last.pt (an interrupted one whatever was last
 written), so it resumes. Checkpoints are written only when they change what a resume would need: at most once
-per `checkpoint_seconds` of training (a kill loses at most that much work), never after the final epoch. Epochs and batches are numbered from 1. On CUDA: mixed precision (bf16
-when supported, else fp16 with a GradScaler), channels_last, cudnn.benchmark, torch.compile when asked; on
-the CPU plain fp32, and a seeded run repeats exactly (resume included: last.pt carries every RNG state).
+per `checkpoint_seconds` of training (a kill loses at most that much work), never after the final epoch.
+Epochs and batches are numbered from 1. On CUDA: mixed precision (bf16 when supported, else fp16 with a
+GradScaler), channels_last, cudnn.benchmark, torch.compile when asked; on the CPU plain fp32, and a seeded run
+repeats exactly (resume included: last.pt carries every RNG state, see `checkpointing`).
 """
 
 from __future__ import annotations
@@ -17,11 +21,10 @@ from __future__ import annotations
 import gc
 import math
 import os
-import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +37,18 @@ from caltech_core.config import TrainConfig
 from caltech_core.data.dataset import Sample, Splits
 from caltech_core.data.imagecache import ImageCache
 from caltech_core.data.transforms import BatchLoader
-from caltech_core.nets.checkpoints import save_atomic
+from caltech_core.nets.device import resolve_device
 from caltech_core.nets.models import apply_train_mode, build_model, set_train_mode_eval, split_for_features
 from caltech_core.nets.weights import fetch as fetch_weights
-from caltech_core.status import RunStatus
+from caltech_core.status import Phase, RunStatus
 from caltech_core.training import predictions
+from caltech_core.training.checkpointing import BestWeights, load_last, save_last, seed_everything
 from caltech_core.training.evaluation import Evaluation, autocast_for, evaluate
+from caltech_core.training.failures import failure_message
 from caltech_core.training.features import FeatureLoader, cached_features, fast_path_applies
 
 CHECKPOINT_SECONDS = 60.0  # last.pt at most this often; a crash loses at most this much training
+RETRAIN_SCRATCH = "retrain"  # the retrain's own run folder inside the run's, removed when it ends
 
 
 @dataclass
@@ -69,8 +75,8 @@ class Callbacks:
     on_epoch: Callable[[EpochMetrics], None] | None = None
     on_checkpoint: Callable[[int, Path], None] | None = None  # (epoch, path of last.pt)
     should_stop: Callable[[], bool] | None = None  # checked before every batch
-    # (phase, done, total): "model", "caching", "features", "training", "testing", "retraining".
-    on_phase: Callable[[str, int, int], None] | None = None
+    # (phase, done, total): downloading, model, caching, features, training, testing, retraining.
+    on_phase: Callable[[Phase, int, int], None] | None = None
 
 
 @dataclass
@@ -99,33 +105,14 @@ class RunResult:
         return d
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' → CUDA when available else CPU; asking for 'cuda' without a GPU is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was requested but no CUDA GPU is available; choose 'auto' or 'cpu'")
-    return torch.device(name)
+@dataclass
+class EpochTally:
+    """One epoch's pass over the training batches: mean loss and accuracy, or why it ended early."""
 
-
-def seconds_per_training_image(arch: str, train_mode: str, image_size: int, batch: int, device: str) -> float:
-    """Time a forward+backward+SGD step on one small random batch (best of two after a warm-up): s/image."""
-    dev = resolve_device(device)
-    model = build_model(arch, 10).to(dev)
-    apply_train_mode(model, arch, train_mode)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    x = torch.randn(batch, 3, image_size, image_size, device=dev)
-    y = torch.randint(0, 10, (batch,), device=dev)
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return min(times[1:]) / batch
+    loss: float = 0.0
+    acc: float = 0.0
+    stop: RunStatus | None = None  # CANCELLED or DIVERGED: the epoch did not finish
+    error: str | None = None
 
 
 def train(
@@ -137,22 +124,40 @@ def train(
     `checkpoint_seconds`: least training time between two last.pt writes (0 = after every epoch).
     """
     cb = callbacks or Callbacks()
-    workdir = Path(workdir)
-    history: list[EpochMetrics] = []  # shared with _train so failures still return the curves so far
+    workdir, cache_dir = Path(workdir), Path(cache_dir)
+    result = _fit_or_fail(cfg, data, cb, workdir=workdir, cache_dir=cache_dir, resume=resume,
+                          checkpoint_seconds=checkpoint_seconds)
+    # Retrained only when readable validation images chose the epochs and readable test images can score it.
+    if (cfg.retrain_on_train_val and result.status == RunStatus.FINISHED and result.best_val_acc is not None
+            and result.test_acc is not None):
+        _phase(cb, Phase.RETRAINING)
+        retrain_on_train_val(result, cfg, data, should_stop=cb.should_stop, workdir=workdir, cache_dir=cache_dir)
+    return result
+
+
+def _fit_or_fail(
+    cfg: TrainConfig, data: Splits, cb: Callbacks, *, workdir: Path, cache_dir: Path, resume: bool,
+    checkpoint_seconds: float,
+) -> RunResult:
+    """`fit`, with any exception turned into a "failed" result that keeps the curves so far."""
+    history: list[EpochMetrics] = []  # filled by fit as epochs finish
     try:
-        return _train(cfg, data, cb, workdir, Path(cache_dir), resume, history, checkpoint_seconds)
+        return fit(cfg, data, cb, workdir=workdir, cache_dir=cache_dir, resume=resume,
+                   checkpoint_seconds=checkpoint_seconds, history=history)
     except Exception as exc:  # reported as a failed run; the traceback (and its tensors) dies with this block
-        error = _failure_message(exc, cfg)
+        error = failure_message(exc, cfg)
     _free_memory()
     last = layout.last(workdir)
     return RunResult(RunStatus.FAILED, epochs=history, error=error, checkpoint_path=last if last.is_file() else None,
                      classes=list(data.classes))
 
 
-def _train(
-    cfg: TrainConfig, data: Splits, cb: Callbacks, workdir: Path, cache_dir: Path, resume: bool,
-    history: list[EpochMetrics], checkpoint_seconds: float,
+def fit(
+    cfg: TrainConfig, data: Splits, cb: Callbacks, *, workdir: Path, cache_dir: Path, resume: bool,
+    checkpoint_seconds: float, history: list[EpochMetrics],
 ) -> RunResult:
+    """Train one model and test its best weights; raises on failure. Each finished epoch is appended to
+    `history` as it ends (so a failure's caller still has the curves)."""
     workdir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     on_cuda = device.type == "cuda"
@@ -160,52 +165,29 @@ def _train(
         torch.backends.cudnn.benchmark = True
     if cfg.pretrained and not cfg.weights_path:
         # ImageNet weights not cached yet are downloaded once, as a phase of their own (bytes done / total).
-        fetch_weights(cfg.arch, progress=lambda done, total: _phase(cb, "downloading", done, total))
-    _phase(cb, "model")
-    _seed_everything(cfg.seed)
+        fetch_weights(cfg.arch, progress=lambda done, total: _phase(cb, Phase.DOWNLOADING, done, total))
+    _phase(cb, Phase.MODEL)
+    seed_everything(cfg.seed)
 
     # Model first: missing pretrained weights fail here, before any image is decoded or batch is run.
     model = build_model(cfg.arch, data.num_classes, pretrained=cfg.pretrained, weights_path=cfg.weights_path)
     apply_train_mode(model, cfg.arch, cfg.train)
     model.to(device, memory_format=torch.channels_last if on_cuda else torch.contiguous_format)
-
-    # Optimizer on the trainable parameters only; the learning-rate schedule steps per epoch.
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.lr_schedule == "step":  # StepLR itself: old runs' last.pt hold its state and resume with it
-        scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.StepLR(
-            optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
-    else:  # the config's own formula, so the Train page's planned schedule is the one trained with
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: cfg.lr_factor(epoch))
+    optimizer, scheduler = _optimizer_and_schedule(cfg, model)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    use_fp16 = on_cuda and cfg.amp and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda", enabled=use_fp16)
+    scaler = torch.amp.GradScaler("cuda", enabled=on_cuda and cfg.amp and not torch.cuda.is_bf16_supported())
     loader_gen = torch.Generator().manual_seed(cfg.seed)  # shuffling + augmentation draws
-
-    start_epoch, best_val_acc, best_epoch = 1, None, None
-    best = _Best(layout.best(workdir), list(data.classes), cfg)
+    best = BestWeights(layout.best(workdir), list(data.classes), cfg)
+    start_epoch = 1
     if resume:
-        last = layout.last(workdir)
-        if not last.is_file():
-            raise FileNotFoundError(f"cannot resume: no checkpoint at {last}")
-        state = torch.load(last, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"], loader_gen)
-        history[:] = [EpochMetrics(**m) for m in state["metrics"]]
-        start_epoch, best_val_acc, best_epoch = state["epoch"] + 1, state["best_val_acc"], state["best_epoch"]
-        best.load()
+        done, rows = load_last(layout.last(workdir), device=device, model=model, optimizer=optimizer,
+                               scheduler=scheduler, scaler=scaler, loader_gen=loader_gen, best=best)
+        history[:] = [EpochMetrics(**row) for row in rows]
+        start_epoch = done + 1
 
     # Decoded-image cache. Unreadable images are dropped from the splits (and listed in skipped).
-    cache = ImageCache.build(
-        data.all_paths(), cache_dir, resize_size=cfg.resize_size,
-        progress=lambda done, total: _phase(cb, "caching", done, total),
-    )
+    cache = ImageCache.build(data.all_paths(), cache_dir, resize_size=cfg.resize_size,
+                             progress=lambda done, total: _phase(cb, Phase.CACHING, done, total))
     data = data.without(cache.unreadable)
     if not data.train:
         raise ValueError("no readable training images in this split")
@@ -216,10 +198,10 @@ def _train(
         backbone, net = split_for_features(model, cfg.arch)
         found = cached_features(
             cfg, backbone, cache, cache_dir, device, batch_size=max(cfg.batch_size, 32),
-            should_stop=cb.should_stop, progress=lambda done, total: _phase(cb, "features", done, total),
+            should_stop=cb.should_stop, progress=lambda done, total: _phase(cb, Phase.FEATURES, done, total),
         )
         if found is None:
-            return _stopped(RunStatus.CANCELLED, None, history, workdir, best_val_acc, best_epoch, data, best)
+            return _stopped(RunStatus.CANCELLED, None, history=history, workdir=workdir, best=best)
         features, feature_file = found
 
     def loader(samples: list[Sample], train: bool) -> BatchLoader | FeatureLoader:
@@ -236,146 +218,149 @@ def _train(
     # batch of each shape pays the compilation. On the CPU the switch is ignored, like amp.
     step_net = torch.compile(net, dynamic=False) if cfg.compile and on_cuda else net
 
-    _phase(cb, "training", start_epoch - 1, cfg.epochs)
+    _phase(cb, Phase.TRAINING, start_epoch - 1, cfg.epochs)
     saved_at = time.monotonic()  # training time since the last last.pt
     for epoch in range(start_epoch, cfg.epochs + 1):
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        net.train()
-        set_train_mode_eval(net)  # frozen BatchNorm layers keep their running statistics
-        loss_sum, correct, seen = 0.0, 0, 0
-        for batch, (x, y) in enumerate(train_loader, start=1):
-            if cb.should_stop is not None and cb.should_stop():
-                return _stopped(RunStatus.CANCELLED, None, history, workdir, best_val_acc, best_epoch, data, best)
-            with autocast_for(device, cfg.amp):
-                logits = step_net(x)
-                loss = criterion(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            value = loss.item()
-            if cb.on_batch is not None:
-                cb.on_batch(epoch, batch, len(train_loader), value)
-            if not math.isfinite(value):
-                message = (f"loss became {value} at epoch {epoch}, batch {batch} (learning rate {lr:g}); "
-                           "training diverged: lower the learning rate")
-                return _stopped(RunStatus.DIVERGED, message, history, workdir, best_val_acc, best_epoch, data, best)
-            loss_sum += value * len(y)
-            correct += int((logits.argmax(dim=1) == y).sum())
-            seen += len(y)
+        tally = train_one_epoch(net, step_net, train_loader, criterion=criterion, optimizer=optimizer,
+                                scaler=scaler, device=device, amp=cfg.amp, epoch=epoch, cb=cb)
+        if tally.stop is not None:
+            return _stopped(tally.stop, tally.error, history=history, workdir=workdir, best=best)
         val = evaluate(net, val_loader, data.num_classes, amp=cfg.amp) if data.val else None
         scheduler.step()
         metrics = EpochMetrics(
-            epoch=epoch, train_loss=loss_sum / max(seen, 1), train_acc=correct / max(seen, 1),
-            val_loss=val.loss if val else None, val_acc=val.acc if val else None,
-            lr=lr, seconds=time.perf_counter() - started,
+            epoch=epoch, train_loss=tally.loss, train_acc=tally.acc, val_loss=val.loss if val else None,
+            val_acc=val.acc if val else None, lr=lr, seconds=time.perf_counter() - started,
         )
         history.append(metrics)
         if cb.on_epoch is not None:
             cb.on_epoch(metrics)
 
         # Best validation accuracy so far (without validation images, simply the last epoch), kept in memory.
-        if val is None or best_val_acc is None or val.acc > best_val_acc:
-            best_val_acc, best_epoch = (val.acc if val else None), epoch
-            best.keep(model, epoch, best_val_acc)
+        if val is None or best.val_acc is None or val.acc > best.val_acc:
+            best.keep(model, epoch, val.acc if val else None)
             if val is not None:  # the best weights' per-image validation results, free from this pass
                 _save_results(val, data.val, data.classes, "val", workdir)
         patience = cfg.early_stopping_patience
-        if val is not None and patience and epoch - best_epoch >= patience:
+        if val is not None and patience and epoch - best.epoch >= patience:
             break
         if epoch < cfg.epochs and time.monotonic() - saved_at >= checkpoint_seconds:
-            best.save()  # first: last.pt never names a best epoch whose weights are not on disk
-            save_atomic(
-                {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-                 "rng": _rng_state(loader_gen), "metrics": [m.to_dict() for m in history],
-                 "best_val_acc": best_val_acc, "best_epoch": best_epoch, "classes": list(data.classes),
-                 "config": cfg.to_dict()},
-                layout.last(workdir),
-            )
+            save_last(layout.last(workdir), model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                      loader_gen=loader_gen, epoch=epoch, metrics=[m.to_dict() for m in history], best=best)
             saved_at = time.monotonic()
             if cb.on_checkpoint is not None:
                 cb.on_checkpoint(epoch, layout.last(workdir))
 
     # Finished: best.pt is what is kept; last.pt (model + optimizer state) can no longer be resumed.
     best.save()
-    (layout.last(workdir)).unlink(missing_ok=True)
+    layout.last(workdir).unlink(missing_ok=True)
 
     # Test the best-validation weights.
-    _phase(cb, "testing")
+    _phase(cb, Phase.TESTING)
     model.load_state_dict(best.state)
     test: Evaluation | None = evaluate(net, test_loader, data.num_classes, amp=cfg.amp) if data.test else None
     if test is not None:
         _save_results(test, data.test, data.classes, "test", workdir)
-    result = RunResult(
-        RunStatus.FINISHED, epochs=list(history), best_val_acc=best_val_acc, best_epoch=best_epoch,
+    return RunResult(
+        RunStatus.FINISHED, epochs=list(history), best_val_acc=best.val_acc, best_epoch=best.epoch,
         test_acc=test.acc if test else None, mean_class_acc=test.mean_class_acc if test else None,
         per_class_acc=_per_class(test, data.classes), confusion=test.confusion.tolist() if test else None,
         checkpoint_path=layout.best(workdir), classes=list(data.classes), fast_path=features is not None,
         feature_cache=feature_file.name if feature_file else None,
     )
 
-    # The study's last step: retrain from scratch on train+val for the best number of epochs, then test.
-    if cfg.retrain_on_train_val and data.val and data.test:
-        _phase(cb, "retraining")
-        merged = Splits(root=data.root, classes=data.classes, train=[*data.train, *data.val], val=[],
-                        test=data.test, skipped=data.skipped, protocol=data.protocol)
-        # A cosine schedule is laid over the retrain's epochs (its warm-up kept shorter than they are).
-        again = cfg.replace(epochs=best_epoch, retrain_on_train_val=False, early_stopping_patience=0,
-                            warmup_epochs=min(cfg.warmup_epochs, best_epoch - 1))
-        retrain_dir = workdir / "retrain"
-        del model, net, step_net, optimizer, features, train_loader, val_loader, test_loader  # free first
-        retrained = train(again, merged, Callbacks(should_stop=cb.should_stop),
-                          workdir=retrain_dir, cache_dir=cache_dir, checkpoint_seconds=math.inf)
-        if retrained.status == RunStatus.FINISHED:
+
+def train_one_epoch(
+    net: nn.Module, step_net: nn.Module, loader: BatchLoader | FeatureLoader, *, criterion: nn.Module,
+    optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, device: torch.device, amp: bool, epoch: int,
+    cb: Callbacks,
+) -> EpochTally:
+    """One pass over the training batches; `step_net` is `net` itself or its compiled version. Stops early
+    when `cb.should_stop` says so (cancelled) or the loss stops being finite (diverged)."""
+    net.train()
+    set_train_mode_eval(net)  # frozen BatchNorm layers keep their running statistics
+    loss_sum, correct, seen = 0.0, 0, 0
+    for batch, (x, y) in enumerate(loader, start=1):
+        if cb.should_stop is not None and cb.should_stop():
+            return EpochTally(stop=RunStatus.CANCELLED)
+        with autocast_for(device, amp):
+            logits = step_net(x)
+            loss = criterion(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        value = loss.item()
+        if cb.on_batch is not None:
+            cb.on_batch(epoch, batch, len(loader), value)
+        if not math.isfinite(value):
+            lr = optimizer.param_groups[0]["lr"]  # the schedule steps per epoch: this epoch's rate
+            return EpochTally(stop=RunStatus.DIVERGED, error=(
+                f"loss became {value} at epoch {epoch}, batch {batch} (learning rate {lr:g}); "
+                "training diverged: lower the learning rate"))
+        loss_sum += value * len(y)
+        correct += int((logits.argmax(dim=1) == y).sum())
+        seen += len(y)
+    return EpochTally(loss=loss_sum / max(seen, 1), acc=correct / max(seen, 1))
+
+
+def retrain_on_train_val(
+    result: RunResult, cfg: TrainConfig, data: Splits, *, should_stop: Callable[[], bool] | None, workdir: Path,
+    cache_dir: Path,
+) -> None:
+    """The study's last step: a fresh model trained by the same `fit` on train+val for the run's best number of
+    epochs, then tested. Its weights become retrain.pt (Classify can use them) and its test accuracy
+    `result.retrain_test_acc`; a retrain that does not finish says so in `result.error` (a cancelled one also
+    in `result.status`)."""
+    merged = replace(data, train=[*data.train, *data.val], val=[])
+    # A cosine schedule is laid over the retrain's epochs (its warm-up kept shorter than they are).
+    epochs = result.best_epoch
+    again = cfg.replace(epochs=epochs, retrain_on_train_val=False, early_stopping_patience=0,
+                        warmup_epochs=min(cfg.warmup_epochs, epochs - 1))
+    scratch = workdir / RETRAIN_SCRATCH  # its best.pt and per-image results stay apart from the run's
+    retrained = _fit_or_fail(again, merged, Callbacks(should_stop=should_stop), workdir=scratch,
+                             cache_dir=cache_dir, resume=False, checkpoint_seconds=math.inf)
+    if retrained.status == RunStatus.FINISHED:
+        try:
+            os.replace(layout.best(scratch), layout.retrained(workdir))
             result.retrain_test_acc = retrained.test_acc
-            os.replace(layout.best(retrain_dir), layout.retrained(workdir))  # Classify can use the retrained model
-        shutil.rmtree(retrain_dir, ignore_errors=True)
-        if retrained.status != RunStatus.FINISHED:
-            result.status = retrained.status if retrained.status == RunStatus.CANCELLED else result.status
-            result.error = f"retraining on train+val {retrained.status}: {retrained.error or ''}".strip()
-    return result
+        except OSError as exc:  # train never raises: a retrain.pt that cannot be kept is the retrain failing
+            retrained = RunResult(RunStatus.FAILED, error=f"could not keep {layout.RETRAINED}: {exc}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    if retrained.status != RunStatus.FINISHED:
+        result.status = retrained.status if retrained.status == RunStatus.CANCELLED else result.status
+        result.error = f"retraining on train+val {retrained.status}: {retrained.error or ''}".strip()
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
 
 
-def _phase(cb: Callbacks, name: str, done: int = 0, total: int = 0) -> None:
+def _phase(cb: Callbacks, phase: Phase, done: int = 0, total: int = 0) -> None:
     if cb.on_phase is not None:
-        cb.on_phase(name, done, total)
+        cb.on_phase(phase, done, total)
 
 
-class _Best:
-    """The best epoch's weights, in memory (CPU), written to best.pt only when they would otherwise be lost."""
-
-    def __init__(self, path: Path, classes: list[str], cfg: TrainConfig) -> None:
-        self.path, self.classes, self.cfg = path, classes, cfg
-        self.state: dict[str, torch.Tensor] | None = None
-        self.epoch: int | None = None
-        self.val_acc: float | None = None
-        self.dirty = False
-
-    def keep(self, model: nn.Module, epoch: int, val_acc: float | None) -> None:
-        self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        self.epoch, self.val_acc, self.dirty = epoch, val_acc, True
-
-    def save(self) -> None:
-        if self.dirty and self.state is not None:
-            save_atomic({"model": self.state, "classes": self.classes, "config": self.cfg.to_dict(),
-                         "epoch": self.epoch, "val_acc": self.val_acc}, self.path)
-            self.dirty = False
-
-    def load(self) -> None:
-        """A resumed run: the best weights written before it stopped."""
-        if self.path.is_file():
-            saved = torch.load(self.path, map_location="cpu", weights_only=True)
-            self.state, self.epoch, self.val_acc = saved["model"], saved["epoch"], saved.get("val_acc")
+def _optimizer_and_schedule(
+    cfg: TrainConfig, model: nn.Module
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """Optimizer on the trainable parameters only; the learning-rate schedule steps per epoch."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                                                           weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.lr_schedule == "step":  # StepLR itself: old runs' last.pt hold its state and resume with it
+        scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    else:  # the config's own formula, so the Train page's planned schedule is the one trained with
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: cfg.lr_factor(epoch))
+    return optimizer, scheduler
 
 
 def _stopped(
-    status: RunStatus, message: str | None, history: list[EpochMetrics], workdir: Path, best_val_acc: float | None,
-    best_epoch: int | None, data: Splits, best: _Best,
+    status: RunStatus, message: str | None, *, history: list[EpochMetrics], workdir: Path, best: BestWeights
 ) -> RunResult:
     """A cancelled or diverged run: curves and best weights are kept, no test; only a cancelled run keeps last.pt
     (it can be resumed, a diverged one cannot)."""
@@ -385,8 +370,8 @@ def _stopped(
         last.unlink(missing_ok=True)
     kept = last if last.is_file() else best.path if best.path.is_file() else None
     return RunResult(
-        status, epochs=list(history), best_val_acc=best_val_acc, best_epoch=best_epoch,
-        checkpoint_path=kept, error=message, classes=list(data.classes),
+        status, epochs=list(history), best_val_acc=best.val_acc, best_epoch=best.epoch,
+        checkpoint_path=kept, error=message, classes=list(best.classes),
     )
 
 
@@ -403,53 +388,7 @@ def _per_class(test: Evaluation | None, classes: list[str]) -> dict[str, float] 
     return {name: float(acc) for name, acc in zip(classes, test.per_class_acc, strict=True) if not np.isnan(acc)}
 
 
-def _failure_message(exc: BaseException, cfg: TrainConfig) -> str:
-    """The error text; out-of-memory gets advice on what to change."""
-    text = str(exc) or type(exc).__name__
-    oom = isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
-        isinstance(exc, RuntimeError) and "out of memory" in text.lower()
-    )
-    if oom:
-        smaller = max(1, cfg.batch_size // 2)
-        return (f"Out of memory training {cfg.arch} with batch size {cfg.batch_size} at image size "
-                f"{cfg.image_size}: reduce batch size (e.g. to {smaller}) or image size, or stop other jobs "
-                f"using the device. ({text.splitlines()[0] if text else 'out of memory'})")
-    return f"{type(exc).__name__}: {text}"
-
-
 def _free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def _rng_state(loader_gen: torch.Generator) -> dict[str, Any]:
-    """Every RNG state as tensors / plain types, so last.pt loads with weights_only=True."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "loader": loader_gen.get_state(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
-        "python": [version, list(internal), gauss_next],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], loader_gen: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    loader_gen.set_state(state["loader"].cpu())
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

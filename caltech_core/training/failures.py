@@ -1,8 +1,16 @@
-"""How a training failure is worded for the person who started the run."""
+"""How a failed run is worded: out-of-memory recognised and answered with advice, anything else by its type.
+
+The engine words the failures it catches with `failure_message`; the job runner uses `is_out_of_memory` and
+`oom_message` for failures outside the engine. torch is imported only when an exception is checked, so the
+job layer can import this module without loading it.
+"""
 
 from __future__ import annotations
 
-from caltech_core.config import TrainConfig
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from caltech_core.config import TrainConfig
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -19,10 +27,17 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
-def oom_message(cfg: TrainConfig) -> str:
-    """What to tell the user after an out-of-memory failure."""
+def oom_message(cfg: TrainConfig, detail: str = "") -> str:
+    """What to tell the user after an out-of-memory failure (`detail`: the error's own first line)."""
     smaller = max(1, cfg.batch_size // 2)
-    return (
-        f"Out of memory with batch size {cfg.batch_size} at image size {cfg.image_size}: reduce the batch size "
-        f"(e.g. to {smaller}) and train again."
-    )
+    text = (f"Out of memory training {cfg.arch} with batch size {cfg.batch_size} at image size {cfg.image_size}: "
+            f"reduce the batch size (e.g. to {smaller}) or the image size, or stop other jobs using the device.")
+    return f"{text} ({detail})" if detail else text
+
+
+def failure_message(exc: BaseException, cfg: TrainConfig) -> str:
+    """The error text of a run the engine caught failing; out-of-memory gets advice on what to change."""
+    text = str(exc) or type(exc).__name__
+    if is_out_of_memory(exc):
+        return oom_message(cfg, text.splitlines()[0])
+    return f"{type(exc).__name__}: {text}"

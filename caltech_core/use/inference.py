@@ -25,6 +25,7 @@ from caltech_core.data.imagecache import to_rgb
 from caltech_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD, NORMALIZATION
 from caltech_core.nets.architectures import get_spec
 from caltech_core.nets.checkpoints import CheckpointError, read_weights
+from caltech_core.nets.device import resolve_device
 
 IMAGENET_CLASSES_FILE = Path(__file__).with_name("imagenet_classes.txt")
 UPLOAD_TYPES = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
@@ -139,7 +140,7 @@ class Classifier:
         label = (cfg.name or cfg.arch) + RUN_WEIGHTS[weights]
         return cls(model=model, classes=classes, arch=cfg.arch, image_size=cfg.image_size,
                    resize_size=cfg.resize_size, mean=mean, std=std, title=f"Run #{run_id}: {label}",
-                   device=_device(device))
+                   device=resolve_device(device))
 
     @classmethod
     def imagenet(cls, arch: str | None = None, *, device: torch.device | str | None = None) -> Classifier:
@@ -156,7 +157,7 @@ class Classifier:
         return cls(model=models.imagenet_model(arch), classes=IMAGENET_CLASSES_FILE.read_text().splitlines(),
                    arch=arch, image_size=spec.image_size, resize_size=spec.resize_size(spec.image_size),
                    mean=mean, std=std, interpolation=spec.interpolation,
-                   title=f"{spec.label} (ImageNet, 1000 classes)", device=_device(device))
+                   title=f"{spec.label} (ImageNet, 1000 classes)", device=resolve_device(device))
 
     # -- preprocessing --------------------------------------------------------------------------------
     def model_view(self, image: Image.Image) -> Image.Image:
@@ -281,8 +282,3 @@ def _class_names(names: list[str] | None, cfg: TrainConfig) -> list[str]:
             "The run's class names are not stored with it and the dataset is not available to look them up."
         ) from exc
 
-
-def _device(device: torch.device | str | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)

@@ -11,7 +11,7 @@ from caltech_core.data import dataset
 from caltech_core.data.imagecache import ImageCache
 from caltech_core.data.transforms import BatchLoader
 from caltech_core.nets.checkpoints import CheckpointError
-from caltech_core.training import engine
+from caltech_core.nets.device import resolve_device
 from caltech_core.training.evaluation import predict
 from caltech_core.training.predictions import ImageResults, ResultsError, results_path, save
 from caltech_core.use.inference import Classifier
@@ -25,7 +25,7 @@ def recompute(store: Any, run_id: int, split: str = "test", *, data_root: str | 
     if record is None:
         raise ResultsError(f"run {run_id} does not exist")
     cfg = record.config
-    dev = engine.resolve_device(device or cfg.device)
+    dev = resolve_device(device or cfg.device)
     try:
         classifier = Classifier.from_run(store, run_id, device=dev)
     except CheckpointError as exc:
