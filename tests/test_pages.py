@@ -154,6 +154,17 @@ def test_picking_an_architecture_sets_its_native_image_size(with_data: Path) -> 
     assert (run.config.arch, run.config.image_size, run.config.pretrained) == ("efficientnet_lite2", 128, True)
 
 
+def test_a_new_architecture_keeps_an_image_size_set_by_hand(with_data: Path) -> None:
+    # The rule of TrainConfig.replace(arch=...): the native size follows the architecture, a hand-set one stays.
+    at = open_page("train")
+    at.selectbox(key="f_arch").set_value("efficientnet_lite2").run()
+    at.number_input(key="f_image_size").set_value(128).run()
+    at.selectbox(key="f_arch").set_value("mobilenet_v3_small").run()
+    assert not at.exception and at.number_input(key="f_image_size").value == 128
+    assert at.number_input(key="f_image_size").value == TrainConfig(arch="efficientnet_lite2", image_size=128).replace(
+        arch="mobilenet_v3_small").image_size
+
+
 def test_train_form_survives_visiting_another_page(with_data: Path) -> None:
     at = open_page("train")
     at.number_input(key="f_lr").set_value(0.0123)
