@@ -36,16 +36,23 @@ def edit_run(store: RunStore, run_id: int, *, name: str, tags: Iterable[str], no
     return _existing(store, run_id)
 
 
-def delete_runs(store: RunStore, ids: Iterable[int]) -> list[RunRecord]:
-    """Delete runs with their metrics and files; returns the deleted records.
-
-    All or nothing up front: an unknown id (RunNotFoundError) or a queued or running run (ValueError: cancel it
-    first) deletes none of them. A run that starts between this check and its turn is still refused by the store.
-    """
+def deletable(store: RunStore, ids: Iterable[int]) -> list[RunRecord]:
+    """The records of `ids` (each once) when every one may be deleted: an unknown id raises RunNotFoundError, a
+    queued or running run ValueError (cancel it first). Lets a caller ask for confirmation before deleting."""
     records = [_existing(store, run_id) for run_id in dict.fromkeys(ids)]
     active = next((r for r in records if r.status in run_status.ACTIVE), None)
     if active is not None:
         raise ValueError(f"run {active.id} is {active.status}; cancel it before deleting it (nothing was deleted)")
+    return records
+
+
+def delete_runs(store: RunStore, ids: Iterable[int]) -> list[RunRecord]:
+    """Delete runs with their metrics and files; returns the deleted records.
+
+    All or nothing up front (`deletable`): an unknown or active run deletes none of them. A run that starts
+    between this check and its turn is still refused by the store.
+    """
+    records = deletable(store, ids)
     for record in records:
         store.delete_run(record.id)
     return records
