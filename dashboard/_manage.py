@@ -9,7 +9,8 @@ import streamlit as st
 
 from caltech_core import status as run_status
 from caltech_core.config import ConfigError
-from caltech_core.runs.store import RunRecord, RunStore
+from caltech_core.runs import editing
+from caltech_core.runs.store import RunNotFoundError, RunRecord, RunStore
 
 TRAIN_FROM = "train_from"  # session key: a config (dict) the Train page loads into its form once
 
@@ -34,41 +35,48 @@ def manage_run(store: RunStore, rec: RunRecord) -> None:
         st.caption(" · ".join(filter(None, [f"Tags: {', '.join(rec.tags)}" if rec.tags else "",
                                             f"Note: {rec.note}" if rec.note else ""])))
     with st.expander("Manage this run", icon=":material/edit_note:"):
-        left, right = st.columns(2)
-        name = left.text_input("Name", value=rec.name, key=f"name-{rec.id}", max_chars=200)
-        tags = right.multiselect("Tags", sorted({*store.tags(), *rec.tags}), default=list(rec.tags),
-                                 key=f"tags-{rec.id}", accept_new_options=True,
-                                 help="Pick a tag or type a new one; filter by tag on Monitor and Compare.")
-        note = st.text_area("Note", value=rec.note, key=f"note-{rec.id}", height=80)
-        if st.button("Save name, tags and note", key=f"save-{rec.id}", icon=":material/save:"):
-            try:
-                if name.strip() != rec.name:
-                    store.rename(rec.id, name)
-                store.set_tags(rec.id, tags)
-                store.set_note(rec.id, note)
-            except (ConfigError, ValueError) as exc:
-                st.error(str(exc))
-            else:
-                st.toast(f"Saved run #{rec.id}")
-                st.rerun()
+        _edit(store, rec)
+        _clone_and_retry(rec)
+        _delete_one(store, rec)
 
-        clone, retry = st.columns(2)
-        if clone.button("Load settings into the Train form", key=f"clone-{rec.id}", icon=":material/content_copy:",
-                        help="Opens the Train page with this run's settings, to change and queue."):
-            load_into_train_form(rec.config.to_dict())
-        if rec.status in run_status.RETRYABLE and retry.button(
-            f"Retry this {rec.status} run with edited settings", key=f"retry-{rec.id}", icon=":material/replay:",
-            help="Opens the Train page with its settings (named as a retry); edit them (e.g. a lower learning "
-                 "rate) and queue a new run.",
-        ):
-            load_into_train_form(rec.config.replace(name=f"retry of #{rec.id} {rec.name}".strip()[:200]).to_dict())
 
-        active = rec.status in run_status.ACTIVE
-        sure = st.checkbox(f"Yes, delete run #{rec.id} with its metrics and files", key=f"sure-{rec.id}",
-                           disabled=active, help="Cancel it first." if active else None)
-        if st.button("Delete run", key=f"delete-{rec.id}", icon=":material/delete:", type="primary",
-                     disabled=active or not sure):
-            _delete(store, [rec.id])
+def _edit(store: RunStore, rec: RunRecord) -> None:
+    left, right = st.columns(2)
+    name = left.text_input("Name", value=rec.name, key=f"name-{rec.id}", max_chars=200)
+    tags = right.multiselect("Tags", sorted({*store.tags(), *rec.tags}), default=list(rec.tags),
+                             key=f"tags-{rec.id}", accept_new_options=True,
+                             help="Pick a tag or type a new one; filter by tag on Monitor and Compare.")
+    note = st.text_area("Note", value=rec.note, key=f"note-{rec.id}", height=80)
+    if st.button("Save name, tags and note", key=f"save-{rec.id}", icon=":material/save:"):
+        try:
+            editing.edit_run(store, rec.id, name=name, tags=tags, note=note)
+        except (ConfigError, ValueError) as exc:
+            st.error(str(exc))
+        else:
+            st.toast(f"Saved run #{rec.id}")
+            st.rerun()
+
+
+def _clone_and_retry(rec: RunRecord) -> None:
+    clone, retry = st.columns(2)
+    if clone.button("Load settings into the Train form", key=f"clone-{rec.id}", icon=":material/content_copy:",
+                    help="Opens the Train page with this run's settings, to change and queue."):
+        load_into_train_form(rec.config.to_dict())
+    if rec.status in run_status.RETRYABLE and retry.button(
+        f"Retry this {rec.status} run with edited settings", key=f"retry-{rec.id}", icon=":material/replay:",
+        help="Opens the Train page with its settings (named as a retry); edit them (e.g. a lower learning "
+             "rate) and queue a new run.",
+    ):
+        load_into_train_form(rec.config.replace(name=f"retry of #{rec.id} {rec.name}".strip()[:200]).to_dict())
+
+
+def _delete_one(store: RunStore, rec: RunRecord) -> None:
+    active = rec.status in run_status.ACTIVE
+    sure = st.checkbox(f"Yes, delete run #{rec.id} with its metrics and files", key=f"sure-{rec.id}",
+                       disabled=active, help="Cancel it first." if active else None)
+    if st.button("Delete run", key=f"delete-{rec.id}", icon=":material/delete:", type="primary",
+                 disabled=active or not sure):
+        _delete(store, [rec.id])
 
 
 def delete_many(store: RunStore, runs: list[RunRecord]) -> None:
@@ -89,9 +97,8 @@ def delete_many(store: RunStore, runs: list[RunRecord]) -> None:
 
 def _delete(store: RunStore, ids: list[int]) -> None:
     try:
-        for run_id in ids:
-            store.delete_run(run_id)
-    except ValueError as exc:  # it started meanwhile
+        editing.delete_runs(store, ids)
+    except (ValueError, RunNotFoundError) as exc:  # it started, or another session deleted it, meanwhile
         st.error(str(exc))
         return
     st.query_params.pop("run", None)

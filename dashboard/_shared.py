@@ -1,4 +1,4 @@
-"""Helpers every page uses: the shared store and job manager, the dataset root, run labels.
+"""Helpers several pages use: the shared store and job manager, the dataset root, run labels, progress bars.
 
 Not a page itself (streamlit_app.py lists the pages). Importing it only defines functions and changes no
 Streamlit state. Resources are cached with `st.cache_resource`, so every browser session shares one store
@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 import streamlit as st
 
 from caltech_core import layout, settings
-from caltech_core.config import ARCH_LABELS
 from caltech_core.data import dataset
 from caltech_core.runs import backend as job_backend
 from caltech_core.runs import store
+from caltech_core.status import Phase
 
 if TYPE_CHECKING:
     from caltech_core.runs.manager import JobManager
@@ -65,9 +65,9 @@ def store_problem(home: Path, exc: BaseException) -> str:
     if isinstance(exc, sqlite3.DatabaseError):
         return (f"The run store `{db}` cannot be read ({exc}). Nothing was changed or deleted. Restore it from "
                 "a backup, or move it aside (e.g. rename it to runs.sqlite.bad) to start an empty store, or set "
-                "CALTECH_STUDIO_HOME to another folder; then reload this page.")
+                f"{settings.HOME.name} to another folder; then reload this page.")
     return (f"The studio home `{home}` cannot be used ({exc}). Make it a writable folder, or set "
-            "CALTECH_STUDIO_HOME to another folder; then reload this page.")
+            f"{settings.HOME.name} to another folder; then reload this page.")
 
 
 def _open_or_stop(opener: Any, what: str) -> Any:
@@ -195,11 +195,29 @@ def confined_download_dir(text: str) -> Path:
 
 
 def run_label(record: store.RunRecord) -> str:
-    """'#12 ResNet-18 · name (finished)': short, unique, readable."""
-    cfg = record.config
-    arch = ARCH_LABELS.get(cfg.arch, cfg.arch)
-    name = f" · {cfg.name}" if cfg.name else ""
-    return f"#{record.id} {arch}{name} ({record.status})"
+    """The run's label with its status, e.g. '#12 baseline (finished)', for pickers."""
+    return f"{record.label} ({record.status})"
+
+
+def progress_bar(phase: Phase, done: int = 0, total: int = 0, *, fraction: float = 0.0, detail: str = "") -> None:
+    """One progress bar for every phase. A phase that counts something (`phase.unit`: MB downloaded, images
+    cached) shows `done` of `total` and fills to their ratio; any other shows `detail` (epochs, ETA) at the run's
+    `fraction`. A failed run reads "failed", its bar left where it stopped."""
+    if phase is Phase.FAILED:
+        text = phase.label
+    elif phase.unit:
+        fraction = done / total if total else 0.0
+        text = f"{phase.label}: {_count(phase.unit, done, total)}"
+    else:
+        text = f"{phase.label}: {detail}" if detail else phase.label
+    st.progress(min(max(fraction, 0.0), 1.0), text=text)
+
+
+def _count(unit: str, done: int, total: int) -> str:
+    """'1.5 of 9.8 MB', '120 of 300 images'; only the done part while the total is unknown (0)."""
+    if unit == "bytes":
+        return f"{done / 2**20:.1f} of {total / 2**20:.1f} MB" if total else f"{done / 2**20:.1f} MB"
+    return f"{done} of {total} {unit}" if total else f"{done} {unit}"
 
 
 def format_seconds(seconds: float | None) -> str:

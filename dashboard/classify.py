@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import streamlit as st
+from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from caltech_core.config import ARCH_LABELS
 from caltech_core.nets import models
@@ -24,48 +25,48 @@ def _classifier(choice: str | tuple[int, str], home: str) -> inference.Classifie
     return inference.Classifier.from_run(get_store(), run_id, weights=weights)
 
 
-require_password()  # also when Streamlit runs this page without the entry point (AppTest)
-st.title("Classify images")
-store = get_store()
-imagenet_arch = models.strongest_installed_imagenet()
-labels: dict[str | tuple[int, str], str] = {}
-if imagenet_arch is not None:  # the strongest ImageNet model whose weights are on this machine
-    labels[IMAGENET + imagenet_arch] = (f"{ARCH_LABELS[imagenet_arch]} pretrained on ImageNet "
-                                        "(1000 classes, no training needed)")
-for r in store.list_runs(status=RunStatus.FINISHED):
-    for weights, what in inference.RUN_WEIGHTS.items():  # best.pt, and the train+val model when there is one
-        if (store.run_dir(r.id) / weights).is_file():
-            labels[(r.id, weights)] = f"{run_label(r)} · {len(r.results.get('classes') or [])} classes{what}"
-if not labels:
-    st.info("No model to classify with: train a run on the Train page, or install ImageNet weights.")
-    st.stop()
-choice = st.selectbox("Model", list(labels), format_func=labels.get)
+def model_choices() -> dict[str | tuple[int, str], str]:
+    """The models to classify with: the strongest installed ImageNet model, then every finished run's weights."""
+    imagenet_arch = models.strongest_installed_imagenet()
+    labels: dict[str | tuple[int, str], str] = {}
+    if imagenet_arch is not None:  # the strongest ImageNet model whose weights are on this machine
+        labels[IMAGENET + imagenet_arch] = (f"{ARCH_LABELS[imagenet_arch]} pretrained on ImageNet "
+                                            "(1000 classes, no training needed)")
+    for r in store.list_runs(status=RunStatus.FINISHED):
+        for weights, what in inference.RUN_WEIGHTS.items():  # best.pt, and the train+val model when there is one
+            if (store.run_dir(r.id) / weights).is_file():
+                labels[(r.id, weights)] = f"{run_label(r)} · {len(r.results.get('classes') or [])} classes{what}"
+    return labels
 
-try:
-    classifier = _classifier(choice, str(store.home))
-except (inference.CheckpointError, RuntimeError, OSError) as exc:
-    st.error(f"This model cannot be loaded: {exc}")
-    st.stop()
 
-files = st.file_uploader(
-    "Images (JPEG, PNG, WebP, BMP or GIF; the first frame of an animation)",
-    type=list(inference.UPLOAD_TYPES), accept_multiple_files=True,
-)
-show_cam = st.toggle("Grad-CAM heatmap of the top class", value=True)
-if not files:
-    st.caption("Upload one or more images to see the classes the model gives them.")
-    st.stop()
+def model_picker() -> inference.Classifier:
+    """The chosen model, loaded (stops the page when there is none or it cannot be loaded)."""
+    labels = model_choices()
+    if not labels:
+        st.info("No model to classify with: train a run on the Train page, or install ImageNet weights.")
+        st.stop()
+    choice = st.selectbox("Model", list(labels), format_func=labels.get)
+    try:
+        return _classifier(choice, str(store.home))
+    except (inference.CheckpointError, RuntimeError, OSError) as exc:
+        st.error(f"This model cannot be loaded: {exc}")
+        st.stop()
 
-# The browser already refuses files over server.maxUploadSize; checking again here covers any other client.
-max_bytes = int(st.get_option("server.maxUploadSize")) * 2**20
-with st.spinner(f"Classifying {len(files)} image(s)…"):
-    outcomes = inference.classify_uploads(classifier, [(f.name, f.getvalue()) for f in files], max_bytes=max_bytes)
 
-for outcome in outcomes:
+def classify(files: list[UploadedFile]) -> list[inference.Outcome]:
+    """Each upload's top-5 classes (or why it cannot be read)."""
+    # The browser already refuses files over server.maxUploadSize; checking again here covers any other client.
+    max_bytes = int(st.get_option("server.maxUploadSize")) * 2**20
+    with st.spinner(f"Classifying {len(files)} image(s)…"):
+        return inference.classify_uploads(classifier, [(f.name, f.getvalue()) for f in files], max_bytes=max_bytes)
+
+
+def outcome_row(outcome: inference.Outcome, show_cam: bool) -> None:
+    """One image: its top class, the picture, the top-5 bars and the Grad-CAM of the top class."""
     st.divider()
     if outcome.error:
         st.error(outcome.error, icon=":material/broken_image:")
-        continue
+        return
     top_class, top_prob = outcome.predictions[0]
     st.markdown(f"**{outcome.name}** → **{top_class}** ({top_prob:.1%})")
     image_col, chart_col, cam_col = st.columns([1, 1.3, 1])
@@ -76,3 +77,19 @@ for outcome in outcomes:
         heat = classifier.gradcam(outcome.image, classifier.class_index(top_class))
         cam_col.image(inference.overlay(classifier.model_view(outcome.image), heat),
                       caption=f"Grad-CAM: where '{top_class}' was seen", width="stretch")
+
+
+require_password()  # also when Streamlit runs this page without the entry point (AppTest)
+st.title("Classify images")
+store = get_store()
+classifier = model_picker()
+files = st.file_uploader(
+    "Images (JPEG, PNG, WebP, BMP or GIF; the first frame of an animation)",
+    type=list(inference.UPLOAD_TYPES), accept_multiple_files=True,
+)
+show_cam = st.toggle("Grad-CAM heatmap of the top class", value=True)
+if not files:
+    st.caption("Upload one or more images to see the classes the model gives them.")
+    st.stop()
+for outcome in classify(files):
+    outcome_row(outcome, show_cam)

@@ -27,26 +27,6 @@ VIEWS = ("Confusion matrix", "Most confident mistakes", "Per-class accuracy", "C
 COLUMNS = 4
 THUMB = 176  # pixels per side of a gallery picture
 
-require_password()  # also when Streamlit runs this page without the entry point (AppTest)
-st.title("Errors")
-store = get_store()
-runs = store.list_runs(status=RunStatus.FINISHED)
-if not runs:
-    st.info("No finished run yet. Train one on the Train page, then see here which images it gets wrong.")
-    st.stop()
-
-# -- which run and split ----------------------------------------------------------------------------------
-labels = {r.id: run_label(r) for r in runs}
-ids = list(labels)
-wanted = st.query_params.get("run")
-default = int(wanted) if wanted is not None and wanted.isdigit() and int(wanted) in labels else ids[0]
-c1, c2 = st.columns([3, 1])
-run_id = c1.selectbox("Run", ids, index=ids.index(default), format_func=labels.get, key="err_run")
-split = c2.radio("Split", predictions.SPLITS, horizontal=True, key="err_split",
-                 format_func={"test": "test", "val": "validation"}.get)
-st.query_params["run"] = str(run_id)
-path = predictions.results_path(store.run_dir(run_id), split)
-
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def _results(file: str, stamp: float) -> predictions.ImageResults:
@@ -69,7 +49,26 @@ def _classifier(home: str, run: int, stamp: float):
     return Classifier.from_run(store, run)
 
 
-if not path.is_file():
+def run_and_split() -> tuple[int, str]:
+    """The finished run (the one in the address, ?run=, else the newest) and the split to analyse."""
+    runs = store.list_runs(status=RunStatus.FINISHED)
+    if not runs:
+        st.info("No finished run yet. Train one on the Train page, then see here which images it gets wrong.")
+        st.stop()
+    labels = {r.id: run_label(r) for r in runs}
+    ids = list(labels)
+    wanted = st.query_params.get("run")
+    default = int(wanted) if wanted is not None and wanted.isdigit() and int(wanted) in labels else ids[0]
+    c1, c2 = st.columns([3, 1])
+    run_id = c1.selectbox("Run", ids, index=ids.index(default), format_func=labels.get, key="err_run")
+    split = c2.radio("Split", predictions.SPLITS, horizontal=True, key="err_split",
+                     format_func={"test": "test", "val": "validation"}.get)
+    st.query_params["run"] = str(run_id)
+    return run_id, split
+
+
+def offer_to_compute() -> None:
+    """A run without stored per-image results (trained before they were recorded): compute them, then stop."""
     st.info(f"Run #{run_id} has no stored per-image results for the {split} split (runs trained before they were "
             "recorded). Compute them from its best weights:")
     if st.button("Compute per-image results", key="err_compute", icon=":material/calculate:"):
@@ -82,26 +81,35 @@ if not path.is_file():
         st.rerun()
     st.stop()
 
-stamp = path.stat().st_mtime
-try:
-    results = _results(str(path), stamp)
-except predictions.ResultsError as exc:
-    st.error(f"{exc}. Recompute it with `python -m caltech_core evaluate {run_id} --split {split}`.")
-    st.stop()
-classes = results.classes
-summary = results.summary()
-m1, m2, m3, m4 = st.columns(4)
-m1.metric("Images", summary["images"])
-m2.metric("Accuracy", f"{summary['acc']:.1%}")
-m3.metric("Mean per-class accuracy", f"{summary['mean_class_acc']:.1%}")
-m4.metric("Mistakes", int((~results.correct).sum()))
-st.caption(f"Per-image results: `{path}`")
 
-o1, o2, o3 = st.columns([4, 1, 1])
-view = o1.radio("Show", VIEWS, horizontal=True, key="err_view")
-per_page = o2.selectbox("Per page", (12, 24, 48), key="err_per_page")
-show_cam = o3.toggle("Grad-CAM", value=True, key="err_cam", help="Heatmap of where the network looked for the "
-                     "class it predicted")
+def load_results() -> predictions.ImageResults:
+    """The stored per-image results (a broken file stops the page with the command that rebuilds it)."""
+    try:
+        return _results(str(path), stamp)
+    except predictions.ResultsError as exc:
+        st.error(f"{exc}. Recompute it with `python -m caltech_core evaluate {run_id} --split {split}`.")
+        st.stop()
+
+
+def summary_metrics() -> None:
+    """Images, accuracy, mean per-class accuracy and mistakes of this split."""
+    summary = results.summary()
+    m1, m2, m3, m4 = st.columns(4)
+    m1.metric("Images", summary["images"])
+    m2.metric("Accuracy", f"{summary['acc']:.1%}")
+    m3.metric("Mean per-class accuracy", f"{summary['mean_class_acc']:.1%}")
+    m4.metric("Mistakes", int((~results.correct).sum()))
+    st.caption(f"Per-image results: `{path}`")
+
+
+def view_options() -> tuple[str, int, bool]:
+    """Which view, how many pictures per page, whether to draw Grad-CAM over them."""
+    o1, o2, o3 = st.columns([4, 1, 1])
+    view = o1.radio("Show", VIEWS, horizontal=True, key="err_view")
+    per_page = o2.selectbox("Per page", (12, 24, 48), key="err_per_page")
+    show_cam = o3.toggle("Grad-CAM", value=True, key="err_cam", help="Heatmap of where the network looked for the "
+                         "class it predicted")
+    return view, per_page, show_cam
 
 
 # -- the gallery -----------------------------------------------------------------------------------------------
@@ -160,7 +168,8 @@ def _cell_clicked(class_names: list[str]) -> None:
         st.session_state["err_true"], st.session_state["err_pred"] = class_names[true], class_names[pred]
 
 
-if view == "Confusion matrix":
+def confusion_view() -> None:
+    """The clickable confusion matrix and the images of the chosen (true, predicted) cell."""
     pairs = results.confused_pairs(1)
     if "err_true" not in st.session_state or st.session_state["err_true"] not in classes:
         st.session_state["err_true"] = pairs[0]["true"] if pairs else classes[0]
@@ -176,10 +185,9 @@ if view == "Confusion matrix":
     st.subheader(f"{true_name} predicted as {pred_name}")
     _gallery(results.cell(t, p), f"cell_{t}_{p}", f"of {true_name} predicted as {pred_name}")
 
-elif view == "Most confident mistakes":
-    _gallery(results.confident_mistakes(), "confident", "classified wrongly")
 
-elif view == "Per-class accuracy":
+def per_class_view() -> None:
+    """Accuracy per class, worst first, and the mistakes of a chosen class."""
     table = pd.DataFrame(results.per_class()).sort_values(["accuracy", "class"]).drop(columns="index")
     st.dataframe(table, hide_index=True, width="stretch", key="err_per_class",
                  column_config={"accuracy": st.column_config.NumberColumn(format="percent")})
@@ -187,17 +195,41 @@ elif view == "Per-class accuracy":
     name = st.selectbox("Mistakes of class (worst first)", worst, key="err_class")
     _gallery(results.mistakes_of(classes.index(name)), f"class_{name}", f"of {name} classified wrongly")
 
-else:
+
+def confused_pairs_view() -> None:
+    """The 30 class pairs confused most, and the images of a chosen pair."""
     pairs = results.confused_pairs(30)
     if not pairs:
         st.success("No image of this split is confused with another class.")
-    else:
-        table = pd.DataFrame(pairs).drop(columns=["true index", "predicted index"])
-        st.dataframe(table, hide_index=True, width="stretch", key="err_pairs",
-                     column_config={"share of true class": st.column_config.NumberColumn(format="percent")})
-        chosen = st.selectbox("Pair", range(len(pairs)), key="err_pair",
-                              format_func=lambda i: f"{pairs[i]['true']} → {pairs[i]['predicted']} "
-                                                    f"({pairs[i]['images']})")
-        pair = pairs[chosen]
-        _gallery(results.cell(pair["true index"], pair["predicted index"]), f"pair_{chosen}",
-                 f"of {pair['true']} predicted as {pair['predicted']}")
+        return
+    table = pd.DataFrame(pairs).drop(columns=["true index", "predicted index"])
+    st.dataframe(table, hide_index=True, width="stretch", key="err_pairs",
+                 column_config={"share of true class": st.column_config.NumberColumn(format="percent")})
+    chosen = st.selectbox("Pair", range(len(pairs)), key="err_pair",
+                          format_func=lambda i: f"{pairs[i]['true']} → {pairs[i]['predicted']} "
+                                                f"({pairs[i]['images']})")
+    pair = pairs[chosen]
+    _gallery(results.cell(pair["true index"], pair["predicted index"]), f"pair_{chosen}",
+             f"of {pair['true']} predicted as {pair['predicted']}")
+
+
+require_password()  # also when Streamlit runs this page without the entry point (AppTest)
+st.title("Errors")
+store = get_store()
+run_id, split = run_and_split()
+path = predictions.results_path(store.run_dir(run_id), split)
+if not path.is_file():
+    offer_to_compute()
+stamp = path.stat().st_mtime
+results = load_results()
+classes = results.classes
+summary_metrics()
+view, per_page, show_cam = view_options()
+if view == "Confusion matrix":
+    confusion_view()
+elif view == "Most confident mistakes":
+    _gallery(results.confident_mistakes(), "confident", "classified wrongly")
+elif view == "Per-class accuracy":
+    per_class_view()
+else:
+    confused_pairs_view()

@@ -11,10 +11,63 @@ import streamlit as st
 
 from caltech_core.study.experiments import PRESETS, submit_preset
 from caltech_core.study.export import export_zip
-from caltech_core.study.report import build_report, summary_lines
+from caltech_core.study.report import Report, Section, build_report, summary_lines
 from caltech_core.study.verdicts import rule_text
 from dashboard._auth import require_password
 from dashboard._shared import data_root, format_seconds, get_manager, get_store
+
+
+def summary(report: Report) -> None:
+    """How many of the study's numbers are reproduced, higher, lower or not run, and the compute time."""
+    counts = report.summary
+    st.subheader(f"Summary: the study's {counts['numbers_total']} numbers")
+    cols = st.columns(5)
+    for col, (word, n) in zip(cols, counts["numbers"].items(), strict=False):
+        col.metric(word.capitalize(), n)
+    cols[4].metric("Compute time", format_seconds(counts["compute_seconds"]),
+                   help=f"{counts['runs']} run(s) in the store")
+    st.caption(" ".join(summary_lines(report)[1:]))
+    missing = report.missing_presets
+    if missing:
+        st.info(f"{len(missing)} experiment(s) have no runs yet: {', '.join(missing)}.")
+
+
+def download_and_repeats(report: Report) -> int:
+    """The zip export (report.md and figures) and the repeats box; returns the repeats per queued preset."""
+    col_export, col_repeats, _ = st.columns([1, 1, 2])
+    repeats = col_repeats.number_input(
+        "Repeats per queued preset", min_value=1, max_value=100, value=1, step=1, key="report_repeats",
+        help="Each repeat trains with a new seed and a new train/validation split, as the study's 3 runs did.")
+    with col_export:
+        if st.button("Prepare download (report.md + figures, zip)", help="PNG figures need kaleido and Chrome"):
+            with st.spinner("Exporting figures…"):
+                st.session_state["report_zip"] = export_zip(report)
+        if "report_zip" in st.session_state:
+            st.download_button(
+                "Download report.zip", st.session_state["report_zip"], file_name="caltech101-report.zip",
+                mime="application/zip",
+            )
+    return repeats
+
+
+def section(part: Section, repeats: int) -> None:
+    """One table or figure of the study: our numbers beside the study's, and a button queueing its preset."""
+    st.header(f"{part.item}: {part.title}")
+    if part.missing:
+        st.warning(part.message)
+    if part.preset:
+        preset = PRESETS[part.preset]
+        st.caption(f"{preset.description} ({len(preset.configs)} run(s))")
+        if st.button(f"Queue preset '{part.preset}' × {repeats}", key=f"queue-{part.key}"):
+            ids = submit_preset(get_manager(), part.preset, repeats)
+            st.success(f"Queued runs {', '.join(f'#{i}' for i in ids)}; follow them on the Monitor page.")
+    if part.rows:
+        st.dataframe(pd.DataFrame(part.rows, columns=part.columns), hide_index=True, width="stretch")
+    for key, fig in part.figures.items():
+        st.plotly_chart(fig, key=f"{part.key}-{key}")
+    for note in part.notes:
+        st.caption(note)
+
 
 require_password()  # also when Streamlit runs this page without the entry point (AppTest)
 st.title("Study report")
@@ -23,49 +76,8 @@ st.caption(
     "(or it belongs to the experiment's preset group). Numbers are mean ± standard deviation over finished "
     f"runs; '—' means no value — nothing is filled in. Verdict: {rule_text()}; not run without runs."
 )
-
-store = get_store()
-report = build_report(store, data_root())
-summary = report.summary
-
-st.subheader(f"Summary: the study's {summary['numbers_total']} numbers")
-cols = st.columns(5)
-for col, (word, n) in zip(cols, summary["numbers"].items(), strict=False):
-    col.metric(word.capitalize(), n)
-cols[4].metric("Compute time", format_seconds(summary["compute_seconds"]), help=f"{summary['runs']} run(s) in the store")
-st.caption(" ".join(summary_lines(report)[1:]))
-
-missing = report.missing_presets
-if missing:
-    st.info(f"{len(missing)} experiment(s) have no runs yet: {', '.join(missing)}.")
-
-col_export, col_repeats, _ = st.columns([1, 1, 2])
-repeats = col_repeats.number_input(
-    "Repeats per queued preset", min_value=1, max_value=100, value=1, step=1, key="report_repeats",
-    help="Each repeat trains with a new seed and a new train/validation split, as the study's 3 runs did.")
-with col_export:
-    if st.button("Prepare download (report.md + figures, zip)", help="PNG figures need kaleido and Chrome"):
-        with st.spinner("Exporting figures…"):
-            st.session_state["report_zip"] = export_zip(report)
-    if "report_zip" in st.session_state:
-        st.download_button(
-            "Download report.zip", st.session_state["report_zip"], file_name="caltech101-report.zip",
-            mime="application/zip",
-        )
-
-for section in report.sections:
-    st.header(f"{section.item}: {section.title}")
-    if section.missing:
-        st.warning(section.message)
-    if section.preset:
-        preset = PRESETS[section.preset]
-        st.caption(f"{preset.title}: {preset.description} ({len(preset.configs)} run(s))")
-        if st.button(f"Queue preset '{section.preset}' × {repeats}", key=f"queue-{section.key}"):
-            ids = submit_preset(get_manager(), section.preset, repeats)
-            st.success(f"Queued runs {', '.join(f'#{i}' for i in ids)}; follow them on the Monitor page.")
-    if section.rows:
-        st.dataframe(pd.DataFrame(section.rows, columns=section.columns), hide_index=True, width="stretch")
-    for key, fig in section.figures.items():
-        st.plotly_chart(fig, key=f"{section.key}-{key}")
-    for note in section.notes:
-        st.caption(note)
+report = build_report(get_store(), data_root())
+summary(report)
+repeats = download_and_repeats(report)
+for part in report.sections:
+    section(part, repeats)

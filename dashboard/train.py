@@ -10,11 +10,12 @@ from caltech_core.config import GROUPS, ConfigError, Setting, TrainConfig
 from caltech_core.data import dataset
 from caltech_core.nets import weights
 from caltech_core.nets.architectures import get_spec
+from caltech_core.status import Phase
 from caltech_core.study import charts, experiments
 from dashboard import _settings
 from dashboard._auth import require_password
 from dashboard._manage import TRAIN_FROM
-from dashboard._shared import backend_sidebar, data_root, format_seconds, get_manager, get_store
+from dashboard._shared import backend_sidebar, data_root, format_seconds, get_manager, get_store, progress_bar
 
 BASELINE = "baseline-defaults"
 
@@ -25,8 +26,14 @@ def _apply(cfg: TrainConfig) -> None:
 
 
 def _on_arch() -> None:
-    """A newly picked architecture starts at its native image size (still editable below)."""
-    st.session_state["f_image_size"] = get_spec(st.session_state["f_arch"]).image_size
+    """A newly picked architecture brings its native image size, unless the size was set by hand (the rule of
+    `TrainConfig.replace`); the size stays editable below."""
+    before = st.session_state.get("train_form", {})
+    try:
+        old = TrainConfig(arch=before["f_arch"], image_size=before["f_image_size"])
+    except (KeyError, ConfigError):  # no earlier form, or a size out of range: treat it as not set by hand
+        old = TrainConfig()
+    st.session_state["f_image_size"] = old.replace(arch=st.session_state["f_arch"]).image_size
 
 
 def _on_preset() -> None:
@@ -81,9 +88,7 @@ def _download_progress(arch: str) -> None:
     job = weights.download_of(arch)
     if job is None or job.finished:
         st.rerun()
-    total = f" of {job.total / 2**20:.1f} MB" if job.total else " MB"
-    st.progress(job.done / job.total if job.total else 0.0,
-                text=f"downloading weights: {job.done / 2**20:.1f}{total}")
+    progress_bar(Phase.DOWNLOADING, job.done, job.total)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -93,137 +98,169 @@ def _seconds_per_image(arch: str, train_mode: str, image_size: int, batch: int, 
     return timing.seconds_per_training_image(arch, train_mode, image_size, batch, device)
 
 
-require_password()  # also when Streamlit runs this page without the entry point (AppTest)
-st.title("Train a network")
-backend_sidebar()
-if "f_arch" not in st.session_state:
-    # Streamlit forgets a widget's value once its page is left: bring back the form as the user left it.
-    saved = st.session_state.get("train_form")
-    if saved:
-        st.session_state.update(saved)
-    else:
-        _apply(TrainConfig())
-if TRAIN_FROM in st.session_state:  # "Load settings into the Train form" / "Retry" on the Monitor page
-    _apply(TrainConfig.from_dict(st.session_state.pop(TRAIN_FROM)))
-    st.info(f"Settings loaded from a run: {st.session_state['f_name'] or 'unnamed'}. Edit them and queue the run.",
-            icon=":material/content_copy:")
+def restore_form() -> None:
+    """The form as the user left it (Streamlit forgets widgets of a page once it is left), or a run's settings
+    sent by "Load settings into the Train form" / "Retry" on the Monitor page."""
+    if "f_arch" not in st.session_state:
+        saved = st.session_state.get("train_form")
+        if saved:
+            st.session_state.update(saved)
+        else:
+            _apply(TrainConfig())
+    if TRAIN_FROM in st.session_state:
+        _apply(TrainConfig.from_dict(st.session_state.pop(TRAIN_FROM)))
+        st.info(f"Settings loaded from a run: {st.session_state['f_name'] or 'unnamed'}. Edit them and queue the "
+                "run.", icon=":material/content_copy:")
 
-# -- presets -----------------------------------------------------------------------------------------
-preset_names = [BASELINE, *experiments.PRESETS]
-col_preset, col_repeats, col_queue_preset = st.columns([3, 1, 1], vertical_alignment="bottom")
-preset = col_preset.selectbox(
-    "Start from", preset_names, key="preset", on_change=_on_preset,
-    format_func=lambda n: "Study baseline (AlexNet from scratch)" if n == BASELINE
-    else f"Preset: {experiments.PRESETS[n].title}",
-    help="Fills the form with the preset's first run; the button on the right queues all of its runs.",
-)
-repeats = col_repeats.number_input(
-    "Repeats", min_value=1, max_value=100, value=1, step=1, key="repeats",
-    help="Queue every run this many times, each with a new seed and a new train/validation split (the "
-         "study's numbers are means of 3 runs). The report shows mean ± standard deviation.")
-if preset != BASELINE:
-    p = experiments.PRESETS[preset]
-    st.caption(f"{p.description} ({len(p.configs)} run(s), feeds {p.study_ref.item}).")
-    count = len(p.configs) * repeats
-    if col_queue_preset.button(f"Queue all {count} runs" if count > 1 else "Queue it", key="queue_preset"):
-        ids = experiments.submit_preset(get_manager(), preset, repeats)
-        st.success(f"Queued runs {', '.join(f'#{i}' for i in ids)}.")
 
-# -- the form ----------------------------------------------------------------------------------------
-model_col, opt_col, data_col = st.columns(3)
-for column, group in ((model_col, "model"), (opt_col, "optimisation"), (data_col, "data")):
-    with column:
-        st.subheader(GROUPS[group])
-        for setting in _settings.in_group(group):
+def presets() -> int:
+    """The preset picker (fills the form), the repeats box and the button queueing a whole preset; returns the
+    number of repeats."""
+    col_preset, col_repeats, col_queue_preset = st.columns([3, 1, 1], vertical_alignment="bottom")
+    preset = col_preset.selectbox(
+        "Start from", [BASELINE, *experiments.PRESETS], key="preset", on_change=_on_preset,
+        format_func=lambda n: "Study baseline (AlexNet from scratch)" if n == BASELINE
+        else f"Preset: {experiments.PRESETS[n].title}",
+        help="Fills the form with the preset's first run; the button on the right queues all of its runs.",
+    )
+    repeats = col_repeats.number_input(
+        "Repeats", min_value=1, max_value=100, value=1, step=1, key="repeats",
+        help="Queue every run this many times, each with a new seed and a new train/validation split (the "
+             "study's numbers are means of 3 runs). The report shows mean ± standard deviation.")
+    if preset != BASELINE:
+        p = experiments.PRESETS[preset]
+        st.caption(f"{p.description} ({len(p.configs)} run(s), feeds {p.study_ref.item}).")
+        count = len(p.configs) * repeats
+        if col_queue_preset.button(f"Queue all {count} runs" if count > 1 else "Queue it", key="queue_preset"):
+            ids = experiments.submit_preset(get_manager(), preset, repeats)
+            st.success(f"Queued runs {', '.join(f'#{i}' for i in ids)}.")
+    return repeats
+
+
+def form() -> tuple[TrainConfig | None, ConfigError | None]:
+    """Every setting in its section; returns the config they make, or the first problem with them."""
+    model_col, opt_col, data_col = st.columns(3)
+    for column, group in ((model_col, "model"), (opt_col, "optimisation"), (data_col, "data")):
+        with column:
+            st.subheader(GROUPS[group])
+            for setting in _settings.in_group(group):
+                _field(setting)
+    with data_col, st.expander(GROUPS["advanced"]):
+        for setting in _settings.in_group("advanced"):
             _field(setting)
-with data_col, st.expander(GROUPS["advanced"]):
-    for setting in _settings.in_group("advanced"):
-        _field(setting)
-st.session_state["train_form"] = {key: value for key, value in st.session_state.items()
-                                  if isinstance(key, str) and key.startswith("f_")}
+    st.session_state["train_form"] = {key: value for key, value in st.session_state.items()
+                                      if isinstance(key, str) and key.startswith("f_")}
+    try:
+        return _settings.from_widgets(st.session_state), None
+    except ConfigError as exc:
+        return None, exc
 
-try:
-    cfg: TrainConfig | None = _settings.from_widgets(st.session_state)
-    problem = None
-except ConfigError as exc:
-    cfg, problem = None, exc
 
-# -- previews ------------------------------------------------------------------------------------------
-if cfg is not None:
-    sched_col, est_col = st.columns([2, 1])
-    sched_col.plotly_chart(charts.lr_schedule_figure(cfg), key="lr_preview")
-    with est_col:
-        st.subheader("Time per epoch")
-        root = data_root()
-        splits = None
-        if root is not None:
-            try:
-                splits = dataset.Splits.from_config(cfg, root)
-            except (dataset.SplitError, FileNotFoundError) as exc:
-                st.warning(str(exc))
-        if splits is not None:
-            st.caption(f"{len(splits.train)} training, {len(splits.val)} validation, {len(splits.test)} test "
-                       f"images in {splits.num_classes} classes.")
-        if st.button("Estimate on this device", key="estimate"):
-            probe = min(cfg.batch_size, 8)
-            with st.spinner("Timing one training step…"):
-                per_image = _seconds_per_image(cfg.arch, cfg.train, cfg.image_size, probe, cfg.device)
-            st.session_state["epoch_estimate"] = (cfg.arch, cfg.train, cfg.image_size, per_image)
-        est = st.session_state.get("epoch_estimate")
-        if est and est[:3] == (cfg.arch, cfg.train, cfg.image_size):
-            per_image = est[3]
-            if splits is not None:
-                # Validation is forward-only: about a third of a training step per image.
-                seconds = per_image * (len(splits.train) + len(splits.val) / 3)
-                st.metric("Estimated time per epoch", format_seconds(seconds),
-                          help="From a timed forward+backward of a small random batch; the frozen-feature "
-                               "fast path is much faster after its first epoch.")
-                st.caption(f"{math.ceil(len(splits.train) / cfg.batch_size)} batches per epoch; "
-                           f"whole run ≈ {format_seconds(seconds * cfg.epochs)}.")
-            else:
-                st.metric("Seconds per training image", f"{per_image:.4f}")
+def time_per_epoch(cfg: TrainConfig) -> dataset.Splits | None:
+    """The split sizes and, on request, a timed estimate of an epoch on this device; returns the splits."""
+    st.subheader("Time per epoch")
+    root = data_root()
+    splits = None
+    if root is not None:
+        try:
+            splits = dataset.Splits.from_config(cfg, root)
+        except (dataset.SplitError, FileNotFoundError) as exc:
+            st.warning(str(exc))
+    if splits is not None:
+        st.caption(f"{len(splits.train)} training, {len(splits.val)} validation, {len(splits.test)} test "
+                   f"images in {splits.num_classes} classes.")
+    if st.button("Estimate on this device", key="estimate"):
+        probe = min(cfg.batch_size, 8)
+        with st.spinner("Timing one training step…"):
+            per_image = _seconds_per_image(cfg.arch, cfg.train, cfg.image_size, probe, cfg.device)
+        st.session_state["epoch_estimate"] = (cfg.arch, cfg.train, cfg.image_size, per_image)
+    est = st.session_state.get("epoch_estimate")
+    if not est or est[:3] != (cfg.arch, cfg.train, cfg.image_size):
+        return splits
+    per_image = est[3]
+    if splits is None:
+        st.metric("Seconds per training image", f"{per_image:.4f}")
+        return splits
+    # Validation is forward-only: about a third of a training step per image.
+    seconds = per_image * (len(splits.train) + len(splits.val) / 3)
+    st.metric("Estimated time per epoch", format_seconds(seconds),
+              help="From a timed forward+backward of a small random batch; the frozen-feature fast path is much "
+                   "faster after its first epoch.")
+    st.caption(f"{math.ceil(len(splits.train) / cfg.batch_size)} batches per epoch; "
+               f"whole run ≈ {format_seconds(seconds * cfg.epochs)}.")
+    return splits
 
+
+def augmentation_preview(cfg: TrainConfig, splits: dataset.Splits | None) -> None:
+    """Six training images as the model sees them after this config's augmentations."""
     with st.expander("Augmentation preview: training images as the model sees them", expanded=bool(cfg.augment)):
         if data_root() is None:
             st.info("No dataset found; see the Data page.")
-        else:
-            if st.button("New random draw", key="reshuffle"):
-                st.session_state["preview_seed"] = st.session_state.get("preview_seed", 0) + 1
-            try:
-                from caltech_core.data import imagecache, transforms
+            return
+        if st.button("New random draw", key="reshuffle"):
+            st.session_state["preview_seed"] = st.session_state.get("preview_seed", 0) + 1
+        try:
+            from caltech_core.data import imagecache, transforms
 
-                splits = splits or dataset.Splits.from_config(cfg, data_root())
-                picked = splits.train[:: max(1, len(splits.train) // 6)][:6]
-                cache = imagecache.ImageCache.build([s.path for s in picked], get_store().cache_dir,
-                                                    resize_size=cfg.resize_size)
-                shown = transforms.preview_images(cache, list(range(len(cache))), cfg, 6,
-                                                  seed=st.session_state.get("preview_seed", 0))
-                for col, img, path in zip(st.columns(6), shown, cache.paths, strict=False):
-                    col.image(img, caption=f"{path.parent.name}", width="stretch")
-            except (dataset.SplitError, FileNotFoundError) as exc:
-                st.warning(str(exc))
+            splits = splits or dataset.Splits.from_config(cfg, data_root())
+            picked = splits.train[:: max(1, len(splits.train) // 6)][:6]
+            cache = imagecache.ImageCache.build([s.path for s in picked], get_store().cache_dir,
+                                                resize_size=cfg.resize_size)
+            shown = transforms.preview_images(cache, list(range(len(cache))), cfg, 6,
+                                              seed=st.session_state.get("preview_seed", 0))
+            for col, img, path in zip(st.columns(6), shown, cache.paths, strict=False):
+                col.image(img, caption=f"{path.parent.name}", width="stretch")
+        except (dataset.SplitError, FileNotFoundError) as exc:
+            st.warning(str(exc))
 
-# -- queue ----------------------------------------------------------------------------------------------
-if problem is not None:
-    st.error(f"**{problem.field}**: {problem.message}", icon=":material/error:")
-if st.button("Queue run" if repeats == 1 else f"Queue {repeats} runs (repeats)", type="primary",
-             icon=":material/play_arrow:", key="queue"):
+
+def previews(cfg: TrainConfig) -> None:
+    """The learning-rate schedule, the time per epoch and the augmentation preview of a valid config."""
+    sched_col, est_col = st.columns([2, 1])
+    sched_col.plotly_chart(charts.lr_schedule_figure(cfg), key="lr_preview")
+    with est_col:
+        splits = time_per_epoch(cfg)
+    augmentation_preview(cfg, splits)
+
+
+def queue_button(cfg: TrainConfig | None, problem: ConfigError | None, repeats: int) -> None:
+    """The form's problem, if any, and the button queueing the run (`repeats` times, new seeds and splits)."""
+    if problem is not None:
+        st.error(f"**{problem.field}**: {problem.message}", icon=":material/error:")
+    if not st.button("Queue run" if repeats == 1 else f"Queue {repeats} runs (repeats)", type="primary",
+                     icon=":material/play_arrow:", key="queue"):
+        return
     if cfg is None:
         st.error(f"Not queued. Fix **{problem.field}**: {problem.message}")
-    else:
-        weights_ok = True
-        if cfg.pretrained and not cfg.weights_path:
-            status = weights.weights_status(cfg.arch)
-            weights_ok = status.available or status.downloadable  # a run downloads missing weights first
-            if not weights_ok:
-                st.error(f"Not queued: {status.message}")
-        if weights_ok:
-            # Repeats count the seed and split seed up from the form's.
-            ids = [get_manager().submit(c) for c in experiments.repeat_configs([cfg], repeats)]
-            st.session_state["last_queued"], st.session_state["last_queued_ids"] = ids[0], ids
-if "last_queued" in st.session_state:
+        return
+    if cfg.pretrained and not cfg.weights_path:
+        status = weights.weights_status(cfg.arch)
+        if not (status.available or status.downloadable):  # a run downloads missing weights first
+            st.error(f"Not queued: {status.message}")
+            return
+    # Repeats count the seed and split seed up from the form's.
+    ids = [get_manager().submit(c) for c in experiments.repeat_configs([cfg], repeats)]
+    st.session_state["last_queued"], st.session_state["last_queued_ids"] = ids[0], ids
+
+
+def last_queued() -> None:
+    """What the queue button queued last, with a link to watch it."""
+    if "last_queued" not in st.session_state:
+        return
     run_id = st.session_state["last_queued"]
     ids = st.session_state.get("last_queued_ids", [run_id])
     st.success(f"Queued run{'s' if len(ids) > 1 else ''} {', '.join(f'#{i}' for i in ids)}.")
     st.page_link("dashboard/monitor.py", label=f"Watch run #{run_id} in Monitor", icon=":material/monitoring:",
                  query_params={"run": str(run_id)})
+
+
+require_password()  # also when Streamlit runs this page without the entry point (AppTest)
+st.title("Train a network")
+backend_sidebar()
+restore_form()
+repeats = presets()
+cfg, problem = form()
+if cfg is not None:
+    previews(cfg)
+queue_button(cfg, problem, repeats)
+last_queued()

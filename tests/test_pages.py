@@ -154,6 +154,17 @@ def test_picking_an_architecture_sets_its_native_image_size(with_data: Path) -> 
     assert (run.config.arch, run.config.image_size, run.config.pretrained) == ("efficientnet_lite2", 128, True)
 
 
+def test_a_new_architecture_keeps_an_image_size_set_by_hand(with_data: Path) -> None:
+    # The rule of TrainConfig.replace(arch=...): the native size follows the architecture, a hand-set one stays.
+    at = open_page("train")
+    at.selectbox(key="f_arch").set_value("efficientnet_lite2").run()
+    at.number_input(key="f_image_size").set_value(128).run()
+    at.selectbox(key="f_arch").set_value("mobilenet_v3_small").run()
+    assert not at.exception and at.number_input(key="f_image_size").value == 128
+    assert at.number_input(key="f_image_size").value == TrainConfig(arch="efficientnet_lite2", image_size=128).replace(
+        arch="mobilenet_v3_small").image_size
+
+
 def test_train_form_survives_visiting_another_page(with_data: Path) -> None:
     at = open_page("train")
     at.number_input(key="f_lr").set_value(0.0123)
@@ -371,7 +382,7 @@ def test_monitor_renames_tags_notes_filters_and_deletes(with_data: Path) -> None
     assert (rec.name, rec.tags, rec.note, rec.config.name) == ("kept run", ("baseline",), "the reference", "kept run")
 
     at.multiselect(key="monitor-tags").set_value(["baseline"]).run()
-    assert at.selectbox[0].options == [f"#{keep} MobileNetV3-Small · kept run (finished)"]  # only the tagged run
+    assert at.selectbox[0].options == [f"#{keep} kept run (finished)"]  # only the tagged run
     at.multiselect(key="monitor-tags").set_value([]).run()
 
     at.query_params["run"] = str(busy)
@@ -414,3 +425,27 @@ def test_clone_and_retry_load_settings_into_the_train_form(with_data: Path) -> N
     assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
     retried = RunStore(with_data).list_runs()[0]
     assert retried.id not in (done, bad) and retried.config.lr == 0.01 and retried.name == f"retry of #{bad} too fast"
+
+
+def _progress_script() -> None:
+    from caltech_core.status import Phase
+    from dashboard._shared import progress_bar
+
+    progress_bar(Phase.DOWNLOADING, 3 * 2**20, 12 * 2**20)
+    progress_bar(Phase.DOWNLOADING, 2**20)  # size not known yet
+    progress_bar(Phase.CACHING, 120, 300, fraction=0.0)
+    progress_bar(Phase.TRAINING, fraction=0.25, detail="epoch 2 of 4 · ETA 12 s")
+    progress_bar(Phase.FAILED, fraction=0.4)
+
+
+def test_one_progress_bar_reads_the_phase_label_and_unit() -> None:
+    """Monitor and the Train page's weights download draw progress with one function: MB for bytes, a count for
+    images, the run's epochs otherwise, and a failed run reads "failed" with its bar where it stopped."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_function(_progress_script).run()
+    assert not at.exception, at.exception
+    bars = [(p.proto.value, p.proto.text) for p in at.get("progress")]
+    assert bars == [(25, "downloading weights: 3.0 of 12.0 MB"), (0, "downloading weights: 1.0 MB"),
+                    (40, "caching images: 120 of 300 images"), (25, "training: epoch 2 of 4 · ETA 12 s"),
+                    (40, "failed")]

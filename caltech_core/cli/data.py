@@ -7,6 +7,7 @@ from pathlib import Path
 
 from caltech_core.cli.common import CliError, open_store, print_json
 from caltech_core.cli.progress import count_bar
+from caltech_core.runs import editing
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -38,7 +39,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     freed = 0
     if args.prune:
         try:
-            removed, freed = store.prune_caches()
+            removed, freed = editing.prune_caches(store)
         except ValueError as exc:
             raise CliError(str(exc)) from exc
     usage = store.disk_usage()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from caltech_core import status as run_status
 from caltech_core.cli.common import CliError, existing_run, open_store, percent, print_json
+from caltech_core.runs import editing
+from caltech_core.runs.store import RunNotFoundError
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -34,10 +35,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     """Delete runs with their metrics and files; refused for a queued or running run (cancel it first)."""
     store = open_store(args)
-    runs = [existing_run(store, i) for i in dict.fromkeys(args.ids)]
-    active = [r for r in runs if r.status in run_status.ACTIVE]
-    if active:
-        raise CliError(f"run {active[0].id} is {active[0].status}; cancel it first (nothing was deleted)")
+    try:
+        runs = editing.deletable(store, args.ids)
+    except RunNotFoundError as exc:
+        raise CliError(f"run {exc.run_id} does not exist in {store.home}") from exc
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
     listing = ", ".join(r.label for r in runs)
     if not args.yes:
         if not sys.stdin.isatty():
@@ -45,8 +48,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
         if input(f"Delete {listing} and their files? [y/N] ").strip().lower() not in ("y", "yes"):
             print("nothing deleted", file=sys.stderr)
             return 1
-    for r in runs:
-        store.delete_run(r.id)
+    editing.delete_runs(store, [r.id for r in runs])
     if args.json:
         print_json({"deleted": [r.id for r in runs]})
     else:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from caltech_core.config import TrainConfig
+from caltech_core.config import ARCH_LABELS, TrainConfig
 from caltech_core.status import RunStatus
 
 SCHEMA = """
@@ -113,8 +113,9 @@ class RunRecord:
 
     @property
     def label(self) -> str:
-        """A short human name: `#id name` (or the architecture when unnamed)."""
-        return f"#{self.id} {self.name or self.arch}"
+        """A short human name: `#id name` (or the architecture's label when unnamed), the one run label of the
+        CLI and every page."""
+        return f"#{self.id} {self.name or ARCH_LABELS.get(self.arch, self.arch)}"
 
     @property
     def duration(self) -> float | None:
