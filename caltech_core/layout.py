@@ -50,6 +50,11 @@ def retrained(run_dir: Path) -> Path:
     return Path(run_dir) / RETRAINED
 
 
+def retrain_scratch(run_dir: Path) -> Path:
+    """The retrain on train+val's own run folder inside the run's (its best.pt becomes retrain.pt; removed)."""
+    return Path(run_dir) / "retrain"
+
+
 def predictions(run_dir: Path, split: str) -> Path:
     """A run's per-image results of `split` ("test" or "val")."""
     return Path(run_dir) / f"predictions-{split}.npz"

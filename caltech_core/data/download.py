@@ -18,7 +18,13 @@ import zipfile
 from pathlib import Path
 
 from caltech_core.data.dataset import (
-    DATASET_URL, IMAGES_DIR, SPLIT_FILES, DatasetNotFoundError, list_classes, missing_message, read_split,
+    DATASET_URL,
+    IMAGES_DIR,
+    SPLIT_FILES,
+    DatasetNotFoundError,
+    list_classes,
+    missing_message,
+    read_split,
     resolve_root,
 )
 from caltech_core.status import ProgressFn

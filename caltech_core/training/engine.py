@@ -48,7 +48,6 @@ from caltech_core.training.failures import failure_message
 from caltech_core.training.features import FeatureLoader, cached_features, fast_path_applies
 
 CHECKPOINT_SECONDS = 60.0  # last.pt at most this often; a crash loses at most this much training
-RETRAIN_SCRATCH = "retrain"  # the retrain's own run folder inside the run's, removed when it ends
 
 
 @dataclass
@@ -318,7 +317,7 @@ def retrain_on_train_val(
     epochs = result.best_epoch
     again = cfg.replace(epochs=epochs, retrain_on_train_val=False, early_stopping_patience=0,
                         warmup_epochs=min(cfg.warmup_epochs, epochs - 1))
-    scratch = workdir / RETRAIN_SCRATCH  # its best.pt and per-image results stay apart from the run's
+    scratch = layout.retrain_scratch(workdir)  # its best.pt and per-image results stay apart from the run's
     retrained = _fit_or_fail(again, merged, Callbacks(should_stop=should_stop), workdir=scratch,
                              cache_dir=cache_dir, resume=False, checkpoint_seconds=math.inf)
     if retrained.status == RunStatus.FINISHED:
