@@ -1,5 +1,5 @@
-"""`python -m caltech_core ...`: dataset summary, foreground training, runs, classification, resume, evaluation,
-export, report.
+"""`caltech-studio` (or `python -m caltech_core`): dataset summary, foreground training, runs, classification, resume,
+evaluation, export, report.
 
 Results go to stdout (with `--json`: machine-readable), progress bars and errors to stderr.
 Exit codes: 0 success; 1 a failure the message explains (missing dataset, unknown run, a failed run);
