@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(the one `ray start` made), ray://HOST:PORT or HOST:PORT; local = in this process "
                              f"(default: ${settings.RAY.name}, else {settings.RAY.default})")
 
-    parser = argparse.ArgumentParser(prog=_prog(), description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=_prog(), description=__doc__.split("\n\n")[0].replace("\n", " "))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("data", parents=[common, rooted], help="dataset summary")
