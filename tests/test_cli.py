@@ -484,3 +484,16 @@ def test_old_flag_spellings_still_work(tmp_path: Path) -> None:
             cfg.fast_path, cfg.amp) == (("pizza", "accordion"), 5, 0.6, 7, 15.0, False, False)
     assert (cfg.augment, cfg.retrain_on_train_val, cfg.early_stopping_patience, cfg.weights_path, cfg.pretrained,
             cfg.step_size) == (("crop", "hflip"), True, 3, "w.pt", True, 5)
+
+
+def test_the_installed_console_script_is_the_cli() -> None:
+    """`pip install -e .` (make does it) puts `caltech-studio` beside the interpreter; it is `python -m caltech_core`."""
+    script = Path(sys.executable).parent / "caltech-studio"
+    assert script.is_file(), "the package is not installed: run `pip install -e .`"
+    done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: caltech-studio") and "train" in done.stdout and "report" in done.stdout
+    module = subprocess.run([sys.executable, "-m", "caltech_core", "--help"], capture_output=True, text=True,
+                            timeout=120)
+    after = done.stdout.index("positional arguments:")
+    assert module.stdout[module.stdout.index("positional arguments:"):] == done.stdout[after:]

@@ -1,5 +1,5 @@
-"""`python -m caltech_core ...`: dataset summary, foreground training, runs, classification, resume, evaluation,
-export, report.
+"""`caltech-studio` (or `python -m caltech_core`): dataset summary, foreground training, runs, classification, resume,
+evaluation, export, report.
 
 Results go to stdout (with `--json`: machine-readable), progress bars and errors to stderr.
 Exit codes: 0 success; 1 a failure the message explains (missing dataset, unknown run, a failed run);
@@ -50,6 +50,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+CONSOLE_SCRIPT = "caltech-studio"  # pyproject.toml's [project.scripts] name
+
+
+def _prog() -> str:
+    """How the user called us: `caltech-studio` (the console script) or `python -m caltech_core`."""
+    called = sys.argv[0] if sys.argv else ""
+    return CONSOLE_SCRIPT if called.endswith(CONSOLE_SCRIPT) else "python -m caltech_core"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and `--help` docs)."""
     from caltech_core.study.experiments import PRESETS
@@ -70,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(the one `ray start` made), ray://HOST:PORT or HOST:PORT; local = in this process "
                              f"(default: ${settings.RAY.name}, else {settings.RAY.default})")
 
-    parser = argparse.ArgumentParser(prog="python -m caltech_core", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=_prog(), description=__doc__.split("\n\n")[0].replace("\n", " "))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("data", parents=[common, rooted], help="dataset summary")
