@@ -1,20 +1,22 @@
-"""bench/gpu_check.py on the CPU: the dataset in parts, and a tiny plan run end to end within its budget."""
+"""bench/gpu_check.py on the CPU: the dataset in parts, and a tiny plan run end to end within its budget.
+
+The bench scripts are imported the way `python bench/gpu_check.py` finds its siblings: bench/ is on sys.path
+(pyproject's pytest `pythonpath`)."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
-import sys
 import time
 from pathlib import Path
 
+import gpu_check
+import gpu_pack
+import gpu_plans
+import gpu_report
 import pytest
 
 from caltech_core.config import TrainConfig
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-
-import gpu_check
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -22,30 +24,30 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 
 def test_packed_parts_unpack_to_the_same_files(mini_root, tmp_path):
-    tars = gpu_check.pack(mini_root, tmp_path / "packed", parts=2)
+    tars = gpu_pack.pack(mini_root, tmp_path / "packed", parts=2)
     assert [t.parent.name for t in tars] == ["part1", "part2"]
     sizes = [t.stat().st_size for t in tars]
     assert min(sizes) > 0.3 * max(sizes)  # balanced, so each part travels within the same limit
     dest = tmp_path / "dest"
-    count = gpu_check.unpack([t.parent for t in tars], dest)
+    count = gpu_pack.unpack([t.parent for t in tars], dest)
     expected = {k: v for k, v in _tree(mini_root).items() if "BACKGROUND_Google" not in k}
     assert count == len(expected)
     assert _tree(dest) == expected  # split files and every listed image, byte for byte
 
 
 def test_a_damaged_part_is_refused(mini_root, tmp_path):
-    tar = gpu_check.pack(mini_root, tmp_path / "packed", parts=1)[0]
+    tar = gpu_pack.pack(mini_root, tmp_path / "packed", parts=1)[0]
     data = bytearray(tar.read_bytes())
     data[len(data) // 2] ^= 0xFF
     tar.write_bytes(bytes(data))
     with pytest.raises(SystemExit, match="SHA-256"):
-        gpu_check.unpack([tar.parent], tmp_path / "dest")
+        gpu_pack.unpack([tar.parent], tmp_path / "dest")
 
 
-def _plan(budget: float, epochs: int) -> gpu_check.Plan:
+def _plan(budget: float, epochs: int) -> gpu_plans.Plan:
     job = TrainConfig(arch="mobilenet_v3_small", image_size=64, batch_size=8, epochs=epochs, step_size=2, lr=0.01,
                       device="cpu", name="tiny", group="tiny")
-    return gpu_check.Plan(
+    return gpu_plans.Plan(
         budget_s=budget, device="cpu", throughput_archs=["alexnet"], settings_archs=["alexnet"],
         throughput={"batch_size": 4, "image_size": 64, "warmup": 1, "iters": 2},
         jobs=[job, job.replace(lr=0.02, name="tiny lr=0.02")], processes=2,
@@ -87,14 +89,14 @@ def test_the_budget_cancels_long_runs_cleanly(mini_root, tmp_path):
 
 
 def test_the_second_plan_is_candidates_chosen_on_validation():
-    plan = gpu_check.PLANS["second"](540)
+    plan = gpu_plans.PLANS["second"](540)
     assert plan.loader_archs == ["alexnet", "resnet18"] and plan.compile_backend == "inductor"
     assert plan.throughput_archs == plan.settings_archs == []  # the first pass measured those
     assert {cfg.group for cfg in plan.jobs} <= set(plan.choose)
     assert all(cfg.retrain_on_train_val and "crop" in cfg.augment and cfg.lr_schedule == "cosine"
                for cfg in plan.jobs)
     assert len({cfg.name for cfg in plan.jobs}) == len(plan.jobs) and len(plan.jobs) <= plan.processes
-    scratch = [cfg for cfg in plan.jobs if cfg.group == gpu_check.SCRATCH_GROUP]
+    scratch = [cfg for cfg in plan.jobs if cfg.group == gpu_plans.SCRATCH_GROUP]
     assert len(scratch) == 3 and all(cfg.arch == "alexnet" and not cfg.pretrained for cfg in scratch)
 
 
@@ -102,7 +104,7 @@ def test_a_tiny_second_plan_measures_the_loader_and_chooses_on_validation(mini_r
     job = TrainConfig(arch="mobilenet_v3_small", image_size=32, batch_size=12, epochs=2, lr=0.01, device="cpu",
                       augment=("crop", "hflip"), lr_schedule="cosine", warmup_epochs=1, label_smoothing=0.1,
                       retrain_on_train_val=True, group="cands", name="cand a")
-    plan = gpu_check.Plan(
+    plan = gpu_plans.Plan(
         budget_s=900, device="cpu", throughput_archs=[], settings_archs=[],
         throughput={"batch_size": 4, "image_size": 32, "warmup": 1, "iters": 1},
         jobs=[job, job.replace(lr=0.03, name="cand b")], processes=2, cuda_tests=False,
@@ -144,8 +146,8 @@ def test_choosing_prefers_runs_that_trained_all_their_epochs():
         {"run_id": 3, "group": "other", "name": "x", "status": "finished", "epochs_done": 9, "epochs": 9,
          "best_val_acc": 0.99, "best_epoch": 9, "test_acc": 0.9, "retrain_test_acc": 0.9, "seconds": 9},
     ]
-    chosen = gpu_check.chosen_on_val(rows, {"g": 70.0, "empty": 50.0})
+    chosen = gpu_report.chosen_on_val(rows, {"g": 70.0, "empty": 50.0})
     assert chosen["g"]["run_id"] == 2 and chosen["g"]["met"] is True and chosen["g"]["complete"]
-    cut_only = gpu_check.chosen_on_val(rows[:1], {"g": 70.0})["g"]
+    cut_only = gpu_report.chosen_on_val(rows[:1], {"g": 70.0})["g"]
     assert cut_only["run_id"] == 1 and not cut_only["complete"] and cut_only["met"] is None
     assert "run_id" not in chosen["empty"] and chosen["empty"]["candidates"] == 0
