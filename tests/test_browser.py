@@ -167,6 +167,7 @@ def test_classify_uploads_show_top5(server, page, mini_root: Path, tmp_path: Pat
     _shot(page, "classify", docs=True)
 
 
+@pytest.mark.slow
 def test_queue_watch_and_cancel_runs(server, page, wait_until) -> None:
     url, home = server
     _shot_pages = {"data": "", "compare": "/compare"}
@@ -226,6 +227,7 @@ def test_upload_over_the_limit_is_refused_and_the_server_stays_up(server, page, 
     assert _healthy(url)
 
 
+@pytest.mark.slow
 def test_killing_the_server_mid_run_leaves_a_resumable_interrupted_run(
     browser, mini_root: Path, tmp_path: Path, wait_until,
 ) -> None:

@@ -56,7 +56,6 @@ def _plan(tiny_config: Callable[..., TrainConfig], budget: float, epochs: int) -
     )
 
 
-@pytest.mark.slow
 def test_a_tiny_plan_runs_every_part_and_writes_its_summary(mini_root, tmp_path, tiny_config):
     out = tmp_path / "out"
     summary = gpu_check.run(_plan(tiny_config, budget=900, epochs=2), mini_root, out, tmp_path / "work")  # ends when done
@@ -80,12 +79,12 @@ def test_a_tiny_plan_runs_every_part_and_writes_its_summary(mini_root, tmp_path,
 
 @pytest.mark.slow
 def test_the_budget_cancels_long_runs_cleanly(mini_root, tmp_path, tiny_config):
-    plan = _plan(tiny_config, budget=60, epochs=1000)
+    plan = _plan(tiny_config, budget=50, epochs=1000)
     plan.throughput_archs, plan.settings_archs, plan.cuda_tests = [], [], False
-    plan.caps["wrap_up"] = 30.0  # runs are told to stop 30 s in; a worker still alive 22 s later is killed
+    plan.caps["wrap_up"] = 30.0  # runs are told to stop 20 s in; a worker still alive 22 s later is killed
     started = time.monotonic()
     gpu_check.run(plan, mini_root, tmp_path / "out", tmp_path / "work")
-    assert time.monotonic() - started < 60 + 5
+    assert time.monotonic() - started < 50 + 5
     runs = json.loads((tmp_path / "out" / "gpu_check.json").read_text())["parts"]["experiments"]["rows"]
     assert [r["status"] for r in runs] == ["cancelled", "cancelled"], [r["error"] for r in runs]
     assert all(r["device"] == "cpu" and r["epochs_done"] < 1000 for r in runs)  # started, then stopped
@@ -103,7 +102,6 @@ def test_the_second_plan_is_candidates_chosen_on_validation():
     assert len(scratch) == 3 and all(cfg.arch == "alexnet" and not cfg.pretrained for cfg in scratch)
 
 
-@pytest.mark.slow
 def test_a_tiny_second_plan_measures_the_loader_and_chooses_on_validation(mini_root, tmp_path, tiny_config):
     job = tiny_config(image_size=32, batch_size=12, epochs=2, lr=0.01, augment=("crop", "hflip"),
                       lr_schedule="cosine", warmup_epochs=1, label_smoothing=0.1, retrain_on_train_val=True,

@@ -197,6 +197,7 @@ def _sinks_of(ray: Any, pid: int) -> list[str]:
     return [n for n in names if n.startswith("caltech-sink-") and f"-{pid}-" in n]
 
 
+@pytest.mark.slow
 def test_a_killed_driver_is_drained_and_the_cli_resumes_on_ray(
     cluster: Any, tmp_path: Path, mini_root: Path, wait_until: Callable[..., None],
 ) -> None:
