@@ -13,7 +13,10 @@ from typing import Any
 
 import pytest
 
+from caltech_core import layout
 from caltech_core.config import TrainConfig
+from caltech_core.runs import job
+from caltech_core.runs.store import RunStore
 
 REPO = Path(__file__).resolve().parent.parent
 MINI_CLASSES = ("accordion", "dalmatian", "pizza")
@@ -81,7 +84,7 @@ def studio_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 # ---- tiny real runs -------------------------------------------------------------------------------------------------
 
-# The smallest real training: MobileNetV3-Small at 64 px on the CPU, one epoch of batches of 8 (seconds a run).
+# The smallest real training: MobileNetV3-Small at 64 px on the CPU, one epoch of batches of 8 (about a second a run).
 TINY = {"arch": "mobilenet_v3_small", "image_size": 64, "epochs": 1, "batch_size": 8, "device": "cpu"}
 
 
@@ -112,9 +115,6 @@ def wait_until() -> Callable[..., None]:
 
 @pytest.fixture(scope="session")
 def _trained_once(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from caltech_core.runs import job
-    from caltech_core.runs.store import RunStore
-
     home = tmp_path_factory.mktemp("trained_once")
     store = RunStore(home)
     run_id = store.create_run(_tiny(lr=0.01, name="tiny", group="demo"))
@@ -129,8 +129,6 @@ def finished_home(_trained_once: Path, tmp_path_factory: pytest.TempPathFactory)
     each module gets its own copy, so its tests may add runs or change files."""
     home = tmp_path_factory.mktemp("finished")
     shutil.copytree(_trained_once, home, dirs_exist_ok=True)
-    from caltech_core import layout
-
     with sqlite3.connect(layout.database(home)) as db:  # recorded checkpoint paths: the copy's own
         db.execute("UPDATE artifacts SET path = replace(path, ?, ?)", (str(_trained_once), str(home)))
     db.close()
