@@ -18,20 +18,15 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from machine import cpu_model
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 from torchvision.datasets.folder import default_loader
-
-# Run from anywhere: put the repository root on the path before importing caltech_core.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from machine import cpu_model
 
 from caltech_core.config import TrainConfig
 from caltech_core.data import dataset

@@ -14,24 +14,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import torch
+
+from caltech_core import layout
+from caltech_core.config import TrainConfig
+from caltech_core.data.dataset import Splits
+from caltech_core.data.imagecache import ImageCache
+from caltech_core.nets import models
+from caltech_core.nets.checkpoints import save_atomic
+from caltech_core.runs.store import RunStore
+from caltech_core.use import recompute
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-import torch  # noqa: E402
-
-from caltech_core import layout  # noqa: E402
-from caltech_core.config import TrainConfig  # noqa: E402
-from caltech_core.data.dataset import Splits  # noqa: E402
-from caltech_core.data.imagecache import ImageCache  # noqa: E402
-from caltech_core.nets import models  # noqa: E402
-from caltech_core.nets.checkpoints import save_atomic  # noqa: E402
-from caltech_core.runs.store import RunStore  # noqa: E402
-from caltech_core.use import recompute  # noqa: E402
 
 
 def timed(label: str, fn, out: dict) -> object:

@@ -24,12 +24,15 @@ best validation accuracy ("chosen" in the summary) with its test accuracy after 
 Runs still going at the budget's end are cancelled cleanly (status "cancelled", curves kept). The store's
 runs.sqlite is copied to --out, so `python -m caltech_core report --store DIR` renders it on any machine.
 Needs no Streamlit or Plotly.
+
+This file runs the parts; beside it: gpu_pack.py (the dataset in parts), gpu_plans.py (what each plan runs),
+gpu_report.py (the Markdown summary, the CUDA tests' counts, the candidate chosen per group), gpu_throughput.py
+(the throughput measurements).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 import json
 import os
@@ -37,100 +40,25 @@ import platform
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(BENCH))
+import torch
+from gpu_pack import pack, unpack
+from gpu_plans import PLANS, Plan
+from gpu_report import chosen_on_val, junit_summary, markdown
 
-import torch  # noqa: E402
+from caltech_core import settings
+from caltech_core.config import TrainConfig
+from caltech_core.data import dataset as caltech_data
+from caltech_core.data.imagecache import ImageCache
+from caltech_core.runs.store import RunStore
 
-from caltech_core import settings  # noqa: E402
-from caltech_core.config import ARCHITECTURES, TrainConfig  # noqa: E402
-from caltech_core.data import dataset as caltech_data  # noqa: E402
-from caltech_core.data.imagecache import ImageCache  # noqa: E402
-from caltech_core.runs.store import RunStore  # noqa: E402
-
-STUDY_RETRAIN_TEST = 62.5  # the study's tuned from-scratch AlexNet, retrained on train+val (numbers.json)
-STUDY_BEST_TEST = 95.89  # the study's best model, ResNet-50 (Table 4)
-TARGET_SCRATCH_AUG = 70.0  # issue 12: crop + flip ahead of the study
-TARGET_LITE = 96.5  # issue 12: EfficientNet-Lite fine-tuned ahead of the study's ResNet-50
-
-
-# -- the dataset in a few large files --------------------------------------------------------------------
-
-
-def _listed_images(root: Path) -> list[str]:
-    """Every image the split files list, BACKGROUND_Google excluded (what training can read)."""
-    lines: list[str] = []
-    for name in caltech_data.SPLIT_FILES:
-        for line in (root / name).read_text().split():
-            if line.split("/")[0] != caltech_data.BACKGROUND:
-                lines.append(f"{caltech_data.IMAGES_DIR}/{line}")
-    return sorted(set(lines))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def pack(root: Path, out: Path, parts: int = 2) -> list[Path]:
-    """Write the split files and listed images as `parts` tar files of similar size, each in its own folder
-    (out/partN/caltech101-N.tar.gz + MANIFEST.json), so each part can travel on its own."""
-    files = _listed_images(root)
-    sizes = {f: (root / f).stat().st_size for f in files}
-    bins: list[list[str]] = [[] for _ in range(parts)]
-    totals = [0] * parts
-    for f in sorted(files, key=lambda f: -sizes[f]):  # largest first into the lightest part
-        i = totals.index(min(totals))
-        bins[i].append(f)
-        totals[i] += sizes[f]
-    bins[0] = [*caltech_data.SPLIT_FILES, *bins[0]]
-    written = []
-    for i, members in enumerate(bins, 1):
-        folder = out / f"part{i}"
-        folder.mkdir(parents=True, exist_ok=True)
-        tar_path = folder / f"caltech101-{i}.tar.gz"
-        tmp = folder / f"caltech101-{i}.partial"
-        # gzip: the JPEGs do not shrink, but tar's 512-byte headers and padding (~8 MiB here) do.
-        with tarfile.open(tmp, "w:gz", compresslevel=1, dereference=True) as tar:  # a linked tree packs its files
-            for member in sorted(members):
-                tar.add(root / member, arcname=member)
-        tmp.replace(tar_path)
-        manifest = {"part": i, "parts": parts, "files": len(members), "tar": tar_path.name,
-                    "sha256": _sha256(tar_path), "bytes": tar_path.stat().st_size}
-        (folder / "MANIFEST.json").write_text(json.dumps(manifest, indent=1))
-        written.append(tar_path)
-    return written
-
-
-def unpack(part_dirs: list[Path], dest: Path) -> int:
-    """Check each part's SHA-256 against its manifest and extract it into `dest`; returns files extracted."""
-    dest.mkdir(parents=True, exist_ok=True)
-    count = 0
-    for folder in part_dirs:
-        manifest = json.loads((folder / "MANIFEST.json").read_text())
-        tar_path = folder / manifest["tar"]
-        if _sha256(tar_path) != manifest["sha256"]:
-            raise SystemExit(f"{tar_path}: SHA-256 differs from its manifest (damaged in transfer)")
-        with tarfile.open(tar_path) as tar:
-            tar.extractall(dest, filter="data")
-        count += manifest["files"]
-    return count
-
-
-# -- the plan ----------------------------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -140,127 +68,6 @@ class Job:
     cfg: TrainConfig
     run_id: int | None = None
     process: subprocess.Popen | None = None
-
-
-@dataclass
-class Plan:
-    """What `run` does; `full_plan` is the GPU check, tests use a tiny one."""
-
-    budget_s: float
-    device: str
-    throughput_archs: list[str]
-    settings_archs: list[str]
-    throughput: dict[str, Any]  # batch_size, image_size, warmup, iters
-    jobs: list[TrainConfig]
-    processes: int
-    cuda_tests: bool = True
-    # throughput / settings / loader: their caps; wrap_up: seconds kept at the end to cancel, reap and write;
-    # min_start: no run is started with less than this left before the wrap-up.
-    caps: dict[str, float] = field(default_factory=lambda: {
-        "throughput": 120.0, "settings": 60.0, "loader": 60.0, "compile": 100.0, "wrap_up": 25.0,
-        "min_start": 30.0})
-    data: dict[str, Any] = field(default_factory=dict)  # load_splits overrides (tests: fewer classes)
-    # The second pass: the loader's throughput for these architectures (gpu_throughput.loader_rows) and, after
-    # the runs, in the last caps["compile"] seconds, torch.compile's with `compile_backend` (None: not
-    # measured); groups of candidate runs, each chosen on validation against its target test accuracy (%).
-    loader_archs: list[str] = field(default_factory=list)
-    compile_backend: str | None = "inductor"
-    choose: dict[str, float] = field(default_factory=dict)
-
-
-def _lite_arch() -> str | None:
-    """The strongest EfficientNet-Lite whose ImageNet weights are installed, if any."""
-    from caltech_core.nets.models import weights_status
-
-    for arch in ("efficientnet_lite2", "efficientnet_lite1", "efficientnet_lite0"):
-        if arch in ARCHITECTURES and weights_status(arch).available:
-            return arch
-    return None
-
-
-def study_jobs(device: str) -> list[TrainConfig]:
-    """The study's from-scratch experiments and the Lite fine-tune, longest and most important first."""
-    from caltech_core.study.experiments import PRESETS
-
-    best = PRESETS["retrain"].configs[0].replace(device=device)  # LR 1e-2, 60 epochs, step 30, train+val
-    jobs = [
-        best,
-        best.replace(augment=("crop", "hflip"), group="gpu-augment", name="gpu-augment: best + crop+hflip"),
-    ]
-    lite = _lite_arch()
-    if lite is not None:
-        # At the architecture's native input size (TrainConfig's default for it); the rate is chosen on val.
-        tune = TrainConfig(arch=lite, pretrained=True, train="all", augment=("crop", "hflip"), batch_size=64,
-                           epochs=15, step_size=10, weight_decay=1e-4, retrain_on_train_val=True,
-                           device=device, group="gpu-lite")
-        for lr, epochs, step in ((0.01, 15, 10), (0.03, 15, 10), (0.01, 25, 15)):
-            jobs.append(tune.replace(lr=lr, epochs=epochs, step_size=step,
-                                     name=f"gpu-lite: {lite} all layers crop+hflip lr={lr:g} {epochs} epochs"))
-    jobs += [cfg.replace(device=device) for cfg in PRESETS["baseline"].configs]
-    jobs += [cfg.replace(device=device) for cfg in PRESETS["lr-grid"].configs]
-    # A schedule the study did not try: twice the epochs at the best rate with augmentation (chosen on val).
-    jobs.append(best.replace(augment=("crop", "hflip"), epochs=90, step_size=60, group="gpu-augment",
-                             name="gpu-augment: crop+hflip 90 epochs step 60"))
-    jobs += [cfg.replace(device=device) for cfg in PRESETS["step-grid"].configs]
-    jobs += [cfg.replace(device=device) for cfg in PRESETS["more-epochs"].configs]
-    return jobs
-
-
-def full_plan(budget_s: float) -> Plan:
-    return Plan(budget_s=budget_s, device="cuda", throughput_archs=list(ARCHITECTURES),
-                settings_archs=[a for a in ("alexnet", "resnet18", "resnet50", _lite_arch()) if a],
-                throughput={"batch_size": 128, "image_size": 224, "warmup": 5, "iters": 20},
-                jobs=study_jobs("cuda"), processes=6)
-
-
-# The second pass's candidate recipes (not yet measured on a GPU): crop + flip with a schedule the study did
-# not try. AlexNet from scratch underfit at the study's batch 256 (12 steps an epoch; train accuracy 35% after
-# 60 epochs with crop + flip): smaller batches give 2-4x the steps, a short warm-up lets a higher rate start
-# without diverging, cosine decay and label smoothing (0.1) regularise. Lite2 reached 95.6% val / 95.2% test
-# with StepLR before its retrain on train+val; here cosine + warm-up + label smoothing, at its native 260 px
-# and at 300 px (more detail; about 1.3x the compute).
-SCRATCH_GROUP, LITE_GROUP = "gpu2-alexnet", "gpu2-lite"
-SCRATCH_CANDIDATES = ((64, 0.01), (64, 0.02), (128, 0.03))  # (batch size, learning rate)
-SCRATCH_EPOCHS, LITE_EPOCHS = 70, 10
-LITE_SIZES = (None, 300)  # None: the architecture's native size
-
-
-def second_jobs(device: str) -> list[TrainConfig]:
-    """Candidates, each retrained on train+val after training (chosen on validation, reported on test):
-    the Lite2 fine-tunes first (their epochs are the longest), then the from-scratch AlexNets."""
-    from caltech_core.study.experiments import PRESETS
-
-    jobs = []
-    lite = _lite_arch()
-    if lite is not None:
-        tune = TrainConfig(arch=lite, pretrained=True, train="all", augment=("crop", "hflip"), batch_size=64,
-                           optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4, epochs=LITE_EPOCHS,
-                           lr_schedule="cosine", warmup_epochs=1, label_smoothing=0.1, retrain_on_train_val=True,
-                           device=device, group=LITE_GROUP)
-        for size in LITE_SIZES:
-            cfg = tune.replace(image_size=size) if size else tune
-            jobs.append(cfg.replace(name=f"{LITE_GROUP}: {lite} {cfg.image_size} px, SGD lr 0.01, cosine, "
-                                         f"warm-up 1, smoothing 0.1, {LITE_EPOCHS} epochs"))
-    best = PRESETS["retrain"].configs[0]  # the study's best: SGD, momentum 0.9, weight decay 5e-4, train+val
-    scratch = best.replace(augment=("crop", "hflip"), epochs=SCRATCH_EPOCHS, lr_schedule="cosine",
-                           warmup_epochs=3, label_smoothing=0.1, device=device, group=SCRATCH_GROUP)
-    for batch_size, lr in SCRATCH_CANDIDATES:
-        jobs.append(scratch.replace(batch_size=batch_size, lr=lr, name=(
-            f"{SCRATCH_GROUP}: crop+flip, batch {batch_size}, lr {lr:g}, cosine, warm-up 3, smoothing 0.1, "
-            f"{SCRATCH_EPOCHS} epochs")))
-    return jobs
-
-
-def second_plan(budget_s: float) -> Plan:
-    """What the first pass left: the loader with flips on the GPU vs on the host, torch.compile, and the
-    recipes aimed at the targets. About 9 minutes of GPU after unpacking (--budget 540)."""
-    return Plan(budget_s=budget_s, device="cuda", throughput_archs=[], settings_archs=[],
-                throughput={"batch_size": 128, "image_size": 224, "warmup": 5, "iters": 20},
-                jobs=second_jobs("cuda"), processes=5, loader_archs=["alexnet", "resnet18"],
-                choose={SCRATCH_GROUP: TARGET_SCRATCH_AUG, LITE_GROUP: TARGET_LITE})
-
-
-PLANS = {"first": full_plan, "second": second_plan}
 
 
 # -- running -----------------------------------------------------------------------------------------------
@@ -498,27 +305,6 @@ class Check:
         copy_database(self.store.db_path, self.out / "runs.sqlite")
         return {"rows": rows, "processes": self.plan.processes, "chosen": chosen_on_val(rows, self.plan.choose)}
 
-
-def chosen_on_val(rows: list[dict[str, Any]], targets: dict[str, float]) -> dict[str, dict[str, Any]]:
-    """Per candidate group, the run with the best validation accuracy among those whose training phase ran
-    all its epochs (if none did, among all that validated: `complete` False), and its test accuracy after
-    retraining on train+val against the group's target (%)."""
-    chosen = {}
-    for group, target in targets.items():
-        members = [r for r in rows if r["group"] == group and r["best_val_acc"] is not None]
-        complete = [r for r in members if r["epochs_done"] == r["epochs"]]
-        pick = max(complete or members, key=lambda r: r["best_val_acc"], default=None)
-        entry: dict[str, Any] = {"target": target, "candidates": len([r for r in rows if r["group"] == group]),
-                                 "complete": bool(complete)}
-        if pick is not None:
-            test = pick["retrain_test_acc"]
-            entry |= {k: pick[k] for k in ("run_id", "name", "status", "best_val_acc", "best_epoch", "test_acc",
-                                           "retrain_test_acc", "seconds")}
-            entry["met"] = None if test is None else 100 * test >= target
-        chosen[group] = entry
-    return chosen
-
-
 def copy_database(src: Path, dest: Path) -> None:
     """A consistent copy of a live SQLite store (the backup API; a plain copy could miss the WAL's pages)."""
     import sqlite3
@@ -532,122 +318,6 @@ def copy_database(src: Path, dest: Path) -> None:
         target.close()
     tmp.replace(dest)
 
-
-def junit_summary(path: Path, returncode: int | None) -> dict[str, Any]:
-    """Counts and failures from pytest's JUnit XML."""
-    import xml.etree.ElementTree as ET
-
-    if not path.is_file():
-        return {"returncode": returncode, "error": "pytest wrote no report (see cuda_tests.log)"}
-    root = ET.parse(path).getroot()
-    suite = root if root.tag == "testsuite" else root.find("testsuite")
-    cases = []
-    for case in suite.iter("testcase"):
-        outcome = "passed"
-        for kind in ("failure", "error", "skipped"):
-            node = case.find(kind)
-            if node is not None:
-                outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[kind]
-                detail = (node.get("message") or "")[:300]
-                break
-        else:
-            detail = ""
-        properties = {p.get("name"): p.get("value") for p in case.iter("property")}
-        cases.append({"test": case.get("name"), "outcome": outcome, "seconds": float(case.get("time", 0)),
-                      "detail": detail, **({"properties": properties} if properties else {})})
-    counts = {k: sum(c["outcome"] == k for c in cases) for k in ("passed", "failed", "error", "skipped")}
-    return {"returncode": returncode, **counts, "cases": cases}
-
-
-def markdown(summary: dict[str, Any]) -> str:
-    """The summary as a short report."""
-    parts = summary["parts"]
-    lines = ["# GPU check", ""]
-    machine = parts.get("machine", {})
-    if machine:
-        lines += [f"- device: {machine.get('device')}", f"- torch {machine.get('torch')}, CUDA {machine.get('cuda')}, "
-                  f"Python {machine.get('python')}, {machine.get('cores')} cores",
-                  f"- splits: {machine.get('splits')}; image cache build (s, by shorter side): "
-                  f"{machine.get('cache_build_s')}",
-                  f"- elapsed {summary.get('elapsed_s')} s of a {summary['budget_s']} s budget", ""]
-    tests = parts.get("cuda_tests")
-    if tests:
-        lines += ["## CUDA tests", "", f"passed {tests.get('passed', 0)}, failed {tests.get('failed', 0)}, "
-                  f"errors {tests.get('error', 0)}, skipped {tests.get('skipped', 0)}"]
-        lines += [f"- {c['outcome']}: {c['test']} {c['detail']}" for c in tests.get("cases", [])
-                  if c["outcome"] != "passed"]
-        lines.append("")
-    tp = parts.get("throughput")
-    if tp and tp.get("skipped"):
-        lines += ["## Training throughput", "", f"skipped: {tp['skipped']}", ""]
-    elif tp:
-        from gpu_throughput import markdown_table
-
-        measured = [r for r in tp["rows"] if "synthetic" in r]
-        lines += ["## Training throughput (real loader vs synthetic batch on the GPU)", "",
-                  f"batch {tp['batch_size']}, {tp['image_size']} px, augment {tp['augment']}, "
-                  f"{tp['warmup']} warm-up + {tp['iters']} timed steps", "", markdown_table(measured), ""]
-        lines += [f"- {r['arch']}: {r.get('error') or r.get('skipped')}" for r in tp["rows"] if "synthetic" not in r]
-    settings = parts.get("settings")
-    if settings and settings["rows"]:
-        from gpu_throughput import settings_table
-
-        lines += ["## GPU settings, one at a time (synthetic batch, img/s and speed-up over fp32)", "",
-                  f"batch {settings['batch_size']}, {settings['image_size']} px", "",
-                  settings_table(settings["rows"]), ""]
-    loader = parts.get("loader")
-    if loader:
-        from gpu_throughput import loader_table
-
-        lines += ["## Loader: flips on the GPU vs on the host (img/s)", "",
-                  f"batch {loader['batch_size']}, {loader['image_size']} px, augment {loader['augment']}, "
-                  f"{loader['warmup']} warm-up + {loader['iters']} timed steps; ratio = real / synthetic "
-                  f"(target >= 0.90)", ""] + _table(loader["rows"], loader_table, "synthetic")
-    compiled = parts.get("compile")
-    if compiled:
-        from gpu_throughput import compile_table
-
-        lines += ["## torch.compile (after the runs)", "",
-                  f"backend {compiled['backend']}, same batches; compile = the first step's seconds less one "
-                  f"steady step", ""] + _table(compiled["rows"], compile_table, "compile_s")
-    exp = parts.get("experiments")
-    if exp and exp.get("chosen"):
-        lines += ["## Chosen on validation (then retrained on train+val, tested once)", "",
-                  "| group | candidates | chosen | best val | test (train only) | test after train+val retrain | "
-                  "target | met |", "|---|---|---|---|---|---|---|---|"]
-        for group, c in exp["chosen"].items():
-            if "run_id" not in c:
-                lines.append(f"| {group} | {c['candidates']} | none validated | - | - | - | {c['target']}% | - |")
-                continue
-            note = "" if c["complete"] else " (training cut by the budget)"
-            met = "-" if c["met"] is None else ("yes" if c["met"] else "no")
-            lines.append(f"| {group} | {c['candidates']} | #{c['run_id']} {c['name']}{note} | "
-                         f"{_pct(c['best_val_acc'])} (epoch {c['best_epoch']}) | {_pct(c['test_acc'])} | "
-                         f"{_pct(c['retrain_test_acc'])} | {c['target']}% | {met} |")
-        lines.append("")
-    if exp:
-        lines += ["## Experiments (full split; several runs side by side on the one GPU)", "",
-                  "| run | name | status | epochs | best val | test | test after train+val retrain | minutes |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for r in exp["rows"]:
-            lines.append(f"| #{r['run_id']} | {r['name']} | {r['status']} | {r['epochs_done']}/{r['epochs']} | "
-                         f"{_pct(r['best_val_acc'])} | {_pct(r['test_acc'])} | {_pct(r['retrain_test_acc'])} | "
-                         f"{(r['seconds'] or 0) / 60:.1f} |")
-        lines += ["", f"Study: tuned AlexNet from scratch retrained on train+val {STUDY_RETRAIN_TEST}% test "
-                  f"(target with crop + flip: >= {TARGET_SCRATCH_AUG}%); best model ResNet-50 "
-                  f"{STUDY_BEST_TEST}% (target for the Lite fine-tune: >= {TARGET_LITE}%)."]
-    return "\n".join(lines) + "\n"
-
-
-def _table(rows: list[dict], render, measured_key: str) -> list[str]:
-    """Markdown lines: the measured rows as a table, then the skipped or failed ones as a list."""
-    measured = [r for r in rows if measured_key in r]
-    others = [f"- {r['arch']}: {r.get('error') or r.get('skipped')}" for r in rows if measured_key not in r]
-    return [render(measured) if measured else "(none measured)", "", *others, *([""] if others else [])]
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
 
 
 def run(plan: Plan, root: Path, out: Path, work: Path) -> dict[str, Any]:

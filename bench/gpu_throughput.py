@@ -22,9 +22,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from machine import describe
 
 from caltech_core.config import ARCHITECTURES, TrainConfig

@@ -20,17 +20,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch import nn
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from machine import cpu_model
+from torch import nn
 
 from caltech_core.config import TrainConfig
 from caltech_core.data.dataset import Splits

@@ -1,11 +1,22 @@
-"""Shared fixtures: the real Caltech-101 (read-only) and a small real subset of it built per session."""
+"""Shared fixtures: the real Caltech-101 (read-only), a small real subset of it built per session, the tiny
+training config, a wait helper, and a store with one finished tiny run (trained once per session)."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from caltech_core import layout
+from caltech_core.config import TrainConfig
+from caltech_core.runs import job
+from caltech_core.runs.store import RunStore
 
 REPO = Path(__file__).resolve().parent.parent
 MINI_CLASSES = ("accordion", "dalmatian", "pizza")
@@ -68,6 +79,59 @@ def studio_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "studio"
     home.mkdir()
     monkeypatch.setenv("CALTECH_STUDIO_HOME", str(home))
+    return home
+
+
+# ---- tiny real runs -------------------------------------------------------------------------------------------------
+
+# The smallest real training: MobileNetV3-Small at 64 px on the CPU, one epoch of batches of 8 (about a second a run).
+TINY = {"arch": "mobilenet_v3_small", "image_size": 64, "epochs": 1, "batch_size": 8, "device": "cpu"}
+
+
+def _tiny(**changes: Any) -> TrainConfig:
+    return TrainConfig(**(TINY | changes))
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> Callable[..., TrainConfig]:
+    """`tiny_config(**changes)`: the tiny MobileNetV3-Small config (TINY) with `changes`."""
+    return _tiny
+
+
+def _wait_until(condition: Callable[[], Any], timeout: float = 300.0, every: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not reached in {timeout:g} s")
+        time.sleep(every)
+
+
+@pytest.fixture(scope="session")
+def wait_until() -> Callable[..., None]:
+    """`wait_until(condition, timeout=300, every=0.05)`: poll `condition()` until true; AssertionError after
+    `timeout` seconds (generous: the 2-core CI machine may be shared with other suites)."""
+    return _wait_until
+
+
+@pytest.fixture(scope="session")
+def _trained_once(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("trained_once")
+    store = RunStore(home)
+    run_id = store.create_run(_tiny(lr=0.01, name="tiny", group="demo"))
+    assert job.run_job(store, run_id, data_root=mini_root) == "finished", store.get_run(run_id).error
+    return home
+
+
+@pytest.fixture(scope="module")
+def finished_home(_trained_once: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store holding one finished tiny run (run 1: `tiny_config(lr=0.01, name="tiny", group="demo")` on the
+    three mini classes, with its checkpoints, per-image results and image cache). Trained once per session;
+    each module gets its own copy, so its tests may add runs or change files."""
+    home = tmp_path_factory.mktemp("finished")
+    shutil.copytree(_trained_once, home, dirs_exist_ok=True)
+    with sqlite3.connect(layout.database(home)) as db:  # recorded checkpoint paths: the copy's own
+        db.execute("UPDATE artifacts SET path = replace(path, ?, ?)", (str(_trained_once), str(home)))
+    db.close()
     return home
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +17,15 @@ from caltech_core.training import predictions
 
 
 @pytest.fixture(scope="module")
-def two_runs(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[int]]:
-    """A store with two finished one-epoch MobileNetV3-Small runs (64 px) on the three-class mini dataset."""
-    home = tmp_path_factory.mktemp("analysis")
-    store = RunStore(home)
-    ids = []
-    for lr, name in ((0.01, "first"), (0.001, "second")):
-        run_id = store.create_run(TrainConfig(arch="mobilenet_v3_small", image_size=64, epochs=1, batch_size=8, lr=lr,
-                                              device="cpu", name=name))
-        assert job.run_job(store, run_id, data_root=mini_root) == "finished"
-        ids.append(run_id)
-    return home, ids
+def two_runs(finished_home: Path, mini_root: Path,
+             tiny_config: Callable[..., TrainConfig]) -> tuple[Path, list[int]]:
+    """A store with two finished one-epoch MobileNetV3-Small runs (64 px) on the three-class mini dataset: the
+    shared tiny run (lr 0.01) and one at lr 0.001."""
+    store = RunStore(finished_home)
+    [first] = [r.id for r in store.list_runs()]
+    second = store.create_run(tiny_config(lr=0.001, name="second"))
+    assert job.run_job(store, second, data_root=mini_root) == "finished"
+    return finished_home, [first, second]
 
 
 @pytest.fixture

@@ -76,6 +76,7 @@ def _assert_clean_log(log: Path, since: int, what: str) -> None:
     assert "Traceback" not in text and "Error" not in text, f"{what}: the server logged\n{text}"
 
 
+@pytest.mark.slow
 def test_tabs_opening_sub_pages_at_once_on_a_fresh_server(chromium, mini_root: Path, tmp_path: Path) -> None:
     home, log = tmp_path / "home", tmp_path / "streamlit.log"
     paths = list(TITLES)[1:] + ["/"]  # sub-pages first: they are what a fresh server used to get wrong
@@ -98,6 +99,7 @@ def test_tabs_opening_sub_pages_at_once_on_a_fresh_server(chromium, mini_root: P
         _assert_clean_log(log, since, what)
 
 
+@pytest.mark.slow
 def test_a_tab_left_open_across_a_server_crash_and_a_new_tab_both_work(chromium, mini_root: Path,
                                                                        tmp_path: Path) -> None:
     home, log = tmp_path / "home", tmp_path / "streamlit.log"

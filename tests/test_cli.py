@@ -11,7 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -274,10 +274,9 @@ def test_repeats_train_new_seeds_and_splits(tmp_path: Path, mini_root: Path) -> 
     assert json.loads(out.strip().splitlines()[-1])["config"]["seed"] == 44
 
 
-def test_resume_command(tmp_path: Path, mini_root: Path) -> None:
+def test_resume_command(tmp_path: Path, mini_root: Path, tiny_config: Callable[..., TrainConfig]) -> None:
     store = RunStore(tmp_path)
-    run_id = store.create_run(TrainConfig(arch="mobilenet_v3_small", image_size=64, batch_size=8, classes=2, epochs=1,
-                                          device="cpu"))
+    run_id = store.create_run(tiny_config(classes=2))
     store.set_status(run_id, "cancelled")  # cancelled before any checkpoint: resume starts it over
     code, out, err = run_cli("resume", str(run_id), "--root", str(mini_root), "--store", str(tmp_path), "--json")
     assert code == 0, err

@@ -13,6 +13,7 @@ from torchvision.transforms import v2
 
 from caltech_core.nets import models
 from caltech_core.nets.architectures import get_spec
+from caltech_core.use.inference import IMAGENET_CLASSES_FILE
 
 # TF EfficientNet-Lite stages (efficientnet_lite_builder.py): the first stride of each of the 7 stages, and
 # their repeats per model (Lite0's, times the depth multiplier 1.0 / 1.1 / 1.2 rounded up; the first and last
@@ -144,7 +145,7 @@ def test_real_dalmatian_photos_are_dalmatians(arch: str, caltech_root: Path) -> 
     with torch.no_grad():
         probs = model(batch).softmax(dim=1)
     assert probs.argmax(dim=1).tolist() == [DALMATIAN] * 4
-    names = (Path(models.__file__).parent / "imagenet_classes.txt").read_text().splitlines()
+    names = IMAGENET_CLASSES_FILE.read_text().splitlines()
     assert names[DALMATIAN] == "dalmatian"
     # A picture of something else is not called a dalmatian.
     piano = sorted((caltech_root / "101_ObjectCategories" / "grand_piano").glob("*.jpg"))[0]

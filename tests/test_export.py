@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +20,12 @@ from caltech_core.use.inference import Classifier
 
 
 @pytest.fixture(scope="module")
-def store(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> RunStore:
-    """One finished one-epoch run (64 px, three mini classes) per architecture under test."""
-    store = RunStore(tmp_path_factory.mktemp("export"))
-    for arch in ("mobilenet_v3_small", "efficientnet_lite0"):
-        run_id = store.create_run(TrainConfig(arch=arch, image_size=64, epochs=1, batch_size=8, device="cpu",
-                                              name=arch))
-        assert job.run_job(store, run_id, data_root=mini_root) == "finished"
+def store(finished_home: Path, mini_root: Path, tiny_config: Callable[..., TrainConfig]) -> RunStore:
+    """One finished one-epoch run (64 px, three mini classes) per architecture under test: the shared tiny
+    MobileNetV3-Small run and an EfficientNet-Lite0 one."""
+    store = RunStore(finished_home)
+    run_id = store.create_run(tiny_config(arch="efficientnet_lite0", name="efficientnet_lite0"))
+    assert job.run_job(store, run_id, data_root=mini_root) == "finished"
     return store
 
 

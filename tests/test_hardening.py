@@ -7,6 +7,7 @@ import contextlib
 import io
 import threading
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -122,11 +123,12 @@ def flawed_root(caltech_root: Path, tmp_path: Path) -> Path:
 
 def test_training_skips_bad_files_and_the_monitor_lists_them(
     flawed_root: Path, studio_home: Path, monkeypatch: pytest.MonkeyPatch,
+    tiny_config: Callable[..., TrainConfig],
 ) -> None:
     monkeypatch.setenv("CALTECH101_ROOT", str(flawed_root))
     manager = get_manager(studio_home)
     try:
-        run_id = manager.submit(TrainConfig(arch="mobilenet_v3_small", image_size=64, epochs=1, batch_size=4, device="cpu"))
+        run_id = manager.submit(tiny_config(batch_size=4))
         assert manager.wait(run_id, timeout=300)
     finally:
         manager.shutdown(wait=True)

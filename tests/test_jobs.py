@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -39,21 +41,15 @@ def _one_thread() -> Any:
     torch.set_num_threads(before)
 
 
-def tiny(**changes: Any) -> TrainConfig:
-    """Two real classes of the mini dataset, 64 px, MobileNetV3-Small on the CPU."""
-    base = {"arch": "mobilenet_v3_small", "image_size": 64, "epochs": 1, "batch_size": 8, "classes": 2, "device": "cpu"}
-    return TrainConfig(**(base | changes))
+@pytest.fixture(scope="module")
+def tiny(tiny_config: Callable[..., TrainConfig]) -> Callable[..., TrainConfig]:
+    """The tiny config on two real classes of the mini dataset."""
+    return functools.partial(tiny_config, classes=2)
 
 
-def wait_for(condition: Any, timeout: float = 180.0, every: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(every)
-
-
-def test_two_submitters_run_in_fifo_order_while_readers_poll(tmp_path: Path, mini_root: Path) -> None:
+def test_two_submitters_run_in_fifo_order_while_readers_poll(
+    tmp_path: Path, mini_root: Path, tiny: Callable[..., TrainConfig],
+) -> None:
     store = RunStore(tmp_path)
     manager = ThreadJobManager(store, data_root=mini_root)
     barrier = threading.Barrier(2)
@@ -124,13 +120,15 @@ def test_two_submitters_run_in_fifo_order_while_readers_poll(tmp_path: Path, min
     manager.shutdown(wait=True)
 
 
-def test_cancel_queued_and_running_then_resume(tmp_path: Path, mini_root: Path) -> None:
+def test_cancel_queued_and_running_then_resume(
+    tmp_path: Path, mini_root: Path, tiny: Callable[..., TrainConfig], wait_until: Callable[..., None],
+) -> None:
     store = RunStore(tmp_path)
     manager = ThreadJobManager(store, data_root=mini_root)
     epochs = 20  # far more than a cancel takes: a MobileNetV3-Small epoch here is a fraction of a second
     first = manager.submit(tiny(name="long", epochs=epochs, batch_size=2))
     second = manager.submit(tiny(name="waiting"))
-    wait_for(lambda: manager.current() == first)
+    wait_until(lambda: manager.current() == first)
     assert manager.queued() == [second]
     assert manager.progress(second).phase == "queued"
 
@@ -139,7 +137,7 @@ def test_cancel_queued_and_running_then_resume(tmp_path: Path, mini_root: Path) 
     assert store.get_run(second).status == "cancelled" and store.get_run(second).started is None
 
     # Cancel in the middle of a later epoch than the first.
-    wait_for(lambda: (p := manager.progress(first)) is not None and p.epoch >= 1 and 1 <= p.batch < p.batches)
+    wait_until(lambda: (p := manager.progress(first)) is not None and p.epoch >= 1 and 1 <= p.batch < p.batches)
     assert manager.cancel(first)
     assert manager.wait(first, timeout=120)
     run = store.get_run(first)
@@ -162,7 +160,7 @@ def test_cancel_queued_and_running_then_resume(tmp_path: Path, mini_root: Path) 
 
 
 def test_failures_are_recorded_and_the_queue_goes_on(
-    tmp_path: Path, mini_root: Path, caplog: pytest.LogCaptureFixture,
+    tmp_path: Path, mini_root: Path, caplog: pytest.LogCaptureFixture, tiny: Callable[..., TrainConfig],
 ) -> None:
     def runner(cfg: TrainConfig, data: Any, callbacks: Any, **kwargs: Any) -> engine.RunResult:
         if cfg.name == "boom":
@@ -222,7 +220,9 @@ def test_get_manager_is_one_per_dataset_root_and_closing_means_not_alive(tmp_pat
         manager.shutdown(wait=True)
 
 
-def test_a_failed_run_ends_in_the_failed_phase_where_it_stopped(tmp_path: Path, mini_root: Path) -> None:
+def test_a_failed_run_ends_in_the_failed_phase_where_it_stopped(
+    tmp_path: Path, mini_root: Path, tiny: Callable[..., TrainConfig],
+) -> None:
     def runner(cfg: TrainConfig, data: Any, callbacks: Any, **kwargs: Any) -> None:
         callbacks.on_phase(Phase.TRAINING, 0, cfg.epochs)
         callbacks.on_batch(1, 1, 4, 0.5)
@@ -239,7 +239,9 @@ def test_a_failed_run_ends_in_the_failed_phase_where_it_stopped(tmp_path: Path, 
     assert store.get_run(run_id).error == "ValueError: boom after the first batch"
 
 
-def test_resume_starts_after_the_epoch_the_store_recorded(tmp_path: Path, mini_root: Path) -> None:
+def test_resume_starts_after_the_epoch_the_store_recorded(
+    tmp_path: Path, mini_root: Path, tiny: Callable[..., TrainConfig],
+) -> None:
     resumed: list[bool] = []
 
     def runner(cfg: TrainConfig, data: Any, callbacks: Any, *, resume: bool, **kwargs: Any) -> SimpleNamespace:
@@ -263,7 +265,9 @@ def test_resume_starts_after_the_epoch_the_store_recorded(tmp_path: Path, mini_r
     assert resumed == [True, False] and store.epochs(run_id) == []
 
 
-def test_kill_9_then_resume_loses_and_duplicates_nothing(tmp_path: Path, mini_root: Path) -> None:
+def test_kill_9_then_resume_loses_and_duplicates_nothing(
+    tmp_path: Path, mini_root: Path, wait_until: Callable[..., None],
+) -> None:
     home = tmp_path / "home"
     cmd = [
         sys.executable, "-m", "caltech_core", "train", "--root", str(mini_root), "--store", str(home),
@@ -274,10 +278,10 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(tmp_path: Path, mini_ro
     with (tmp_path / "stderr.txt").open("w") as err:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, env=env)
         try:
-            wait_for(lambda: home.joinpath("runs.sqlite").exists(), timeout=120)
+            wait_until(lambda: home.joinpath("runs.sqlite").exists(), timeout=120)
             store = RunStore(home)
-            wait_for(lambda: store.list_runs() and store.get_run(store.list_runs()[0].id).epochs_done >= 1,
-                     timeout=240)
+            wait_until(lambda: store.list_runs() and store.get_run(store.list_runs()[0].id).epochs_done >= 1,
+                       timeout=240)
             assert proc.poll() is None, "the run finished before it could be killed"
         finally:
             proc.kill()  # SIGKILL: no clean-up of any kind

@@ -11,7 +11,6 @@ from apptest_pages import open_page, page_texts
 from caltech_core.config import SETTINGS, TrainConfig
 from caltech_core.runs.manager import get_manager
 from caltech_core.runs.store import RunStore
-from caltech_core.runs.threads import ThreadJobManager
 from caltech_core.study import experiments
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,29 +24,6 @@ def with_data(mini_root: Path, studio_home: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("CALTECH101_ROOT", str(mini_root))
     yield studio_home
     get_manager(studio_home).shutdown(wait=True)
-
-
-@pytest.fixture(scope="module")
-def trained_home(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A store holding one tiny real finished run (trained by the job manager on the mini dataset)."""
-    import os
-
-    home = tmp_path_factory.mktemp("trained")
-    old = os.environ.get("CALTECH101_ROOT")
-    os.environ["CALTECH101_ROOT"] = str(mini_root)
-    try:
-        manager = ThreadJobManager(RunStore(home))
-        run_id = manager.submit(TrainConfig(arch="mobilenet_v3_small", image_size=64, epochs=2, step_size=1,
-                                            batch_size=8, name="tiny", group="demo"))
-        assert manager.wait(run_id, timeout=300)
-        manager.shutdown(wait=True)
-    finally:
-        if old is None:
-            os.environ.pop("CALTECH101_ROOT")
-        else:
-            os.environ["CALTECH101_ROOT"] = old
-    assert RunStore(home).get_run(run_id).status == "finished"
-    return home
 
 
 def test_no_pages_folder_beside_the_entry_point() -> None:
@@ -250,9 +226,9 @@ def test_cancel_button_stops_a_run(with_data: Path) -> None:
     assert any(b.label == "Resume run" for b in at.button)
 
 
-def test_compare_lists_finished_runs_and_offers_csv(trained_home: Path, mini_root: Path,
+def test_compare_lists_finished_runs_and_offers_csv(finished_home: Path, mini_root: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CALTECH_STUDIO_HOME", str(trained_home))
+    monkeypatch.setenv("CALTECH_STUDIO_HOME", str(finished_home))
     monkeypatch.setenv("CALTECH101_ROOT", str(mini_root))
     at = open_page("compare")
     assert not at.exception, at.exception
@@ -305,15 +281,15 @@ def test_report_shows_verdicts_summary_and_queues_repeats(with_data: Path) -> No
         get_manager(with_data).cancel(run.id)  # full-size AlexNet: only the queueing is tested
 
 
-def test_classify_a_run_and_imagenet_uploads(trained_home: Path, mini_root: Path,
+def test_classify_a_run_and_imagenet_uploads(finished_home: Path, mini_root: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CALTECH_STUDIO_HOME", str(trained_home))
+    monkeypatch.setenv("CALTECH_STUDIO_HOME", str(finished_home))
     monkeypatch.setenv("CALTECH101_ROOT", str(mini_root))
     photo = (mini_root / "101_ObjectCategories" / "dalmatian").glob("*.jpg")
     jpeg = next(iter(sorted(photo))).read_bytes()
     uploads = [("dog.jpg", jpeg, "image/jpeg"), ("notes.jpg", b"just text" * 50, "image/jpeg")]
 
-    monkeypatch.setenv("TORCH_HOME", str(trained_home / "no-torch-hub"))  # only the packaged weights
+    monkeypatch.setenv("TORCH_HOME", str(finished_home / "no-torch-hub"))  # only the packaged weights
     at = open_page("classify")
     assert at.selectbox[0].value == "imagenet:efficientnet_lite2"  # the strongest installed ImageNet model
     at.file_uploader[0].set_value(uploads).run()
@@ -321,7 +297,7 @@ def test_classify_a_run_and_imagenet_uploads(trained_home: Path, mini_root: Path
     assert "**dog.jpg** → **dalmatian**" in page_texts(at)
     assert any("notes.jpg" in e.value and "not an image" in e.value for e in at.error)
 
-    run_id = RunStore(trained_home).list_runs()[0].id
+    run_id = RunStore(finished_home).list_runs()[0].id
     at.selectbox[0].set_value((run_id, "best.pt")).run()
     assert not at.exception, at.exception
     mini_classes = ("accordion", "dalmatian", "pizza")

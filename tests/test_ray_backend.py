@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,19 +47,10 @@ def cluster() -> Any:
             ray.shutdown()
 
 
-def tiny(**changes: Any) -> TrainConfig:
-    """Two real classes of the mini dataset (8 training images), 64 px MobileNetV3-Small on the CPU, 4 batches an epoch."""
-    base = {"arch": "mobilenet_v3_small", "image_size": 64, "epochs": 2, "batch_size": 2, "classes": 2, "device": "cpu"}
-    return TrainConfig(**(base | changes))
-
-
-def wait_for(condition: Any, timeout: float = 600.0, every: float = 0.05) -> None:
-    # Generous: the 2-core CI machine may be shared with other test suites and benchmarks.
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(every)
+@pytest.fixture(scope="module")
+def tiny(tiny_config: Callable[..., TrainConfig]) -> Callable[..., TrainConfig]:
+    """The tiny config on two real classes of the mini dataset (8 training images): two epochs of 4 batches."""
+    return functools.partial(tiny_config, epochs=2, batch_size=2, classes=2)
 
 
 def batch_pairs(store: RunStore, run_id: int) -> list[tuple[int, int]]:
@@ -69,7 +61,7 @@ def curves(store: RunStore, run_id: int) -> list[tuple[Any, ...]]:
     return [tuple(e[k] for k in ("epoch", *CURVE_FIELDS)) for e in store.epochs(run_id)]
 
 
-def test_a_resent_message_is_applied_once(tmp_path: Path) -> None:
+def test_a_resent_message_is_applied_once(tmp_path: Path, tiny: Callable[..., TrainConfig]) -> None:
     store = RunStore(tmp_path)
     run_id = store.create_run(tiny())
     rows = [(1, 1, 0.9), (1, 2, 0.8)]
@@ -83,13 +75,16 @@ def test_a_resent_message_is_applied_once(tmp_path: Path) -> None:
         raybackend.apply_message(store, (3, run_id, "delete_run", (), {}))
 
 
-def test_two_runs_train_side_by_side_each_row_once(cluster: Any, tmp_path: Path, mini_root: Path) -> None:
+def test_two_runs_train_side_by_side_each_row_once(
+    cluster: Any, tmp_path: Path, mini_root: Path, tiny: Callable[..., TrainConfig],
+    wait_until: Callable[..., None],
+) -> None:
     store = RunStore(tmp_path / "home")
     manager = RayJobManager(store, LOCAL_CLUSTER, data_root=mini_root)
     epochs = 20  # a few seconds each: longer than a Ray worker takes to start, so the two runs overlap
     first = manager.submit(tiny(name="first", epochs=epochs))
     second = manager.submit(tiny(name="second", seed=7, epochs=epochs))
-    wait_for(lambda: len(manager.running()) == 2 or not manager.queued() and not manager.running())
+    wait_until(lambda: len(manager.running()) == 2 or not manager.queued() and not manager.running())
     assert manager.wait(timeout=300)
     for run_id in (first, second):
         run = store.get_run(run_id)
@@ -106,13 +101,16 @@ def test_two_runs_train_side_by_side_each_row_once(cluster: Any, tmp_path: Path,
     manager.shutdown(wait=True)
 
 
-def test_cancel_a_waiting_and_a_running_remote_run(cluster: Any, tmp_path: Path, mini_root: Path) -> None:
+def test_cancel_a_waiting_and_a_running_remote_run(
+    cluster: Any, tmp_path: Path, mini_root: Path, tiny: Callable[..., TrainConfig],
+    wait_until: Callable[..., None],
+) -> None:
     store = RunStore(tmp_path / "home")
     # Two CPUs a run on a two-CPU cluster: one run at a time, so the second one waits for a slot.
     manager = RayJobManager(store, LOCAL_CLUSTER, data_root=mini_root, cpus_per_run=2)
     long = manager.submit(tiny(name="long", epochs=20))  # far more than a cancel takes
     waiting = manager.submit(tiny(name="waiting"))
-    wait_for(lambda: (p := manager.progress(long)) is not None and p.phase == "training" and p.epoch >= 1)
+    wait_until(lambda: (p := manager.progress(long)) is not None and p.phase == "training" and p.epoch >= 1)
     assert manager.queued() == [waiting] and manager.progress(waiting).phase == "queued"
     assert manager.cancel(waiting)
     assert store.get_run(waiting).status == "cancelled" and store.get_run(waiting).started is None
@@ -129,7 +127,8 @@ def test_cancel_a_waiting_and_a_running_remote_run(cluster: Any, tmp_path: Path,
 
 
 def test_killed_worker_is_interrupted_and_resumes_to_identical_curves(
-    cluster: Any, tmp_path: Path, mini_root: Path
+    cluster: Any, tmp_path: Path, mini_root: Path, tiny: Callable[..., TrainConfig],
+    wait_until: Callable[..., None],
 ) -> None:
     store = RunStore(tmp_path / "home")
     shared = tmp_path / "mounted-elsewhere"  # the store's folder as the workers see it (another path to it)
@@ -138,7 +137,7 @@ def test_killed_worker_is_interrupted_and_resumes_to_identical_curves(
     manager = RayJobManager(store, LOCAL_CLUSTER, data_root=mini_root, runner=runner, worker_home=shared)
     reference = manager.submit(tiny(name="reference", epochs=12))
     killed = manager.submit(tiny(name="killed", epochs=12))
-    wait_for(lambda: (store.get_run(killed).checkpoint_epoch or 0) >= 1)
+    wait_until(lambda: (store.get_run(killed).checkpoint_epoch or 0) >= 1)
     assert store.get_run(killed).status == "running", "the run finished before it could be killed"
     os.kill(manager.placement(killed).pid, signal.SIGKILL)
     assert manager.wait(killed, timeout=300)
@@ -157,7 +156,9 @@ def test_killed_worker_is_interrupted_and_resumes_to_identical_curves(
     manager.shutdown(wait=True)
 
 
-def test_a_worker_without_the_dataset_fails_the_run_saying_so(cluster: Any, tmp_path: Path) -> None:
+def test_a_worker_without_the_dataset_fails_the_run_saying_so(
+    cluster: Any, tmp_path: Path, tiny: Callable[..., TrainConfig],
+) -> None:
     store = RunStore(tmp_path / "home")
     nowhere = tmp_path / "no-caltech"
     manager = RayJobManager(store, LOCAL_CLUSTER,
@@ -196,7 +197,10 @@ def _sinks_of(ray: Any, pid: int) -> list[str]:
     return [n for n in names if n.startswith("caltech-sink-") and f"-{pid}-" in n]
 
 
-def test_a_killed_driver_is_drained_and_the_cli_resumes_on_ray(cluster: Any, tmp_path: Path, mini_root: Path) -> None:
+@pytest.mark.slow
+def test_a_killed_driver_is_drained_and_the_cli_resumes_on_ray(
+    cluster: Any, tmp_path: Path, mini_root: Path, wait_until: Callable[..., None],
+) -> None:
     from caltech_core.cli import main
 
     home = tmp_path / "home"
@@ -210,9 +214,9 @@ def test_a_killed_driver_is_drained_and_the_cli_resumes_on_ray(cluster: Any, tmp
     with (tmp_path / "stderr.txt").open("w") as err:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
         try:
-            wait_for(lambda: home.joinpath("runs.sqlite").exists())
+            wait_until(lambda: home.joinpath("runs.sqlite").exists())
             store = RunStore(home)
-            wait_for(lambda: store.list_runs() and store.list_runs()[0].epochs_done >= 1)
+            wait_until(lambda: store.list_runs() and store.list_runs()[0].epochs_done >= 1)
             assert proc.poll() is None, "the run finished before its driver could be killed"
             assert _sinks_of(cluster, proc.pid)  # the driver's sink, detached: it outlives the driver
         finally:

@@ -11,7 +11,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -178,12 +178,12 @@ def test_two_fetches_at_once_download_once_and_agree(hub: Path, server, monkeypa
     assert len(server.requests) == 1  # the second waited on the lock and reused the file
 
 
-def test_background_download_for_the_train_page(hub: Path, server, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_background_download_for_the_train_page(
+    hub: Path, server, monkeypatch: pytest.MonkeyPatch, wait_until: Callable[..., None],
+) -> None:
     path = _serve(server, monkeypatch, _weights_bytes({"w": torch.zeros(10_000)}))
     job = weights.start_download(ARCH)
-    deadline = time.monotonic() + 30
-    while not job.finished and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: job.finished, timeout=30)
     assert job.finished and job.error is None and job.done == job.total == path.stat().st_size
     assert weights.download_of(ARCH) is job
 
@@ -229,7 +229,8 @@ def test_a_pretrained_run_downloads_as_a_visible_phase(
 
 
 def test_train_page_shows_the_weights_state_and_downloads_in_the_background(
-    hub: Path, server, monkeypatch: pytest.MonkeyPatch, studio_home: Path, mini_root: Path
+    hub: Path, server, monkeypatch: pytest.MonkeyPatch, studio_home: Path, mini_root: Path,
+    wait_until: Callable[..., None],
 ) -> None:
     from apptest_pages import open_page
 
@@ -242,9 +243,7 @@ def test_train_page_shows_the_weights_state_and_downloads_in_the_background(
     assert any(f"will download (1 MB) from {get_spec(ARCH).weights.url}" in i.value for i in at.info)
     at.button(key="download_weights").click().run()
     job = weights.download_of(ARCH)
-    deadline = time.monotonic() + 30
-    while not job.finished and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: job.finished, timeout=30)
     at.run()
     assert not at.exception, at.exception
     assert job.error is None and path.is_file()
