@@ -7,6 +7,9 @@ or process sees a run either before or after a write, never half of it. Each thr
 Timestamps are Unix seconds (float). Metrics are written as they happen, so a second reader (the
 dashboard, the CLI) sees the same curves while a run trains. The tables and the record a row becomes are in
 `records.py`; what is on disk, by kind, in `disk.py`.
+
+Slightly over 400 lines on purpose: `RunStore` is one class whose every method is one transaction on the same
+per-thread connection; splitting it would only scatter that connection handling.
 """
 
 from __future__ import annotations
