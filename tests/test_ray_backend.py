@@ -264,7 +264,8 @@ def test_train_sidebar_picks_ray_and_monitor_shows_where_a_run_trains(
         monitor = open_page("monitor", run=str(run.id))
         assert not monitor.exception, monitor.exception
         assert "Trained on Ray node" in page_texts(monitor)
-        assert RunStore(studio_home).get_run(run.id).status == "finished"
+        stored = RunStore(studio_home).get_run(run.id)
+        assert stored.status == "finished", stored.error
         at.radio(key="backend_choice").set_value("local").run()
         at.button(key="backend_apply").click().run()
         assert "Now: this process" in page_texts(at)
