@@ -406,9 +406,12 @@ def test_tag_clone_retry_and_delete_runs(server, page, wait_until) -> None:
     page.get_by_text("Manage this run").click()
     delete = page.get_by_role("button", name=re.compile("^Delete run"))
     assert delete.is_disabled()
+    sure = page.get_by_role("checkbox", name=re.compile(f"Yes, delete run #{ids['journey old']}"))
     page.get_by_text(re.compile(f"Yes, delete run #{ids['journey old']}")).click()
+    expect(sure).to_be_checked()
     _settle(page)
-    page.get_by_role("button", name=re.compile("^Delete run")).click()
+    expect(delete).to_be_enabled(timeout=120_000)
+    delete.click()
     _settle(page)
     assert store.get_run(ids["journey old"]) is None
     wait_until(lambda: store.get_run(retry_id).status not in ("queued", "running"), every=0.5)
