@@ -10,14 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from caltech_core import status as run_status
-from caltech_core.runs.store import RunNotFoundError, RunRecord, RunStore
-
-
-def _existing(store: RunStore, run_id: int) -> RunRecord:
-    record = store.get_run(run_id)
-    if record is None:
-        raise RunNotFoundError(run_id)
-    return record
+from caltech_core.runs.store import RunRecord, RunStore
 
 
 def edit_run(store: RunStore, run_id: int, *, name: str, tags: Iterable[str], note: str) -> RunRecord:
@@ -26,20 +19,20 @@ def edit_run(store: RunStore, run_id: int, *, name: str, tags: Iterable[str], no
     The name is checked before anything is written (ConfigError); the store checks the tags, then the note, as
     it writes each (ValueError naming the rule), so an invalid note leaves the new tags saved.
     """
-    record = _existing(store, run_id)
+    record = store.require_run(run_id)
     name = name.strip()
     record.config.replace(name=name)  # ConfigError now, before tags or note change
     store.set_tags(run_id, tags)
     store.set_note(run_id, note)
     if name != record.name:  # a rename also rewrites the stored config
         store.rename(run_id, name)
-    return _existing(store, run_id)
+    return store.require_run(run_id)
 
 
 def deletable(store: RunStore, ids: Iterable[int]) -> list[RunRecord]:
     """The records of `ids` (each once) when every one may be deleted: an unknown id raises RunNotFoundError, a
     queued or running run ValueError (cancel it first). Lets a caller ask for confirmation before deleting."""
-    records = [_existing(store, run_id) for run_id in dict.fromkeys(ids)]
+    records = [store.require_run(run_id) for run_id in dict.fromkeys(ids)]
     active = next((r for r in records if r.status in run_status.ACTIVE), None)
     if active is not None:
         raise ValueError(f"run {active.id} is {active.status}; cancel it before deleting it (nothing was deleted)")

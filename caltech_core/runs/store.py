@@ -240,14 +240,14 @@ class RunStore:
     # -- run management ---------------------------------------------------------------------------
     def rename(self, run_id: int, name: str) -> None:
         """A new name for a run (also in its stored config); ConfigError when it is not valid text."""
-        run = self._existing(run_id)
+        run = self.require_run(run_id)
         cfg = run.config.replace(name=name.strip())
         self._write("UPDATE runs SET name = ?, config = ? WHERE id = ?",
                     (cfg.name, json.dumps(cfg.to_dict()), int(run_id)))
 
     def set_tags(self, run_id: int, tags: Iterable[str]) -> tuple[str, ...]:
         """Replace a run's tags (trimmed, unique, sorted); ValueError for an empty or over-long tag."""
-        self._existing(run_id)
+        self.require_run(run_id)
         clean = tuple(sorted({t.strip() for t in tags}))
         bad = next((t for t in clean if not t or len(t) > MAX_TAG or "," in t), None)
         if bad is not None:
@@ -257,7 +257,7 @@ class RunStore:
 
     def set_note(self, run_id: int, note: str) -> None:
         """A free-text note on a run ('' clears it)."""
-        self._existing(run_id)
+        self.require_run(run_id)
         if len(note) > MAX_NOTE:
             raise ValueError(f"a note is at most {MAX_NOTE} characters (got {len(note)})")
         self._write("UPDATE runs SET note = ? WHERE id = ?", (note, int(run_id)))
@@ -281,7 +281,8 @@ class RunStore:
         row = self._conn().execute("SELECT cancel_requested FROM runs WHERE id = ?", (int(run_id),)).fetchone()
         return bool(row and row[0])
 
-    def _existing(self, run_id: int) -> RunRecord:
+    def require_run(self, run_id: int) -> RunRecord:
+        """The record of `run_id`; RunNotFoundError when there is none."""
         run = self.get_run(run_id)
         if run is None:
             raise RunNotFoundError(run_id)
