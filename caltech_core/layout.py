@@ -16,7 +16,6 @@ CACHE = "cache"
 BEST = "best.pt"  # best-validation weights (what Classify, export and the report use)
 LAST = "last.pt"  # the resume point: weights, optimizer, RNG states; deleted when a run ends
 RETRAINED = "retrain.pt"  # the model retrained on train+val (same layout as best.pt)
-RUN_WEIGHTS = (BEST, RETRAINED)  # the weights files a finished run may offer
 FEATURES = "features"
 IMAGES_PREFIX = "images-"
 
