@@ -7,11 +7,12 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from browser_kit import CHROMIUM, CHROMIUM_ARGS, start_server, stop_server
 
 from caltech_core import layout
 from caltech_core.config import TrainConfig
@@ -184,3 +185,34 @@ def odd_images(tmp_path: Path) -> dict[str, Path]:
     (folder / "empty.jpg").write_bytes(b"")
     out["empty"] = folder / "empty.jpg"
     return out
+
+
+# ---- browser fixtures (tests/browser_kit.py has the helpers) --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """`streamlit run streamlit_app.py` on a free port with the mini dataset and an empty store."""
+    home = tmp_path_factory.mktemp("browser_home")
+    proc, url = start_server(mini_root, home, tmp_path_factory.mktemp("logs") / "streamlit.log")
+    yield url, home
+    stop_server(proc)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    tab = context.new_page()
+    tab.set_default_timeout(60_000)
+    yield tab
+    context.close()

@@ -3,146 +3,34 @@ an oversized upload, a server killed mid-run, a broken store."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import socket
 import sqlite3
-import subprocess
-import sys
-import time
 import tomllib
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser_kit import healthy, set_number, settle, shot, start_server, stop_server
 
 from caltech_core.config import TrainConfig
 from caltech_core.runs.store import RunStore
 
 pytestmark = pytest.mark.browser
 
-REPO = Path(__file__).resolve().parent.parent
-SHOTS = REPO / "test-output" / "screenshots"
-DOC_SHOTS = REPO / "docs" / "screenshots"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_server(root: Path, home: Path, log_path: Path,
-                  port: int | None = None) -> tuple[subprocess.Popen, str]:
-    """`streamlit run streamlit_app.py` on `port` (default: a free one); returns the process and its URL once it
-    is healthy."""
-    port = port or _free_port()
-    # One torch thread: tiny batches gain nothing from more, and on a shared 2-core machine they lose a lot.
-    env = {**os.environ, "CALTECH101_ROOT": str(root), "CALTECH_STUDIO_HOME": str(home), "OMP_NUM_THREADS": "1"}
-    with log_path.open("a") as log:  # the child keeps its own descriptor
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
-             "--server.address", "127.0.0.1", "--server.headless", "true"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while not _healthy(url):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"streamlit did not start (see {log_path})")
-        time.sleep(0.5)
-    return proc, url
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-            return response.read().strip() == b"ok"
-    except OSError:
-        return False
-
-
-def _stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-@pytest.fixture(scope="module")
-def server(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """`streamlit run streamlit_app.py` on a free port with the mini dataset and an empty store."""
-    home = tmp_path_factory.mktemp("browser_home")
-    proc, url = _start_server(mini_root, home, tmp_path_factory.mktemp("logs") / "streamlit.log")
-    yield url, home
-    _stop_server(proc)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    tab = context.new_page()
-    tab.set_default_timeout(60_000)
-    yield tab
-    context.close()
-
-
-def _settle(page) -> None:
-    """Wait until Streamlit has finished the current script run."""
-    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=120_000)
-    page.wait_for_timeout(800)
-
-
-def _shot(page, name: str, docs: bool = False) -> None:
-    """Screenshot into test-output/; README's copies in docs/ are refreshed only when asked
-    (UPDATE_DOC_SCREENSHOTS=1), so a test run never changes tracked files."""
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    path = SHOTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    if docs and os.environ.get("UPDATE_DOC_SCREENSHOTS") == "1":
-        DOC_SHOTS.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, DOC_SHOTS / f"{name}.png")
-
-
-def _set_number(page, label: str, value: float) -> None:
-    box = page.get_by_label(label, exact=True)
-    box.fill(str(value))
-    box.press("Enter")
-    _settle(page)
-
 
 def _queue(page, url: str, epochs: int) -> int:
     """Fill the Train form for a tiny MobileNetV3-Small run and queue it; returns the run id."""
     page.goto(f"{url}/train")
-    _settle(page)
+    settle(page)
     page.get_by_text("Train a network").wait_for()
     page.locator("[data-testid='stSelectbox']").filter(has_text="Architecture").click()
     page.get_by_role("option", name="MobileNetV3-Small").click()
-    _settle(page)
+    settle(page)
     for label, value in (("Image size (crop, px)", 64), ("Classes (first K, 0 = all 101)", 2),
                          ("Max images per class (0 = all)", 4), ("Batch size", 4), ("Epochs", epochs),
                          ("StepLR step size (epochs)", 1)):
-        _set_number(page, label, value)
+        set_number(page, label, value)
     page.get_by_role("button", name=re.compile("Queue run")).click()
-    _settle(page)
+    settle(page)
     found = page.get_by_text(re.compile(r"Queued run #\d+")).inner_text()
     return int(re.search(r"#(\d+)", found).group(1))
 
@@ -157,14 +45,14 @@ def test_classify_uploads_show_top5(server, page, mini_root: Path, tmp_path: Pat
     fake = tmp_path / "notes.jpg"
     fake.write_text("this is not a photo\n" * 20)
     page.goto(f"{url}/classify")
-    _settle(page)
+    settle(page)
     page.locator("input[type='file']").set_input_files([str(dog), str(fake)])
     page.get_by_text(re.compile(r"image_0001\.jpg → dalmatian")).wait_for(timeout=120_000)
     page.get_by_text(re.compile("notes.jpg: not an image")).wait_for()
-    _settle(page)
+    settle(page)
     assert page.locator(".js-plotly-plot").count() >= 1  # the top-5 bar chart
     assert page.get_by_text("Grad-CAM", exact=False).count() >= 1
-    _shot(page, "classify", docs=True)
+    shot(page, "classify", docs=True)
 
 
 @pytest.mark.slow
@@ -175,20 +63,20 @@ def test_queue_watch_and_cancel_runs(server, page, wait_until) -> None:
 
     # A short run to its end: the Monitor shows its curves and results.
     run_id = _queue(page, url, epochs=3)
-    _shot(page, "train")
+    shot(page, "train")
     wait_until(lambda: store.get_run(run_id).status not in ("queued", "running"), every=0.5)
     assert store.get_run(run_id).status == "finished"
     page.goto(f"{url}/monitor?run={run_id}")
-    _settle(page)
+    settle(page)
     page.get_by_text("Test accuracy", exact=True).wait_for()
-    _shot(page, "monitor", docs=True)
+    shot(page, "monitor", docs=True)
 
     # A long run: while it trains, its curves gain points in place (no reload); then it is cancelled.
     # (Long, so the growth is seen during training whatever the machine's speed, never only at the end: 1000
     # epochs of a few images are several minutes even for MobileNetV3-Small.)
     long_id = _queue(page, url, epochs=1000)
     page.goto(f"{url}/monitor?run={long_id}")
-    _settle(page)
+    settle(page)
     page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 4", timeout=120_000)
     first = _points(page)
     page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .scatterlayer .trace .points path').length"
@@ -201,30 +89,30 @@ def test_queue_watch_and_cancel_runs(server, page, wait_until) -> None:
 
     for name, path in _shot_pages.items():
         page.goto(f"{url}{path}")
-        _settle(page)
-        _shot(page, name)
+        settle(page)
+        shot(page, name)
     if (Path(__file__).resolve().parent.parent / "dashboard" / "report.py").is_file():
         page.goto(f"{url}/report")
-        _settle(page)
-        _shot(page, "report")
+        settle(page)
+        shot(page, "report")
 
 
 def test_upload_over_the_limit_is_refused_and_the_server_stays_up(server, page, mini_root: Path,
                                                                    tmp_path: Path) -> None:
     url, _ = server
-    limit_mb = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())["server"]["maxUploadSize"]
+    limit_mb = tomllib.loads((Path(__file__).resolve().parent.parent / ".streamlit" / "config.toml").read_text())["server"]["maxUploadSize"]
     dog = sorted((mini_root / "101_ObjectCategories" / "dalmatian").glob("*.jpg"))[0]
     huge = tmp_path / "huge.jpg"
     data = dog.read_bytes()
     huge.write_bytes(data + b"\0" * (limit_mb * 2**20 + 1 - len(data)))  # a valid JPEG, just too big
     page.goto(f"{url}/classify")
-    _settle(page)
+    settle(page)
     page.locator("input[type='file']").set_input_files([str(huge), str(dog)])
     page.get_by_text(re.compile(r"image_0001\.jpg → dalmatian")).wait_for(timeout=120_000)
     page.get_by_text(re.compile(r"File must be .*MB or smaller")).wait_for()
-    _settle(page)
+    settle(page)
     assert "huge.jpg →" not in page.inner_text("body")
-    assert _healthy(url)
+    assert healthy(url)
 
 
 @pytest.mark.slow
@@ -233,7 +121,7 @@ def test_killing_the_server_mid_run_leaves_a_resumable_interrupted_run(
 ) -> None:
     home, log = tmp_path / "home", tmp_path / "streamlit.log"
     epochs = 20  # MobileNetV3-Small runs a 4-image epoch in well under a second: room to kill it mid-run
-    proc, url = _start_server(mini_root, home, log)
+    proc, url = start_server(mini_root, home, log)
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(60_000)
@@ -248,9 +136,9 @@ def test_killing_the_server_mid_run_leaves_a_resumable_interrupted_run(
         assert killed.status == "running", f"the run was {killed.status} before the server was killed"
         assert 2 <= killed.epochs_done < epochs
 
-        proc, url = _start_server(mini_root, home, log)
+        proc, url = start_server(mini_root, home, log)
         page.goto(f"{url}/monitor?run={run_id}")
-        _settle(page)
+        settle(page)
         page.get_by_text(re.compile(rf"#{run_id} .*\(interrupted\)")).first.wait_for()  # its label and status
         assert store.get_run(run_id).status == "interrupted"
         page.get_by_role("button", name=re.compile("Resume run")).click()
@@ -263,7 +151,7 @@ def test_killing_the_server_mid_run_leaves_a_resumable_interrupted_run(
         page.get_by_text("Test accuracy", exact=True).wait_for()
     finally:
         context.close()
-        _stop_server(proc)
+        stop_server(proc)
 
 
 def test_broken_store_and_unexpected_errors_show_no_traceback(browser, mini_root: Path, tmp_path: Path) -> None:
@@ -272,14 +160,14 @@ def test_broken_store_and_unexpected_errors_show_no_traceback(browser, mini_root
     db = home / "runs.sqlite"
     garbage = b"this is not an SQLite database " * 64
     db.write_bytes(garbage)
-    proc, url = _start_server(mini_root, home, log)
+    proc, url = start_server(mini_root, home, log)
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(60_000)
     try:
         # Bad input: a corrupt store file. The page says which file and what to do; the file is untouched.
         page.goto(f"{url}/monitor")
-        _settle(page)
+        settle(page)
         page.get_by_text(re.compile("cannot be read")).wait_for()
         body = page.inner_text("body")
         assert str(db) in body and "Nothing was changed or deleted" in body and "Traceback" not in body
@@ -294,13 +182,13 @@ def test_broken_store_and_unexpected_errors_show_no_traceback(browser, mini_root
         with sqlite3.connect(db) as conn:
             conn.execute("UPDATE runs SET config = '{not json' WHERE id = ?", (run_id,))
         page.goto(f"{url}/monitor")
-        _settle(page)
+        settle(page)
         page.get_by_text(re.compile("This app has encountered an error")).wait_for()
         body = page.inner_text("body")
         assert "Traceback" not in body and "JSONDecodeError" not in body and "not json" not in body
     finally:
         context.close()
-        _stop_server(proc)
+        stop_server(proc)
     assert "JSONDecodeError" in log.read_text()[len(first_log):]
 
 
@@ -317,13 +205,13 @@ def test_clicking_a_confusion_cell_opens_its_images(browser, mini_root: Path, fi
     pairs = results.confused_pairs(1)
     default = (pairs[0]["true index"], pairs[0]["predicted index"]) if pairs else (0, 0)
     k, (t, p) = next((k, c) for k, c in enumerate(cells) if c != default)  # not the cell shown at first
-    proc, url = _start_server(mini_root, home, log)
+    proc, url = start_server(mini_root, home, log)
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(60_000)
     try:
         page.goto(f"{url}/errors?run={run_id}")
-        _settle(page)
+        settle(page)
         page.get_by_text("Click a cell to see its images.").wait_for()
         marker = page.locator(".js-plotly-plot .scatterlayer .trace .points path").nth(k)
         box = marker.bounding_box()
@@ -331,16 +219,16 @@ def test_clicking_a_confusion_cell_opens_its_images(browser, mini_root: Path, fi
         page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         true, pred = results.classes[t], results.classes[p]
         page.get_by_text(f"{confusion[t, p]} image(s) of {true} predicted as {pred}", exact=False).wait_for()
-        _settle(page)
+        settle(page)
         assert page.locator("[data-testid='stImage']").count() == confusion[t, p]
         body = page.inner_text("body")
         assert f"true {true}" in body and "Traceback" not in body
-        _shot(page, "errors")
+        shot(page, "errors")
         page.get_by_text(f"{true} predicted as {pred}", exact=True).scroll_into_view_if_needed()
-        _shot(page, "errors-cell")
+        shot(page, "errors-cell")
     finally:
         context.close()
-        _stop_server(proc)
+        stop_server(proc)
 
 
 def test_tag_clone_retry_and_delete_runs(server, page, wait_until) -> None:
@@ -355,7 +243,7 @@ def test_tag_clone_retry_and_delete_runs(server, page, wait_until) -> None:
 
     # Tag a run and write a note.
     page.goto(f"{url}/monitor?run={ids['journey ref']}")
-    _settle(page)
+    settle(page)
     page.get_by_text("Manage this run").click()
     tags = page.locator("[data-testid='stMultiSelect']").filter(has_text="Tags").first
     # Type into the box itself (fill waits until it takes input; keystrokes sent to the page before the
@@ -366,19 +254,19 @@ def test_tag_clone_retry_and_delete_runs(server, page, wait_until) -> None:
     box.press("Enter")
     box.press("Escape")
     tags.get_by_text("baseline", exact=True).wait_for(timeout=120_000)
-    _settle(page)
+    settle(page)
     page.get_by_label("Note").fill("the reference run")
     page.get_by_role("button", name=re.compile("Save name, tags and note")).click()
-    _settle(page)
+    settle(page)
     run = store.get_run(ids["journey ref"])
     assert run.tags == ("baseline",) and run.note == "the reference run"
-    _shot(page, "manage-run")
+    shot(page, "manage-run")
 
     # Clone it into the Train form.
     page.get_by_text("Manage this run").click()
     page.get_by_role("button", name=re.compile("Load settings into the Train form")).click()
     page.get_by_text(re.compile("Settings loaded from a run")).wait_for()
-    _settle(page)
+    settle(page)
     # Retried until drawn: under heavy load the number box once read 0.00000 for a moment after the page settled.
     from playwright.sync_api import expect
 
@@ -387,14 +275,14 @@ def test_tag_clone_retry_and_delete_runs(server, page, wait_until) -> None:
 
     # Retry the diverged run with a lower learning rate.
     page.goto(f"{url}/monitor?run={ids['journey fast']}")
-    _settle(page)
+    settle(page)
     page.get_by_text("Manage this run").click()
     page.get_by_role("button", name=re.compile("Retry this diverged run")).click()
     page.get_by_text(re.compile("Settings loaded from a run")).wait_for()
-    _settle(page)
-    _set_number(page, "Learning rate", 0.01)
+    settle(page)
+    set_number(page, "Learning rate", 0.01)
     page.get_by_role("button", name=re.compile("Queue run")).click()
-    _settle(page)
+    settle(page)
     found = page.get_by_text(re.compile(r"Queued run #\d+")).inner_text()
     retry_id = int(re.search(r"#(\d+)", found).group(1))
     retried = store.get_run(retry_id)
@@ -402,16 +290,16 @@ def test_tag_clone_retry_and_delete_runs(server, page, wait_until) -> None:
 
     # Delete the failed run, after the confirmation.
     page.goto(f"{url}/monitor?run={ids['journey old']}")
-    _settle(page)
+    settle(page)
     page.get_by_text("Manage this run").click()
     delete = page.get_by_role("button", name=re.compile("^Delete run"))
     assert delete.is_disabled()
     sure = page.get_by_role("checkbox", name=re.compile(f"Yes, delete run #{ids['journey old']}"))
     page.get_by_text(re.compile(f"Yes, delete run #{ids['journey old']}")).click()
     expect(sure).to_be_checked()
-    _settle(page)
+    settle(page)
     expect(delete).to_be_enabled(timeout=120_000)
     delete.click()
-    _settle(page)
+    settle(page)
     assert store.get_run(ids["journey old"]) is None
     wait_until(lambda: store.get_run(retry_id).status not in ("queued", "running"), every=0.5)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_browser import CHROMIUM, CHROMIUM_ARGS, SHOTS, _start_server, _stop_server
+from browser_kit import CHROMIUM, CHROMIUM_ARGS, SHOTS, start_server, stop_server
 
 pytestmark = pytest.mark.browser
 
@@ -83,7 +83,7 @@ def test_tabs_opening_sub_pages_at_once_on_a_fresh_server(chromium, mini_root: P
     for attempt in range(1, REPEATS + 1):
         what = f"fresh server {attempt}"
         since = len(log.read_text()) if log.exists() else 0
-        proc, url = _start_server(mini_root, home, log)
+        proc, url = start_server(mini_root, home, log)
         context = chromium.new_context(viewport={"width": 1200, "height": 800})
         try:
             tabs = [context.new_page() for _ in paths]
@@ -95,7 +95,7 @@ def test_tabs_opening_sub_pages_at_once_on_a_fresh_server(chromium, mini_root: P
                 tabs[1].screenshot(path=str(SHOTS / "navigation-fresh-server.png"))
         finally:
             context.close()
-            _stop_server(proc)
+            stop_server(proc)
         _assert_clean_log(log, since, what)
 
 
@@ -103,7 +103,7 @@ def test_tabs_opening_sub_pages_at_once_on_a_fresh_server(chromium, mini_root: P
 def test_a_tab_left_open_across_a_server_crash_and_a_new_tab_both_work(chromium, mini_root: Path,
                                                                        tmp_path: Path) -> None:
     home, log = tmp_path / "home", tmp_path / "streamlit.log"
-    proc, url = _start_server(mini_root, home, log)
+    proc, url = start_server(mini_root, home, log)
     port = int(url.rsplit(":", 1)[1])
     context = chromium.new_context(viewport={"width": 1200, "height": 800})
     # Per restart: where the user goes in the tab left open (a menu click), and which page a new tab opens.
@@ -118,7 +118,7 @@ def test_a_tab_left_open_across_a_server_crash_and_a_new_tab_both_work(chromium,
             proc.wait()
             left_open.wait_for_function(_LOST_JS, timeout=30_000)  # the tab noticed
             since = len(log.read_text())
-            proc, url = _start_server(mini_root, home, log, port=port)
+            proc, url = start_server(mini_root, home, log, port=port)
             left_open.wait_for_function(_CONNECTED_JS, timeout=90_000, polling=20)  # it reconnects on its own
             new_tab = context.new_page()
             _open_at_once([new_tab], url, [new_path])
@@ -130,4 +130,4 @@ def test_a_tab_left_open_across_a_server_crash_and_a_new_tab_both_work(chromium,
             _assert_clean_log(log, since, what)
     finally:
         context.close()
-        _stop_server(proc)
+        stop_server(proc)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from apptest_pages import page_texts
+from browser_kit import CHROMIUM, CHROMIUM_ARGS, REPO, free_port, healthy, settle, stop_server
 from streamlit.testing.v1 import AppTest
-from test_browser import CHROMIUM, CHROMIUM_ARGS, REPO, _free_port, _healthy, _settle, _stop_server
 
 PAGES = ("data", "train", "monitor", "errors", "compare", "classify", "report")
 
@@ -94,7 +94,7 @@ def _listening_addresses(port: int) -> set[str]:
 
 @pytest.mark.browser
 def test_real_server_listens_on_localhost_and_asks_for_the_password(mini_root: Path, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "CALTECH101_ROOT": str(mini_root), "CALTECH_STUDIO_HOME": str(tmp_path / "home"),
            "CALTECH_STUDIO_PASSWORD": "open sesame", "OMP_NUM_THREADS": "1"}
     log = (tmp_path / "streamlit.log").open("w")
@@ -105,7 +105,7 @@ def test_real_server_listens_on_localhost_and_asks_for_the_password(mini_root: P
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
-        while not _healthy(url):
+        while not healthy(url):
             assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "streamlit.log").read_text()
             time.sleep(0.5)
         assert _listening_addresses(port) == {"0100007F"}  # 127.0.0.1 only; no 0.0.0.0 or :: socket
@@ -117,7 +117,7 @@ def test_real_server_listens_on_localhost_and_asks_for_the_password(mini_root: P
             page = browser.new_page(viewport={"width": 1200, "height": 800})
             page.set_default_timeout(60_000)
             page.goto(f"{url}/monitor")
-            _settle(page)
+            settle(page)
             box = page.get_by_label("Password", exact=True)
             box.wait_for()
             assert page.get_by_role("heading", name="Monitor").count() == 0
@@ -127,7 +127,7 @@ def test_real_server_listens_on_localhost_and_asks_for_the_password(mini_root: P
             page.get_by_label("Password", exact=True).fill("open sesame")
             page.get_by_role("button", name="Sign in").click()
             page.get_by_role("heading", name="Monitor").wait_for()
-            _settle(page)
+            settle(page)
             assert page.get_by_label("Password", exact=True).count() == 0
             page.get_by_text("No runs yet", exact=False).or_(page.get_by_text("Nothing is training")).first.wait_for()
             shots = REPO / "test-output" / "screenshots"
@@ -135,5 +135,5 @@ def test_real_server_listens_on_localhost_and_asks_for_the_password(mini_root: P
             page.screenshot(path=str(shots / "signed-in.png"))
             browser.close()
     finally:
-        _stop_server(proc)
+        stop_server(proc)
         log.close()

@@ -1,0 +1,92 @@
+"""What every browser test shares: start and stop a real `streamlit run` server, a Chromium, a fresh tab, wait
+for a script run to finish, screenshots. The fixtures (`server`, `browser`, `page`) are in conftest.py."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHOTS = REPO / "test-output" / "screenshots"
+DOC_SHOTS = REPO / "docs" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(root: Path, home: Path, log_path: Path,
+                  port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """`streamlit run streamlit_app.py` on `port` (default: a free one); returns the process and its URL once it
+    is healthy."""
+    port = port or free_port()
+    # One torch thread: tiny batches gain nothing from more, and on a shared 2-core machine they lose a lot.
+    env = {**os.environ, "CALTECH101_ROOT": str(root), "CALTECH_STUDIO_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    with log_path.open("a") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
+             "--server.address", "127.0.0.1", "--server.headless", "true"],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while not healthy(url):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"streamlit did not start (see {log_path})")
+        time.sleep(0.5)
+    return proc, url
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+            return response.read().strip() == b"ok"
+    except OSError:
+        return False
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def settle(page) -> None:
+    """Wait until Streamlit has finished the current script run."""
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=120_000)
+    page.wait_for_timeout(800)
+
+
+def shot(page, name: str, docs: bool = False) -> None:
+    """Screenshot into test-output/; README's copies in docs/ are refreshed only when asked
+    (UPDATE_DOC_SCREENSHOTS=1), so a test run never changes tracked files."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    if docs and os.environ.get("UPDATE_DOC_SCREENSHOTS") == "1":
+        DOC_SHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, DOC_SHOTS / f"{name}.png")
+
+
+def set_number(page, label: str, value: float) -> None:
+    box = page.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Enter")
+    settle(page)
