@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 REPO = Path(__file__).resolve().parent.parent
 SHOTS = REPO / "test-output" / "screenshots"
@@ -90,3 +91,25 @@ def set_number(page, label: str, value: float) -> None:
     box.fill(str(value))
     box.press("Enter")
     settle(page)
+
+
+def open_expander(page, title: str) -> None:
+    """Open the expander whose summary reads `title`, only if it is closed: a click toggles, and an expander can
+    stay open across the page's reruns, so a blind click sometimes closed it."""
+    details = page.locator("[data-testid='stExpander'] details").filter(
+        has=page.locator("summary").filter(has_text=title)).first
+    if details.get_attribute("open") is None:
+        details.locator("summary").first.click()
+    page.wait_for_function("(el) => el.open", arg=details.element_handle())
+
+
+def tick(page, label) -> None:
+    """Check the checkbox named by `label` (a string or pattern) and wait until the page has it checked: a click
+    that lands during a rerun can be lost, so it is repeated until the box reads checked."""
+    box = page.get_by_role("checkbox", name=label)
+    for _ in range(5):
+        if box.is_checked():
+            break
+        page.get_by_text(label).first.click()
+        settle(page)
+    expect(box).to_be_checked()

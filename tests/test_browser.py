@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from browser_kit import healthy, set_number, settle, shot, start_server, stop_server
+from browser_kit import healthy, open_expander, set_number, settle, shot, start_server, stop_server, tick
 
 from caltech_core.config import TrainConfig
 from caltech_core.runs.store import RunStore
@@ -244,7 +244,7 @@ def test_tag_clone_retry_and_delete_runs(server, page, wait_until) -> None:
     # Tag a run and write a note.
     page.goto(f"{url}/monitor?run={ids['journey ref']}")
     settle(page)
-    page.get_by_text("Manage this run").click()
+    open_expander(page, "Manage this run")
     tags = page.locator("[data-testid='stMultiSelect']").filter(has_text="Tags").first
     # Type into the box itself (fill waits until it takes input; keystrokes sent to the page before the
     # dropdown had opened were lost on a busy machine), then wait for the new tag's chip before going on.
@@ -263,7 +263,7 @@ def test_tag_clone_retry_and_delete_runs(server, page, wait_until) -> None:
     shot(page, "manage-run")
 
     # Clone it into the Train form.
-    page.get_by_text("Manage this run").click()
+    open_expander(page, "Manage this run")
     page.get_by_role("button", name=re.compile("Load settings into the Train form")).click()
     page.get_by_text(re.compile("Settings loaded from a run")).wait_for()
     settle(page)
@@ -276,7 +276,7 @@ def test_tag_clone_retry_and_delete_runs(server, page, wait_until) -> None:
     # Retry the diverged run with a lower learning rate.
     page.goto(f"{url}/monitor?run={ids['journey fast']}")
     settle(page)
-    page.get_by_text("Manage this run").click()
+    open_expander(page, "Manage this run")
     page.get_by_role("button", name=re.compile("Retry this diverged run")).click()
     page.get_by_text(re.compile("Settings loaded from a run")).wait_for()
     settle(page)
@@ -291,13 +291,10 @@ def test_tag_clone_retry_and_delete_runs(server, page, wait_until) -> None:
     # Delete the failed run, after the confirmation.
     page.goto(f"{url}/monitor?run={ids['journey old']}")
     settle(page)
-    page.get_by_text("Manage this run").click()
+    open_expander(page, "Manage this run")
     delete = page.get_by_role("button", name=re.compile("^Delete run"))
     assert delete.is_disabled()
-    sure = page.get_by_role("checkbox", name=re.compile(f"Yes, delete run #{ids['journey old']}"))
-    page.get_by_text(re.compile(f"Yes, delete run #{ids['journey old']}")).click()
-    expect(sure).to_be_checked()
-    settle(page)
+    tick(page, re.compile(f"Yes, delete run #{ids['journey old']}"))
     expect(delete).to_be_enabled(timeout=120_000)
     delete.click()
     settle(page)
