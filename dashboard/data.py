@@ -14,6 +14,7 @@ from caltech_core.data.download import download_dataset
 from caltech_core.data.scan import dataset_summary
 from caltech_core.runs import editing
 from caltech_core.study import charts
+from dashboard import _datasets
 from dashboard._auth import require_password
 from dashboard._shared import (
     confined_download_dir,
@@ -154,6 +155,13 @@ def disk_use() -> None:
 
 require_password()  # also when Streamlit runs this page without the entry point (AppTest)
 st.title("Data")
+active = _datasets.picker()
+_datasets.add_form()
+_datasets.added_message()
+if active:  # a folder of the user's own (dashboard/_datasets.py); what follows is Caltech-101's page
+    _datasets.folder_page(active)
+    disk_use()
+    st.stop()
 root = data_root()
 if root is None:
     download()
@@ -163,4 +171,5 @@ summary = scan(root)
 splits_and_classes(summary)
 samples(root, summary["classes"])
 problem_files(summary)
+_datasets.health_check("")
 disk_use()

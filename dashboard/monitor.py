@@ -13,6 +13,7 @@ from caltech_core.runs.store import RunRecord
 from caltech_core.status import RunStatus
 from caltech_core.study import charts
 from dashboard._auth import require_password
+from dashboard._datasets import dataset_note
 from dashboard._manage import delete_many, manage_run, tag_filter
 from dashboard._shared import format_seconds, get_manager, get_store, progress_bar, run_label
 
@@ -219,4 +220,5 @@ watch(record)
 results(record)
 export(record)
 files_left_out(record)
+dataset_note(record)
 configuration(record)

@@ -14,6 +14,7 @@ from caltech_core.study.export import export_zip
 from caltech_core.study.report import Report, Section, build_report, summary_lines
 from caltech_core.study.verdicts import rule_text
 from dashboard._auth import require_password
+from dashboard._datasets import other_datasets_summary
 from dashboard._shared import data_root, format_seconds, get_manager, get_store
 
 
@@ -81,3 +82,4 @@ summary(report)
 repeats = download_and_repeats(report)
 for part in report.sections:
     section(part, repeats)
+other_datasets_summary(get_store().list_runs())
