@@ -40,7 +40,7 @@ from caltech_core.files import write_json_atomic
 from caltech_core.status import ProgressFn
 
 MIN_SIDE = 32  # images with a shorter side below this are listed (too small to say much at 224 px)
-NEAR_DISTANCE = 6  # pHash bits that may differ for a near duplicate (chosen in bench/near_duplicates.py)
+NEAR_DISTANCE = 10  # pHash bits that may differ for a near duplicate (chosen in bench/near_duplicates.py)
 FEW_IMAGES = 10  # classes with fewer images are listed
 RESIZE = 256  # the decode the checks share: the image cache of a 224-px crop (the default), reused by training
 EXIF_ORIENTATION = 0x0112
@@ -111,11 +111,12 @@ def _pair_kinds(a: tuple[str, str], b: tuple[str, str]) -> list[str]:
 
 def check(
     splits: Splits, cache_dir: Path, *, progress: ProgressFn | None = None, near_distance: int = NEAR_DISTANCE,
-    few_images: int = FEW_IMAGES,
+    few_images: int = FEW_IMAGES, resize_size: int = RESIZE,
 ) -> dict[str, Any]:
     """The health report of every image of `splits` (JSON-ready; see the module's docstring for what it holds).
 
     `progress(done, total)` runs over three passes of the files: headers and hashes, the shared decode, pHash.
+    `resize_size`: the image cache the pixels come from (training at that resize reuses it).
     """
     started = time.perf_counter()
     names = splits.classes
@@ -135,7 +136,7 @@ def check(
             facts.append(f)
             step()
         readable = [p for p, f in zip(paths, facts, strict=True) if f.error is None]
-        cache = ImageCache.build(readable, cache_dir, resize_size=RESIZE, progress=None if progress is None
+        cache = ImageCache.build(readable, cache_dir, resize_size=resize_size, progress=None if progress is None
                                  else lambda d, _t: progress(len(paths) + d, total))
         done = 2 * len(paths)
         decoded = [cache.index_of(p) for p in paths]
@@ -247,17 +248,17 @@ def dataset_splits(home: Path, text: str, root: str | Path | None = None) -> Spl
 
 def check_dataset(
     home: Path, text: str, cache_dir: Path, *, root: str | Path | None = None, refresh: bool = False,
-    progress: ProgressFn | None = None,
+    progress: ProgressFn | None = None, resize_size: int = RESIZE,
 ) -> dict[str, Any]:
     """`check` of a dataset by name or path, kept in the store (`layout.dataset_health`) and reused while its
     file list (paths, sizes, mtimes) is unchanged, unless `refresh`."""
     splits = dataset_splits(home, text, root)
-    stamp = {"fingerprint": fingerprint(splits.all_paths()), "near_distance": NEAR_DISTANCE}
+    stamp = {"fingerprint": fingerprint(splits.all_paths()), "near_distance": NEAR_DISTANCE, "resize": resize_size}
     file = layout.dataset_health(home, str(splits.source["id"]))
     kept = None if refresh else _kept(file, stamp)
     if kept is not None:
         return kept
-    report = check(splits, cache_dir, progress=progress)
+    report = check(splits, cache_dir, progress=progress, resize_size=resize_size)
     write_json_atomic(file, {"stamp": stamp, "report": report})
     return report
 

@@ -192,11 +192,11 @@ def add_zip(home: Path, data: bytes, name: str) -> tuple[DatasetEntry, folders.L
         partial = dest.with_name(dest.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)  # ours: left by an upload that failed half-way
         archive.extractall(partial)
-    # A ZIP of one folder (the usual "compress folder") holds the classes one level down.
-    inner = [p for p in partial.iterdir() if not p.name.startswith((".", "__MACOSX"))]
     partial.rename(dest)
-    root = dest / inner[0].name if len(inner) == 1 and inner[0].is_dir() and not folders.is_image_name(
-        inner[0].name) and any(p.is_dir() for p in inner[0].iterdir()) else dest
+    # A ZIP of one folder (the usual "compress folder") holds the classes one level down.
+    inner = [p for p in dest.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+    one = inner[0] if len(inner) == 1 and inner[0].is_dir() else None
+    root = one if one is not None and any(p.is_dir() for p in one.iterdir()) else dest
     try:
         return add(home, root, name)
     except ValueError:
