@@ -19,6 +19,7 @@ from caltech_core.study import charts
 from dashboard._shared import get_store, progress_bar
 
 ACTIVE = "active_dataset"  # session key: the dataset chosen on the Data page ("" = Caltech-101)
+PICK = "pick_dataset"  # session key: a dataset the picker shows at its next drawing (one just added)
 MAX_UPLOAD_MB = 200
 SHOWN_PAIRS = 24  # duplicate pairs drawn with thumbnails (the table lists all)
 
@@ -41,9 +42,10 @@ def label_of(dataset_id: str) -> str:
 def picker() -> str:
     """The active dataset (Caltech-101 or a registered one); the Train form starts from it."""
     options = ["", *entries()]
-    current = st.session_state.get(ACTIVE, "")
-    chosen = st.selectbox("Dataset", options, index=options.index(current) if current in options else 0,
-                          format_func=label_of, key="dataset_picker",
+    if PICK in st.session_state or "dataset_picker" not in st.session_state:  # just added, or back on the page
+        current = st.session_state.pop(PICK, st.session_state.get(ACTIVE, ""))
+        st.session_state["dataset_picker"] = current if current in options else ""
+    chosen = st.selectbox("Dataset", options, format_func=label_of, key="dataset_picker",
                           help="The Train form uses the dataset chosen here; Caltech-101 is the default.")
     st.session_state[ACTIVE] = chosen
     return chosen
@@ -79,7 +81,7 @@ def _added(adding: Any) -> None:
     except ValueError as exc:  # FolderError, a taken name, a hostile ZIP: the message says what to do
         st.error(str(exc))
         return
-    st.session_state[ACTIVE] = entry.id
+    st.session_state[PICK] = entry.id
     st.session_state["dataset_added"] = (entry.name, len(listing.items), len(listing.skipped))
     st.rerun()
 
