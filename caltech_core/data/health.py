@@ -40,7 +40,7 @@ from caltech_core.files import write_json_atomic
 from caltech_core.status import ProgressFn
 
 MIN_SIDE = 32  # images with a shorter side below this are listed (too small to say much at 224 px)
-NEAR_DISTANCE = 10  # pHash bits that may differ for a near duplicate (chosen in bench/near_duplicates.py)
+NEAR_DISTANCE = 4  # pHash bits that may differ for a near duplicate (chosen in bench/near_duplicates.py)
 FEW_IMAGES = 10  # classes with fewer images are listed
 RESIZE = 256  # the decode the checks share: the image cache of a 224-px crop (the default), reused by training
 EXIF_ORIENTATION = 0x0112
