@@ -1,0 +1,159 @@
+"""Background work: the registry (once per key, progress, failure and retry, results kept, lower priority) and
+the dashboard's `background(...)` helper through AppTest (running, failed with Retry, done)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from caltech_core.background import TaskRegistry, tasks
+
+GATE_SECONDS = 30  # a gated work function gives up after this, so a failing test never leaves a thread behind
+
+
+def _gated(gate: threading.Event, calls: list[str], result: Any = "ok", steps: int = 10) -> Callable[..., Any]:
+    def work(progress) -> Any:
+        calls.append(threading.current_thread().name)
+        progress(3, steps)
+        if not gate.wait(GATE_SECONDS):
+            raise TimeoutError("the test never opened the gate")
+        progress(steps, steps)
+        return result
+    return work
+
+
+def test_two_submitters_start_the_work_once_and_see_its_progress(wait_until) -> None:
+    registry, gate, calls = TaskRegistry(), threading.Event(), []
+    states = []
+    submitters = [threading.Thread(target=lambda: states.append(
+        registry.submit("scan", _gated(gate, calls), label="Checking images"))) for _ in range(2)]
+    for t in submitters:
+        t.start()
+    for t in submitters:
+        t.join()
+    assert [s.status for s in states] == ["running", "running"]
+    wait_until(lambda: registry.state("scan").done == 3, timeout=10)
+    now = registry.state("scan")
+    assert (now.status, now.done, now.total, now.label, now.fraction) == ("running", 3, 10, "Checking images", 0.3)
+    assert now.seconds_left() is not None and now.seconds_left() >= 0
+    gate.set()
+    wait_until(lambda: registry.state("scan").status == "done", timeout=10)
+    assert calls == ["background:scan"]
+    done = registry.state("scan")
+    assert (done.result, done.done, done.total, done.error) == ("ok", 10, 10, "")
+    assert done.ended >= done.started > 0
+    # Kept: asking again returns the result without running the work again.
+    again = registry.submit("scan", _gated(gate, calls, result="second"), label="Checking images")
+    assert (again.status, again.result, len(calls)) == ("done", "ok", 1)
+
+
+def test_a_failure_is_kept_with_its_message_and_a_resubmit_retries(wait_until) -> None:
+    registry = TaskRegistry()
+
+    def broken(progress) -> None:
+        progress(1, 4)
+        raise OSError("disk full")
+
+    registry.submit("cache", broken, label="Caching images")
+    wait_until(lambda: registry.state("cache").status == "failed", timeout=10)
+    failed = registry.state("cache")
+    assert (failed.error, failed.result, failed.done, failed.total) == ("OSError: disk full", None, 1, 4)
+    assert registry.state("other").status == "missing"
+    retry = registry.submit("cache", lambda progress: 42, label="Caching images")
+    assert retry.status == "running" and retry.error == ""
+    wait_until(lambda: registry.state("cache").status == "done", timeout=10)
+    assert registry.state("cache").result == 42
+    registry.forget("cache")
+    assert registry.state("cache").status == "missing"
+
+
+def test_work_threads_run_at_a_lower_priority_and_old_results_are_dropped(wait_until) -> None:
+    registry = TaskRegistry(keep_done=2)
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    def nice_of_this_thread_and_a_child(progress) -> tuple[int, int]:
+        child: list[int] = []
+        t = threading.Thread(target=lambda: child.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        t.start()
+        t.join()
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), child[0]
+
+    registry.submit("nice", nice_of_this_thread_and_a_child, label="nice")
+    wait_until(lambda: registry.state("nice").status == "done", timeout=10)
+    assert registry.state("nice").result == (min(19, own + 10),) * 2
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own  # the caller's thread is untouched
+    for key in ("a", "b", "c"):
+        registry.submit(key, lambda progress, key=key: key, label=key)
+        wait_until(lambda key=key: registry.state(key).status == "done", timeout=10)
+    assert [registry.state(k).status for k in ("nice", "a", "b", "c")] == ["missing", "missing", "done", "done"]
+
+
+# ---- the dashboard helper, through AppTest ---------------------------------------------------------------------
+
+PAGE = """
+import streamlit as st
+from dashboard._shared import background
+result = background(st.query_params["key"], lambda progress: "fresh result", "Checking images")
+st.write(f"result: {result}")
+"""
+
+
+def _page(key: str) -> AppTest:
+    at = AppTest.from_string(PAGE, default_timeout=30)
+    at.query_params["key"] = key
+    return at.run()
+
+
+@pytest.fixture
+def key(request: pytest.FixtureRequest) -> str:
+    # The dashboard uses the process-wide registry: a key per test keeps the tests apart.
+    return f"apptest-{request.node.name}"
+
+
+def test_page_shows_a_progress_bar_then_the_result(key: str, wait_until) -> None:
+    gate, calls = threading.Event(), []
+    tasks().submit(key, _gated(gate, calls, result="from the work"), label="Checking images")
+    wait_until(lambda: tasks().state(key).done == 3, timeout=10)
+    at = _page(key)
+    assert not at.exception
+    bars = at.get("progress")
+    assert len(bars) == 1
+    assert bars[0].proto.value == 30 and bars[0].proto.text.startswith("Checking images: 3 of 10")
+    assert "result: None" in [m.value for m in at.markdown]
+    gate.set()
+    wait_until(lambda: tasks().state(key).status == "done", timeout=10)
+    at.run()
+    assert not at.get("progress")
+    assert "result: from the work" in [m.value for m in at.markdown]
+    assert calls == [f"background:{key}"]  # the page's own function never ran: the work was already under way
+
+
+def test_page_shows_the_error_and_retry_runs_the_work_again(key: str, wait_until) -> None:
+    def broken(progress) -> None:
+        raise ValueError("train.txt names no images")
+
+    tasks().submit(key, broken, label="Checking images")
+    wait_until(lambda: tasks().state(key).status == "failed", timeout=10)
+    at = _page(key)
+    assert [e.value for e in at.error] == ["Checking images failed: ValueError: train.txt names no images"]
+    assert "result: None" in [m.value for m in at.markdown]
+    at.run()  # a rerun does not retry by itself
+    assert tasks().state(key).status == "failed"
+    at.button(key=f"background-retry-{key}").click().run()
+    wait_until(lambda: tasks().state(key).status == "done", timeout=10)
+    at.run()
+    assert not at.error
+    assert "result: fresh result" in [m.value for m in at.markdown]
+
+
+def test_page_with_nothing_submitted_starts_the_work(key: str, wait_until) -> None:
+    at = _page(key)
+    assert tasks().state(key).status in ("running", "done")
+    wait_until(lambda: tasks().state(key).status == "done", timeout=10)
+    at.run()
+    assert "result: fresh result" in [m.value for m in at.markdown]
