@@ -3,15 +3,24 @@ the dashboard's `background(...)` helper through AppTest (running, failed with R
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from apptest_pages import open_page
 from streamlit.testing.v1 import AppTest
 
 from caltech_core.background import TaskRegistry, tasks
+from caltech_core.data import dataset, scan
+from caltech_core.files import file_lock
+from caltech_core.runs.store import RunStore
 
 GATE_SECONDS = 30  # a gated work function gives up after this, so a failing test never leaves a thread behind
 
@@ -157,3 +166,70 @@ def test_page_with_nothing_submitted_starts_the_work(key: str, wait_until) -> No
     wait_until(lambda: tasks().state(key).status == "done", timeout=10)
     at.run()
     assert "result: fresh result" in [m.value for m in at.markdown]
+
+
+# ---- the unreadable-image scan: checkpoints, a kill, the Data page -------------------------------------------
+
+KILLED_SCAN = """
+import sys
+from pathlib import Path
+from caltech_core.data import dataset, scan
+scan.CHECKPOINT_FILES = 20  # small chunks: several whole checkpoints before the kill
+paths = dataset.load_splits(sys.argv[1]).all_paths()[:200]
+def progress(done, total):
+    print(done, flush=True)
+    if done == 70:  # mid-chunk, after three whole checkpoints: wait here for the kill
+        sys.stdin.readline()
+scan.scan_unreadable(Path(sys.argv[1]), paths, Path(sys.argv[2]), progress)
+"""
+
+
+def test_a_scan_killed_midway_leaves_a_whole_cache_and_the_next_goes_on_from_it(caltech_root, tmp_path) -> None:
+    cache_dir = tmp_path / "cache"
+    env = {**os.environ, "CALTECH_STUDIO_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, "-c", KILLED_SCAN, str(caltech_root), str(cache_dir)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    assert child.stdout is not None
+    for line in child.stdout:
+        if int(line) == 70:
+            break
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    file = scan.scan_file(caltech_root, cache_dir)
+    kept = json.loads(file.read_text())["files"]  # whole JSON, never half a file
+    assert len(kept) == 60  # the three chunks it had finished
+
+    paths = dataset.load_splits(caltech_root).all_paths()[:200]
+    decoded: list[int] = []
+    assert scan.scan_unreadable(caltech_root, paths, cache_dir, lambda d, t: decoded.append(t)) == []
+    assert set(decoded) == {200 - len(kept)}  # only the files the killed scan had not checked
+    assert len(json.loads(file.read_text())["files"]) == 200
+    assert sorted(p.name for p in cache_dir.iterdir()) == [file.name]  # no temporary file, no lock file left
+
+
+def test_data_page_draws_the_dataset_first_and_the_scan_result_later(
+    mini_root, studio_home, tmp_path, monkeypatch: pytest.MonkeyPatch, wait_until,
+) -> None:
+    broken = tmp_path / "broken_copy"  # the mini dataset, copied, with one truncated image
+    shutil.copytree(mini_root, broken, symlinks=False)
+    victim = sorted((broken / "101_ObjectCategories" / "pizza").iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:2000])
+    monkeypatch.setenv("CALTECH101_ROOT", str(broken))
+    file = scan.scan_file(broken, RunStore(studio_home).cache_dir)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(file.with_name(file.name + ".lock")):  # another process scanning: ours waits behind it
+        at = open_page("data")
+        assert not at.exception
+        split_table = at.dataframe[0].value
+        assert dict(zip(split_table["split"], split_table["images"], strict=True)) == {"train": 12, "val": 12,
+                                                                                          "test": 12}
+        assert len(at.image) == 4 and at.get("plotly_chart")  # the samples and the histogram are there already
+        bars = at.get("progress")
+        assert len(bars) == 1 and bars[0].proto.text == "Checking every image decodes…"
+        at.run()
+        assert len(at.get("progress")) == 1  # still waiting: a rerun neither blocks nor starts a second scan
+    wait_until(lambda: not at.run().get("progress"), timeout=60)
+    assert not at.exception
+    warnings = [w.value for w in at.warning]
+    assert "1 image(s) cannot be decoded and are left out of training." in warnings
+    assert str(victim.resolve()) in list(at.dataframe[1].value["file"])
