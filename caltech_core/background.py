@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 Status = Literal["missing", "running", "done", "failed"]
 NICE = 10  # added to a work thread's nice value: the CPU goes to training first (see docs/benchmarks.md)
-KEEP_DONE = 64  # finished results kept in memory; the oldest beyond this are dropped (their work reruns if asked)
+KEEP_DONE = 16  # finished results kept in memory; the oldest beyond this are dropped (their work reruns if asked)
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,7 @@ class TaskRegistry:
 
     def __init__(self, *, nice: int = NICE, keep_done: int = KEEP_DONE) -> None:
         self._lock = threading.Lock()
+        self._ended = threading.Condition(self._lock)  # notified whenever some work ends
         self._states: dict[str, TaskState] = {}
         self._nice = nice
         self._keep_done = keep_done
@@ -89,6 +90,12 @@ class TaskRegistry:
         thread = threading.Thread(target=self._run, args=(key, fn, started), name=f"background:{key}", daemon=True)
         thread.start()
         return started
+
+    def wait(self, key: str, timeout: float) -> TaskState:
+        """`key`'s state once its work has ended, or after `timeout` seconds, whichever comes first."""
+        with self._ended:
+            self._ended.wait_for(lambda: self._states.get(key, MISSING).status != "running", timeout)
+            return self._states.get(key, MISSING)
 
     def forget(self, key: str) -> None:
         """Drop a finished or failed result, so the next `submit` runs the work again; a running one stays."""
@@ -119,6 +126,7 @@ class TaskRegistry:
             done = [k for k, s in self._states.items() if s.status == "done"]
             for old in sorted(done, key=lambda k: self._states[k].ended)[:max(0, len(done) - self._keep_done)]:
                 del self._states[old]
+            self._ended.notify_all()
 
 
 def lower_priority(nice: int) -> None:

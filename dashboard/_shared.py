@@ -239,16 +239,19 @@ def format_seconds(seconds: float | None) -> str:
 POLL_SECONDS = 0.5  # how often a page waiting on background work looks at its progress
 
 
-def background(key: str, fn: Callable[[ProgressFn], Any], label: str) -> Any:
+def background(key: str, fn: Callable[[ProgressFn], Any], label: str, *, wait: float = 0.0) -> Any:
     """The result of `fn(progress)`, computed once per `key` on a background thread (caltech_core.background).
 
     Returns the result when done; else None, after showing where the work stands: a progress bar that updates
     by itself (a polling fragment, which reruns the whole page once the result is in), or the error and a Retry
     button. The work goes on when the user leaves the page; another tab asking for `key` waits on the same work.
+    `wait` seconds: how long to wait for the result before showing a bar (for work that is often quick).
     """
     state = tasks().state(key)
     if state.status == "missing":
         state = tasks().submit(key, fn, label=label)
+    if state.status == "running" and wait > 0:
+        state = tasks().wait(key, wait)
     if state.status == "done":
         return state.result
     if state.status == "failed":
