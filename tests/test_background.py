@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from apptest_pages import open_page
+from apptest_pages import open_page, until_background_done
 from streamlit.testing.v1 import AppTest
 
 from caltech_core.background import TaskRegistry, tasks
@@ -233,3 +233,32 @@ def test_data_page_draws_the_dataset_first_and_the_scan_result_later(
     warnings = [w.value for w in at.warning]
     assert "1 image(s) cannot be decoded and are left out of training." in warnings
     assert str(victim.resolve()) in list(at.dataframe[1].value["file"])
+
+
+def test_errors_gallery_decodes_a_missing_image_cache_in_the_background(
+    finished_home, mini_root, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from caltech_core import layout
+    from caltech_core.training import predictions
+
+    monkeypatch.setenv("CALTECH_STUDIO_HOME", str(finished_home))
+    monkeypatch.setenv("CALTECH101_ROOT", str(mini_root))
+    store = RunStore(finished_home)
+    run = store.list_runs()[0]
+    images = layout.images_dir(store.cache_dir, run.config.resize_size)
+    shutil.rmtree(images)  # pruned (or trained elsewhere): the gallery must decode the split's images first
+    images.mkdir()
+    results = predictions.load_run(store, run.id, "test")
+    with file_lock(images / ".lock"):  # another build under way: ours waits behind it
+        at = open_page("errors", run=str(run.id))
+        assert not at.exception, at.exception
+        assert {m.label: m.value for m in at.metric}["Images"] == "12"  # the summary does not wait
+        assert at.get("plotly_chart")  # nor the confusion matrix
+        bars = at.get("progress")
+        assert len(bars) == 1 and bars[0].proto.text == "Decoding the split's images…"
+        assert not at.image
+    at.radio(key="err_view").set_value("Most confident mistakes")
+    until_background_done(at.run())
+    assert not at.exception, at.exception
+    assert len(at.image) == min(12, int((~results.correct).sum()))
+    assert (images / "index.json").is_file()
