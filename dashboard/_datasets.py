@@ -5,6 +5,7 @@ dataset field; the Report page's best runs of other datasets. Not a page: import
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from typing import Any
 
@@ -14,13 +15,14 @@ import streamlit as st
 from caltech_core.config import Setting
 from caltech_core.data import dataset, health, overrides, registry
 from caltech_core.runs.store import RunRecord
-from caltech_core.status import Phase, RunStatus
+from caltech_core.status import RunStatus
 from caltech_core.study import charts
-from dashboard._shared import get_store, progress_bar
+from dashboard._shared import background, get_store
 
 ACTIVE = "active_dataset"  # session key: the dataset chosen on the Data page ("" = Caltech-101)
 PICK = "pick_dataset"  # session key: a dataset the picker shows at its next drawing (one just added)
 MAX_UPLOAD_MB = 200
+HEALTH_ASKED = "health_asked"  # session key: {dataset id: when its check was asked for} (one task each)
 SHOWN_PAIRS = 24  # duplicate pairs drawn with thumbnails (the table lists all)
 
 
@@ -145,20 +147,17 @@ def health_check(dataset_id: str) -> None:
     store = get_store()
     key = dataset_id or registry.CALTECH_ID
     report = health.last_report(store.home, key)
-    label = "Check again" if report else "Run the health check"
-    if st.button(label, key="health_run", icon=":material/health_and_safety:"):
-        slot = st.empty()
-
-        def _progress(done: int, total: int) -> None:
-            with slot:
-                progress_bar(Phase.CACHING, done, total, detail="reading, decoding and hashing each image")
-
-        try:
-            report = health.check_dataset(store.home, key, store.cache_dir, refresh=True, progress=_progress)
-        except (ValueError, FileNotFoundError) as exc:
-            st.error(str(exc))
+    asked: dict[str, float] = st.session_state.setdefault(HEALTH_ASKED, {})
+    if st.button("Check again" if report else "Run the health check", key="health_run",
+                 icon=":material/health_and_safety:"):
+        asked[key] = time.time()  # a new background task: a check again reads the files as they are now
+    if key in asked:
+        home, cache = store.home, store.cache_dir
+        done = background(f"health:{home}:{key}:{asked[key]}", lambda progress: health.check_dataset(
+            home, key, cache, refresh=True, progress=progress), "Checking images (3 passes)")
+        if done is None:
             return
-        slot.empty()
+        report = done
     if report is None:
         st.caption("Finds unreadable, tiny and duplicate images, train/test leakage and label conflicts. Nothing "
                    "in the folder is changed.")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from apptest_pages import open_page, page_texts
+from apptest_pages import open_page, page_texts, until_background_done
 from test_datasets import _folder
 
 from caltech_core.config import TrainConfig
@@ -37,7 +37,7 @@ def test_data_page_adds_shows_and_checks_a_second_dataset(home: Path, tmp_path: 
     splits = at.dataframe[0].value
     assert dict(zip(splits["split"], splits["images"], strict=True)) == {"train": 7, "val": 2, "test": 2}
     assert len(at.image) == 3  # circle's training images (5 -> 3/1/1)
-    at.button(key="health_run").click().run()
+    until_background_done(at.button(key="health_run").click().run())
     assert not at.exception, at.exception
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Exact duplicate pairs"] == "1" and metrics["Unreadable"] == "0"
