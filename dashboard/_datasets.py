@@ -281,7 +281,13 @@ def mixed_datasets_warning(records: list[RunRecord]) -> None:
 
 
 def other_datasets_summary(runs: list[RunRecord]) -> None:
-    """The Report page for runs of other datasets: the best finished runs of each (no study to compare with)."""
+    """The Report page for runs of other datasets: the best finished runs of each (no study to compare with);
+    and how many Caltech-101 runs left files out by the dataset's marks."""
+    marked = [r for r in runs if not r.config.dataset and (r.results.get("dataset") or {}).get("excluded")]
+    if marked:
+        most = max(r.results["dataset"]["excluded"] for r in marked)
+        st.caption(f"{len(marked)} Caltech-101 run(s) above left out files excluded on the Data page (up to {most} "
+                   "per run); the study used every file.")
     done = [r for r in runs if r.config.dataset and r.status == RunStatus.FINISHED]
     if not done:
         return

@@ -255,6 +255,19 @@ def test_cli_add_list_check_exclude(planted: tuple[Path, dict[str, Path]], tmp_p
     assert "no dataset named 'nothing'" in capsys.readouterr().err
 
 
+def test_train_data_option_takes_a_name_or_a_new_folder(tmp_path: Path) -> None:
+    from caltech_core.cli.app import build_parser
+    from caltech_core.cli.train import train_configs
+
+    store = RunStore(tmp_path / "home")
+    root = _folder(tmp_path / "new one", {"a": 3, "b": 3})
+    for given in (str(root), "new one", "new-one"):
+        configs, _ = train_configs(build_parser().parse_args(["train", "--data", given]), store)
+        assert configs[0].dataset == "new-one"
+    configs, _ = train_configs(build_parser().parse_args(["train", "--data", "caltech101"]), store)
+    assert configs[0].dataset == "" and list(registry.load_all(store.home)) == ["new-one"]
+
+
 # -- a real run -------------------------------------------------------------------------------------------
 
 
