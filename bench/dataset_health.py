@@ -3,7 +3,7 @@ decode into the image cache, pHash, duplicate search), against the obvious basel
 once per check (scan.find_unreadable's full decode, pHash from a second decode, the image cache from a third).
 Each repetition starts with an empty image cache; A and B alternate (ABAB...).
 
-    python bench/dataset_health.py [--images 10000] [--classes 20] [--repeats 2] [--dir /tmp/health-bench]
+    python bench/dataset_health.py [--images 10000] [--classes 20] [--repeats 2] [--size 200x150] [--dir /tmp/health-bench]
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from caltech_core.data.scan import find_unreadable
 from caltech_core.data.threads import worker_threads
 
 
-def make_folder(root: Path, images: int, classes: int) -> None:
-    """Smooth random JPEGs of 200x150 px (Caltech-101's are about 300x200), `images` over `classes` folders."""
-    if root.is_dir() and sum(1 for _ in root.rglob("*.jpg")) == images:
+def make_folder(root: Path, images: int, classes: int, size: tuple[int, int]) -> None:
+    """Smooth random JPEGs of `size` px (Caltech-101's are about 300x200), `images` over `classes` folders."""
+    stamp = root / ".made"
+    if stamp.is_file() and stamp.read_text() == f"{images} {classes} {size}":
         return
     shutil.rmtree(root, ignore_errors=True)
     rng = np.random.default_rng(0)
@@ -36,7 +37,8 @@ def make_folder(root: Path, images: int, classes: int) -> None:
         folder = root / f"class {i % classes:02d}"
         folder.mkdir(parents=True, exist_ok=True)
         small = rng.integers(0, 256, (8, 10, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((200, 150), Image.Resampling.BICUBIC).save(folder / f"{i}.jpg", quality=85)
+        Image.fromarray(small).resize(size, Image.Resampling.BICUBIC).save(folder / f"{i}.jpg", quality=85)
+    stamp.write_text(f"{images} {classes} {size}")
 
 
 def ours(root: Path, home: Path) -> dict[str, float]:
@@ -72,12 +74,14 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=10_000)
     ap.add_argument("--classes", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--size", default="200x150", help="image width x height")
     ap.add_argument("--dir", default="/tmp/health-bench")
     args = ap.parse_args()
     base = Path(args.dir)
     t = time.perf_counter()
-    make_folder(base / "images", args.images, args.classes)
-    print(f"folder of {args.images} images ready in {time.perf_counter() - t:.0f} s")
+    size = tuple(int(v) for v in args.size.split("x"))
+    make_folder(base / "images", args.images, args.classes, size)
+    print(f"folder of {args.images} images of {args.size} px ready in {time.perf_counter() - t:.0f} s")
     print(subprocess.run(["lscpu"], capture_output=True, text=True).stdout.split("Flags")[0].strip())
     print(f"threads: {worker_threads()}")
     results: dict[str, list[dict[str, float]]] = {"shared decode (ours)": [], "one decode per check": []}

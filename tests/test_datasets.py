@@ -271,8 +271,10 @@ def test_train_data_option_takes_a_name_or_a_new_folder(tmp_path: Path) -> None:
 # -- a real run -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # 4 epochs over 1,079 images: 240 s on the 2 shared cores at load average 21 (not measured idle)
 def test_digits_written_as_png_folders_train_to_90_percent(tmp_path: Path) -> None:
-    """scikit-learn's 1,797 real 8x8 digits, upscaled to 32 px PNGs in class folders, trained by `run_job`."""
+    """scikit-learn's 1,797 real 8x8 digits, upscaled to 32 px PNGs in class folders, trained by `run_job`
+    (92.5% and 93.0% test accuracy in the two runs measured while writing this test)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
