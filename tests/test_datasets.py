@@ -251,6 +251,8 @@ def test_cli_add_list_check_exclude(planted: tuple[Path, dict[str, Path]], tmp_p
     assert json.loads(out)["exact"]["label_conflict"] == 1
     assert main(["data", "exclude", "planted", str(files["leaked"]), *store]) == 0
     assert "1 mark(s) in force" in capsys.readouterr().out
+    assert main(["data", "relabel", "planted", str(files["copy"]), "--to", "wasp", *store]) == 2
+    assert "'wasp' is not a class of planted" in capsys.readouterr().err
     assert main(["data", "check", "nothing", *store]) == 1
     assert "no dataset named 'nothing'" in capsys.readouterr().err
 

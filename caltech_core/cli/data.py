@@ -106,11 +106,15 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 def cmd_data_mark(args: argparse.Namespace) -> int:
     """Exclude, relabel or un-mark files of a dataset (the images themselves are never touched)."""
-    from caltech_core.data import overrides
+    from caltech_core.data import overrides, registry
 
     store = open_store(args)
     dataset_id = _dataset_id(store.home, args.dataset)
     files = [str(Path(f).expanduser().absolute()) for f in args.files]
+    if args.action == "relabel" and dataset_id != registry.CALTECH_ID:
+        classes = registry.get(store.home, dataset_id).classes
+        if args.to not in classes:
+            raise CliError(f"{args.to!r} is not a class of {dataset_id} (classes: {', '.join(classes[:10])})", 2)
     if args.action == "undo":
         n = overrides.undo(store.home, dataset_id, files)
     else:
