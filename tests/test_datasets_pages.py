@@ -63,6 +63,13 @@ def test_train_form_and_compare_know_the_dataset(home: Path, tmp_path: Path) -> 
     for cfg in (TrainConfig(), TrainConfig(dataset=entry.id)):
         run_id = store.create_run(cfg)
         store.set_status(run_id, "finished")
+    store.set_results(run_id, {"dataset": {**entry.source, "excluded": 2}, "classes": entry.classes})
+    at = open_page("monitor", run=str(run_id))
+    assert not at.exception, at.exception
+    assert "Dataset: shapes (2 excluded by the dataset's marks)" in page_texts(at)
+    at = until_background_done(open_page("report"))
+    assert not at.exception, at.exception
+    assert "Other datasets: best runs" in [h.value for h in at.header]
     at = open_page("compare")
     assert not at.exception, at.exception
     assert "trained on different datasets (Caltech-101, shapes)" in page_texts(at)
