@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -208,7 +209,10 @@ def _duplicates(report: dict[str, Any], dataset_id: str) -> None:
             left, right = col.columns(2)
             for side, slot in (("a", left), ("b", right)):
                 item = pair[side]
-                slot.image(item["path"], caption=f"{item['label']} · {item['split']}", width="stretch")
+                if Path(item["path"]).is_file():  # the folder may have changed since the check
+                    slot.image(item["path"], caption=f"{item['label']} · {item['split']}", width="stretch")
+                else:
+                    slot.caption(f"{Path(item['path']).name}: gone since the check")
     victims = health.paths_of(report, kind)
     if st.button(f"Exclude the second file of each pair ({len(victims)} files)", key="exclude_dups",
                  icon=":material/block:"):
