@@ -157,6 +157,10 @@ class TrainConfig:
         flags=("--patience", "--early-stopping-patience"), metavar="EPOCHS",
         help="Epochs without validation improvement before stopping; 0 = off.")
     # -- data and run -------------------------------------------------------------------------------
+    dataset: str = _setting("", "Dataset (empty = Caltech-101)", "data", max_length=200,
+                            flags=("--data", "--dataset"), metavar="NAME|PATH",
+                            help="A dataset added on the Data page or with `data add` (its name), or a folder of "
+                                 "class sub-folders (added on first use); empty = Caltech-101.")
     classes: int | None = _setting(None, "Classes (first K, 0 = all 101)", "data", low=1, high=100_000, step=1,
                                    unset=0, metavar="K", help="The first K classes only (quick runs).")
     class_names: tuple[str, ...] = _setting((), "Or these classes (by name)", "data", metavar="LIST",

@@ -1,8 +1,9 @@
 """Where everything lives on disk: the store's folders, a run's files and the caches' folders.
 
 Under the store's home: `runs.sqlite`, `runs/<id>/` (a run's files) and `cache/` (the image caches,
-`images-<resize>/`, the frozen-feature cache, `features/`, and the dataset scan cache). Every module that
-names one of these paths asks this module, so the layout is written once.
+`images-<resize>/`, the frozen-feature cache, `features/`, and the dataset scan cache) and `datasets/` (the
+registry of image folders, each one's overrides and health report). Every module that names one of these
+paths asks this module, so the layout is written once.
 """
 
 from __future__ import annotations
@@ -67,3 +68,31 @@ def images_dir(cache_dir: Path, resize_size: int) -> Path:
 def features_dir(cache_dir: Path) -> Path:
     """The frozen-backbone feature cache."""
     return Path(cache_dir) / FEATURES
+
+
+# -- datasets beside Caltech-101 ---------------------------------------------------------------------------
+DATASETS = "datasets"
+
+
+def datasets_dir(home: Path) -> Path:
+    """`<home>/datasets`: the registry of datasets and each one's overrides and health report."""
+    return Path(home) / DATASETS
+
+
+def dataset_registry(home: Path) -> Path:
+    return datasets_dir(home) / "registry.json"
+
+
+def dataset_overrides(home: Path, dataset_id: str) -> Path:
+    """A dataset's marks (exclude a file, relabel a file), applied when a run's splits are built."""
+    return datasets_dir(home) / dataset_id / "overrides.json"
+
+
+def dataset_health(home: Path, dataset_id: str) -> Path:
+    """A dataset's last health check (reused while the file list is unchanged)."""
+    return datasets_dir(home) / dataset_id / "health.json"
+
+
+def dataset_uploads(home: Path) -> Path:
+    """Where ZIP files uploaded on the Data page are unpacked (one folder each)."""
+    return datasets_dir(home) / "uploads"

@@ -13,6 +13,7 @@ from caltech_core.config import ARCH_LABELS, ARCHITECTURES, AUGMENTATIONS, TRAIN
 from caltech_core.runs.store import RunRecord
 from caltech_core.study import charts, experiments, report
 from dashboard._auth import require_password
+from dashboard._datasets import dataset_of, mixed_datasets_warning
 from dashboard._manage import tag_filter
 from dashboard._shared import format_seconds, get_store
 
@@ -50,7 +51,7 @@ def _row(rec: RunRecord) -> dict[str, Any]:
     cfg, res = rec.config, rec.results
     row = {
         "run": rec.id, "name": rec.name, "group": rec.group, "status": rec.status,
-        "architecture": ARCH_LABELS.get(cfg.arch, cfg.arch),
+        "architecture": ARCH_LABELS.get(cfg.arch, cfg.arch), "dataset": dataset_of(rec),
         "best val acc": rec.best_val_acc if rec.best_val_acc is not None else res.get("best_val_acc"),
         "test acc": rec.test_acc if rec.test_acc is not None else res.get("test_acc"),
         "mean class acc": res.get("mean_class_acc"),
@@ -58,7 +59,7 @@ def _row(rec: RunRecord) -> dict[str, Any]:
         "duration": format_seconds(rec.duration),
     }
     for key, value in cfg.to_dict().items():
-        if key not in ("arch", "name", "group"):
+        if key not in ("arch", "name", "group", "dataset"):
             row[key] = "+".join(value) or "none" if isinstance(value, (list, tuple)) else value
     return row
 
@@ -159,6 +160,7 @@ shown = filters(runs)
 if not shown:
     st.warning("No run matches these filters.")
     st.stop()
+mixed_datasets_warning(shown)
 table = results_table(shown)
 repeats(shown)
 curves(shown, table)

@@ -13,6 +13,7 @@ from caltech_core.runs.store import RunRecord
 from caltech_core.status import RunStatus
 from caltech_core.study import charts
 from dashboard._auth import require_password
+from dashboard._datasets import dataset_note, dataset_of
 from dashboard._manage import delete_many, manage_run, tag_filter
 from dashboard._shared import format_seconds, get_manager, get_store, progress_bar, run_label
 
@@ -30,8 +31,8 @@ def queue() -> int | None:
     for run_id in running + queued:
         rec = store.get_run(run_id)
         if rec is not None:
-            rows.append({"run": run_id, "name": rec.name, "architecture": rec.arch, "status": rec.status,
-                         "epochs": rec.config.epochs, "where": rec.node or rec.device or ""})
+            rows.append({"run": run_id, "name": rec.name, "architecture": rec.arch, "dataset": dataset_of(rec),
+                         "status": rec.status, "epochs": rec.config.epochs, "where": rec.node or rec.device or ""})
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
     return running[0] if running else None
 
@@ -219,4 +220,5 @@ watch(record)
 results(record)
 export(record)
 files_left_out(record)
+dataset_note(record)
 configuration(record)

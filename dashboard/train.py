@@ -12,7 +12,7 @@ from caltech_core.nets import weights
 from caltech_core.nets.architectures import get_spec
 from caltech_core.status import Phase
 from caltech_core.study import charts, experiments
-from dashboard import _settings
+from dashboard import _datasets, _settings
 from dashboard._auth import require_password
 from dashboard._manage import TRAIN_FROM
 from dashboard._shared import backend_sidebar, data_root, format_seconds, get_manager, get_store, progress_bar
@@ -51,9 +51,12 @@ def _field(setting: Setting) -> None:
         _settings.widget(setting, help_prefix=f"{native.label}'s native size is {native.image_size} (224 in the "
                                               f"study); the shorter side is resized to 1/{native.crop_pct:g} of it "
                                               "first.")
+    elif setting.name == "dataset":
+        _datasets.dataset_field(setting)
     elif setting.name == "class_names":
         root = data_root()
-        names = dataset.list_classes(root) if root is not None else []
+        chosen = st.session_state.get("f_dataset")
+        names = _datasets.class_names(chosen) if chosen else dataset.list_classes(root) if root is not None else []
         _settings.widget(setting, options=sorted({*names, *st.session_state.get("f_class_names", [])}))
     else:
         ticked = _settings.widget(setting)
@@ -161,10 +164,10 @@ def time_per_epoch(cfg: TrainConfig) -> dataset.Splits | None:
     st.subheader("Time per epoch")
     root = data_root()
     splits = None
-    if root is not None:
+    if root is not None or cfg.dataset:
         try:
-            splits = dataset.Splits.from_config(cfg, root)
-        except (dataset.SplitError, FileNotFoundError) as exc:
+            splits = dataset.Splits.from_config(cfg, root, get_store().home)
+        except (ValueError, FileNotFoundError) as exc:  # SplitError, FolderError, a moved folder
             st.warning(str(exc))
     if splits is not None:
         st.caption(f"{len(splits.train)} training, {len(splits.val)} validation, {len(splits.test)} test "
@@ -194,7 +197,7 @@ def time_per_epoch(cfg: TrainConfig) -> dataset.Splits | None:
 def augmentation_preview(cfg: TrainConfig, splits: dataset.Splits | None) -> None:
     """Six training images as the model sees them after this config's augmentations."""
     with st.expander("Augmentation preview: training images as the model sees them", expanded=bool(cfg.augment)):
-        if data_root() is None:
+        if data_root() is None and not cfg.dataset:
             st.info("No dataset found; see the Data page.")
             return
         if st.button("New random draw", key="reshuffle"):
@@ -202,7 +205,7 @@ def augmentation_preview(cfg: TrainConfig, splits: dataset.Splits | None) -> Non
         try:
             from caltech_core.data import imagecache, transforms
 
-            splits = splits or dataset.Splits.from_config(cfg, data_root())
+            splits = splits or dataset.Splits.from_config(cfg, data_root(), get_store().home)
             picked = splits.train[:: max(1, len(splits.train) // 6)][:6]
             cache = imagecache.ImageCache.build([s.path for s in picked], get_store().cache_dir,
                                                 resize_size=cfg.resize_size)
@@ -210,7 +213,7 @@ def augmentation_preview(cfg: TrainConfig, splits: dataset.Splits | None) -> Non
                                               seed=st.session_state.get("preview_seed", 0))
             for col, img, path in zip(st.columns(6), shown, cache.paths, strict=False):
                 col.image(img, caption=f"{path.parent.name}", width="stretch")
-        except (dataset.SplitError, FileNotFoundError) as exc:
+        except (ValueError, FileNotFoundError) as exc:
             st.warning(str(exc))
 
 

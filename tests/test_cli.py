@@ -433,7 +433,7 @@ def _other_value(setting: Setting) -> Any:
         return next(v for v in (int(setting.low) + 1, int(setting.low) + 2) if v != setting.default)
     if setting.kind == "float":
         return (setting.low + 2 * setting.high) / 3
-    return "/tmp/w.pt" if setting.name == "weights_path" else "some text"
+    return {"weights_path": "/tmp/w.pt", "dataset": "shapes"}.get(setting.name, "some text")
 
 
 def _argv(flag: str, value: Any) -> list[str]:
@@ -449,11 +449,18 @@ def test_every_config_field_and_alias_parses_into_the_config(tmp_path: Path) -> 
     a non-default value through to the config the run would get, changing nothing else."""
     import dataclasses
 
+    from PIL import Image
+
     from caltech_core.cli.app import build_parser
     from caltech_core.cli.train import train_configs
+    from caltech_core.data import registry
 
     parser = build_parser()
     store = RunStore(tmp_path)
+    for cls in ("a", "b"):  # --data takes a registered dataset (or a folder, which it registers)
+        (tmp_path / "shapes" / cls).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "shapes" / cls / "1.png")
+    registry.add(store.home, tmp_path / "shapes")
     baseline = TrainConfig().to_dict()
     needs = {"warmup_epochs": ["--lr-schedule", "cosine"]}  # a warm-up goes with the cosine schedule
     for f in dataclasses.fields(TrainConfig):

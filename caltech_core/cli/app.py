@@ -20,7 +20,7 @@ from typing import Any
 
 from caltech_core import settings
 from caltech_core.cli.common import CliError
-from caltech_core.cli.data import cmd_cache, cmd_data
+from caltech_core.cli.data import add_data_commands, cmd_cache, cmd_data
 from caltech_core.cli.runs import cmd_cancel, cmd_delete, cmd_note, cmd_runs, cmd_tag
 from caltech_core.cli.study import cmd_report
 from caltech_core.cli.train import cmd_resume, cmd_train
@@ -82,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=_prog(), description=__doc__.split("\n\n")[0].replace("\n", " "))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("data", parents=[common, rooted], help="dataset summary")
+    p = sub.add_parser("data", parents=[common, rooted], help="datasets: Caltech-101's summary; add, list, check")
     p.set_defaults(func=cmd_data)
+    add_data_commands(p, common, rooted)
 
     p = sub.add_parser("train", parents=[common, rooted, no_download, on_ray],
                        help="train in the foreground (a run or a preset sweep)",

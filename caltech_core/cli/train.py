@@ -30,6 +30,13 @@ if TYPE_CHECKING:
 def train_configs(args: argparse.Namespace, store: RunStore) -> tuple[list[TrainConfig], str | None]:
     """The configs to train: the preset's (or the default) with every option given on the command line."""
     overrides = {name: getattr(args, name) for name in SETTINGS if getattr(args, name) is not None}
+    if args.dataset is not None:  # a name or a folder (added on first use) -> the registered id
+        from caltech_core.data import registry
+
+        try:
+            overrides["dataset"] = registry.resolve(store.home, args.dataset)
+        except ValueError as exc:  # FolderError: what is wrong with the folder
+            raise CliError(str(exc)) from exc
     if args.weights_path is not None:
         overrides["pretrained"] = True  # a weights file only makes sense for a pretrained model
     from caltech_core.study import experiments
@@ -55,7 +62,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     configs, preset = train_configs(args, store)
     if _backend(args) != "local":
         return _train_on_ray(args, store, configs, preset)
-    dataset.resolve_root(args.root)  # a missing dataset is reported before any run is created
+    if any(not cfg.dataset for cfg in configs):
+        dataset.resolve_root(args.root)  # a missing Caltech-101 is reported before any run is created
     summaries: list[dict[str, Any]] = []
     for i, cfg in enumerate(configs, 1):
         run = store.get_run(store.create_run(cfg))

@@ -4,6 +4,9 @@ Layout read here (the course's published split): ``ROOT/101_ObjectCategories/<cl
 ``ROOT/train.txt`` and ``ROOT/test.txt`` whose lines are paths relative to ``101_ObjectCategories/``.
 ``BACKGROUND_Google`` is not a class and is excluded everywhere. The unreadable-image scan and summary live in
 `data.scan`, the archive download in `data.download`.
+
+Any other folder of labelled images (`data.folders` reads its layout, `data.registry` files it in the store) is
+split here too (`load_folder_splits`), so every split rule lives in this one module (hence its length).
 """
 
 from __future__ import annotations
@@ -18,6 +21,12 @@ import numpy as np
 from sklearn.model_selection import StratifiedShuffleSplit
 
 from caltech_core import settings
+from caltech_core.data import overrides, registry
+from caltech_core.data.folders import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS  # re-exported: the one list
+from caltech_core.data.folders import Skipped as Skipped
+from caltech_core.data.folders import fingerprint
+from caltech_core.data.folders import is_image_name as is_image_name
+from caltech_core.data.folders import scan as scan_folder
 
 if TYPE_CHECKING:
     from caltech_core.config import TrainConfig
@@ -25,8 +34,6 @@ if TYPE_CHECKING:
 IMAGES_DIR = "101_ObjectCategories"
 BACKGROUND = "BACKGROUND_Google"
 SPLIT_FILES = ("train.txt", "test.txt")
-# Extensions treated as images; anything else in a class folder (e.g. BACKGROUND_Google/tmp) is ignored.
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 
 # The public course repository that publishes Caltech-101 together with the train.txt/test.txt split used by
 # the study (Politecnico di Torino MLDL 2020, homework 2); `data.download` fetches it, and a missing dataset's
@@ -35,6 +42,8 @@ DATASET_URL = "https://github.com/MachineLearning2020/Homework2-Caltech101/archi
 
 # Classic protocol: share of each class's non-training images held out for validation (see load_splits).
 PER_CLASS_VAL_FRACTION = 0.1
+# A folder without given splits: each class's share for validation and for test (the rest trains: 60/20/20).
+FOLDER_HOLDOUT = 0.2
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -53,17 +62,6 @@ class Sample:
     label: int
 
 
-@dataclass(frozen=True)
-class Skipped:
-    """A file (or class folder) left out, and why."""
-
-    path: Path
-    reason: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"path": str(self.path), "reason": self.reason}
-
-
 @dataclass
 class Splits:
     """Train/validation/test lists over the same sorted class list."""
@@ -74,19 +72,27 @@ class Splits:
     val: list[Sample]
     test: list[Sample]
     skipped: list[Skipped] = field(default_factory=list)
-    protocol: str = "split"  # "split" (official lists, train halved into train/val) | "per_class"
+    protocol: str = "split"  # "split" (given lists) | "per_class" | "random" (a folder split 60/20/20)
+    # The dataset as a run records it: id, name, kind, path, fingerprint (+ excluded, relabelled counts).
+    source: dict[str, object] = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig, root: str | Path | None = None) -> Splits:
-        """The splits a training configuration asks for."""
-        return load_splits(
-            root,
-            train_fraction=cfg.train_fraction,
-            seed=cfg.split_seed,
-            classes=cfg.class_names or cfg.classes,
-            max_per_class=cfg.max_per_class,
-            per_class_train=cfg.per_class_train,
-        )
+    def from_config(cls, cfg: TrainConfig, root: str | Path | None = None, home: str | Path | None = None) -> Splits:
+        """The splits a training configuration asks for: Caltech-101 under `root` (`cfg.dataset` empty) or the
+        store's registered dataset `cfg.dataset`, with that dataset's overrides (store `home`) applied."""
+        home = Path(home) if home is not None else settings.studio_home()
+        options = dict(seed=cfg.split_seed, classes=cfg.class_names or cfg.classes,
+                       max_per_class=cfg.max_per_class, per_class_train=cfg.per_class_train)
+        if cfg.dataset:
+            entry = registry.get(home, cfg.dataset)
+            splits = load_folder_splits(entry.path, **options)
+            # The fingerprint of the folder as trained on (load_folder_splits'), not as registered.
+            splits.source = {**entry.source, **splits.source}
+        else:
+            splits = load_splits(root, train_fraction=cfg.train_fraction, **options)
+            splits.source = {"id": registry.CALTECH_ID, "name": registry.CALTECH_NAME, "kind": registry.CALTECH_ID,
+                             "path": str(splits.root), "fingerprint": fingerprint(splits.all_paths())}
+        return splits.with_overrides(overrides.load(home, str(splits.source["id"])))
 
     @property
     def num_classes(self) -> int:
@@ -95,6 +101,31 @@ class Splits:
     def all_paths(self) -> list[Path]:
         """Every image of the three splits, without duplicates, in split order."""
         return list(dict.fromkeys(s.path for s in (*self.train, *self.val, *self.test)))
+
+    def with_overrides(self, marks: overrides.Overrides) -> Splits:
+        """A copy without the excluded files and with relabelled files moved to their new class (in the same
+        split); `source` counts both. A relabel to a class this run does not have excludes the file."""
+        if not len(marks):
+            return self
+        index = {c: i for i, c in enumerate(self.classes)}
+        relabelled = marks.relabelled or {}
+        counts = {"excluded": 0, "relabelled": 0}
+
+        def apply(samples: list[Sample]) -> list[Sample]:
+            out = []
+            for s in samples:
+                key = str(s.path)
+                if key in marks.excluded or (key in relabelled and relabelled[key] not in index):
+                    counts["excluded"] += 1
+                elif key in relabelled:
+                    counts["relabelled"] += index[relabelled[key]] != s.label
+                    out.append(Sample(s.path, index[relabelled[key]]))
+                else:
+                    out.append(s)
+            return out
+
+        train, val, test = apply(self.train), apply(self.val), apply(self.test)
+        return replace(self, train=train, val=val, test=test, source={**self.source, **counts})
 
     def without(self, unreadable: Iterable[Skipped]) -> Splits:
         """A copy without the given (unreadable) files; they are added to `skipped`."""
@@ -143,10 +174,6 @@ def list_classes(root: Path) -> list[str]:
     """Class folder names sorted like torchvision's ImageFolder (case-sensitive), BACKGROUND_Google excluded."""
     images = root / IMAGES_DIR
     return sorted(p.name for p in images.iterdir() if p.is_dir() and p.name != BACKGROUND)
-
-
-def is_image_name(name: str) -> bool:
-    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
 def images_per_class(root: Path, classes: Sequence[str]) -> dict[str, int]:
@@ -252,6 +279,94 @@ def _per_class_protocol(
     return sorted(train, key=key), sorted(val, key=key), sorted(test, key=key)
 
 
+def _pick_classes(all_names: list[str], classes: int | Sequence[str] | None) -> list[str]:
+    """`classes=K`: the first K names; `classes=[names]`: those (in folder order); None: all."""
+    if classes is not None and not isinstance(classes, int):
+        unknown = sorted(set(classes) - set(all_names))
+        if unknown:
+            raise SplitError(f"unknown class {unknown[0]!r}; classes are folder names such as {', '.join(all_names[:4])}")
+        return sorted(set(classes), key=all_names.index)
+    if classes is not None:
+        if classes < 1:
+            raise SplitError(f"classes must be at least 1 (got {classes})")
+        return all_names[:classes]
+    return all_names
+
+
+def _random_thirds(pool: list[Sample], classes: list[str], seed: int) -> tuple[list[Sample], ...]:
+    """A folder without given splits: per class, FOLDER_HOLDOUT of the images (at least one) validate, as many
+    test, the rest (at least one) train, drawn with `seed`. A class with fewer than 3 images is a SplitError
+    naming it."""
+    by_class: dict[int, list[Sample]] = defaultdict(list)
+    for s in pool:
+        by_class[s.label].append(s)
+    small = [f"{classes[k]} ({len(v)})" for k, v in sorted(by_class.items()) if len(v) < 3]
+    if small:
+        raise SplitError(
+            f"class{'es' if len(small) > 1 else ''} {', '.join(small[:5])}{' ...' if len(small) > 5 else ''} "
+            "too small: a train/validation/test split needs at least 3 images per class. Add images, or leave "
+            "the class out (list the others in class_names / --class-names, or exclude its files)")
+    rng = np.random.default_rng(seed)
+    parts: tuple[list[Sample], ...] = ([], [], [])
+    for label in sorted(by_class):
+        items = by_class[label]
+        order = rng.permutation(len(items))
+        n_hold = max(1, round(FOLDER_HOLDOUT * len(items)))
+        n_val = min(n_hold, len(items) - 2)
+        n_test = min(n_hold, len(items) - 1 - n_val)
+        parts[1].extend(items[i] for i in order[:n_val])
+        parts[2].extend(items[i] for i in order[n_val:n_val + n_test])
+        parts[0].extend(items[i] for i in order[n_val + n_test:])
+    return tuple(sorted(p, key=lambda s: str(s.path)) for p in parts)
+
+
+def load_folder_splits(
+    path: str | Path,
+    *,
+    seed: int = 42,
+    classes: int | Sequence[str] | None = None,
+    max_per_class: int | None = None,
+    per_class_train: int | None = None,
+) -> Splits:
+    """The splits of a folder (or CSV) of labelled images (`data.folders` reads the layout).
+
+    Given train/val/test: used as they are. Train and test without val: a stratified 75% of train trains and
+    the rest validates (60/20/20 of the whole when test is a fifth). Train and val without test: that val is
+    the test set and validation is drawn from train the same way. Nothing given: per class, 60/20/20 drawn with
+    `seed` (protocol "random"). `per_class_train`, `classes` and `max_per_class` act as for Caltech-101.
+    """
+    listing = scan_folder(path)
+    names = _pick_classes(listing.classes, classes)
+    class_index = {c: i for i, c in enumerate(names)}
+    by_split: dict[str | None, list[Sample]] = defaultdict(list)
+    for item in listing.items:
+        if item.label in class_index:
+            by_split[item.split].append(Sample(item.path, class_index[item.label]))
+    pool = [s for samples in by_split.values() for s in samples]
+    if per_class_train is not None:
+        if per_class_train < 1:
+            raise SplitError(f"per_class_train must be at least 1 (got {per_class_train})")
+        train, val, test = _per_class_protocol(pool, per_class_train, seed)
+        protocol = "per_class"
+    elif not listing.given_splits:
+        train, val, test = _random_thirds(pool, names, seed)
+        protocol = "random"
+    else:
+        train, val, test = by_split["train"] + by_split[None], by_split["val"], by_split["test"]
+        if not test:
+            test, val = val, []
+        if not val and train:
+            train, val = _stratified_halves(train, 1 - FOLDER_HOLDOUT / (1 - FOLDER_HOLDOUT), seed)
+        protocol = "split"
+    return Splits(
+        root=listing.root, classes=names, train=_cap_per_class(train, max_per_class),
+        val=_cap_per_class(val, max_per_class), test=_cap_per_class(test, max_per_class),
+        skipped=listing.skipped, protocol=protocol,
+        source={"kind": listing.kind, "path": str(listing.root),
+                "fingerprint": fingerprint([i.path for i in listing.items])},
+    )
+
+
 def load_splits(
     root: str | Path | None = None,
     *,
@@ -271,16 +386,8 @@ def load_splits(
     caps each class in every split.
     """
     base = resolve_root(root)
-    names = all_names = list_classes(base)
-    if classes is not None and not isinstance(classes, int):
-        unknown = sorted(set(classes) - set(all_names))
-        if unknown:
-            raise SplitError(f"unknown class {unknown[0]!r}; classes are folder names such as {', '.join(all_names[:4])}")
-        names = sorted(set(classes), key=all_names.index)
-    elif classes is not None:
-        if classes < 1:
-            raise SplitError(f"classes must be at least 1 (got {classes})")
-        names = names[:classes]
+    all_names = list_classes(base)
+    names = _pick_classes(all_names, classes)
     class_index = {c: i for i, c in enumerate(names)}
     train_list, skipped = read_split(base, "train.txt", class_index, set(all_names))
     test_list, skipped_test = read_split(base, "test.txt", class_index, set(all_names))

@@ -104,7 +104,7 @@ def run_job(
         from caltech_core.data import dataset
 
         tracker.on_phase(Phase.LOADING)
-        splits = dataset.Splits.from_config(cfg, root=data_root)
+        splits = dataset.Splits.from_config(cfg, root=data_root, home=store.home)
         workdir = store.run_dir(run_id)
         if resume:
             done = resume_epoch(record, workdir)
@@ -122,6 +122,7 @@ def run_job(
         if status == RunStatus.FAILED and error and "out of memory" in error.lower() and "batch size" not in error:
             error = oom_message(cfg, error)
         results = _results_dict(result, splits.classes)
+        results["dataset"] = splits.source  # id, name, path, fingerprint, excluded/relabelled counts
         if status == RunStatus.FINISHED or getattr(result, "epochs", None):
             # The engine trained on what was readable; say what it left out (the image cache remembers
             # unreadable files, so this only stats them).

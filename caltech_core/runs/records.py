@@ -199,6 +199,8 @@ class StoreWriter(Protocol):
     """What `job.run_job` and the tracker read and write of a run: `RunStore` in the process that owns the
     database, `remote.RemoteStore` on a Ray worker (its writes go to the driver, which applies them to SQLite)."""
 
+    home: Path  # the store folder as this process sees it (the dataset registry and overrides live there)
+
     @property
     def cache_dir(self) -> Path: ...
 

@@ -30,7 +30,7 @@ def recompute(store: Any, run_id: int, split: str = "test", *, data_root: str | 
         classifier = Classifier.from_run(store, run_id, device=dev)
     except CheckpointError as exc:
         raise ResultsError(str(exc)) from exc
-    splits = dataset.Splits.from_config(cfg, root=data_root)
+    splits = dataset.Splits.from_config(cfg, root=data_root, home=store.home)
     if list(splits.classes) != list(classifier.classes):
         raise ResultsError(f"run {run_id} was trained on other classes than the dataset at {splits.root} holds")
     samples = splits.test if split == "test" else splits.val
