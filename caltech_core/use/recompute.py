@@ -27,7 +27,7 @@ def recompute(store: Any, run_id: int, split: str = "test", *, data_root: str | 
     cfg = record.config
     dev = resolve_device(device or cfg.device)
     try:
-        classifier = Classifier.from_run(store, run_id, device=dev)
+        classifier = Classifier.from_run(store, run_id, device=dev, calibrated=False)
     except CheckpointError as exc:
         raise ResultsError(str(exc)) from exc
     splits = dataset.Splits.from_config(cfg, root=data_root)
