@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ from caltech_core.data.dataset import Splits
 from caltech_core.runs.store import RunStore
 from caltech_core.study import charts
 from caltech_core.training import predictions
-from caltech_core.use import embedding, suspects
+from caltech_core.use import batch, embedding, suspects
 
 FLIP_CLASSES = ("accordion", "airplanes", "dalmatian", "pizza")
 PER_CLASS, FLIPPED_PER_CLASS = 20, 2
@@ -96,3 +98,25 @@ def test_embedding_map_of_a_tiny_run(finished_home: Path, mini_root: Path) -> No
                                   first.mistakes.tolist(), first.hover())
     assert {t.name for t in fig.data} == {first.classes[i] for i in first.labels}
     assert sum(len(t.x) for t in fig.data) == len(results)
+
+
+def test_zip_members_refuse_escaping_names_and_count_what_they_skip() -> None:
+    from collections import Counter
+
+    assert batch.safe_member("a/b/c.jpg") and not batch.safe_member("../c.jpg")
+    assert not batch.safe_member("/etc/x.jpg") and not batch.safe_member("C:/x.jpg")
+    assert not batch.safe_member("a\\..\\..\\x.jpg")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("deep/er/one.JPG", b"1")
+        zf.writestr("deep/", b"")
+        zf.writestr("notes.md", b"2")
+        zf.writestr("__MACOSX/deep/._one.JPG", b"3")
+        zf.writestr("a/../../two.png", b"4")
+    skipped: Counter = Counter()
+    assert [n for n, _ in batch.zip_members(buffer.getvalue(), skipped)] == ["deep/er/one.JPG"]
+    assert skipped == {"not images": 1, "hidden or system files": 1, "unsafe path (zip-slip)": 1}
+    with pytest.raises(batch.BatchError, match="not a ZIP"):
+        list(batch.zip_members(b"nope", Counter()))
+    header = batch.to_csv(batch.BatchResult(rows=[{"file": "x.jpg", "class_1": "pizza", "prob_1": 0.5}]))
+    assert header.decode().splitlines()[0].startswith("file,class_1,prob_1,class_2,prob_2")

@@ -106,6 +106,19 @@ def reduce(features: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
     return tsne.fit_transform(reduced).astype(np.float32)
 
 
+def cached_map(store: Any, run_id: int, split: str, method: str) -> EmbeddingMap | None:
+    """The cached map when it was made from the run's current best.pt, else None."""
+    run_dir = Path(store.run_dir(run_id))
+    path, weights = layout.embedding(run_dir, split, method), layout.best(run_dir)
+    if not (path.is_file() and weights.is_file()):
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        if float(z["stamp"]) != weights.stat().st_mtime:
+            return None
+        return EmbeddingMap(split, method, [str(c) for c in z["classes"]], z["paths"], z["labels"].astype(np.int64),
+                            z["preds"].astype(np.int64), z["xy"])
+
+
 def embedding_map(store: Any, run_id: int, split: str = "test", method: str = "pca", *,
                   data_root: str | Path | None = None, progress: ProgressFn | None = None) -> EmbeddingMap:
     """The run's map of `split` made with `method`, from the cache when its best.pt has not changed since."""
@@ -118,13 +131,10 @@ def embedding_map(store: Any, run_id: int, split: str = "test", method: str = "p
     weights = layout.best(run_dir)
     if not weights.is_file():
         raise EmbeddingError(f"run {run_id} has no saved weights ({weights} is missing)")
-    path = layout.embedding(run_dir, split, method)
-    stamp = weights.stat().st_mtime
-    if path.is_file():
-        with np.load(path, allow_pickle=False) as z:
-            if float(z["stamp"]) == stamp:
-                return EmbeddingMap(split, method, [str(c) for c in z["classes"]], z["paths"],
-                                    z["labels"].astype(np.int64), z["preds"].astype(np.int64), z["xy"])
+    cached = cached_map(store, run_id, split, method)
+    if cached is not None:
+        return cached
+    path, stamp = layout.embedding(run_dir, split, method), weights.stat().st_mtime
     features, labels, preds, paths, classes = penultimate(store, run_id, split, data_root=data_root,
                                                           progress=progress)
     result = EmbeddingMap(split, method, classes, np.array(paths, dtype=str), labels, preds,
