@@ -30,15 +30,17 @@ def _progress(bar: Any) -> Callable[[int, int], None]:
 
 def batch_section(classifier: inference.Classifier, max_bytes: int) -> None:
     """Classify every image of an uploaded folder or ZIP archive; a table and a CSV download of the top-5."""
-    st.subheader("Classify a folder or a ZIP archive")
+    if not st.toggle("Classify a whole folder or ZIP archive", key="cls_batch_on"):
+        return
     calibrated = f"calibrated (temperature {classifier.temperature:.2f})" if classifier.temperature != 1.0 \
         else "softmax"
     st.caption(f"Every image's top-5 classes with {calibrated} probabilities, as a table and a CSV file. "
                "Nested folders are fine; files that are not images are skipped and counted.")
-    folder_tab, zip_tab = st.tabs(["Folder", "ZIP archive"])
-    with folder_tab:
+    kind = st.radio("Source", ("Folder", "ZIP archive"), horizontal=True, key="cls_batch_kind")
+    files, archive = None, None
+    if kind == "Folder":
         files = st.file_uploader("A folder of images", accept_multiple_files="directory", key="cls_folder")
-    with zip_tab:
+    else:
         archive = st.file_uploader("A ZIP archive of images", type=["zip"], key="cls_zip")
     source = "zip" if archive is not None else "folder" if files else None
     if source is None:

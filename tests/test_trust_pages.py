@@ -95,6 +95,8 @@ def test_classify_webcam_and_zip(home: Path, mini_root: Path) -> None:
     assert not at.exception, at.exception
     assert "**webcam snapshot** →" in page_texts(at)
 
+    at.toggle(key="cls_batch_on").set_value(True).run()
+    at.radio(key="cls_batch_kind").set_value("ZIP archive").run()
     at.file_uploader(key="cls_zip").set_value(("batch.zip", _zip(mini_root), "application/zip")).run()
     at.button(key="cls_batch_go").click().run()
     assert not at.exception, at.exception
