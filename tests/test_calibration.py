@@ -16,7 +16,7 @@ from PIL import Image
 from caltech_core.cli import main
 from caltech_core.runs.store import RunStore
 from caltech_core.training import predictions
-from caltech_core.use import calibration, export
+from caltech_core.use import calibration, export, recompute
 from caltech_core.use.inference import Classifier
 
 
@@ -105,5 +105,6 @@ def test_results_without_logits_ask_for_a_recompute(finished_home: Path, mini_ro
     assert calibration.temperature_of(store, run) is None  # Classify then shows the raw softmax
     with pytest.raises(calibration.CalibrationError, match="recompute"):
         calibration.calibrate_run(store, run)
-    fitted = calibration.calibrate_run(store, run, data_root=mini_root, recompute_missing=True)
+    recompute.ensure_logits(store, run, "val", data_root=mini_root)
+    fitted = calibration.calibrate_run(store, run)
     assert fitted["temperature"] == pytest.approx(calibration.recorded(store.get_run(1))["temperature"], rel=1e-3)

@@ -28,9 +28,12 @@ def cmd_suspects(args: argparse.Namespace) -> int:
     store = open_store(args)
     existing_run(store, args.run)
     try:
-        with count_bar("cross-validating", "fold") as progress:
-            report = suspects.find_suspects(store, args.run, args.split, data_root=args.root, refresh=args.refresh,
-                                            progress=progress)
+        if args.split == "train":  # the only slow one: features, then K folds
+            with count_bar("cross-validating", "fold") as progress:
+                report = suspects.find_suspects(store, args.run, "train", data_root=args.root,
+                                                refresh=args.refresh, progress=progress)
+        else:
+            report = suspects.find_suspects(store, args.run, args.split, refresh=args.refresh)
     except suspects.SuspectsError as exc:
         raise CliError(str(exc)) from exc
     if args.json:

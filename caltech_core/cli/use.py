@@ -73,13 +73,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _calibration(store: Any, args: argparse.Namespace, results: Any) -> dict[str, Any]:
     """ECE and NLL of `results` with the run's temperature (fitted on validation now, recorded with the run),
     and without it; the raw scores and the reason when the run cannot be calibrated."""
-    from caltech_core.use import calibration
+    from caltech_core.training import predictions
+    from caltech_core.use import calibration, recompute
 
     raw = calibration.scores(results.logits, results.labels)
     try:
-        temperature = calibration.calibrate_run(store, args.run, data_root=args.root,
-                                                recompute_missing=True)["temperature"]
-    except calibration.CalibrationError as exc:
+        recompute.ensure_logits(store, args.run, "val", data_root=args.root)  # the temperature is fitted on it
+        temperature = calibration.calibrate_run(store, args.run)["temperature"]
+    except (calibration.CalibrationError, predictions.ResultsError) as exc:
         return {"ece": raw["ece"], "nll": raw["nll"], "temperature": None, "calibration_error": str(exc)}
     scaled = calibration.scores(results.logits, results.labels, temperature)
     return {"ece": scaled["ece"], "nll": scaled["nll"], "temperature": temperature, "fitted_on": "val",

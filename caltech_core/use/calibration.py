@@ -15,7 +15,6 @@ JSON and Compare read it from there.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -96,32 +95,25 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 # -- a stored run -------------------------------------------------------------------------------------------
-def with_logits(store: Any, run_id: int, split: str, *, data_root: str | Path | None = None,
-                recompute_missing: bool = False) -> ImageResults:
-    """The run's per-image results of `split` holding logits; recomputed from best.pt when missing or older
-    (only if `recompute_missing`), else CalibrationError saying how to get them."""
+def with_logits(store: Any, run_id: int, split: str) -> ImageResults:
+    """The run's per-image results of `split` holding logits, else CalibrationError saying how to get them
+    (`use.recompute.ensure_logits` recomputes them)."""
     results = predictions.load_run(store, run_id, split)
     if results is not None and results.logits is not None:
         return results
-    if not recompute_missing:
-        what = "no per-image results" if results is None else "per-image results without logits (an older run)"
-        raise CalibrationError(f"run {run_id} has {what} for the {split} split; recompute them with "
-                               f"`python -m caltech_core evaluate {run_id} --split {split}`")
-    from caltech_core.use.recompute import recompute
-
-    return recompute(store, run_id, split, data_root=data_root)[0]
+    what = "no per-image results" if results is None else "per-image results without logits (an older run)"
+    raise CalibrationError(f"run {run_id} has {what} for the {split} split; recompute them with "
+                           f"`python -m caltech_core evaluate {run_id} --split {split}`")
 
 
-def calibrate_run(store: Any, run_id: int, *, data_root: str | Path | None = None,
-                  recompute_missing: bool = False) -> dict[str, Any]:
-    """Fit the run's temperature on its validation split (recomputed from best.pt first if `recompute_missing`
-    and it lacks logits), score every split with logits before and after, and record it all in the run's
-    results (`results["calibration"]`); returns that record."""
+def calibrate_run(store: Any, run_id: int) -> dict[str, Any]:
+    """Fit the run's temperature on its validation split, score every split with logits before and after, and
+    record it all in the run's results (`results["calibration"]`); returns that record."""
     record = store.get_run(run_id)
     if record is None:
         raise CalibrationError(f"run {run_id} does not exist")
     try:
-        val = with_logits(store, run_id, "val", data_root=data_root, recompute_missing=recompute_missing)
+        val = with_logits(store, run_id, "val")
     except predictions.ResultsError as exc:
         raise CalibrationError(f"run {run_id}: {exc}") from exc
     if len(val) == 0:
