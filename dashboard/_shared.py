@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
 from caltech_core import layout, settings
+from caltech_core.background import TaskState, tasks
 from caltech_core.data import dataset
 from caltech_core.runs import backend as job_backend
 from caltech_core.runs import store
-from caltech_core.status import Phase
+from caltech_core.status import Phase, ProgressFn
 
 if TYPE_CHECKING:
     from caltech_core.runs.manager import JobManager
@@ -232,3 +234,49 @@ def format_seconds(seconds: float | None) -> str:
     if s >= 60:
         return f"{s // 60} min {s % 60:02d} s"
     return f"{s} s"
+
+
+POLL_SECONDS = 0.5  # how often a page waiting on background work looks at its progress
+
+
+def background(key: str, fn: Callable[[ProgressFn], Any], label: str, *, wait: float = 0.0) -> Any:
+    """The result of `fn(progress)`, computed once per `key` on a background thread (caltech_core.background).
+
+    Returns the result when done; else None, after showing where the work stands: a progress bar that updates
+    by itself (a polling fragment, which reruns the whole page once the result is in), or the error and a Retry
+    button. The work goes on when the user leaves the page; another tab asking for `key` waits on the same work.
+    `wait` seconds: how long to wait for the result before showing a bar (for work that is often quick).
+    """
+    state = tasks().state(key)
+    if state.status == "missing":
+        state = tasks().submit(key, fn, label=label)
+    if state.status == "running" and wait > 0:
+        state = tasks().wait(key, wait)
+    if state.status == "done":
+        return state.result
+    if state.status == "failed":
+        st.error(f"{state.label} failed: {state.error}", icon=":material/error:")
+        if st.button("Retry", key=f"background-retry-{key}", icon=":material/refresh:"):
+            tasks().submit(key, fn, label=label)
+            st.rerun()
+        return None
+    _background_progress(key)
+    return None
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def _background_progress(key: str) -> None:
+    # Reruns alone every POLL_SECONDS; once the work has ended, one full rerun draws its result (or its error).
+    state = tasks().state(key)
+    if state.status != "running":
+        st.rerun()
+    st.progress(state.fraction, text=background_text(state))
+
+
+def background_text(state: TaskState) -> str:
+    """'Checking images: 1200 of 8677 (about 15 s left)'; the label alone until the total is known."""
+    if not state.total:
+        return f"{state.label}…"
+    left = state.seconds_left()
+    eta = f" (about {format_seconds(left)} left)" if left is not None else ""
+    return f"{state.label}: {state.done} of {state.total}{eta}"

@@ -25,7 +25,7 @@ from caltech_core.use import recompute
 from dashboard._auth import require_password
 from dashboard._calibration import calibration_view
 from dashboard._embedding import embedding_view
-from dashboard._shared import data_root, get_store, run_label
+from dashboard._shared import background, data_root, get_store, run_label
 from dashboard._suspects import suspects_view
 
 VIEWS = ("Confusion matrix", "Most confident mistakes", "Per-class accuracy", "Confused pairs", "Calibration",
@@ -39,13 +39,16 @@ def _results(file: str, stamp: float) -> predictions.ImageResults:
     return predictions.load(file)
 
 
-@st.cache_resource(max_entries=4, show_spinner=False)
-def _image_cache(home: str, run: int, file: str, stamp: float):
-    """The decoded-image cache over this results file's images (already decoded when the run trained here)."""
+def _decoded_images():
+    """The decoded-image cache over this split's images: instant when the run trained here; built in the
+    background (with a bar, None meanwhile) when every image must be decoded (a run trained on another machine,
+    or its cache pruned)."""
     from caltech_core.data.imagecache import ImageCache
 
-    record = store.get_run(run)
-    return ImageCache.build(list(_results(file, stamp).paths), store.cache_dir, resize_size=record.config.resize_size)
+    resize = store.get_run(run_id).config.resize_size
+    build = functools.partial(ImageCache.build, list(results.paths), store.cache_dir, resize)
+    return background(f"images:{store.cache_dir}:{resize}:{path}:{stamp}", build, "Decoding the split's images",
+                      wait=1.0)
 
 
 @st.cache_resource(max_entries=2, show_spinner=False)
@@ -121,16 +124,16 @@ def view_options() -> tuple[str, int, bool]:
 # -- the gallery -----------------------------------------------------------------------------------------------
 @st.cache_data(max_entries=2000, show_spinner=False)
 def _picture(home: str, run: int, file: str, stamp: float, image_path: str, class_index: int,
-             cam: bool) -> np.ndarray | None:
-    """The image as the network saw it (centre crop), with Grad-CAM of `class_index` over it; None if unreadable."""
+             cam: bool, _cache) -> np.ndarray | None:
+    """The image as the network saw it (centre crop), with Grad-CAM of `class_index` over it; None if unreadable.
+    (`_cache`, the decoded images, is not part of the cache key: `file` and `stamp` name it.)"""
     from caltech_core.use.inference import overlay
 
-    cache = _image_cache(home, run, file, stamp)
-    index = cache.index_of(image_path)
+    index = _cache.index_of(image_path)
     if index is None:
         return None
     classifier = _classifier(home, run, stamp)
-    image = Image.fromarray(np.ascontiguousarray(cache[index]))
+    image = Image.fromarray(np.ascontiguousarray(_cache[index]))
     view_image = classifier.model_view(image)
     if cam:
         view_image = overlay(view_image, classifier.gradcam(image, class_index))
@@ -149,13 +152,16 @@ def _gallery(rows: np.ndarray, key: str, what: str) -> None:
     start = (page - 1) * per_page
     shown = rows[start: start + per_page]
     st.caption(f"{len(rows)} image(s) {what}; showing {start + 1}–{start + len(shown)}, most confident first.")
+    decoded = _decoded_images()
+    if decoded is None:
+        return
     columns = st.columns(COLUMNS)
     for i, row in enumerate(shown):
         top = results.top_of(int(row))
         true = classes[int(results.labels[row])]
         with columns[i % COLUMNS]:
             picture = _picture(str(store.home), run_id, str(path), stamp, str(results.paths[row]),
-                               int(results.top_classes[row, 0]), show_cam)
+                               int(results.top_classes[row, 0]), show_cam, decoded)
             if picture is None:
                 st.warning(f"{Path(str(results.paths[row])).name}: image not available")
             else:

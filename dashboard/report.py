@@ -6,6 +6,9 @@ verdict; the summary on top counts the verdicts. Any preset can be queued (with 
 
 from __future__ import annotations
 
+import hashlib
+from functools import partial
+
 import pandas as pd
 import streamlit as st
 
@@ -14,7 +17,19 @@ from caltech_core.study.export import export_zip
 from caltech_core.study.report import Report, Section, build_report, summary_lines
 from caltech_core.study.verdicts import rule_text
 from dashboard._auth import require_password
-from dashboard._shared import data_root, format_seconds, get_manager, get_store
+from dashboard._shared import background, data_root, format_seconds, get_manager, get_store
+
+
+def build() -> Report | None:
+    """The report of the store as it is now, built in the background (a full study's runs take seconds); None
+    while it builds (its bar is shown). A store whose runs changed (a new epoch, a finished or edited run) gets a
+    new report; an unchanged one is shown at once."""
+    store, root = get_store(), data_root()
+    runs = store.list_runs()
+    stamp = hashlib.sha1(repr([(r.id, r.status, r.epochs_done, r.finished, r.name, r.group, r.tags, r.results)
+                               for r in runs]).encode()).hexdigest()[:16]
+    return background(f"report:{store.home}:{root}:{stamp}", partial(build_report, store, root),
+                      "Building the report", wait=1.0)
 
 
 def summary(report: Report) -> None:
@@ -40,13 +55,11 @@ def download_and_repeats(report: Report) -> int:
         help="Each repeat trains with a new seed and a new train/validation split, as the study's 3 runs did.")
     with col_export:
         if st.button("Prepare download (report.md + figures, zip)", help="PNG figures need kaleido and Chrome"):
-            with st.spinner("Exporting figures…"):
-                st.session_state["report_zip"] = export_zip(report)
-        if "report_zip" in st.session_state:
-            st.download_button(
-                "Download report.zip", st.session_state["report_zip"], file_name="caltech101-report.zip",
-                mime="application/zip",
-            )
+            st.session_state["report_zip"] = f"report-zip:{report.store_home}:{report.generated}"
+        key = st.session_state.get("report_zip")
+        if key and (zipped := background(key, lambda progress: export_zip(report), "Exporting figures")):
+            st.download_button("Download report.zip", zipped, file_name="caltech101-report.zip",
+                               mime="application/zip")
     return repeats
 
 
@@ -76,7 +89,9 @@ st.caption(
     "(or it belongs to the experiment's preset group). Numbers are mean ± standard deviation over finished "
     f"runs; '—' means no value — nothing is filled in. Verdict: {rule_text()}; not run without runs."
 )
-report = build_report(get_store(), data_root())
+report = build()
+if report is None:
+    st.stop()
 summary(report)
 repeats = download_and_repeats(report)
 for part in report.sections:

@@ -22,3 +22,16 @@ def page_texts(at: AppTest) -> str:
     parts = [m.value for m in at.markdown] + [e.value for e in at.error] + [w.value for w in at.warning]
     parts += [s.value for s in at.success] + [i.value for i in at.info] + [c.value for c in at.caption]
     return "\n".join(str(p) for p in parts)
+
+
+def until_background_done(at: AppTest, timeout: float = 120) -> AppTest:
+    """Rerun `at` until no background work's progress bar is left on the page (dashboard._shared.background)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while at.get("progress"):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"background work still running after {timeout:g} s")
+        time.sleep(0.2)
+        at.run()
+    return at

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from apptest_pages import open_page, page_texts
+from apptest_pages import open_page, page_texts, until_background_done
 
 from caltech_core.config import SETTINGS, TrainConfig
 from caltech_core.runs.manager import get_manager
@@ -261,7 +261,7 @@ def test_report_shows_verdicts_summary_and_queues_repeats(with_data: Path) -> No
     store.set_results(run_id, {"best_val_acc": 0.1, "test_acc": 0.095})
     store.set_status(run_id, "running")
     store.set_status(run_id, "finished")
-    at = open_page("report")
+    at = until_background_done(open_page("report"))
     assert not at.exception, at.exception
     metrics = {m.label: m.value for m in at.metric}
     # A last-epoch 10.0% vs the study's 9.2% (+0.8) and a final loss of 4.50 vs 4.49: both reproduced.

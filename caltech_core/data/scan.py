@@ -7,6 +7,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,10 @@ from PIL import Image
 from caltech_core import layout, settings
 from caltech_core.data.dataset import Skipped, images_per_class, load_splits
 from caltech_core.data.threads import worker_threads
-from caltech_core.files import write_json_atomic
+from caltech_core.files import file_lock, write_json_atomic
 from caltech_core.status import ProgressFn
+
+CHECKPOINT_FILES = 500  # decoded images between atomic rewrites of the scan cache (a kill loses at most these)
 
 
 def check_image(path: Path) -> str | None:
@@ -52,40 +55,66 @@ def default_cache_dir() -> Path:
     return layout.cache_dir(settings.studio_home())
 
 
+def scan_file(root: Path, cache_dir: Path | None = None) -> Path:
+    """The scan's per-file result cache of the dataset at `root`: `<cache_dir>/scan-<hash of root>.json`."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return cache_dir / f"scan-{hashlib.sha1(str(root).encode()).hexdigest()[:12]}.json"
+
+
 def scan_unreadable(
     root: Path, paths: Sequence[Path], cache_dir: Path | None = None, progress: ProgressFn | None = None
 ) -> list[Skipped]:
     """find_unreadable with a per-file result cache, so only new or changed files are decoded again.
 
-    Results live in `<cache_dir>/scan-<hash of root>.json`, keyed by (path, size, mtime_ns): the first scan of
-    the full dataset decodes every image once (tens of seconds on 2 cores); later calls only stat the files
-    (milliseconds), which keeps the dashboard's Data page responsive.
+    Results live in `scan_file(root, cache_dir)`, keyed by (path, size, mtime_ns): the first scan of the full
+    dataset decodes every image once (tens of seconds on 2 cores); later calls only stat the files
+    (milliseconds). The file is rewritten atomically every CHECKPOINT_FILES decoded images, so a killed scan
+    leaves the whole file of what it had checked (the next one goes on from there) and never half a file. One
+    scan of a root at a time across processes (a file lock): a second waits, then finds the results cached.
     """
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    file = cache_dir / f"scan-{hashlib.sha1(str(root).encode()).hexdigest()[:12]}.json"
-    try:
-        known: dict[str, list[Any]] = json.loads(file.read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        known = {}  # missing or damaged cache: rescan, never fail
-    results: dict[str, list[Any]] = {}
-    todo: list[tuple[Path, int, int]] = []
-    for p in paths:
+    file = scan_file(root, cache_dir)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(file.with_name(file.name + ".lock"), remove=True):
+        for stale in file.parent.glob(f"{file.name}*.tmp"):  # a killed writer's temporary file (we hold the lock)
+            stale.unlink(missing_ok=True)
         try:
-            st = p.stat()
-        except OSError as exc:
-            results[str(p)] = [-1, -1, f"cannot read file: {exc.strerror}"]
-            continue
-        entry = known.get(str(p))
-        if isinstance(entry, list) and len(entry) == 3 and entry[:2] == [st.st_size, st.st_mtime_ns]:
-            results[str(p)] = entry
-        else:
-            todo.append((p, st.st_size, st.st_mtime_ns))
-    if todo:
-        bad = {str(s.path): s.reason for s in find_unreadable([t[0] for t in todo], progress)}
-        for p, size, mtime in todo:
-            results[str(p)] = [size, mtime, bad.get(str(p))]
-        write_json_atomic(file, {"root": str(root), "files": results})
+            known: dict[str, list[Any]] = json.loads(file.read_text())["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            known = {}  # missing or damaged cache: rescan, never fail
+        results: dict[str, list[Any]] = {}
+        todo: list[tuple[Path, int, int]] = []
+        for p in paths:
+            try:
+                st = p.stat()
+            except OSError as exc:
+                results[str(p)] = [-1, -1, f"cannot read file: {exc.strerror}"]
+                continue
+            entry = known.get(str(p))
+            if isinstance(entry, list) and len(entry) == 3 and entry[:2] == [st.st_size, st.st_mtime_ns]:
+                results[str(p)] = entry
+            else:
+                todo.append((p, st.st_size, st.st_mtime_ns))
+        for start in range(0, len(todo), CHECKPOINT_FILES):
+            chunk = todo[start:start + CHECKPOINT_FILES]
+            shifted = None if progress is None else partial(_shifted, progress, start, len(todo))
+            bad = {str(s.path): s.reason for s in find_unreadable([t[0] for t in chunk], shifted)}
+            for p, size, mtime in chunk:
+                results[str(p)] = [size, mtime, bad.get(str(p))]
+            write_json_atomic(file, {"root": str(root), "files": results})
     return [Skipped(Path(p), e[2]) for p, e in results.items() if e[2] is not None]
+
+
+def _shifted(progress: ProgressFn, offset: int, total: int, done: int, _chunk_total: int) -> None:
+    progress(offset + done, total)
+
+
+def unreadable_images(
+    root: str | Path | None = None, cache_dir: Path | None = None, progress: ProgressFn | None = None
+) -> list[Skipped]:
+    """The listed images of the dataset at `root` that do not decode (scan_unreadable over every split): the
+    work the Data page runs in the background."""
+    splits = load_splits(root)
+    return scan_unreadable(splits.root, splits.all_paths(), cache_dir, progress)
 
 
 def dataset_summary(

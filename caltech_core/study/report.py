@@ -17,7 +17,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from caltech_core.status import RunStatus
+from caltech_core.status import ProgressFn, RunStatus
 from caltech_core.study import charts, verdicts
 from caltech_core.study.experiments import PRESETS, Preset, run_test_acc, run_val_acc
 from caltech_core.study.matching import MemberResult, defining_fields, member_result, setting_text
@@ -329,12 +329,16 @@ def _dataset_sections(data_root: Any) -> list[Section]:
     return [table1, figure2]
 
 
-def build_report(store: Any, data_root: Any = None) -> Report:
+def build_report(store: Any, data_root: Any = None, progress: ProgressFn | None = None) -> Report:
     """Rebuild every table and figure of the study from `store` (and the dataset for Table 1 / Figure 2),
-    with a verdict per study number and per finding."""
+    with a verdict per study number and per finding; `progress` counts the sections built."""
     runs = store.list_runs(newest_first=False)
     sections = _dataset_sections(data_root)
-    experiments = {name: _experiment_section(name, kind, runs, store) for name, kind in SECTIONS}
+    experiments = {}
+    for done, (name, kind) in enumerate(SECTIONS, 1):
+        experiments[name] = _experiment_section(name, kind, runs, store)
+        if progress is not None:
+            progress(done, len(SECTIONS))
     sections += [*experiments.values(), _findings_section(experiments)]
     ended = [r.finished - r.started for r in runs if r.started is not None and r.finished is not None]
     return Report(generated=time.time(), store_home=str(getattr(store, "home", "")), sections=sections,
