@@ -9,32 +9,32 @@ from typing import Any
 import streamlit as st
 from PIL import Image, ImageOps
 
+from caltech_core import layout
+from caltech_core.background import tasks
 from caltech_core.study import charts
 from caltech_core.use import embedding
+from dashboard._shared import background
 
 THUMB = 220
 
 
 def _compute(store: Any, run_id: int, split: str, method: str, data_root: Any) -> embedding.EmbeddingMap | None:
-    """The cached map, else one computed behind a button with a progress bar."""
+    """The cached map, else one computed in the background once asked for with a button."""
     found = embedding.cached_map(store, run_id, split, method)
     if found is not None:
         return found
-    st.info(f"The map runs the run's model over the {split} split once to read its penultimate features "
-            f"({'a few seconds more for t-SNE' if method == 'tsne' else 'PCA is instant after that'}); it is "
-            "cached for later visits.")
-    if not st.button("Compute the embedding map", key="emb_go", icon=":material/scatter_plot:"):
-        return None
-    bar = st.progress(0.0, text="Reading features…")
-    try:
-        return embedding.embedding_map(store, run_id, split, method, data_root=data_root,
-                                       progress=lambda done, total: bar.progress(
-                                           done / total, text=f"Reading features: batch {done} of {total}"))
-    except (embedding.EmbeddingError, FileNotFoundError) as exc:
-        st.error(str(exc))
-        return None
-    finally:
-        bar.empty()
+    weights = layout.best(store.run_dir(run_id))
+    stamp = weights.stat().st_mtime if weights.is_file() else 0  # new weights, new map
+    key = f"embedding:{store.home}:{run_id}:{split}:{method}:{stamp}"
+    if tasks().state(key).status == "missing":
+        st.info(f"The map runs the run's model over the {split} split once to read its penultimate features "
+                f"({'then t-SNE, a few seconds more' if method == 'tsne' else 'PCA is instant after that'}); it is "
+                "cached for later visits.")
+        if not st.button("Compute the embedding map", key="emb_go", icon=":material/scatter_plot:"):
+            return None
+    return background(key, lambda progress: embedding.embedding_map(store, run_id, split, method,
+                                                                    data_root=data_root, progress=progress),
+                      f"Reading the {split} split's features (batches)", wait=1.0)
 
 
 def embedding_view(store: Any, run_id: int, split: str, data_root: Any) -> None:

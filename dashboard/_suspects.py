@@ -17,8 +17,10 @@ import streamlit as st
 from PIL import Image, ImageOps
 
 from caltech_core import layout
+from caltech_core.background import tasks
 from caltech_core.use import suspects
 from dashboard._calibration import recompute_button
+from dashboard._shared import background
 
 SPLIT_LABELS = {"train": "training", "val": "validation", "test": "test"}
 COLUMNS = 4
@@ -51,32 +53,28 @@ def _classifier(home: str, run_id: int, stamp: float) -> Any:
 
 
 def _report(store: Any, run_id: int, split: str, data_root: Any) -> suspects.SuspectReport | None:
-    """The report: at once for validation/test and for a cached training report, else behind a button."""
-    cached = layout.suspects(store.run_dir(run_id), split).is_file()
-    if split == "train" and not cached:
-        st.info("The training split's suspects come from a logistic regression cross-validated over 5 folds on "
-                "frozen ImageNet features of the run's architecture (the run itself saw these labels). The "
-                "features are computed once and cached: a minute or more for the whole dataset on a CPU.")
-        if not st.button("Find suspects in the training split", key="sus_go", icon=":material/search:"):
-            return None
-    bar = st.progress(0.0, text="Looking for label errors…") if split == "train" else None
-
-    def progress(done: int, total: int) -> None:
-        if bar is not None:
-            bar.progress(done / total, text=f"Cross-validation fold {done} of {total}")
-
+    """The report: at once for validation/test; for training from the cache, else in the background (asked for
+    with a button: it reads features of the whole split and fits 5 models)."""
+    if split == "train":
+        key = f"suspects:{store.home}:{run_id}:train"
+        asked = layout.suspects(store.run_dir(run_id), "train").is_file() or tasks().state(key).status != "missing"
+        if not asked:
+            st.info("The training split's suspects come from a logistic regression cross-validated over 5 folds "
+                    "on frozen ImageNet features of the run's architecture (the run itself saw these labels). The "
+                    "features are computed once and cached; the work goes on if you leave the page.")
+            if not st.button("Find suspects in the training split", key="sus_go", icon=":material/search:"):
+                return None
+        return background(key, lambda progress: suspects.find_suspects(store, run_id, "train", data_root=data_root,
+                                                                        progress=progress),
+                          "Cross-validating on the training split (folds)", wait=0.5)
     try:
-        report = suspects.find_suspects(store, run_id, split, data_root=data_root, progress=progress)
+        return suspects.find_suspects(store, run_id, split)
     except suspects.SuspectsError as exc:
         if "recompute" in str(exc):
             recompute_button(store, run_id, data_root, f"{exc}.", "sus_recompute")
         else:
             st.error(str(exc))
         return None
-    finally:
-        if bar is not None:
-            bar.empty()
-    return report
 
 
 def suspects_view(store: Any, run_id: int, default_split: str, show_cam: bool, per_page: int,

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import io
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from apptest_pages import open_page, page_texts
 
+from caltech_core.background import tasks
 from caltech_core.runs.store import RunStore
 from caltech_core.training import predictions
-from caltech_core.use import calibration, suspects
+from caltech_core.use import calibration, embedding, suspects
 
 
 @pytest.fixture
@@ -49,7 +51,7 @@ def test_calibration_view_recomputes_old_results_then_shows_the_diagrams(home: P
     assert row["test ECE calibrated"] == pytest.approx(recorded["splits"]["test"]["after"]["ece"])
 
 
-def test_suspects_and_embedding_views(home: Path) -> None:
+def test_suspects_and_embedding_views(home: Path, wait_until: Callable[..., None]) -> None:
     store = RunStore(home)
     at = open_page("errors", run="1")
     at.radio(key="err_view").set_value("Suspected label errors").run()
@@ -62,12 +64,17 @@ def test_suspects_and_embedding_views(home: Path) -> None:
     at.radio(key="sus_split").set_value("train").run()
     assert not at.exception, at.exception
     at.button(key="sus_go").click().run()  # offline, and the tiny run's architecture has no installed weights
+    wait_until(lambda: tasks().state(f"suspects:{home}:1:train").status == "failed", timeout=120)
+    at.run()
     assert not at.exception, at.exception
     assert any("ImageNet weights" in e.value for e in at.error)
+    assert at.button(key=f"background-retry-suspects:{home}:1:train")  # the work failed: it can be retried
 
     at.radio(key="err_view").set_value("Embedding map").run()
     assert not at.exception, at.exception
     at.button(key="emb_go").click().run()
+    wait_until(lambda: embedding.cached_map(store, 1, "test", "pca") is not None, timeout=120)
+    at.run()
     assert not at.exception, at.exception
     chart = next(c for c in at.get("plotly_chart") if "Penultimate features" in c.proto.spec)
     assert "mistakes (crosses)" in page_texts(at) and chart is not None
