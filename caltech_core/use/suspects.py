@@ -135,7 +135,12 @@ def _train_probs(store: Any, run_id: int, *, data_root: str | Path | None, folds
     try:
         if own_weights is None:
             weights.fetch(cfg.arch)
-        model = models.build_model(cfg.arch, splits.num_classes, pretrained=True, weights_path=own_weights)
+        # The feature cache's key hashes the backbone module's whole state, which for some architectures
+        # (EfficientNet-Lite) still holds the new head's random init: seeded as the engine seeds before building,
+        # a fast-path run's feature file is found again instead of recomputed.
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.seed)
+            model = models.build_model(cfg.arch, splits.num_classes, pretrained=True, weights_path=own_weights)
     except models.WeightsUnavailableError as exc:
         raise SuspectsError(f"the training split's suspects need {cfg.arch}'s ImageNet weights: {exc}") from exc
     backbone, _ = models.split_for_features(model, cfg.arch)
