@@ -65,7 +65,8 @@ def suspects(run_dir: Path, split: str) -> Path:
 
 
 def embedding(run_dir: Path, split: str, method: str) -> Path:
-    """A run's cached 2-D embedding map of `split` made with `method` ("pca" or "tsne")."""
+    """A run's cached 2-D embedding map of `split` made with `method` ("pca" or "tsne"), or with "features" the
+    penultimate features both start from."""
     return Path(run_dir) / f"embedding-{split}-{method}.npz"
 
 

@@ -92,6 +92,7 @@ def test_embedding_map_of_a_tiny_run(finished_home: Path, mini_root: Path) -> No
     assert first.mistakes.sum() == (~results.correct).sum()
     again = embedding.embedding_map(store, 1, "test", "pca", data_root=mini_root)  # from the cache
     assert np.array_equal(again.xy, first.xy)
+    assert layout.embedding(store.run_dir(1), "test", "features").is_file()  # t-SNE starts from these
     tsne = embedding.embedding_map(store, 1, "test", "tsne", data_root=mini_root)
     assert tsne.xy.shape == first.xy.shape
     fig = charts.embedding_figure(first.xy.tolist(), [first.classes[i] for i in first.labels],

@@ -2,7 +2,8 @@
 reduced to 2-D with scikit-learn's PCA or t-SNE (t-SNE after PCA to 50 dimensions, the usual speed-up).
 
 The map is cached beside the run (`layout.embedding`), keyed by the modification time of its best.pt, so the
-page's second visit is instant; each point keeps its file, true and predicted class.
+page's second visit is instant; so are the features (float16), so the other method needs no second pass of the
+model. Each point keeps its file, true and predicted class.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from caltech_core.files import atomic_write
 from caltech_core.status import ProgressFn
 
 METHODS = {"pca": "PCA", "tsne": "t-SNE"}
+FEATURES = "features"  # the cache file of the features both methods start from
 SPLITS = ("test", "val")
 
 
@@ -91,6 +93,24 @@ def penultimate(store: Any, run_id: int, split: str, *, data_root: str | Path | 
             [str(s.path) for s in samples], list(classifier.classes))
 
 
+def _features(store: Any, run_id: int, split: str, *, data_root: str | Path | None,
+              progress: ProgressFn | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], list[str]]:
+    """`penultimate(...)`, kept on disk (float16, keyed by best.pt's time) so the other method needs no new pass."""
+    run_dir = Path(store.run_dir(run_id))
+    path, stamp = layout.embedding(run_dir, split, FEATURES), layout.best(run_dir).stat().st_mtime
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            if float(z["stamp"]) == stamp:
+                return (z["features"].astype(np.float32), z["labels"], z["preds"], [str(p) for p in z["paths"]],
+                        [str(c) for c in z["classes"]])
+    features, labels, preds, paths, classes = penultimate(store, run_id, split, data_root=data_root,
+                                                          progress=progress)
+    with atomic_write(path) as f:
+        np.savez_compressed(f, stamp=np.array(stamp), features=features.astype(np.float16), labels=labels,
+                            preds=preds, paths=np.array(paths, dtype=str), classes=np.array(classes, dtype=str))
+    return features, labels, preds, paths, classes
+
+
 def reduce(features: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
     """(N, 2) positions of the rows of `features`."""
     from sklearn.decomposition import PCA
@@ -135,8 +155,8 @@ def embedding_map(store: Any, run_id: int, split: str = "test", method: str = "p
     if cached is not None:
         return cached
     path, stamp = layout.embedding(run_dir, split, method), weights.stat().st_mtime
-    features, labels, preds, paths, classes = penultimate(store, run_id, split, data_root=data_root,
-                                                          progress=progress)
+    features, labels, preds, paths, classes = _features(store, run_id, split, data_root=data_root,
+                                                        progress=progress)
     result = EmbeddingMap(split, method, classes, np.array(paths, dtype=str), labels, preds,
                           reduce(features, method))
     with atomic_write(path) as f:
