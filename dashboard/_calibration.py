@@ -19,7 +19,7 @@ def recompute_button(store: Any, run_id: int, data_root: Any, why: str, key: str
         with st.spinner(f"Evaluating run #{run_id} on the validation and test splits…"):
             try:
                 for split in predictions.SPLITS:
-                    recompute.recompute(store, run_id, split, data_root=data_root)
+                    recompute.ensure_logits(store, run_id, split, data_root=data_root)
                 calibration.calibrate_run(store, run_id)
             except (predictions.ResultsError, calibration.CalibrationError, FileNotFoundError) as exc:
                 st.error(str(exc))
