@@ -60,6 +60,17 @@ def predictions(run_dir: Path, split: str) -> Path:
     return Path(run_dir) / f"predictions-{split}.npz"
 
 
+def suspects(run_dir: Path, split: str) -> Path:
+    """A run's cached suspected label errors of `split` ("train", "val" or "test")."""
+    return Path(run_dir) / f"suspects-{split}.json"
+
+
+def embedding(run_dir: Path, split: str, method: str) -> Path:
+    """A run's cached 2-D embedding map of `split` made with `method` ("pca" or "tsne"), or with "features" the
+    penultimate features both start from."""
+    return Path(run_dir) / f"embedding-{split}-{method}.npz"
+
+
 def images_dir(cache_dir: Path, resize_size: int) -> Path:
     """The decoded-image cache of one resize size."""
     return Path(cache_dir) / f"{IMAGES_PREFIX}{int(resize_size)}"

@@ -1,4 +1,5 @@
-"""Classify: upload images, see each one's top-5 classes and a Grad-CAM heatmap of the top class."""
+"""Classify: upload images (or take a webcam snapshot), see each one's top-5 classes and a Grad-CAM heatmap of the
+top class; classify a whole folder or ZIP into a CSV (dashboard/_batch.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from caltech_core.status import RunStatus
 from caltech_core.study import charts
 from caltech_core.use import inference
 from dashboard._auth import require_password
+from dashboard._batch import batch_section, camera_snapshot
 from dashboard._shared import get_store, run_label
 
 IMAGENET = "imagenet:"  # + the architecture, so a newly installed stronger model is not served from cache
@@ -53,12 +55,10 @@ def model_picker() -> inference.Classifier:
         st.stop()
 
 
-def classify(files: list[UploadedFile]) -> list[inference.Outcome]:
+def classify(uploads: list[tuple[str, bytes]]) -> list[inference.Outcome]:
     """Each upload's top-5 classes (or why it cannot be read)."""
-    # The browser already refuses files over server.maxUploadSize; checking again here covers any other client.
-    max_bytes = int(st.get_option("server.maxUploadSize")) * 2**20
-    with st.spinner(f"Classifying {len(files)} image(s)…"):
-        return inference.classify_uploads(classifier, [(f.name, f.getvalue()) for f in files], max_bytes=max_bytes)
+    with st.spinner(f"Classifying {len(uploads)} image(s)…"):
+        return inference.classify_uploads(classifier, uploads, max_bytes=max_bytes)
 
 
 def outcome_row(outcome: inference.Outcome, show_cam: bool) -> None:
@@ -83,13 +83,22 @@ require_password()  # also when Streamlit runs this page without the entry point
 st.title("Classify images")
 store = get_store()
 classifier = model_picker()
-files = st.file_uploader(
+# The browser already refuses files over server.maxUploadSize; checking again here covers any other client.
+max_bytes = int(st.get_option("server.maxUploadSize")) * 2**20
+upload_col, camera_col = st.columns([3, 2])
+files: list[UploadedFile] = upload_col.file_uploader(
     "Images (JPEG, PNG, WebP, BMP or GIF; the first frame of an animation)",
     type=list(inference.UPLOAD_TYPES), accept_multiple_files=True,
 )
+with camera_col:
+    uploads = camera_snapshot() + [(f.name, f.getvalue()) for f in files or []]
 show_cam = st.toggle("Grad-CAM heatmap of the top class", value=True)
-if not files:
-    st.caption("Upload one or more images to see the classes the model gives them.")
-    st.stop()
-for outcome in classify(files):
+if classifier.temperature != 1.0:
+    st.caption(f"Probabilities are calibrated: logits divided by the temperature {classifier.temperature:.3f} "
+               "fitted on the run's validation split.")
+if not uploads:
+    st.caption("Upload one or more images, or take a webcam snapshot, to see the classes the model gives them.")
+for outcome in classify(uploads) if uploads else []:
     outcome_row(outcome, show_cam)
+st.divider()
+batch_section(classifier, max_bytes)

@@ -13,6 +13,7 @@ from caltech_core.config import ARCH_LABELS, ARCHITECTURES, AUGMENTATIONS, TRAIN
 from caltech_core.runs.store import RunRecord
 from caltech_core.study import charts, experiments, report
 from dashboard._auth import require_password
+from dashboard._calibration import ECE_COLUMNS, ece_columns
 from dashboard._datasets import dataset_of, mixed_datasets_warning
 from dashboard._manage import tag_filter
 from dashboard._shared import format_seconds, get_store
@@ -56,6 +57,7 @@ def _row(rec: RunRecord) -> dict[str, Any]:
         "test acc": rec.test_acc if rec.test_acc is not None else res.get("test_acc"),
         "mean class acc": res.get("mean_class_acc"),
         "retrain test acc": res.get("retrain_test_acc"),
+        **ece_columns(store, rec),
         "duration": format_seconds(rec.duration),
     }
     for key, value in cfg.to_dict().items():
@@ -68,7 +70,7 @@ def results_table(shown: list[RunRecord]) -> pd.DataFrame:
     """One row per run (accuracies, then settings), with a CSV download; returns the table."""
     table = pd.DataFrame([_row(r) for r in shown])
     percent = st.column_config.NumberColumn(format="percent")
-    columns = {**dict.fromkeys(ACCURACIES, percent), "lr": st.column_config.NumberColumn(format="%.5f")}
+    columns = {**dict.fromkeys(ACCURACIES + ECE_COLUMNS, percent), "lr": st.column_config.NumberColumn(format="%.5f")}
     st.subheader("Results")
     st.dataframe(table, hide_index=True, width="stretch", column_config=columns)
     st.download_button("Download CSV", table.to_csv(index=False).encode(), file_name="caltech101-runs.csv",

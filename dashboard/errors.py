@@ -1,7 +1,9 @@
 """Errors: what a finished run gets wrong, image by image (its stored per-image results).
 
 Click a confusion-matrix cell to see its images with their top-5 and Grad-CAM; browse the most confident
-mistakes, the per-class accuracy (worst classes' mistakes) and the class pairs confused most. Thumbnails come
+mistakes, the per-class accuracy (worst classes' mistakes) and the class pairs confused most; whether its
+confidence can be believed (dashboard/_calibration.py), which labels look wrong (_suspects.py) and the embedding
+map (_embedding.py). Thumbnails come
 from the decoded-image cache and galleries are paged, so the full test split (2893 images) stays quick.
 """
 
@@ -21,9 +23,13 @@ from caltech_core.study import charts
 from caltech_core.training import predictions
 from caltech_core.use import recompute
 from dashboard._auth import require_password
+from dashboard._calibration import calibration_view
+from dashboard._embedding import embedding_view
 from dashboard._shared import background, data_root, get_store, run_label
+from dashboard._suspects import suspects_view
 
-VIEWS = ("Confusion matrix", "Most confident mistakes", "Per-class accuracy", "Confused pairs")
+VIEWS = ("Confusion matrix", "Most confident mistakes", "Per-class accuracy", "Confused pairs", "Calibration",
+         "Suspected label errors", "Embedding map")
 COLUMNS = 4
 THUMB = 176  # pixels per side of a gallery picture
 
@@ -237,5 +243,11 @@ elif view == "Most confident mistakes":
     _gallery(results.confident_mistakes(), "confident", "classified wrongly")
 elif view == "Per-class accuracy":
     per_class_view()
-else:
+elif view == "Confused pairs":
     confused_pairs_view()
+elif view == "Calibration":
+    calibration_view(store, run_id, split, results, data_root())
+elif view == "Suspected label errors":
+    suspects_view(store, run_id, split, show_cam, per_page, data_root())
+else:
+    embedding_view(store, run_id, split, data_root())

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from caltech_core import settings
+from caltech_core.cli import trust
 from caltech_core.cli.common import CliError
 from caltech_core.cli.data import add_data_commands, cmd_cache, cmd_data
 from caltech_core.cli.runs import cmd_cancel, cmd_delete, cmd_note, cmd_runs, cmd_tag
@@ -143,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=int, metavar="RUN")
     p.add_argument("--split", choices=("test", "val"), default="test")
     p.set_defaults(func=cmd_evaluate)
+
+    trust.register(sub, [common, rooted])
 
     p = sub.add_parser("export", parents=[common], help="export a run's best model to ONNX or TorchScript")
     p.add_argument("run", type=int, metavar="RUN")

@@ -54,14 +54,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         results, path = recompute.recompute(store, args.run, args.split, data_root=args.root)
     except predictions.ResultsError as exc:
         raise CliError(str(exc)) from exc
-    summary = {"run_id": args.run, **results.summary(), "path": str(path)}
+    summary = {"run_id": args.run, **results.summary(), "path": str(path), **_calibration(store, args, results)}
     if args.json:
         print_json(summary)
         return 0
     print(f"run #{args.run} on {summary['images']} {args.split} images: accuracy {percent(summary['acc'])}, "
           f"mean per-class accuracy {percent(summary['mean_class_acc'])}")
+    if summary["temperature"] is None:
+        print(f"not calibrated ({summary['calibration_error']}): ECE {summary['ece']:.4f}, NLL {summary['nll']:.4f}")
+    else:
+        raw = summary["uncalibrated"]
+        print(f"temperature {summary['temperature']:.3f} (fitted on validation): ECE {raw['ece']:.4f} -> "
+              f"{summary['ece']:.4f}, NLL {raw['nll']:.4f} -> {summary['nll']:.4f}")
     print(f"per-image results: {path}")
     return 0
+
+
+def _calibration(store: Any, args: argparse.Namespace, results: Any) -> dict[str, Any]:
+    """ECE and NLL of `results` with the run's temperature (fitted on validation now, recorded with the run),
+    and without it; the raw scores and the reason when the run cannot be calibrated."""
+    from caltech_core.training import predictions
+    from caltech_core.use import calibration, recompute
+
+    raw = calibration.scores(results.logits, results.labels)
+    try:
+        recompute.ensure_logits(store, args.run, "val", data_root=args.root)  # the temperature is fitted on it
+        temperature = calibration.calibrate_run(store, args.run)["temperature"]
+    except (calibration.CalibrationError, predictions.ResultsError) as exc:
+        return {"ece": raw["ece"], "nll": raw["nll"], "temperature": None, "calibration_error": str(exc)}
+    scaled = calibration.scores(results.logits, results.labels, temperature)
+    return {"ece": scaled["ece"], "nll": scaled["nll"], "temperature": temperature, "fitted_on": "val",
+            "uncalibrated": {"ece": raw["ece"], "nll": raw["nll"]}}
 
 
 def cmd_export(args: argparse.Namespace) -> int:

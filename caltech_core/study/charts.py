@@ -228,3 +228,54 @@ def topk_figure(predictions: Iterable[tuple[str, float]], title: str = "Top-5") 
     fig.update_xaxes(range=[0, 1], tickformat=".0%")
     fig.update_layout(margin={"l": 10, "r": 10, "t": 40, "b": 30})
     return fig
+
+
+def reliability_figure(curves: Mapping[str, Sequence[Mapping[str, Any]]], title: str = "Reliability diagram") -> go.Figure:
+    """Accuracy against confidence per confidence bin (rows: `lower`, `upper`, `count`, `accuracy`,
+    `confidence`), one line per curve (e.g. before / after temperature scaling); the diagonal is perfect."""
+    fig = _figure(title, "confidence (top probability)", "accuracy", height=380)
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dash", "color": STUDY_COLOR},
+                    name="perfectly calibrated", hoverinfo="skip")
+    for (name, rows), color in zip(curves.items(), (VAL_COLOR, TRAIN_COLOR, "#2da44e"), strict=False):
+        kept = [r for r in rows if r["count"]]
+        fig.add_scatter(x=_column(kept, "confidence"), y=_column(kept, "accuracy"), mode="lines+markers",
+                        name=name, line_color=color, customdata=[[r["count"], r["lower"], r["upper"]] for r in kept],
+                        hovertemplate="confidence %{x:.1%} (bin %{customdata[1]:.2f}–%{customdata[2]:.2f}): "
+                                      "accuracy %{y:.1%} of %{customdata[0]} images<extra>%{fullData.name}</extra>")
+    fig.update_xaxes(range=[0, 1], tickformat=".0%")
+    fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
+    return fig
+
+
+def coverage_figure(coverage: Sequence[float], accuracy: Sequence[float], threshold: Sequence[float]) -> go.Figure:
+    """Accuracy of the most confident images against the share of images kept (the coverage curve)."""
+    fig = _figure("Accuracy against coverage (most confident images kept)", "share of images kept",
+                  "accuracy of the kept images", height=340)
+    fig.add_scatter(x=list(coverage), y=list(accuracy), mode="lines", line_color=TRAIN_COLOR, name="accuracy",
+                    customdata=list(threshold),
+                    hovertemplate="keeping %{x:.1%} (confidence ≥ %{customdata:.1%}): accuracy %{y:.1%}"
+                                  "<extra></extra>")
+    fig.update_xaxes(range=[0, 1], tickformat=".0%")
+    fig.update_yaxes(tickformat=".0%")
+    return fig
+
+
+def embedding_figure(xy: Sequence[Sequence[float]], labels: Sequence[str], mistakes: Sequence[bool],
+                     hover: Sequence[str], title: str = "Embedding map") -> go.Figure:
+    """A 2-D scatter of images coloured by true class, mistakes drawn as black-edged crosses; each point's
+    `customdata` is its row, so a click can show the image."""
+    fig = _figure(title, "", "", height=620, showlegend=True)
+    rows_of: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        rows_of.setdefault(label, []).append(i)
+    for label, rows in sorted(rows_of.items()):
+        fig.add_scattergl(
+            x=[xy[i][0] for i in rows], y=[xy[i][1] for i in rows], mode="markers", name=label,
+            legendgroup=label, customdata=rows, text=[hover[i] for i in rows], hovertemplate="%{text}<extra></extra>",
+            marker={"size": [11 if mistakes[i] else 7 for i in rows],
+                    "symbol": ["x" if mistakes[i] else "circle" for i in rows],
+                    "line": {"width": [1.5 if mistakes[i] else 0 for i in rows], "color": "black"}})
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False)
+    fig.update_layout(legend={"font": {"size": 9}, "itemsizing": "constant"})
+    return fig

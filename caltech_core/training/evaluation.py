@@ -16,12 +16,14 @@ TOP = 5  # classes kept per image
 
 @dataclass
 class Predictions:
-    """Per image, in loader order: true label, the most likely classes (best first) with probabilities, loss."""
+    """Per image, in loader order: true label, the most likely classes (best first) with probabilities, loss,
+    and every class's logit (calibration and label-issue search need the whole distribution)."""
 
     labels: np.ndarray  # int64 (N,)
     top_classes: np.ndarray  # int64 (N, k), k = min(TOP, classes)
     top_probs: np.ndarray  # float32 (N, k)
     losses: np.ndarray  # float32 (N,) cross-entropy of each image
+    logits: np.ndarray | None = None  # float32 (N, classes)
 
     @property
     def preds(self) -> np.ndarray:
@@ -55,7 +57,7 @@ def predict(
     """Every image's label, top classes with softmax probabilities and cross-entropy; model in eval mode."""
     model.eval()
     device = next(model.parameters()).device
-    labels, classes, probs, losses = [], [], [], []
+    labels, classes, probs, losses, raw = [], [], [], [], []
     for x, y in loader:
         with autocast_for(device, amp):
             logits = model(x)
@@ -65,12 +67,14 @@ def predict(
         labels.append(y.cpu())
         classes.append(i.cpu())
         probs.append(p.cpu())
+        raw.append(logits.cpu())
     if not labels:
         return Predictions(np.zeros(0, np.int64), np.zeros((0, top), np.int64), np.zeros((0, top), np.float32),
                            np.zeros(0, np.float32))
     return Predictions(
         labels=torch.cat(labels).numpy().astype(np.int64), top_classes=torch.cat(classes).numpy().astype(np.int64),
         top_probs=torch.cat(probs).numpy().astype(np.float32), losses=torch.cat(losses).numpy().astype(np.float32),
+        logits=torch.cat(raw).numpy().astype(np.float32),
     )
 
 

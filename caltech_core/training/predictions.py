@@ -1,8 +1,8 @@
 """Per-image results of a run: one compressed NumPy file per split beside its checkpoints.
 
 `<run dir>/predictions-<split>.npz` (split "test" or "val") holds, row by row in split order: the image path,
-its true class, the top-5 classes with softmax probabilities and the cross-entropy loss, plus the class
-names. The engine writes it when it evaluates the best weights; `caltech_core.use.recompute` rebuilds it from `best.pt`.
+its true class, the top-5 classes with softmax probabilities, the cross-entropy loss and every class's logit
+(`logits`; files written before it was recorded lack it: recompute them), plus the class names. The engine writes it when it evaluates the best weights; `caltech_core.use.recompute` rebuilds it from `best.pt`.
 The analysis helpers (confusion cells, confident mistakes, per-class table, confused pairs) read only it.
 """
 
@@ -36,7 +36,7 @@ def results_path(run_dir: str | Path, split: str) -> Path:
 @dataclass(frozen=True)
 class ImageResults:
     """One split's per-image results. Row i: `paths[i]`, `labels[i]`, `top_classes[i]` (best first) with
-    `top_probs[i]`, `losses[i]`; class indices refer to `classes`."""
+    `top_probs[i]`, `losses[i]`, `logits[i]` (None in older files); class indices refer to `classes`."""
 
     split: str
     classes: list[str]
@@ -45,6 +45,7 @@ class ImageResults:
     top_classes: np.ndarray  # int64 (N, k)
     top_probs: np.ndarray  # float32 (N, k)
     losses: np.ndarray  # float32 (N,)
+    logits: np.ndarray | None = None  # float32 (N, classes)
 
     @classmethod
     def from_predictions(cls, pred: Predictions, samples: list[Sample], classes: list[str],
@@ -52,7 +53,7 @@ class ImageResults:
         if len(samples) != len(pred.labels):
             raise ValueError(f"{len(samples)} samples but {len(pred.labels)} predictions")
         return cls(split, list(classes), np.array([str(s.path) for s in samples], dtype=str), pred.labels,
-                   pred.top_classes, pred.top_probs, pred.losses)
+                   pred.top_classes, pred.top_probs, pred.losses, pred.logits)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -130,12 +131,13 @@ class ImageResults:
 def save(results: ImageResults, path: str | Path) -> Path:
     """Write `results` to `path` atomically (a reader never sees half a file)."""
     path = Path(path)
+    extra = {} if results.logits is None else {"logits": results.logits.astype(np.float32)}
     with atomic_write(path) as f:
         np.savez_compressed(
             f, split=np.array(results.split), classes=np.array(results.classes, dtype=str),
             paths=results.paths.astype(str), labels=results.labels.astype(np.int16),
             top_classes=results.top_classes.astype(np.int16), top_probs=results.top_probs.astype(np.float32),
-            losses=results.losses.astype(np.float32),
+            losses=results.losses.astype(np.float32), **extra,
         )
     return path
 
@@ -151,6 +153,7 @@ def load(path: str | Path) -> ImageResults:
                 split=str(z["split"]), classes=[str(c) for c in z["classes"]], paths=z["paths"],
                 labels=z["labels"].astype(np.int64), top_classes=z["top_classes"].astype(np.int64),
                 top_probs=z["top_probs"], losses=z["losses"],
+                logits=z["logits"] if "logits" in z.files else None,
             )
     except (OSError, ValueError, KeyError) as exc:
         raise ResultsError(f"{path} is not a per-image results file ({exc})") from exc

@@ -1,7 +1,8 @@
 """Export a run's best weights to ONNX or TorchScript, with a JSON of class names and preprocessing beside it.
 
 The model takes float32 NCHW RGB batches, already resized, centre-cropped and normalised as the JSON says, and
-returns logits (apply softmax for probabilities). ONNX uses torch's exporter at opset `OPSET`, which
+returns logits (divide them by the JSON's `temperature`, fitted on the validation split, then apply softmax for
+calibrated probabilities; 1.0 when the run could not be calibrated). ONNX uses torch's exporter at opset `OPSET`, which
 onnxruntime's CPU provider runs; the batch dimension is dynamic in both formats. Every export is checked
 against the PyTorch model on a random batch before it is handed out.
 """
@@ -57,7 +58,9 @@ def metadata(classifier: Any, fmt: str, run: Any) -> dict[str, Any]:
             "mean": list(classifier.mean), "std": list(classifier.std),
         },
         "input": {"name": INPUT_NAME, "shape": ["batch", 3, size, size], "dtype": "float32", "layout": "NCHW"},
-        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(classifier.classes)], "meaning": "logits; apply softmax"},
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(classifier.classes)],
+                   "meaning": "logits; divide by temperature, then apply softmax"},
+        "temperature": classifier.temperature,
         "test_acc": run.results.get("test_acc"), "torch": torch.__version__,
     }
     if fmt == "onnx":

@@ -96,6 +96,7 @@ class Classifier:
     std: tuple[float, ...] = IMAGENET_STD
     interpolation: str = "bilinear"
     title: str = ""
+    temperature: float = 1.0  # logits are divided by it before the softmax (calibration.temperature_of)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     # One Classifier is shared by all dashboard sessions; Grad-CAM hooks must not interleave.
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -115,10 +116,12 @@ class Classifier:
     # -- constructors ---------------------------------------------------------------------------------
     @classmethod
     def from_run(cls, run_store: Any, run_id: int, *, weights: str = layout.BEST,
-                 device: torch.device | str | None = None) -> Classifier:
+                 device: torch.device | str | None = None, calibrated: bool = True) -> Classifier:
         """A finished run's best-validation weights (or `weights="retrain.pt"`: the model it retrained on
-        train+val), with its class names and eval transform."""
+        train+val), with its class names and eval transform; best.pt's probabilities are temperature-scaled
+        when `calibrated` and the run can be (retrain.pt has no held-out split to fit a temperature on)."""
         from caltech_core.nets import models
+        from caltech_core.use.calibration import temperature_of
 
         record = run_store.get_run(run_id)
         if record is None:
@@ -138,9 +141,10 @@ class Classifier:
             raise CheckpointError(f"{path} does not fit a {cfg.arch} with {len(classes)} classes: {exc}") from exc
         mean, std = NORMALIZATION[cfg.normalization]
         label = (cfg.name or cfg.arch) + RUN_WEIGHTS[weights]
+        temperature = temperature_of(run_store, run_id) if calibrated and weights == layout.BEST else None
         return cls(model=model, classes=classes, arch=cfg.arch, image_size=cfg.image_size,
                    resize_size=cfg.resize_size, mean=mean, std=std, title=f"Run #{run_id}: {label}",
-                   device=resolve_device(device))
+                   temperature=temperature or 1.0, device=resolve_device(device))
 
     @classmethod
     def imagenet(cls, arch: str | None = None, *, device: torch.device | str | None = None) -> Classifier:
@@ -169,12 +173,13 @@ class Classifier:
 
     # -- predictions ----------------------------------------------------------------------------------
     def predict(self, images: list[Image.Image], top: int = 5) -> list[list[tuple[str, float]]]:
-        """The `top` most likely classes of every image as (class name, probability), best first."""
+        """The `top` most likely classes of every image as (class name, probability), best first
+        (probabilities temperature-scaled when the classifier has a temperature)."""
         if not images:
             return []
         top = max(1, min(top, len(self.classes)))
         with self._lock, torch.inference_mode():
-            probs = torch.softmax(self.model(self._batch(images)).float(), dim=1)
+            probs = torch.softmax(self.model(self._batch(images)).float() / self.temperature, dim=1)
             values, indices = probs.topk(top, dim=1)
         return [
             [(self.classes[i], float(p)) for p, i in zip(vals.tolist(), idx.tolist(), strict=True)]

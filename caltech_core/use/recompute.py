@@ -13,7 +13,7 @@ from caltech_core.data.transforms import BatchLoader
 from caltech_core.nets.checkpoints import CheckpointError
 from caltech_core.nets.device import resolve_device
 from caltech_core.training.evaluation import predict
-from caltech_core.training.predictions import ImageResults, ResultsError, results_path, save
+from caltech_core.training.predictions import ImageResults, ResultsError, load_run, results_path, save
 from caltech_core.use.inference import Classifier
 
 
@@ -27,7 +27,7 @@ def recompute(store: Any, run_id: int, split: str = "test", *, data_root: str | 
     cfg = record.config
     dev = resolve_device(device or cfg.device)
     try:
-        classifier = Classifier.from_run(store, run_id, device=dev)
+        classifier = Classifier.from_run(store, run_id, device=dev, calibrated=False)
     except CheckpointError as exc:
         raise ResultsError(str(exc)) from exc
     splits = dataset.Splits.from_config(cfg, root=data_root, home=store.home)
@@ -44,3 +44,12 @@ def recompute(store: Any, run_id: int, split: str = "test", *, data_root: str | 
         pred = predict(classifier.model, loader, amp=cfg.amp)
     results = ImageResults.from_predictions(pred, samples, classifier.classes, split)
     return results, save(results, path)
+
+
+def ensure_logits(store: Any, run_id: int, split: str, *, data_root: str | Path | None = None) -> ImageResults:
+    """The run's per-image results of `split`, recomputed first when they are missing or were saved before every
+    logit was recorded (calibration and label-issue search need them)."""
+    results = load_run(store, run_id, split)
+    if results is not None and results.logits is not None:
+        return results
+    return recompute(store, run_id, split, data_root=data_root)[0]
