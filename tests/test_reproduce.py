@@ -128,3 +128,36 @@ def test_cli_dry_run_prints_the_plan(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "baseline (+lr-grid)" in out and "step_size=45" in out
     assert "reduced scale, 1 repeat(s): 11 runs — 0 done, 11 to run" in out
     assert not list(tmp_path.glob("runs/*"))  # a dry run queues nothing
+
+
+def test_report_page_plans_and_queues_the_study_once(mini_root: Path, studio_home: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from apptest_pages import open_page, page_texts
+
+    from dashboard import _reproduce
+
+    store = RunStore(studio_home)
+    # Queued in the store but never started (AlexNet on the mini tree's classes: only planning and queueing are
+    # tested here; test_run_resume_after_a_kill_and_never_repeat trains).
+    monkeypatch.setattr(_reproduce, "get_manager", lambda: SimpleNamespace(submit=store.create_run))
+    monkeypatch.setenv("CALTECH101_ROOT", str(mini_root))
+    monkeypatch.setattr(_reproduce, "_estimator", lambda root: counting(6.0)[0])  # 3 min a 30-epoch run
+    at = open_page("report")
+    at.selectbox(key="reproduce_scale").set_value("reduced").run()
+    at.number_input(key="reproduce_budget").set_value(40.0).run()
+    at.button(key="reproduce_plan").click().run()
+    assert not at.exception, at.exception
+    plan = next(d.value for d in at.dataframe if "minutes" in d.value.columns)
+    assert len(plan) == 11 and list(plan["state"]).count("over budget") == 2  # 5 x 3 + 4 x 6 min fit in 40
+    assert "11 runs — 0 done, 9 to run (39 min estimated), 2 over the 40-minute budget" in page_texts(at)
+
+    at.button(key="reproduce_go").click().run()
+    assert not at.exception, at.exception
+    assert any("Queued 9 run(s)" in s.value for s in at.success)
+    assert len(store.list_runs()) == 9
+    at.run()  # the plan again: queued runs are waited for, not queued twice
+    plan = next(d.value for d in at.dataframe if "minutes" in d.value.columns)
+    assert list(plan["state"]).count("queued") == 9
+    assert "All 9 run(s) left are queued or running" in page_texts(at)
+    assert "reproduce_go" not in [b.key for b in at.button]  # nothing to queue twice
+    assert len(store.list_runs()) == 9

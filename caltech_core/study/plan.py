@@ -105,6 +105,11 @@ class Plan:
         return [r for r in self.runs if r.state in TODO]
 
     @property
+    def to_queue(self) -> list[PlannedRun]:
+        """The runs queueing the plan would submit or resume (not those already queued)."""
+        return [r for r in self.runs if r.state in (TO_RUN, TO_RESUME)]
+
+    @property
     def total_seconds(self) -> float:
         """Estimated time of the runs that will run (one after the other on this machine)."""
         return sum(r.seconds for r in self.todo)
@@ -160,7 +165,9 @@ def plan_study(
     _estimate(runs, estimator)
     left = math.inf if budget_minutes is None else 60 * budget_minutes
     for r in runs:  # in queue order; a run that does not fit is skipped, a later smaller one may still fit
-        if r.state in (TO_RUN, TO_RESUME):
+        if r.state == WAITING:  # queued earlier: it spends the budget too
+            left -= r.seconds
+        elif r.state in (TO_RUN, TO_RESUME):
             if r.seconds > left or (r.no_estimate and budget_minutes is not None):
                 r.state = OVER_BUDGET
             else:
