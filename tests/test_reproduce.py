@@ -55,7 +55,7 @@ def test_the_plan_covers_every_preset_once_per_repeat_and_cuts_at_the_budget(tmp
     assert second == {(43, 43)}  # a new seed and a new split seed
     assert len(calls) == 1  # one model and data shape: timed once
     assert plan.runs[0].seconds == 30 * 30.0 and plan.total_seconds == 2 * (5 * 30 + 6 * 60) * 30.0
-    assert all(r.config.image_size == 64 and r.config.max_per_class == 12 for r in plan.runs)
+    assert all(r.config.image_size == 64 and r.config.max_per_class == 10 for r in plan.runs)
 
     cut = plan_study(store, estimate, scale=REDUCED, repeats=1, budget_minutes=70)
     # In order: 15 + 15 + 15 + 15 = 60 min fit, the fifth 15-min run does not, nor any 30-min one.

@@ -49,12 +49,12 @@ class Scale:
 
 # The reduced protocol (docs/experiments.md, "Reduced scale", says why each choice and what it can show):
 # AlexNet from scratch as in the study, the study's learning rates, epochs and step sizes unchanged (the
-# findings name them, and the report matches members by them), on 5 distinct classes, 12 images per class and
-# split, at 64 px (AlexNet's smallest input), batch 12: 5 SGD steps an epoch against the full split's 11.
+# findings name them, and the report matches members by them), on 5 distinct classes, 10 images per class and
+# split, at 64 px (AlexNet's smallest input), batch 10: 5 SGD steps an epoch against the full split's 11.
 REDUCED_CLASSES = (*DEMO_CLASSES, "Leopards", "watch")
 REDUCED = Scale(
     "reduced", ("baseline", "lr-grid", "more-epochs", "step-grid"),
-    {"class_names": REDUCED_CLASSES, "max_per_class": 12, "image_size": 64, "batch_size": 12},
+    {"class_names": REDUCED_CLASSES, "max_per_class": 10, "image_size": 64, "batch_size": 10},
     repeats=1,
     why="the findings that need no ImageNet weights (LR and step-size curves) in about 30 minutes on 2 CPU cores",
 )
