@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from caltech_core import layout
 from caltech_core.config import ConfigError, TrainConfig
 from caltech_core.runs.store import RunRecord
 from caltech_core.status import RESUMABLE, ProgressFn, RunStatus
@@ -240,7 +241,7 @@ def run_plan(
     progress: ProgressFn | None = None, poll_seconds: float = 2.0,
 ) -> Path:
     """Queue the plan, wait for every run of it, then write the study's report (report.md + figures) to `out`
-    (default STORE/report); returns the report's path. Stopping this (Ctrl-C, a kill) leaves the runs
+    (default `layout.report_dir`); returns the report's path. Stopping this (Ctrl-C, a kill) leaves the runs
     interrupted: `plan_study` + `run_plan` again resumes them."""
     from caltech_core.study import export, report
 
@@ -255,7 +256,8 @@ def run_plan(
                 if progress is not None:
                     progress(len(ended), len(ids))
     store = manager.store
-    return export.export_markdown(report.build_report(store, data_root), Path(out) if out else store.home / "report")
+    return export.export_markdown(report.build_report(store, data_root),
+                                  Path(out) if out else layout.report_dir(store.home))
 
 
 # -- a brief measurement of this machine ----------------------------------------------------------------------
