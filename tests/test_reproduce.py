@@ -68,6 +68,18 @@ def test_the_plan_covers_every_preset_once_per_repeat_and_cuts_at_the_budget(tmp
         plan_study(store, estimate, budget_minutes=-1)
 
 
+def test_stored_runs_decide_each_planned_run(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "store")
+    first = plan_study(store, counting(1.0)[0], scale=REDUCED)
+    ids = [store.create_run(r.config) for r in first.runs[:5]]
+    for run_id, status in zip(ids, ("diverged", "failed", "cancelled", "running", "finished"), strict=True):
+        store.set_status(run_id, status)
+    store.set_status(store.create_run(first.runs[4].config), "failed")  # a later failure of a finished run
+    plan = plan_study(store, counting(1.0)[0], scale=REDUCED)
+    assert [(r.state, r.run_id) for r in plan.runs[:5]] == [
+        (DONE, ids[0]), (TO_RUN, None), (TO_RESUME, ids[2]), ("queued", ids[3]), (DONE, ids[4])]
+
+
 def test_full_scale_lists_rows_needing_weights_instead_of_running_them(tmp_path: Path) -> None:
     from caltech_core.nets import models
 
@@ -98,7 +110,7 @@ def test_run_resume_after_a_kill_and_never_repeat(mini_root: Path, tmp_path: Pat
     assert [(r.state, r.run_id) for r in again.runs] == [(DONE, first), (TO_RESUME, first + 1)]
     manager = ThreadJobManager(store, data_root=mini_root)
     try:
-        report = run_plan(again, manager, data_root=mini_root, out=tmp_path / "report")
+        report = run_plan(again, manager, data_root=mini_root, out=tmp_path / "report", png=False)
     finally:
         manager.shutdown(wait=True)
     assert report.exists() and "Caltech-101 CNN study" in report.read_text()

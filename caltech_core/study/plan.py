@@ -23,7 +23,7 @@ from typing import Any
 from caltech_core import layout
 from caltech_core.config import ConfigError, TrainConfig
 from caltech_core.runs.store import RunRecord
-from caltech_core.status import RESUMABLE, ProgressFn, RunStatus
+from caltech_core.status import ACTIVE, RESUMABLE, ProgressFn, RunStatus
 from caltech_core.study.experiments import DEMO_CLASSES, PRESETS
 from caltech_core.study.matching import run_key, weights_needed
 from caltech_core.study.numbers import STUDY_REPEATS, STUDY_SPLIT
@@ -177,7 +177,12 @@ def plan_study(
 
 
 def _rank(run: RunRecord) -> int:
-    return {RunStatus.FINISHED: 3, RunStatus.DIVERGED: 2}.get(run.status, 1)
+    """Which stored run of a key stands for it: finished, then any other result, then active, resumable, failed."""
+    if run.status == RunStatus.FINISHED:
+        return 4
+    if run.status in ACTIVE:
+        return 2
+    return 1 if run.status in RESUMABLE else 0 if run.status == RunStatus.FAILED else 3
 
 
 def _place(preset: str, label: str, repeat: int, cfg: TrainConfig, run: RunRecord | None) -> PlannedRun:
@@ -185,8 +190,8 @@ def _place(preset: str, label: str, repeat: int, cfg: TrainConfig, run: RunRecor
     item = PlannedRun(preset, label, repeat, cfg, TO_RUN)
     if run is not None and run.status != RunStatus.FAILED:  # a failed run is tried again, as a new run
         item.run_id, item.epochs_done = run.id, run.checkpoint_epoch or 0
-        item.state = (DONE if run.status in (RunStatus.FINISHED, RunStatus.DIVERGED) else
-                      TO_RESUME if run.status in RESUMABLE else WAITING)
+        # Ended otherwise (finished, diverged: a result too) it is done; never run again.
+        item.state = TO_RESUME if run.status in RESUMABLE else WAITING if run.status in ACTIVE else DONE
         return item
     if needs := weights_needed(cfg):
         item.state, item.needs = NEEDS_WEIGHTS, needs
@@ -238,11 +243,11 @@ def queue_plan(plan: Plan, manager: Any) -> list[int]:
 
 def run_plan(
     plan: Plan, manager: Any, *, data_root: str | Path | None = None, out: str | Path | None = None,
-    progress: ProgressFn | None = None, poll_seconds: float = 2.0,
+    progress: ProgressFn | None = None, poll_seconds: float = 2.0, png: bool | None = None,
 ) -> Path:
     """Queue the plan, wait for every run of it, then write the study's report (report.md + figures) to `out`
-    (default `layout.report_dir`); returns the report's path. Stopping this (Ctrl-C, a kill) leaves the runs
-    interrupted: `plan_study` + `run_plan` again resumes them."""
+    (default `layout.report_dir`; `png` as `export.export_markdown`); returns the report's path. Stopping this
+    (Ctrl-C, a kill) leaves the runs interrupted: `plan_study` + `run_plan` again resumes them."""
     from caltech_core.study import export, report
 
     ids = queue_plan(plan, manager)
@@ -257,7 +262,7 @@ def run_plan(
                     progress(len(ended), len(ids))
     store = manager.store
     return export.export_markdown(report.build_report(store, data_root),
-                                  Path(out) if out else layout.report_dir(store.home))
+                                  Path(out) if out else layout.report_dir(store.home), png=png)
 
 
 # -- a brief measurement of this machine ----------------------------------------------------------------------
