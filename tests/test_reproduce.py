@@ -134,7 +134,7 @@ def test_cli_dry_run_prints_the_plan(tmp_path: Path, capsys: pytest.CaptureFixtu
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from caltech_core.study import plan
 
-    monkeypatch.setattr(plan, "probe_estimator", lambda root, device: counting(2.0)[0])
+    monkeypatch.setattr(plan, "probe_estimator", lambda root, device, log: counting(2.0)[0])
     assert main(["reproduce", "--store", str(tmp_path), "--scale", "reduced", "--budget", "20", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "baseline (+lr-grid)" in out and "step_size=45" in out

@@ -45,8 +45,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         dataset.resolve_root(args.root)  # a missing dataset is reported before anything is queued
         # Started before planning: it marks runs a killed earlier `reproduce` left behind as interrupted.
         manager = get_manager(store.home, args.root, backend)
-    print("timing this machine for the estimate…", file=sys.stderr)
-    plan = plan_study(store, probe_estimator(args.root, args.device), scale=args.scale, repeats=args.repeats,
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    log("timing this machine for the estimate (one training step per model)…")
+    plan = plan_study(store, probe_estimator(args.root, args.device, log), scale=args.scale, repeats=args.repeats,
                       budget_minutes=args.budget)
     if args.json:
         print_json(plan.to_dict())

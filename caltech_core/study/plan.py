@@ -270,11 +270,14 @@ def run_plan(
 PROBE_BATCH = 16  # images per timed step: enough to amortise a step's fixed cost, brief on a CPU
 
 
-def probe_estimator(data_root: str | Path | None = None, device: str = "auto") -> Estimator:
+def probe_estimator(
+    data_root: str | Path | None = None, device: str = "auto", log: Callable[[str], None] | None = None,
+) -> Estimator:
     """Seconds per epoch from one timed training step of the real model on this machine (random pixels, no
     weights needed) times the split's images (its validation images at a third of the cost: forward only).
 
     The simple stand-in that CONTRACTS item 3 allows until training/estimate.py (issue 26) times the real loader.
+    `log` hears which model is being timed (a CPU takes seconds to minutes for the full study's nine models).
     """
     from caltech_core.data.dataset import load_splits
     from caltech_core.training.timing import seconds_per_training_image
@@ -298,6 +301,8 @@ def probe_estimator(data_root: str | Path | None = None, device: str = "auto") -
         batch = min(cfg.batch_size, PROBE_BATCH)
         key = (cfg.arch, cfg.train, int(cfg.image_size or 224), batch)
         if key not in per_image:
+            if log is not None:
+                log(f"timing {cfg.arch} ({cfg.train} layers) at {key[2]} px, batch {batch}…")
             per_image[key] = seconds_per_training_image(cfg.arch, cfg.train, key[2], batch, device)
         train, val = split_size(cfg)
         if cfg.train == "fc" and cfg.fast_path and not cfg.augment:
