@@ -27,6 +27,7 @@ from machine import describe
 from caltech_core.config import ARCHITECTURES, TrainConfig
 from caltech_core.data.dataset import load_splits
 from caltech_core.data.imagecache import ImageCache
+from caltech_core.data.resident import ResidentImages, ResidentLoader, fits
 from caltech_core.data.transforms import BatchLoader
 from caltech_core.nets.device import resolve_device
 from caltech_core.nets.models import build_model
@@ -160,9 +161,11 @@ def loader_rows(
 ) -> list[dict]:
     """The second GPU pass's loader figures: per architecture, img/s of the real loader with the flips on the
     GPU (one crop thread per core beyond two, and one), with every flip forced onto the host per image (the
-    old path), and of a synthetic batch on the device (the ceiling); ratio_* = real / synthetic (target >= 0.90).
+    old path), of the images resident on the GPU (`data/resident.py`, when they fit: what the engine then uses)
+    and of a synthetic batch on the device (the ceiling); ratio_* = real / synthetic (target >= 0.90).
     """
     rows = []
+    images = ResidentImages(cache, device) if fits(cache, device) else None  # uploaded once for every arch
     for arch in archs:
         cfg, real, synthetic = _inputs(cache, samples, num_classes, arch, device, batch_size, image_size, augment)
         loader = real()
@@ -171,6 +174,8 @@ def loader_rows(
         row["real_gpu_flips"] = measure(cfg, iter(loader), num_classes, device, warmup, iters)
         row["real_gpu_flips_1"] = measure(cfg, iter(real(1)), num_classes, device, warmup, iters)
         row["real_host_flips"] = measure(cfg, iter(real(flips_on_device=False)), num_classes, device, warmup, iters)
+        if images is not None:
+            row["real_resident"] = measure(cfg, iter(real(resident=images)), num_classes, device, warmup, iters)
         row["synthetic"] = measure(cfg, synthetic, num_classes, device, warmup, iters)
         rows.append(_with_ratios(row, log))
     return rows
@@ -207,7 +212,11 @@ def _inputs(cache: ImageCache, samples: list, num_classes: int, arch: str, devic
     cfg = TrainConfig(arch=arch, image_size=image_size, augment=augment, batch_size=batch_size, device=device.type)
     indices, labels = [cache.index_of(s.path) for s in samples], [s.label for s in samples]
 
-    def real(crop_workers: int | None = None, flips_on_device: bool = True) -> BatchLoader:
+    def real(crop_workers: int | None = None, flips_on_device: bool = True,
+             resident: ResidentImages | None = None) -> BatchLoader:
+        if resident is not None:
+            return ResidentLoader(resident, indices, labels, batch_size=batch_size, train=True, cfg=cfg,
+                                  generator=torch.Generator().manual_seed(0))
         return BatchLoader(cache, indices, labels, batch_size=batch_size, train=True, cfg=cfg, device=device,
                            generator=torch.Generator().manual_seed(0), reuse_buffers=True,
                            crop_workers=crop_workers, flips_on_device=flips_on_device)
@@ -222,12 +231,14 @@ def _inputs(cache: ImageCache, samples: list, num_classes: int, arch: str, devic
 def loader_table(rows: list[dict]) -> str:
     """loader_rows as Markdown (img/s; ratio = real / synthetic)."""
     head = ["architecture", "crop threads", "real, GPU flips", "real, GPU flips, 1 thread", "real, host flips",
-            "synthetic", "ratio GPU flips", "ratio GPU flips, 1 thread", "ratio host flips"]
+            "synthetic", "ratio GPU flips", "ratio GPU flips, 1 thread", "ratio host flips", "real, resident on GPU",
+            "ratio resident"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["arch"], str(r["crop_workers"]), *(f"{r[k]:.0f}" for k in (
             "real_gpu_flips", "real_gpu_flips_1", "real_host_flips", "synthetic")),
-            *(f"{r[k]:.2f}" for k in ("ratio_gpu_flips", "ratio_gpu_flips_1", "ratio_host_flips"))]
+            *(f"{r[k]:.2f}" for k in ("ratio_gpu_flips", "ratio_gpu_flips_1", "ratio_host_flips")),
+            *((f"{r['real_resident']:.0f}", f"{r['ratio_resident']:.2f}") if "real_resident" in r else ("—", "—"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -19,6 +19,7 @@ LAST = "last.pt"  # the resume point: weights, optimizer, RNG states; deleted wh
 RETRAINED = "retrain.pt"  # the model retrained on train+val (same layout as best.pt)
 FEATURES = "features"
 IMAGES_PREFIX = "images-"
+REPORT = "report"  # where `report` and `reproduce` write report.md and figures/ by default
 
 
 def database(home: Path) -> Path:
@@ -36,6 +37,10 @@ def run_dir(home: Path, run_id: int) -> Path:
 
 def cache_dir(home: Path) -> Path:
     return Path(home) / CACHE
+
+
+def report_dir(home: Path) -> Path:
+    return Path(home) / REPORT
 
 
 def best(run_dir: Path) -> Path:

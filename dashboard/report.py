@@ -14,10 +14,11 @@ import streamlit as st
 
 from caltech_core.study.experiments import PRESETS, submit_preset
 from caltech_core.study.export import export_zip
-from caltech_core.study.report import Report, Section, build_report, summary_lines
+from caltech_core.study.report import Report, Section, build_report, compact_rows, summary_lines
 from caltech_core.study.verdicts import rule_text
 from dashboard._auth import require_password
 from dashboard._datasets import other_datasets_summary
+from dashboard._reproduce import reproduce_panel
 from dashboard._shared import background, data_root, format_seconds, get_manager, get_store
 
 
@@ -36,7 +37,7 @@ def build() -> Report | None:
 def summary(report: Report) -> None:
     """How many of the study's numbers are reproduced, higher, lower or not run, and the compute time."""
     counts = report.summary
-    st.subheader(f"Summary: the study's {counts['numbers_total']} numbers")
+    st.subheader(f"Summary: the study's {counts['numbers_total']} experiment numbers")
     cols = st.columns(5)
     for col, (word, n) in zip(cols, counts["numbers"].items(), strict=False):
         col.metric(word.capitalize(), n)
@@ -76,7 +77,11 @@ def section(part: Section, repeats: int) -> None:
             ids = submit_preset(get_manager(), part.preset, repeats)
             st.success(f"Queued runs {', '.join(f'#{i}' for i in ids)}; follow them on the Monitor page.")
     if part.rows:
-        st.dataframe(pd.DataFrame(part.rows, columns=part.columns), hide_index=True, width="stretch")
+        columns, rows = compact_rows(part)
+        st.dataframe(pd.DataFrame(rows, columns=columns), hide_index=True, width="stretch")
+        if columns != part.columns:
+            with st.expander("Details"):
+                st.dataframe(pd.DataFrame(part.rows, columns=part.columns), hide_index=True, width="stretch")
     for key, fig in part.figures.items():
         st.plotly_chart(fig, key=f"{part.key}-{key}")
     for note in part.notes:
@@ -94,6 +99,7 @@ report = build()
 if report is None:
     st.stop()
 summary(report)
+reproduce_panel()
 repeats = download_and_repeats(report)
 for part in report.sections:
     section(part, repeats)

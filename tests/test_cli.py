@@ -297,14 +297,15 @@ def test_report_writes_markdown(trained: tuple[Path, dict[str, Any]], tmp_path: 
     assert Path(summary["markdown"]).is_file() and Path(summary["markdown"]).parent == tmp_path
     assert summary["sections"]
     counts = summary["summary"]
-    assert sum(counts["numbers"].values()) == counts["numbers_total"] == 28 and counts["runs"] == 1
+    assert sum(counts["numbers"].values()) == counts["numbers_total"] == 24 and counts["runs"] == 1
+    assert counts["dataset_total"] == 4  # Table 1's facts, counted apart from the experiments' numbers
     assert counts["compute_seconds"] > 0
     # A copy of the store in another folder exports the same verdicts (nothing depends on its old path).
     copy = tmp_path / "copied-store"
     shutil.copytree(home, copy, ignore=shutil.ignore_patterns("runs", "cache"))
     code, out, err = run_cli("report", "--store", str(copy), "--root", str(mini_root), "--out", str(tmp_path / "c"))
     assert code == 0, err
-    assert out.startswith(f"Of the study's 28 numbers: {counts['numbers']['reproduced']} reproduced")
+    assert out.startswith(f"Of the study's 24 experiment numbers: {counts['numbers']['reproduced']} reproduced")
     assert (tmp_path / "c" / "report.md").is_file()
 
 

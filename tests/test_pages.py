@@ -265,7 +265,7 @@ def test_report_shows_verdicts_summary_and_queues_repeats(with_data: Path) -> No
     assert not at.exception, at.exception
     metrics = {m.label: m.value for m in at.metric}
     # A last-epoch 10.0% vs the study's 9.2% (+0.8) and a final loss of 4.50 vs 4.49: both reproduced.
-    assert metrics["Reproduced"] == "2" and metrics["Not run"] == str(28 - 4 - 2)  # Table 1 (3 classes): lower
+    assert metrics["Reproduced"] == "2" and metrics["Not run"] == str(24 - 2)  # Table 1's dataset facts apart
     assert "Compute time" in metrics
     baseline = next(d.value for d in at.dataframe if "final val verdict" in d.value.columns)
     assert list(baseline["final val (study)"]) == ["9.2%"] and list(baseline["final val verdict"]) == ["reproduced"]

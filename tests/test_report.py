@@ -113,12 +113,13 @@ def test_tables_come_from_the_runs_and_missing_experiments_say_so(
     assert set(report.missing_presets) == {
         "lr-grid", "step-grid", "retrain", "transfer", "freezing", "augmentation", "architectures", "best-offline"}
 
-    # Table 1 beside the study's split; the summary counts every number's verdict.
+    # Table 1 beside the study's split; the summary counts the experiments' numbers apart from these dataset facts.
     table1 = {r["split"]: r for r in report.section("table1").rows}
     assert table1["train"]["study"] == 2892 and table1["train"]["verdict"] == "lower"  # 3 classes here
     summary = report.summary
-    assert summary["numbers_total"] == 28 == sum(summary["numbers"].values())
-    assert summary["numbers"]["not run"] == 28 - 4 - 2  # Table 1 and the baseline's two numbers are decided
+    assert summary["numbers_total"] == 24 == sum(summary["numbers"].values())
+    assert summary["numbers"]["not run"] == 24 - 2  # the baseline's two numbers are decided
+    assert summary["dataset_total"] == 4 and summary["dataset"]["lower"] == 4  # 3 classes, 3 small splits
     assert summary["findings_total"] == 7 and summary["runs"] == 3
     ended = sum(r.finished - r.started for r in runs)
     assert summary["compute_seconds"] == pytest.approx(ended) and ended > 0
@@ -138,7 +139,9 @@ def test_export_writes_markdown_and_linked_figures(report: Report, tmp_path: Pat
     assert md == (tmp_path / "out" / "report.md").resolve()
     text = md.read_text()
     assert "## Table 1: Dataset split sizes" in text and "## Table 4: Architectures" in text
-    assert "## Summary" in text and f"Of the study's {report.summary['numbers_total']} numbers" in text
+    assert "## Summary" in text and f"Of the study's {report.summary['numbers_total']} experiment numbers" in text
+    assert "| experiment | runs | ours | study | verdict |" in text  # compact, then the details folded
+    assert "<details><summary>Details</summary>" in text
     assert "| experiment | runs | val (ours) | val (study) | Δ val | val verdict |" in text
     assert "## Findings: " in text and "LR 0.1 diverges" in text
     assert "missing — run preset lr-grid" in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from caltech_core import layout
 from caltech_core.cli.common import open_store, print_json
 
 
@@ -14,7 +15,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     store = open_store(args)
     rep = report.build_report(store, args.root)
-    out = Path(args.out) if args.out else store.home / "report"
+    out = Path(args.out) if args.out else layout.report_dir(store.home)
     path = export.export_markdown(rep, out)
     if args.json:
         print_json({**report.report_summary(rep), "markdown": str(path)})

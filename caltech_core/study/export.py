@@ -14,7 +14,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from caltech_core.study import verdicts
-from caltech_core.study.report import DASH, Report, Section, summary_lines
+from caltech_core.study.report import DASH, Report, Section, compact_rows, summary_lines
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -114,7 +114,11 @@ def export_markdown(report: Report, out_dir: str | Path, *, png: bool | None = N
         if section.missing:
             lines += [f"**{section.message}**", ""]
         if section.rows:
-            lines += _md_table(section.columns, section.rows) + [""]
+            columns, rows = compact_rows(section)
+            lines += _md_table(columns, rows) + [""]
+            if columns != section.columns:  # the full table, folded (GitHub and most viewers render <details>)
+                lines += ["<details><summary>Details</summary>", "", *_md_table(section.columns, section.rows),
+                          "", "</details>", ""]
         for key, stem_path in by_section.get(section.key, []):
             png_file = stem_path.with_suffix(".png")
             rel = f"figures/{stem_path.name}"

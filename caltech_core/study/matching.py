@@ -7,6 +7,7 @@ the LR grid still feeds the LR-grid figure; its row then says which settings dif
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +69,30 @@ def matches(run: RunRecord, preset: Preset, member: TrainConfig) -> bool:
     if not preset.varies:
         return len(preset.configs) == 1
     return all(same_value(getattr(run.config, f), getattr(member, f)) for f in preset.varies)
+
+
+def run_key(cfg: TrainConfig) -> str:
+    """What makes two runs the same run: the defining config, the seed and the split seed (as one string)."""
+    return json.dumps({**defining_fields(cfg), "seed": cfg.seed, "split_seed": cfg.split_seed},
+                      sort_keys=True, default=str)
+
+
+def distinct_runs(runs: list[RunRecord]) -> list[RunRecord]:
+    """`runs` with each ended (config, seed, split seed) once: its latest finished run, else its latest run.
+
+    Training the same config with the same seed and split twice repeats a measurement, not the experiment:
+    counted twice it would make n = 2 with a standard deviation of 0. Queued and running runs all stay.
+    """
+    chosen: dict[str, RunRecord] = {}
+    for run in sorted(runs, key=lambda r: r.id):
+        if run.status not in DONE:
+            continue
+        key = run_key(run.config)
+        kept = chosen.get(key)
+        if kept is None or run.status == RunStatus.FINISHED or kept.status != RunStatus.FINISHED:
+            chosen[key] = run
+    keep = {r.id for r in chosen.values()}
+    return [r for r in runs if r.status not in DONE or r.id in keep]
 
 
 def setting_text(value: Any) -> str:

@@ -4,6 +4,7 @@ Each experiment section comes from one preset (caltech_core.study.experiments), 
 stored runs count for which member is caltech_core.study.matching's. Finished runs give the numbers (mean and
 sample standard deviation over seeds); diverged/failed runs are counted but not averaged. Experiments without
 runs are marked "missing — run preset X", never filled in. caltech_core.study.export writes the Markdown.
+(A little over 400 lines: sections, summary and the compact form of their tables read best in one place.)
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ import plotly.graph_objects as go
 from caltech_core.status import ProgressFn, RunStatus
 from caltech_core.study import charts, verdicts
 from caltech_core.study.experiments import PRESETS, Preset, run_test_acc, run_val_acc
-from caltech_core.study.matching import MemberResult, defining_fields, member_result, setting_text
+from caltech_core.study.matching import (
+    MemberResult,
+    defining_fields,
+    distinct_runs,
+    member_result,
+    setting_text,
+)
 from caltech_core.study.numbers import FINDINGS, STUDY_CLASSES, STUDY_METRICS, STUDY_SPLIT
 
 DASH = "—"
@@ -70,6 +77,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     runs: int = 0
     compute_seconds: float = 0.0  # start to finish of every run in the store that has ended
+    repeated: int = 0  # ended runs not counted: the same (config, seed, split seed) as a counted one
 
     def section(self, key: str) -> Section:
         return next(s for s in self.sections if s.key == key)
@@ -81,12 +89,18 @@ class Report:
 
     @property
     def summary(self) -> dict[str, Any]:
-        """Counts of verdicts over every number of the study and over its findings, runs and compute time."""
-        numbers = [v for s in self.sections for r in s.rows for v in r.get("verdicts", {}).values()]
+        """Counts of verdicts over the study's experiment numbers, apart from its dataset facts (Table 1's split
+        sizes, which any copy of the dataset reproduces), over its findings, runs and compute time."""
+        def verdicts_of(parts: list[Section]) -> list[str]:
+            return [v for s in parts for r in s.rows for v in r.get("verdicts", {}).values()]
+
+        numbers = verdicts_of([s for s in self.sections if s.preset])
+        facts = verdicts_of([s for s in self.sections if s.key == "table1"])
         findings = [r["verdict"] for s in self.sections if s.key == "findings" for r in s.rows]
         return {"numbers": verdicts.count(numbers, verdicts.VERDICTS), "numbers_total": len(numbers),
+                "dataset": verdicts.count(facts, verdicts.VERDICTS), "dataset_total": len(facts),
                 "findings": verdicts.count(findings, verdicts.FINDING_VERDICTS), "findings_total": len(findings),
-                "runs": self.runs, "compute_seconds": self.compute_seconds,
+                "runs": self.runs, "repeated_runs": self.repeated, "compute_seconds": self.compute_seconds,
                 "compute_hours": round(self.compute_seconds / 3600, 2)}
 
 
@@ -128,9 +142,10 @@ def _format_metric(metric: str, c: verdicts.Comparison) -> dict[str, str]:
 
 def repeat_summary(runs: list[Any]) -> list[dict[str, Any]]:
     """One row per experiment that runs repeat (same group, name and defining config; seeds and splits vary):
-    number of finished runs, their seeds, validation/test accuracy mean ± sample standard deviation."""
+    number of finished runs, their seeds, validation/test accuracy mean ± sample standard deviation (a run
+    repeating another's config, seed and split seed counted once)."""
     grouped: dict[tuple[str, str, str], list[Any]] = {}
-    for run in sorted(runs, key=lambda r: r.id):
+    for run in sorted(distinct_runs(runs), key=lambda r: r.id):
         if run.status != RunStatus.FINISHED:
             continue
         key = (run.group, run.name, json.dumps(defining_fields(run.config), sort_keys=True, default=str))
@@ -269,10 +284,10 @@ def _findings_section(experiments: dict[str, Section]) -> Section:
         members = {m.label: m for m in experiments[finding.preset].members}
         verdict, evidence = verdicts.decide(finding, members)
         rows.append({"finding": finding.text, "source": finding.item, "preset": finding.preset,
-                     "verdict": verdict, "evidence": evidence})
+                     "verdict": verdict, "evidence": evidence, "rule": verdicts.RULES[finding.key].when})
     return Section(
         "findings", "Findings", "The study's qualitative findings, decided from our runs", None,
-        ["finding", "source", "preset", "verdict", "evidence"], rows,
+        ["finding", "source", "preset", "verdict", "evidence", "rule"], rows,
         notes=[f"Overfitting: the validation loss ends {verdicts.OVERFIT_RISE:.0%} or more above its minimum."],
     )
 
@@ -333,16 +348,17 @@ def build_report(store: Any, data_root: Any = None, progress: ProgressFn | None 
     """Rebuild every table and figure of the study from `store` (and the dataset for Table 1 / Figure 2),
     with a verdict per study number and per finding; `progress` counts the sections built."""
     runs = store.list_runs(newest_first=False)
+    counted = distinct_runs(runs)
     sections = _dataset_sections(data_root)
     experiments = {}
     for done, (name, kind) in enumerate(SECTIONS, 1):
-        experiments[name] = _experiment_section(name, kind, runs, store)
+        experiments[name] = _experiment_section(name, kind, counted, store)
         if progress is not None:
             progress(done, len(SECTIONS))
     sections += [*experiments.values(), _findings_section(experiments)]
     ended = [r.finished - r.started for r in runs if r.started is not None and r.finished is not None]
     return Report(generated=time.time(), store_home=str(getattr(store, "home", "")), sections=sections,
-                  runs=len(runs), compute_seconds=float(sum(ended)))
+                  runs=len(runs), compute_seconds=float(sum(ended)), repeated=len(runs) - len(counted))
 
 
 def _jsonable(value: Any) -> Any:
@@ -377,6 +393,37 @@ def summary_lines(report: Report) -> list[str]:
     s = report.summary
     numbers = ", ".join(f"{n} {k}" for k, n in s["numbers"].items())
     findings = ", ".join(f"{n} {k}" for k, n in s["findings"].items())
-    return [f"Of the study's {s['numbers_total']} numbers: {numbers}.",
+    dataset = ", ".join(f"{n} {k}" for k, n in s["dataset"].items() if n)
+    repeated = (f"; {s['repeated_runs']} repeating another's config, seed and split seed, counted once"
+                if s["repeated_runs"] else "")
+    return [f"Of the study's {s['numbers_total']} experiment numbers: {numbers}.",
             f"Of its {s['findings_total']} qualitative findings: {findings}.",
-            f"{s['runs']} run(s) in the store; {s['compute_hours']:.2f} h of compute (start to end of every ended run)."]
+            f"Dataset facts (Table 1, {s['dataset_total']} split sizes and classes): {dataset or 'none'}.",
+            f"{s['runs']} run(s) in the store{repeated}; {s['compute_hours']:.2f} h of compute (start to end of "
+            "every ended run)."]
+
+
+# -- compact tables -------------------------------------------------------------------------------------------
+
+def compact_rows(part: Section) -> tuple[list[str], list[dict[str, Any]]]:
+    """The short form of a section's table: (columns, rows) with ours, the study's and the verdict per row;
+    every other column stays in `part.rows` (the details)."""
+    if part.key == "findings":
+        columns = ["finding", "source", "verdict"]
+        return columns, [{k: r[k] for k in columns} for r in part.rows]
+    if not part.preset:
+        return part.columns, part.rows
+    rows = []
+    for r in part.rows:
+        metrics = [m for m in METRIC_PREFIX if f"{METRIC_PREFIX[m]} (ours)" in r]
+        judged = [m for m in metrics if r[f"{METRIC_PREFIX[m]} verdict"] != DASH] or metrics[:1]
+        verdict = {r[f"{METRIC_PREFIX[m]} verdict"] for m in judged}
+        rows.append({"experiment": r["experiment"], "runs": r["runs"], "ours": _cells(r, judged, "(ours)"),
+                     "study": _cells(r, judged, "(study)"),
+                     "verdict": verdict.pop() if len(verdict) == 1 else _cells(r, judged, "verdict")})
+    return ["experiment", "runs", "ours", "study", "verdict"], rows
+
+
+def _cells(row: dict[str, Any], metrics: list[str], kind: str) -> str:
+    """One kind of cell ('(ours)', '(study)', 'verdict') of several metrics: 'val 82.1% · test 83.0%'."""
+    return " · ".join(f"{METRIC_PREFIX[m]} {row[f'{METRIC_PREFIX[m]} {kind}']}" for m in metrics)

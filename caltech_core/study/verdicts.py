@@ -198,14 +198,30 @@ def _vflip_hurts(m: Members) -> tuple[str, str]:
     return ("reproduced" if all(ours < v for v in others.values()) else "not reproduced"), evidence
 
 
-RULES: dict[str, Callable[[Members], tuple[str, str]]] = {
-    "lr-0.1-diverges": _lr_01_diverges,
-    "lr-1e-3-underfits": _lr_1e3_underfits,
-    "lr-1e-2-best": _lr_1e2_best,
-    "lr-5e-2-overfits": _lr_5e2_overfits,
-    "step-30-best": _step_30_best,
-    "step-above-30-overfits": _step_above_30_overfits,
-    "vflip-hurts": _vflip_hurts,
+@dataclass(frozen=True)
+class Rule:
+    """How one finding is decided: `when` says in words when it counts as reproduced (shown beside it)."""
+
+    when: str
+    decide: Callable[[Members], tuple[str, str]]
+
+
+_RISE = f"the validation loss ends {OVERFIT_RISE:.0%} or more above its minimum"
+RULES: dict[str, Rule] = {
+    "lr-0.1-diverges": Rule(f"most LR 0.1 runs diverge (stopped as 'diverged') or end rising: {_RISE}",
+                            _lr_01_diverges),
+    "lr-1e-3-underfits": Rule("LR 1e-3 ends with lower training accuracy and lower best validation accuracy than "
+                              "LR 1e-2 (means over runs)", _lr_1e3_underfits),
+    "lr-1e-2-best": Rule("every learning rate has run, and LR 1e-2 has the highest mean best validation accuracy",
+                         _lr_1e2_best),
+    "lr-5e-2-overfits": Rule(f"at 60 epochs, LR 5e-2 trains to the end and {_RISE} (mean over runs)",
+                             _lr_5e2_overfits),
+    "step-30-best": Rule("every step size has finished, and step 30 ends with the lowest mean final validation loss",
+                         _step_30_best),
+    "step-above-30-overfits": Rule("the validation loss ends further above its minimum at step 45 than at step 30 "
+                                   "(means over runs)", _step_above_30_overfits),
+    "vflip-hurts": Rule("vertical flip has a lower mean test accuracy (validation when no test) than every other "
+                        "finished augmentation row", _vflip_hurts),
 }
 if set(RULES) != {f.key for f in FINDINGS}:  # one rule per finding, no more: fail loudly at import
     raise RuntimeError(f"findings without a rule or rules without a finding: {set(RULES) ^ {f.key for f in FINDINGS}}")
@@ -213,7 +229,7 @@ if set(RULES) != {f.key for f in FINDINGS}:  # one rule per finding, no more: fa
 
 def decide(finding: Finding, members: Members) -> tuple[str, str]:
     """(verdict, evidence) for `finding` from its preset's members (see the rules above)."""
-    return RULES[finding.key](members)
+    return RULES[finding.key].decide(members)
 
 
 def count(verdicts: Sequence[str], kinds: Sequence[str]) -> dict[str, int]:

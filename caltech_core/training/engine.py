@@ -36,6 +36,7 @@ from caltech_core import layout
 from caltech_core.config import TrainConfig
 from caltech_core.data.dataset import Sample, Splits
 from caltech_core.data.imagecache import ImageCache
+from caltech_core.data.resident import ResidentLoader, loader_images
 from caltech_core.data.transforms import BatchLoader
 from caltech_core.nets.device import resolve_device
 from caltech_core.nets.models import apply_train_mode, build_model, set_train_mode_eval, split_for_features
@@ -203,12 +204,18 @@ def fit(
             return _stopped(RunStatus.CANCELLED, None, history=history, workdir=workdir, best=best)
         features, feature_file = found
 
+    # On CUDA, images that fit in GPU memory are uploaded once and every batch is cut out there (same batches).
+    resident = loader_images(cache, device) if features is None else None
+
     def loader(samples: list[Sample], train: bool) -> BatchLoader | FeatureLoader:
         indices, labels = [cache.index_of(s.path) for s in samples], [s.label for s in samples]
         generator = loader_gen if train else None
         if features is not None:  # the very batches BatchLoader would give, as feature rows
             return FeatureLoader(features, indices, labels, batch_size=cfg.batch_size, train=train, cfg=cfg,
                                  generator=generator)
+        if resident is not None:
+            return ResidentLoader(resident, indices, labels, batch_size=cfg.batch_size, train=train, cfg=cfg,
+                                  generator=generator)
         return BatchLoader(cache, indices, labels, batch_size=cfg.batch_size, train=train, cfg=cfg,
                            device=device, generator=generator, reuse_buffers=True)
 
