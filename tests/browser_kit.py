@@ -19,6 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 SHOTS = REPO / "test-output" / "screenshots"
 DOC_SHOTS = REPO / "docs" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
+# Playwright's `expect` waits 5 s by default; a page's rerun on a busy 2-core machine can take longer than that.
+expect.set_options(timeout=60_000)
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 
