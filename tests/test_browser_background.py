@@ -49,8 +49,8 @@ def _open(page, url: str, selectors: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def _tab(browser):
-    tab = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+def _tab(context):
+    tab = context.new_page()
     tab.set_default_timeout(120_000)  # generous for a shared machine; the timings below are what is asserted
     tab.set_default_navigation_timeout(120_000)
     return tab
@@ -66,7 +66,8 @@ def _seconds_so_far(page) -> float:
 
 def test_every_page_draws_first_and_the_scan_result_comes_later_once(server, browser, mini_root: Path) -> None:
     url, home = server
-    tab = _tab(browser)
+    window = browser.new_context(viewport={"width": 1400, "height": 1000})
+    tab = _tab(window)
     # The server's first script run imports the studio (torch included) once per process; it is not a page's cost.
     warm_up = _open(tab, f"{url}/monitor", FIRST_CONTENT["/monitor"])
 
@@ -79,11 +80,11 @@ def test_every_page_draws_first_and_the_scan_result_comes_later_once(server, bro
         tab.locator(SCAN_BAR).scroll_into_view_if_needed()
         shot(tab, "background-scan-running")
         time.sleep(2)
-        other = _tab(browser)
+        other = _tab(window)  # a second tab of the same browser window
         other.goto(f"{url}/")
         # The same scan, running since before the first tab's sighting; a new one would have just started.
         assert _seconds_so_far(other) >= time.monotonic() - seen - 1.0
-        other.context.close()
+        other.close()
 
     tab.get_by_text("Every listed image decodes.").wait_for()
     assert tab.evaluate("window.notReloaded === true")  # the result came by itself, no reload
@@ -93,7 +94,7 @@ def test_every_page_draws_first_and_the_scan_result_comes_later_once(server, bro
 
     for path in ("/train", "/monitor", "/errors", "/compare", "/classify", "/report"):
         seconds[path] = _open(tab, f"{url}{path}", FIRST_CONTENT[path])
-    tab.context.close()
+    window.close()
     print(f"\nfirst useful content (s), server warm-up {warm_up:.1f} s: "
           + ", ".join(f"{path} {s:.2f}" for path, s in seconds.items()))
     assert max(seconds.values()) <= FIRST_CONTENT_S, seconds
