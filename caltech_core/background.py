@@ -97,12 +97,6 @@ class TaskRegistry:
             self._ended.wait_for(lambda: self._states.get(key, MISSING).status != "running", timeout)
             return self._states.get(key, MISSING)
 
-    def forget(self, key: str) -> None:
-        """Drop a finished or failed result, so the next `submit` runs the work again; a running one stays."""
-        with self._lock:
-            if self._states.get(key, MISSING).status in ("done", "failed"):
-                del self._states[key]
-
     def _run(self, key: str, fn: Callable[[ProgressFn], Any], started: TaskState) -> None:
         lower_priority(self._nice)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -236,7 +237,7 @@ def format_seconds(seconds: float | None) -> str:
     return f"{s} s"
 
 
-POLL_SECONDS = 0.5  # how often a page waiting on background work looks at its progress
+POLL_SECONDS = 1.0  # how often a page waiting on background work looks at its progress
 
 
 def background(key: str, fn: Callable[[ProgressFn], Any], label: str, *, wait: float = 0.0) -> Any:
@@ -274,9 +275,10 @@ def _background_progress(key: str) -> None:
 
 
 def background_text(state: TaskState) -> str:
-    """'Checking images: 1200 of 8677 (about 15 s left)'; the label alone until the total is known."""
+    """'Checking images: 1200 of 8677 (about 15 s left)'; 'Checking images… (4.2 s so far)' until the total is
+    known (another tab's visit shows the same work's time, not a new start)."""
     if not state.total:
-        return f"{state.label}…"
+        return f"{state.label}… ({format_seconds(time.time() - state.started)} so far)"
     left = state.seconds_left()
     eta = f" (about {format_seconds(left)} left)" if left is not None else ""
     return f"{state.label}: {state.done} of {state.total}{eta}"

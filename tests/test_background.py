@@ -77,8 +77,6 @@ def test_a_failure_is_kept_with_its_message_and_a_resubmit_retries(wait_until) -
     assert retry.status == "running" and retry.error == ""
     wait_until(lambda: registry.state("cache").status == "done", timeout=10)
     assert registry.state("cache").result == 42
-    registry.forget("cache")
-    assert registry.state("cache").status == "missing"
 
 
 def test_work_threads_run_at_a_lower_priority_and_old_results_are_dropped(wait_until) -> None:
@@ -225,7 +223,7 @@ def test_data_page_draws_the_dataset_first_and_the_scan_result_later(
                                                                                           "test": 12}
         assert len(at.image) == 4 and at.get("plotly_chart")  # the samples and the histogram are there already
         bars = at.get("progress")
-        assert len(bars) == 1 and bars[0].proto.text == "Checking every image decodes…"
+        assert len(bars) == 1 and bars[0].proto.text.startswith("Checking every image decodes… (")
         at.run()
         assert len(at.get("progress")) == 1  # still waiting: a rerun neither blocks nor starts a second scan
     wait_until(lambda: not at.run().get("progress"), timeout=60)
@@ -255,7 +253,7 @@ def test_errors_gallery_decodes_a_missing_image_cache_in_the_background(
         assert {m.label: m.value for m in at.metric}["Images"] == "12"  # the summary does not wait
         assert at.get("plotly_chart")  # nor the confusion matrix
         bars = at.get("progress")
-        assert len(bars) == 1 and bars[0].proto.text == "Decoding the split's images…"
+        assert len(bars) == 1 and bars[0].proto.text.startswith("Decoding the split's images… (")
         assert not at.image
     at.radio(key="err_view").set_value("Most confident mistakes")
     until_background_done(at.run())
