@@ -21,6 +21,7 @@ from typing import Any
 from caltech_core import settings
 from caltech_core.cli.common import CliError
 from caltech_core.cli.data import cmd_cache, cmd_data
+from caltech_core.cli.explore import add_commands
 from caltech_core.cli.runs import cmd_cancel, cmd_delete, cmd_note, cmd_runs, cmd_tag
 from caltech_core.cli.study import cmd_report
 from caltech_core.cli.train import cmd_resume, cmd_train
@@ -157,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", parents=[common, rooted], help="rebuild the study's tables and figures")
     p.add_argument("--out", metavar="DIR", help="output folder (default: STORE/report)")
     p.set_defaults(func=cmd_report)
+    add_commands(sub, {"common": common, "rooted": rooted, "no_download": no_download, "on_ray": on_ray}, _config_option)
     return parser
 
 
