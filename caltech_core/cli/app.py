@@ -21,11 +21,11 @@ from typing import Any
 from caltech_core import settings
 from caltech_core.cli.common import CliError
 from caltech_core.cli.data import cmd_cache, cmd_data
-from caltech_core.cli.explore import add_commands
+from caltech_core.cli.explore import EXPORT_FORMATS, add_commands, cmd_export_any
 from caltech_core.cli.runs import cmd_cancel, cmd_delete, cmd_note, cmd_runs, cmd_tag
 from caltech_core.cli.study import cmd_report
 from caltech_core.cli.train import cmd_resume, cmd_train
-from caltech_core.cli.use import cmd_classify, cmd_evaluate, cmd_export
+from caltech_core.cli.use import cmd_classify, cmd_evaluate
 from caltech_core.config import SETTINGS, ConfigError, Setting, split_list
 
 
@@ -144,11 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("test", "val"), default="test")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("export", parents=[common], help="export a run's best model to ONNX or TorchScript")
-    p.add_argument("run", type=int, metavar="RUN")
-    p.add_argument("--format", choices=("onnx", "torchscript"), required=True)
-    p.add_argument("--out", metavar="DIR", required=True, help="folder for the model file and its JSON")
-    p.set_defaults(func=cmd_export)
+    p = sub.add_parser("export", parents=[common], help="export a run's best model to ONNX or TorchScript, or runs "
+                                                        "to TensorBoard event files or an MLflow store")
+    p.add_argument("runs", type=int, nargs="+", metavar="RUN", help="one run (onnx, torchscript) or several")
+    p.add_argument("--format", choices=("onnx", "torchscript", *EXPORT_FORMATS), required=True)
+    p.add_argument("--out", metavar="DIR", required=True, help="folder for the model file and its JSON, or the "
+                                                               "TensorBoard log dir / MLflow store")
+    p.set_defaults(func=cmd_export_any)
 
     p = sub.add_parser("cache", parents=[common], help="disk use of the store; --prune deletes unused caches")
     p.add_argument("--prune", action="store_true",

@@ -1,6 +1,6 @@
-"""`lr-find` (the learning-rate range test of a config) and the `--format tensorboard|mlflow` side of `export`
-(runs written where people keep their experiments). `add_commands` registers `lr-find` and `sweep` with the
-parser of `app.py`."""
+"""`lr-find` (the learning-rate range test of a config) and `export` (`cmd_export_any`: a model format goes to
+`use.cmd_export`; `--format tensorboard|mlflow` writes runs where people keep their experiments).
+`add_commands` registers `lr-find` and `sweep` with the parser of `app.py`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 
 from caltech_core.cli.common import CliError, open_store, print_json
 from caltech_core.config import SETTINGS
+from caltech_core.runs.exporters import FORMATS as EXPORT_FORMATS
 
 
 def add_commands(sub: Any, parents: dict[str, argparse.ArgumentParser],
@@ -65,4 +66,32 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     print(f"suggested learning rate: {finding.suggestion:.2g} (steepest descent of the smoothed loss; {steps}"
           f"{', stopped when the loss diverged' if finding.stopped_early else ''})")
     print(f"lowest smoothed loss / 10: {finding.lr_min:.2g}")
+    return 0
+
+
+def cmd_export_any(args: argparse.Namespace) -> int:
+    """`export`: a model format goes to `use.cmd_export` (one run); tensorboard/mlflow write every run given."""
+    from caltech_core.cli.use import cmd_export
+    from caltech_core.runs import exporters
+    from caltech_core.runs.records import RunNotFoundError
+
+    if args.format not in EXPORT_FORMATS:
+        if len(args.runs) != 1:
+            raise CliError(f"--format {args.format} exports one run's model; give one RUN", 2)
+        args.run = args.runs[0]
+        return cmd_export(args)
+    store = open_store(args)
+    try:
+        written = exporters.export_runs(store, args.runs, args.format, args.out)
+    except RunNotFoundError as exc:
+        raise CliError(f"run {exc.run_id} does not exist in {store.home}") from exc
+    if args.json:
+        print_json({"format": args.format, "out": str(args.out),
+                    "runs": [{"run_id": i, "written": w} for i, w in zip(args.runs, written, strict=True)]})
+        return 0
+    for run_id, where in zip(args.runs, written, strict=True):
+        print(f"run #{run_id}: {where}")
+    view = f"tensorboard --logdir {args.out}" if args.format == "tensorboard" else \
+        f"mlflow ui --backend-store-uri {exporters.mlflow_uri(args.out)}"
+    print(f"view them with: {view}")
     return 0
