@@ -15,6 +15,7 @@ from caltech_core.study import charts, experiments, report
 from dashboard._auth import require_password
 from dashboard._manage import tag_filter
 from dashboard._shared import format_seconds, get_store
+from dashboard._tracking import tracking_downloads
 
 ACCURACIES = ("best val acc", "test acc", "mean class acc", "retrain test acc")
 
@@ -164,3 +165,4 @@ repeats(shown)
 curves(shown, table)
 confusion_matrices(shown)
 sweep_groups(shown, table)
+tracking_downloads(store, [r.id for r in shown], "compare")

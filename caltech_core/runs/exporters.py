@@ -105,7 +105,8 @@ def mlflow_uri(out: str | Path) -> str:
 
 
 def _mlflow(store: RunStore, record: RunRecord, out: Path) -> str:
-    from mlflow.entities import Metric, Param, RunStatus as MlflowStatus
+    from mlflow.entities import Metric, Param
+    from mlflow.entities import RunStatus as MlflowStatus
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=mlflow_uri(out))

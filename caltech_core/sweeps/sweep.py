@@ -115,9 +115,18 @@ def _storage(folder: Path) -> optuna.storages.BaseStorage:
     return optuna.storages.JournalStorage(JournalFileBackend(str(layout.sweep_journal(folder))))
 
 
+class _AskTellGridSampler(optuna.samplers.GridSampler):
+    """GridSampler without its `study.stop()` once the grid is covered: that call is only allowed inside
+    `study.optimize`, so `tell` of the last ask-and-tell trial would raise; the driver's cap (the grid size)
+    ends the sweep instead."""
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: Any, values: Any) -> None:
+        return None
+
+
 def _sampler(spec: SweepSpec, seed: int) -> optuna.samplers.BaseSampler:
     if spec.method == "grid":
-        return optuna.samplers.GridSampler({p.name: p.grid_values() for p in spec.params}, seed=seed)
+        return _AskTellGridSampler({p.name: p.grid_values() for p in spec.params}, seed=seed)
     if spec.method == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     cap = spec.trial_cap() or 30
@@ -217,3 +226,10 @@ def summary(sweep: Sweep, store: RunStore) -> dict[str, Any]:
             "metric": sweep.spec.metric, "goal": sweep.spec.goal, **sweep.state(),
             "trials": [{k: r[k] for k in ("trial", "state", "value", "params", "runs")} for r in rows],
             "best": best_run(sweep, store)}
+
+
+def retrain_config(store: RunStore, run_id: int) -> Any:
+    """The settings of run `run_id` (a sweep's best), to train again and then retrain on train+val for its best
+    number of epochs (`engine.retrain_on_train_val`), in the same group."""
+    record = store.require_run(run_id)
+    return record.config.replace(retrain_on_train_val=True, name=f"{record.name}, retrained on train+val")
