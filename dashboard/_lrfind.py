@@ -45,5 +45,9 @@ def find_lr_panel(cfg: TrainConfig) -> None:
         st.markdown(f"Suggested: **{finding.suggestion:.2g}** (steepest descent of the smoothed loss; "
                     f"lowest loss / 10: {finding.lr_min:.2g}); {len(finding.lrs)} batches in {finding.seconds:.0f} s"
                     f"{' for other settings than the form now has' if tested.replace(lr=cfg.lr) != cfg else ''}.")
-        st.button(f"Use {finding.suggestion:.2g}", key="lrfind_use", on_click=_use, args=(finding.suggestion,),
-                  icon=":material/check:")
+        left, right = st.columns(2)
+        left.button(f"Use {finding.suggestion:.2g}", key="lrfind_use", on_click=_use, args=(finding.suggestion,),
+                    icon=":material/check:")
+        # On AlexNet from scratch the lower rule matched the study's best rate (docs/benchmarks.md).
+        right.button(f"Use {finding.lr_min:.2g} (the more careful rate)", key="lrfind_use_min", on_click=_use,
+                     args=(finding.lr_min,))

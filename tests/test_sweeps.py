@@ -20,7 +20,8 @@ from caltech_core.sweeps import sweep as sweeps
 from caltech_core.sweeps.spec import parse_spec
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_BASE = {"arch": "mobilenet_v3_small", "image_size": 64, "epochs": 2, "batch_size": 8, "device": "cpu",
+# Three epochs: a trial pruned on its first epoch's report is cancelled while its later epochs train.
+TINY_BASE = {"arch": "mobilenet_v3_small", "image_size": 64, "epochs": 3, "batch_size": 8, "device": "cpu",
              "optimizer": "adamw"}
 ABSURD_LR = 0.5  # AdamW at 0.5: a finite but enormous validation loss (about 1e22) from epoch 1 on
 SPEC = {"method": "random", "run_cap": 6, "seed": 3, "metric": {"name": "val_loss", "goal": "minimize"},

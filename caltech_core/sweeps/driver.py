@@ -165,14 +165,14 @@ class SweepDriver:
 
     def _finish(self, study: optuna.Study, trial: optuna.trial.Trial, runs: list[RunRecord], pruning: bool) -> None:
         spec = self.sweep.spec
-        if pruning:
+        statuses = {r.status for r in runs}
+        if pruning and statuses != {RunStatus.FINISHED}:  # all finished: the cancel came too late, it completes
             for run in runs:
                 if run.status in (RunStatus.CANCELLED, RunStatus.INTERRUPTED):
                     self.store.set_status(run.id, RunStatus.PRUNED, "stopped early by the sweep's pruner")
                     layout.last(self.store.run_dir(run.id)).unlink(missing_ok=True)  # a pruned run is not resumed
             study.tell(trial, state=TrialState.PRUNED)
             return
-        statuses = {r.status for r in runs}
         if statuses == {RunStatus.FINISHED}:
             value = trial_value([run_value(self.store, r, spec.metric, spec.goal) for r in runs])
             if value is not None:

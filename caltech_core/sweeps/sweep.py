@@ -8,6 +8,7 @@ is written in the same transaction as the run): nothing else maps trials to runs
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import statistics
@@ -52,8 +53,6 @@ class Sweep:
 
     def state(self) -> dict[str, Any]:
         """{"status": new|running|stopped|finished, "elapsed": sweep seconds so far, "created", "message"}."""
-        import json
-
         return json.loads(layout.sweep_state(self.folder).read_text())
 
     def set_state(self, **changes: Any) -> None:
@@ -92,8 +91,6 @@ def create_sweep(home: Path, data: dict[str, Any]) -> Sweep:
 
 
 def open_sweep(home: Path, sweep_id: int) -> Sweep:
-    import json
-
     folder = layout.sweep_dir(home, sweep_id)
     try:
         data = json.loads(layout.sweep_spec(folder).read_text())
