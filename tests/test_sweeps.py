@@ -16,12 +16,14 @@ from caltech_core import layout
 from caltech_core.cli.app import main
 from caltech_core.config import ConfigError
 from caltech_core.runs.store import RunStore
+from caltech_core.runs.threads import ThreadJobManager
+from caltech_core.sweeps import driver
 from caltech_core.sweeps import sweep as sweeps
 from caltech_core.sweeps.spec import parse_spec
 
 REPO = Path(__file__).resolve().parent.parent
-# Three epochs: a trial pruned on its first epoch's report is cancelled while its later epochs train.
-TINY_BASE = {"arch": "mobilenet_v3_small", "image_size": 64, "epochs": 3, "batch_size": 8, "device": "cpu",
+# Four epochs: a trial pruned on its first epoch's report is cancelled while its later epochs train.
+TINY_BASE = {"arch": "mobilenet_v3_small", "image_size": 64, "epochs": 4, "batch_size": 8, "device": "cpu",
              "optimizer": "adamw"}
 ABSURD_LR = 0.5  # AdamW at 0.5: a finite but enormous validation loss (about 1e22) from epoch 1 on
 SPEC = {"method": "random", "run_cap": 6, "seed": 3, "metric": {"name": "val_loss", "goal": "minimize"},
@@ -89,8 +91,14 @@ def test_sweep_prunes_and_survives_kill_9(mini_root, tmp_path, wait_until, capsy
     killed = {r.id: r.status for r in store.list_runs()}
     assert "running" in killed.values()  # the kill hit a run mid-training
 
-    assert main(["sweep", "--resume", "1", "--store", str(home), "--root", str(mini_root), "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # Resumed in this process, polling the store every 50 ms: a tiny epoch takes a fraction of a second, and the
+    # pruner must see the first one before the run has finished the others.
+    manager = ThreadJobManager(RunStore(home), data_root=mini_root)
+    try:
+        assert driver.SweepDriver(sweeps.open_sweep(home, 1), manager, poll=0.05).run() == "finished"
+    finally:
+        manager.shutdown(wait=True)
+    summary = sweeps.summary(sweeps.open_sweep(home, 1), store)
     trials = summary["trials"]
     assert summary["status"] == "finished" and [t["trial"] for t in trials] == list(range(6))
     assert all(len(t["runs"]) == 1 for t in trials)  # every trial once: no run lost, none run twice
