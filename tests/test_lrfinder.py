@@ -20,6 +20,7 @@ def problem(tiny_config):
     return tiny_config(epochs=3, lr_schedule="cosine")
 
 
+@pytest.mark.slow  # a range test and four 3-epoch trainings: 20-50 s on two shared cores
 def test_suggestion_is_near_the_best_of_a_grid(problem, splits, cache_dir, tmp_path):
     finding = lrfinder.find_lr(problem, splits, cache_dir=cache_dir, num_steps=40)
     assert finding.suggestion is not None and finding.lr_min is not None
@@ -58,7 +59,7 @@ def test_weights_and_optimizer_are_restored(splits, cache_dir):
 
 def test_cli_lr_find(mini_root, tmp_path, capsys):
     code = main(["lr-find", "--store", str(tmp_path), "--root", str(mini_root), "--arch", "mobilenet_v3_small",
-                 "--image-size", "64", "--batch-size", "8", "--device", "cpu", "--steps", "30"])
+                 "--image-size", "64", "--batch-size", "8", "--device", "cpu", "--steps", "16"])
     out = capsys.readouterr().out
     assert code == 0 and "suggested learning rate:" in out
     assert main(["lr-find", "--store", str(tmp_path), "--root", str(mini_root), "--start-lr", "1",
