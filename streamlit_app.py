@@ -21,6 +21,7 @@ pages = [
     st.Page("dashboard/monitor.py", title="Monitor", icon=":material/monitoring:"),
     st.Page("dashboard/errors.py", title="Errors", icon=":material/error_med:"),
     st.Page("dashboard/compare.py", title="Compare", icon=":material/compare_arrows:"),
+    st.Page("dashboard/sweeps.py", title="Sweeps", icon=":material/tune:"),
     st.Page("dashboard/classify.py", title="Classify", icon=":material/image_search:"),
 ]
 # The report page is added by its own module; show it as soon as it exists.

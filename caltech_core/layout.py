@@ -1,9 +1,9 @@
 """Where everything lives on disk: the store's folders, a run's files and the caches' folders.
 
-Under the store's home: `runs.sqlite`, `runs/<id>/` (a run's files) and `cache/` (the image caches,
-`images-<resize>/`, the frozen-feature cache, `features/`, and the dataset scan cache) and `datasets/` (the
-registry of image folders, each one's overrides and health report). Every module that names one of these
-paths asks this module, so the layout is written once.
+Under the store's home: `runs.sqlite`, `runs/<id>/` (a run's files), `sweeps/<id>/` (a sweep's spec, state
+and Optuna journal), `cache/` (the image caches, `images-<resize>/`, the frozen-feature cache, `features/`, and the
+dataset scan cache) and `datasets/` (the registry of image folders, each one's overrides and health report). Every
+module that names one of these paths asks this module, so the layout is written once.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 DATABASE = "runs.sqlite"
 RUNS = "runs"
 CACHE = "cache"
+SWEEPS = "sweeps"
 
 BEST = "best.pt"  # best-validation weights (what Classify, export and the report use)
 LAST = "last.pt"  # the resume point: weights, optimizer, RNG states; deleted when a run ends
@@ -33,6 +34,28 @@ def runs_dir(home: Path) -> Path:
 def run_dir(home: Path, run_id: int) -> Path:
     """`<home>/runs/<id>` (not created here)."""
     return runs_dir(home) / str(int(run_id))
+
+
+def sweeps_dir(home: Path) -> Path:
+    return Path(home) / SWEEPS
+
+
+def sweep_dir(home: Path, sweep_id: int) -> Path:
+    """`<home>/sweeps/<id>`: the sweep's spec (`sweep_spec`), state and Optuna journal (`sweep_journal`)."""
+    return sweeps_dir(home) / str(int(sweep_id))
+
+
+def sweep_spec(sweep_dir: Path) -> Path:
+    return Path(sweep_dir) / "spec.json"
+
+
+def sweep_state(sweep_dir: Path) -> Path:
+    return Path(sweep_dir) / "state.json"
+
+
+def sweep_journal(sweep_dir: Path) -> Path:
+    """Optuna's JournalStorage file: every trial, its parameters, reports and end (appended, so kill -9 safe)."""
+    return Path(sweep_dir) / "optuna.journal"
 
 
 def cache_dir(home: Path) -> Path:

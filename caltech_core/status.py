@@ -18,6 +18,7 @@ class RunStatus(StrEnum):
     DIVERGED = "diverged"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
+    PRUNED = "pruned"  # stopped early by a sweep's pruner (curves kept; not resumable)
 
 
 ALL: tuple[RunStatus, ...] = tuple(RunStatus)

@@ -17,6 +17,7 @@ from dashboard._calibration import ECE_COLUMNS, ece_columns
 from dashboard._datasets import dataset_of, mixed_datasets_warning
 from dashboard._manage import tag_filter
 from dashboard._shared import format_seconds, get_store
+from dashboard._tracking import tracking_downloads
 
 ACCURACIES = ("best val acc", "test acc", "mean class acc", "retrain test acc")
 
@@ -168,3 +169,4 @@ repeats(shown)
 curves(shown, table)
 confusion_matrices(shown)
 sweep_groups(shown, table)
+tracking_downloads(store, [r.id for r in shown], "compare")

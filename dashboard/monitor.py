@@ -16,6 +16,7 @@ from dashboard._auth import require_password
 from dashboard._datasets import dataset_note, dataset_of
 from dashboard._manage import delete_many, manage_run, tag_filter
 from dashboard._shared import format_seconds, get_manager, get_store, progress_bar, run_label
+from dashboard._tracking import tracking_downloads
 
 REFRESH_SECONDS = 2.0
 
@@ -219,6 +220,7 @@ delete_many(store, runs)
 watch(record)
 results(record)
 export(record)
+tracking_downloads(store, [record.id], "monitor")
 files_left_out(record)
 dataset_note(record)
 configuration(record)

@@ -14,6 +14,7 @@ from caltech_core.status import Phase
 from caltech_core.study import charts, experiments
 from dashboard import _datasets, _settings
 from dashboard._auth import require_password
+from dashboard._lrfind import find_lr_panel
 from dashboard._manage import TRAIN_FROM
 from dashboard._shared import backend_sidebar, data_root, format_seconds, get_manager, get_store, progress_bar
 
@@ -265,5 +266,6 @@ repeats = presets()
 cfg, problem = form()
 if cfg is not None:
     previews(cfg)
+    find_lr_panel(cfg)
 queue_button(cfg, problem, repeats)
 last_queued()

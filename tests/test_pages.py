@@ -14,7 +14,7 @@ from caltech_core.runs.store import RunStore
 from caltech_core.study import experiments
 
 REPO = Path(__file__).resolve().parent.parent
-PAGES = ("data", "train", "monitor", "errors", "compare", "classify")
+PAGES = ("data", "train", "monitor", "errors", "compare", "classify", "sweeps")
 TINY = {"f_arch": "mobilenet_v3_small", "f_image_size": 64, "f_classes": 2, "f_max_per_class": 4, "f_batch_size": 4,
         "f_step_size": 1}
 

@@ -22,11 +22,12 @@ from caltech_core import settings
 from caltech_core.cli import trust
 from caltech_core.cli.common import CliError
 from caltech_core.cli.data import add_data_commands, cmd_cache, cmd_data
+from caltech_core.cli.explore import EXPORT_FORMATS, add_commands, cmd_export_any
 from caltech_core.cli.reproduce import add_reproduce
 from caltech_core.cli.runs import cmd_cancel, cmd_delete, cmd_note, cmd_runs, cmd_tag
 from caltech_core.cli.study import cmd_report
 from caltech_core.cli.train import cmd_resume, cmd_train
-from caltech_core.cli.use import cmd_classify, cmd_evaluate, cmd_export
+from caltech_core.cli.use import cmd_classify, cmd_evaluate
 from caltech_core.config import SETTINGS, ConfigError, Setting, split_list
 
 
@@ -148,11 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     trust.register(sub, [common, rooted])
 
-    p = sub.add_parser("export", parents=[common], help="export a run's best model to ONNX or TorchScript")
-    p.add_argument("run", type=int, metavar="RUN")
-    p.add_argument("--format", choices=("onnx", "torchscript"), required=True)
-    p.add_argument("--out", metavar="DIR", required=True, help="folder for the model file and its JSON")
-    p.set_defaults(func=cmd_export)
+    p = sub.add_parser("export", parents=[common], help="export a run's best model to ONNX or TorchScript, or runs "
+                                                        "to TensorBoard event files or an MLflow store")
+    p.add_argument("runs", type=int, nargs="+", metavar="RUN", help="one run (onnx, torchscript) or several")
+    p.add_argument("--format", choices=("onnx", "torchscript", *EXPORT_FORMATS), required=True)
+    p.add_argument("--out", metavar="DIR", required=True, help="folder for the model file and its JSON, or the "
+                                                               "TensorBoard log dir / MLflow store")
+    p.set_defaults(func=cmd_export_any)
 
     p = sub.add_parser("cache", parents=[common], help="disk use of the store; --prune deletes unused caches")
     p.add_argument("--prune", action="store_true",
@@ -163,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="output folder (default: STORE/report)")
     p.set_defaults(func=cmd_report)
     add_reproduce(sub, [common, rooted, no_download, on_ray])
+    add_commands(sub, {"common": common, "rooted": rooted, "no_download": no_download, "on_ray": on_ray}, _config_option)
     return parser
 
 

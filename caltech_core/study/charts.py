@@ -279,3 +279,20 @@ def embedding_figure(xy: Sequence[Sequence[float]], labels: Sequence[str], mista
     fig.update_yaxes(showticklabels=False)
     fig.update_layout(legend={"font": {"size": 9}, "itemsizing": "constant"})
     return fig
+
+
+def lr_finder_figure(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[float],
+                     suggestion: float | None) -> go.Figure:
+    """The LR range test: raw and smoothed loss against the learning rate (log axis), the suggestion marked."""
+    fig = _figure("Learning-rate range test", "learning rate", "training loss")
+    fig.add_scatter(x=list(lrs), y=list(losses), mode="lines", name="batch loss", line={"color": "#c9d1d9"})
+    fig.add_scatter(x=list(lrs[:len(smoothed)]), y=list(smoothed), mode="lines", name="smoothed",
+                    line={"color": TRAIN_COLOR})
+    if suggestion is not None:
+        fig.add_vline(x=suggestion, line_dash="dash", line_color=VAL_COLOR,
+                      annotation_text=f"suggested {suggestion:.2g}")
+    fig.update_xaxes(type="log")
+    if smoothed:  # the divergence at the end would flatten the interesting part
+        top = max(smoothed[0], min(smoothed)) * 1.5
+        fig.update_yaxes(range=[min(smoothed) * 0.9, top])
+    return fig

@@ -173,7 +173,7 @@ def fit(
     model = build_model(cfg.arch, data.num_classes, pretrained=cfg.pretrained, weights_path=cfg.weights_path)
     apply_train_mode(model, cfg.arch, cfg.train)
     model.to(device, memory_format=torch.channels_last if on_cuda else torch.contiguous_format)
-    optimizer, scheduler = _optimizer_and_schedule(cfg, model)
+    optimizer, scheduler = optimizer_and_schedule(cfg, model)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     scaler = torch.amp.GradScaler("cuda", enabled=on_cuda and cfg.amp and not torch.cuda.is_bf16_supported())
     loader_gen = torch.Generator().manual_seed(cfg.seed)  # shuffling + augmentation draws
@@ -347,7 +347,7 @@ def _phase(cb: Callbacks, phase: Phase, done: int = 0, total: int = 0) -> None:
         cb.on_phase(phase, done, total)
 
 
-def _optimizer_and_schedule(
+def optimizer_and_schedule(
     cfg: TrainConfig, model: nn.Module
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """Optimizer on the trainable parameters only; the learning-rate schedule steps per epoch."""

@@ -1,0 +1,63 @@
+"""The Sweeps page: the builder refuses a bad spec naming the parameter, stores a good one and starts it; the view
+shows a finished sweep's trials, curves, parallel coordinates and the retrain button. The Train page's range test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from apptest_pages import open_page, page_texts
+
+from caltech_core import layout
+from caltech_core.runs.manager import get_manager
+from caltech_core.sweeps import driver
+from caltech_core.sweeps import sweep as sweeps
+
+SPEC = {"method": "grid", "metric": {"name": "val_loss", "goal": "minimize"},
+        "parameters": {"lr": {"values": [0.001, 0.003]}},
+        "base": {"arch": "mobilenet_v3_small", "image_size": 64, "epochs": 1, "batch_size": 8, "device": "cpu"}}
+
+
+@pytest.fixture
+def with_data(mini_root: Path, studio_home: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("CALTECH101_ROOT", str(mini_root))
+    yield studio_home
+    get_manager(studio_home).shutdown(wait=True)
+
+
+def test_builder_refuses_a_bad_spec_and_stores_nothing(with_data: Path) -> None:
+    at = open_page("sweeps")
+    at.text_area(key="sweep_spec").set_value("method: random\nrun_cap: 2\nparameters:\n  lrr: {values: [0.1]}\n")
+    at.button(key="sweep_start").click().run()
+    assert not at.exception, at.exception
+    assert "parameters.lrr: unknown setting" in page_texts(at)
+    assert not layout.sweeps_dir(with_data).exists()
+    at.text_area(key="sweep_spec").set_value("method: grid\nparameters:\n  lr: {min: 0.1, max: 0.01}\n")
+    at.button(key="sweep_start").click().run()
+    assert "parameters.lr: min 0.1 is greater than max 0.01" in page_texts(at)
+
+
+def test_view_shows_a_finished_sweep(with_data: Path) -> None:
+    sweep = sweeps.create_sweep(with_data, SPEC)
+    assert driver.SweepDriver(sweep, get_manager(with_data), poll=0.1).run() == "finished"
+    at = open_page("sweeps")
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert sorted(table["lr"]) == [0.001, 0.003] and set(table["state"]) == {"complete"}
+    charts = {c.proto.id for c in at.get("plotly_chart")}
+    assert any("sweep_parcoords" in c for c in charts) and any("sweep_curves" in c for c in charts)
+    assert "Best: trial" in page_texts(at)
+    assert at.button(key="sweep_retrain")
+
+
+def test_train_page_finds_an_lr(with_data: Path) -> None:
+    at = open_page("train")
+    at.session_state["f_arch"] = "mobilenet_v3_small"
+    for key, value in {"f_image_size": 64, "f_classes": 2, "f_batch_size": 4, "f_device": "cpu"}.items():
+        at.session_state[key] = value
+    at.run()
+    at.button(key="lrfind_run").click().run()
+    assert not at.exception, at.exception
+    assert "Suggested:" in page_texts(at)
+    at.button(key="lrfind_use").click().run()
+    assert 1e-7 <= at.session_state["f_lr"] <= 10
