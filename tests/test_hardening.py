@@ -216,8 +216,9 @@ def test_data_page_refuses_a_download_folder_outside_and_downloads_nothing(
     monkeypatch.setenv("CALTECH101_ROOT", str(empty))
     escape = tmp_path / "escape" / "caltech101"
     at = open_page("data")
-    at.text_input[0].set_value(str(empty / ".." / "escape" / "caltech101"))
-    at.button[0].click().run()
+    next(box for box in at.text_input if box.label == "Download into").set_value(
+        str(empty / ".." / "escape" / "caltech101"))
+    next(b for b in at.button if b.label == "Download dataset").click().run()
     assert not at.exception, at.exception
     assert any("Not downloaded" in e.value and "outside the folders" in e.value for e in at.error)
     assert not escape.parent.exists()
