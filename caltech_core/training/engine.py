@@ -12,8 +12,9 @@ last.pt: nothing can resume it. A cancelled run keeps its last.pt (an interrupte
 written), so it resumes. Checkpoints are written only when they change what a resume would need: at most once
 per `checkpoint_seconds` of training (a kill loses at most that much work), never after the final epoch.
 Epochs and batches are numbered from 1. On CUDA: mixed precision (bf16 when supported, else fp16 with a
-GradScaler), channels_last, cudnn.benchmark, torch.compile when asked; on the CPU plain fp32, and a seeded run
-repeats exactly (resume included: last.pt carries every RNG state, see `checkpointing`).
+GradScaler), channels_last, cudnn.benchmark, torch.compile when asked; on the CPU what training/speed.py
+chose (plain fp32 unless measured to pay; recorded in the result). A seeded CPU run repeats exactly (resume
+included: last.pt carries every RNG state, see `checkpointing`).
 """
 
 from __future__ import annotations

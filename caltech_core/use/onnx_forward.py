@@ -60,7 +60,8 @@ class OnnxForward:
 
     def cam(self, feature_map: np.ndarray, class_index: int) -> torch.Tensor:
         """Grad-CAM of `class_index` from one image's (C, H, W) map, before resizing: ReLU(sum_k W[c, k] A_k)."""
-        assert self.weight is not None, "exact only for a pooled linear head (see exact_cam)"
+        if self.weight is None:
+            raise ValueError("CAM equals Grad-CAM only for a pooled linear head (see exact_cam)")
         return torch.relu(torch.einsum("k,khw->hw", torch.from_numpy(self.weight[class_index]),
                                        torch.from_numpy(feature_map)))
 
