@@ -193,7 +193,9 @@ class TrainConfig:
     fast_path: bool = _setting(True, "Frozen-backbone fast path (cache features)", "advanced",
                                help="With a frozen backbone and no random augmentation, train the head on cached "
                                     "features.")
-    amp: bool = _setting(True, "Mixed precision on CUDA", "advanced", help="Mixed precision on CUDA (ignored on the CPU).")
+    amp: bool = _setting(True, "Mixed precision", "advanced",
+                         help="CUDA: bf16 (else fp16) autocast. CPU: bf16 autocast only for the architectures "
+                              "measured to gain from it, on CPUs with native bf16 (training/speed.py).")
     compile: bool = _setting(False, "torch.compile on CUDA", "advanced",
                              help="Compile the model for the training steps on CUDA: the first batches pay the "
                                   "compilation (tens of seconds), later ones may run faster. Ignored on the CPU.")

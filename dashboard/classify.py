@@ -22,9 +22,9 @@ IMAGENET = "imagenet:"  # + the architecture, so a newly installed stronger mode
 def _classifier(choice: str | tuple[int, str], home: str) -> inference.Classifier:
     # `home` is part of the key: two stores may both have a run #1.
     if isinstance(choice, str) and choice.startswith(IMAGENET):
-        return inference.Classifier.imagenet(choice.removeprefix(IMAGENET))
+        return inference.Classifier.imagenet(choice.removeprefix(IMAGENET)).warm()  # onnxruntime ready
     run_id, weights = choice
-    return inference.Classifier.from_run(get_store(), run_id, weights=weights)
+    return inference.Classifier.from_run(get_store(), run_id, weights=weights).warm()
 
 
 def model_choices() -> dict[str | tuple[int, str], str]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import streamlit as st
 
 from caltech_core.config import GROUPS, ConfigError, Setting, TrainConfig
@@ -14,9 +12,10 @@ from caltech_core.status import Phase
 from caltech_core.study import charts, experiments
 from dashboard import _datasets, _settings
 from dashboard._auth import require_password
+from dashboard._estimate import estimate_panel
 from dashboard._lrfind import find_lr_panel
 from dashboard._manage import TRAIN_FROM
-from dashboard._shared import backend_sidebar, data_root, format_seconds, get_manager, get_store, progress_bar
+from dashboard._shared import backend_sidebar, data_root, get_manager, get_store, progress_bar
 
 BASELINE = "baseline-defaults"
 
@@ -95,13 +94,6 @@ def _download_progress(arch: str) -> None:
     progress_bar(Phase.DOWNLOADING, job.done, job.total)
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def _seconds_per_image(arch: str, train_mode: str, image_size: int, batch: int, device: str) -> float:
-    from caltech_core.training import timing
-
-    return timing.seconds_per_training_image(arch, train_mode, image_size, batch, device)
-
-
 def restore_form() -> None:
     """The form as the user left it (Streamlit forgets widgets of a page once it is left), or a run's settings
     sent by "Load settings into the Train form" / "Retry" on the Monitor page."""
@@ -161,7 +153,8 @@ def form() -> tuple[TrainConfig | None, ConfigError | None]:
 
 
 def time_per_epoch(cfg: TrainConfig) -> dataset.Splits | None:
-    """The split sizes and, on request, a timed estimate of an epoch on this device; returns the splits."""
+    """The split sizes and, on request, a timed estimate of an epoch and the run on this device; returns the
+    splits."""
     st.subheader("Time per epoch")
     root = data_root()
     splits = None
@@ -173,25 +166,7 @@ def time_per_epoch(cfg: TrainConfig) -> dataset.Splits | None:
     if splits is not None:
         st.caption(f"{len(splits.train)} training, {len(splits.val)} validation, {len(splits.test)} test "
                    f"images in {splits.num_classes} classes.")
-    if st.button("Estimate on this device", key="estimate"):
-        probe = min(cfg.batch_size, 8)
-        with st.spinner("Timing one training step…"):
-            per_image = _seconds_per_image(cfg.arch, cfg.train, cfg.image_size, probe, cfg.device)
-        st.session_state["epoch_estimate"] = (cfg.arch, cfg.train, cfg.image_size, per_image)
-    est = st.session_state.get("epoch_estimate")
-    if not est or est[:3] != (cfg.arch, cfg.train, cfg.image_size):
-        return splits
-    per_image = est[3]
-    if splits is None:
-        st.metric("Seconds per training image", f"{per_image:.4f}")
-        return splits
-    # Validation is forward-only: about a third of a training step per image.
-    seconds = per_image * (len(splits.train) + len(splits.val) / 3)
-    st.metric("Estimated time per epoch", format_seconds(seconds),
-              help="From a timed forward+backward of a small random batch; the frozen-feature fast path is much "
-                   "faster after its first epoch.")
-    st.caption(f"{math.ceil(len(splits.train) / cfg.batch_size)} batches per epoch; "
-               f"whole run ≈ {format_seconds(seconds * cfg.epochs)}.")
+    estimate_panel(cfg, splits)
     return splits
 
 

@@ -48,7 +48,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    log("timing this machine for the estimate (one training step per model)…")
+    log("timing this machine for the estimate (a few batches of the real loader and model per model)…")
     plan = plan_study(store, probe_estimator(args.root, args.device, log), scale=args.scale, repeats=args.repeats,
                       budget_minutes=args.budget)
     if args.json:

@@ -6,8 +6,8 @@ protocol of `REDUCED`), `repeats` times each with new seeds and split seeds (rep
 config, seed and split seed: `matching.run_key`) is not planned again: finished or diverged ones are done,
 cancelled or interrupted ones are resumed from their checkpoint, queued or running ones are waited for.
 The same run needed by two presets (the baseline is the LR grid's LR 1e-3) is planned once. The minutes of
-each run come from an estimator `(cfg) -> seconds per epoch` (CONTRACTS item 3; `probe_estimator` until
-training/estimate.py lands); runs beyond `budget_minutes` and runs needing ImageNet weights that cannot be
+each run come from an estimator `(cfg) -> seconds per epoch` (`probe_estimator`: training/estimate.py's short
+run of the real loader and model); runs beyond `budget_minutes` and runs needing ImageNet weights that cannot be
 had here are listed, not run. `queue_plan` hands the rest to a job manager; `run_plan` also waits and writes
 the report. Planning again after a kill continues where it stopped.
 """
@@ -16,18 +16,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from caltech_core import layout
+from caltech_core import layout, settings
 from caltech_core.config import ConfigError, TrainConfig
+from caltech_core.data.dataset import load_splits
 from caltech_core.runs.store import RunRecord
 from caltech_core.status import ACTIVE, RESUMABLE, ProgressFn, RunStatus
 from caltech_core.study.experiments import DEMO_CLASSES, PRESETS
 from caltech_core.study.matching import run_key, weights_needed
 from caltech_core.study.numbers import STUDY_REPEATS, STUDY_SPLIT
 from caltech_core.study.report import SECTIONS
+from caltech_core.training.estimate import EpochEstimate, estimate_epoch_seconds
 
 Estimator = Callable[[TrainConfig], float]  # seconds per epoch of cfg on this machine
 
@@ -267,22 +269,18 @@ def run_plan(
 
 # -- a brief measurement of this machine ----------------------------------------------------------------------
 
-PROBE_BATCH = 16  # images per timed step: enough to amortise a step's fixed cost, brief on a CPU
-
-
 def probe_estimator(
     data_root: str | Path | None = None, device: str = "auto", log: Callable[[str], None] | None = None,
+    cache_dir: str | Path | None = None,
 ) -> Estimator:
-    """Seconds per epoch from one timed training step of the real model on this machine (random pixels, no
-    weights needed) times the split's images (its validation images at a third of the cost: forward only).
+    """Seconds per epoch of a planned run from training/estimate.py's short run of the real loader and model on
+    this machine, measured once per (model, layers trained, size, batch, fast path, augmentation) and scaled to
+    each run's split; the once-per-run image caching and frozen features are spread over its epochs.
 
-    The simple stand-in that CONTRACTS item 3 allows until training/estimate.py (issue 26) times the real loader.
-    `log` hears which model is being timed (a CPU takes seconds to minutes for the full study's nine models).
+    `log` hears which model is being timed (a CPU takes seconds to minutes for the full study's models).
     """
-    from caltech_core.data.dataset import load_splits
-    from caltech_core.training.timing import seconds_per_training_image
-
-    per_image: dict[tuple[str, str, int, int], float] = {}
+    cache = Path(cache_dir) if cache_dir else layout.cache_dir(settings.studio_home())
+    measured: dict[tuple[Any, ...], EpochEstimate] = {}
     sizes: dict[tuple[Any, ...], tuple[int, int]] = {}
 
     def split_size(cfg: TrainConfig) -> tuple[int, int]:
@@ -298,17 +296,16 @@ def probe_estimator(
         return sizes[key]
 
     def estimate(cfg: TrainConfig) -> float:
-        batch = min(cfg.batch_size, PROBE_BATCH)
-        key = (cfg.arch, cfg.train, int(cfg.image_size or 224), batch)
-        if key not in per_image:
+        key = (cfg.arch, cfg.train, cfg.image_size, cfg.batch_size, cfg.fast_path, cfg.augment)
+        if key not in measured:
             if log is not None:
-                log(f"timing {cfg.arch} ({cfg.train} layers) at {key[2]} px, batch {batch}…")
-            per_image[key] = seconds_per_training_image(cfg.arch, cfg.train, key[2], batch, device)
+                log(f"timing {cfg.arch} ({cfg.train} layers) at {cfg.image_size or 'its native'} px, "
+                    f"batch {cfg.batch_size}…")
+            measured[key] = estimate_epoch_seconds(replace(cfg, device=device), data_root, cache_dir=cache)
+        probe = measured[key]
         train, val = split_size(cfg)
-        if cfg.train == "fc" and cfg.fast_path and not cfg.augment:
-            # Frozen-backbone fast path: one forward pass of the backbone over the images, then a cheap head.
-            return per_image[key] * (train + val) / 3 / max(cfg.epochs, 1)
-        return per_image[key] * (train + val / 3)
+        epoch = probe.seconds_per_train_image * train + probe.seconds_per_eval_image * val
+        return epoch + probe.setup_seconds / max(cfg.epochs, 1)
 
     return estimate
 

@@ -12,8 +12,9 @@ last.pt: nothing can resume it. A cancelled run keeps its last.pt (an interrupte
 written), so it resumes. Checkpoints are written only when they change what a resume would need: at most once
 per `checkpoint_seconds` of training (a kill loses at most that much work), never after the final epoch.
 Epochs and batches are numbered from 1. On CUDA: mixed precision (bf16 when supported, else fp16 with a
-GradScaler), channels_last, cudnn.benchmark, torch.compile when asked; on the CPU plain fp32, and a seeded run
-repeats exactly (resume included: last.pt carries every RNG state, see `checkpointing`).
+GradScaler), channels_last, cudnn.benchmark, torch.compile when asked; on the CPU what training/speed.py
+chose (plain fp32 unless measured to pay; recorded in the result). A seeded CPU run repeats exactly (resume
+included: last.pt carries every RNG state, see `checkpointing`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from caltech_core.nets.device import resolve_device
 from caltech_core.nets.models import apply_train_mode, build_model, set_train_mode_eval, split_for_features
 from caltech_core.nets.weights import fetch as fetch_weights
 from caltech_core.status import Phase, RunStatus
-from caltech_core.training import predictions
+from caltech_core.training import predictions, speed
 from caltech_core.training.checkpointing import BestWeights, load_last, save_last, seed_everything
 from caltech_core.training.evaluation import Evaluation, autocast_for, evaluate
 from caltech_core.training.failures import failure_message
@@ -97,6 +98,7 @@ class RunResult:
     classes: list[str] = field(default_factory=list)
     fast_path: bool = False  # whether the head was trained on cached backbone features
     feature_cache: str | None = None  # the features/ file it used (store.prune_caches keeps it)
+    speed: str | None = None  # how its training steps ran (training/speed.py's mode label)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able results (for the store)."""
@@ -172,7 +174,9 @@ def fit(
     # Model first: missing pretrained weights fail here, before any image is decoded or batch is run.
     model = build_model(cfg.arch, data.num_classes, pretrained=cfg.pretrained, weights_path=cfg.weights_path)
     apply_train_mode(model, cfg.arch, cfg.train)
-    model.to(device, memory_format=torch.channels_last if on_cuda else torch.contiguous_format)
+    mode = speed.choose(cfg, device)  # channels_last / bf16 / compile: what pays on this device (recorded)
+    model.to(device)
+    speed.prepare(model, mode)
     optimizer, scheduler = optimizer_and_schedule(cfg, model)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     scaler = torch.amp.GradScaler("cuda", enabled=on_cuda and cfg.amp and not torch.cuda.is_bf16_supported())
@@ -220,9 +224,9 @@ def fit(
                            device=device, generator=generator, reuse_buffers=True)
 
     train_loader, val_loader, test_loader = loader(data.train, True), loader(data.val, False), loader(data.test, False)
-    # Compiled for the training steps only (evaluation stays eager: its batches vary in size); the first
-    # batch of each shape pays the compilation. On the CPU the switch is ignored, like amp.
-    step_net = torch.compile(net, dynamic=False) if cfg.compile and on_cuda else net
+    # Compiled (when the mode says so) for the training steps only: evaluation stays eager, its batches vary
+    # in size; the first batch of each shape pays the compilation.
+    step_net = speed.step_module(net, mode)
 
     _phase(cb, Phase.TRAINING, start_epoch - 1, cfg.epochs)
     saved_at = time.monotonic()  # training time since the last last.pt
@@ -230,7 +234,7 @@ def fit(
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         tally = train_one_epoch(net, step_net, train_loader, criterion=criterion, optimizer=optimizer,
-                                scaler=scaler, device=device, amp=cfg.amp, epoch=epoch, cb=cb)
+                                scaler=scaler, device=device, amp=cfg.amp, epoch=epoch, cb=cb, mode=mode)
         if tally.stop is not None:
             return _stopped(tally.stop, tally.error, history=history, workdir=workdir, best=best)
         val = evaluate(net, val_loader, data.num_classes, amp=cfg.amp) if data.val else None
@@ -273,24 +277,25 @@ def fit(
         test_acc=test.acc if test else None, mean_class_acc=test.mean_class_acc if test else None,
         per_class_acc=_per_class(test, data.classes), confusion=test.confusion.tolist() if test else None,
         checkpoint_path=layout.best(workdir), classes=list(data.classes), fast_path=features is not None,
-        feature_cache=feature_file.name if feature_file else None,
+        feature_cache=feature_file.name if feature_file else None, speed=mode.label,
     )
 
 
 def train_one_epoch(
     net: nn.Module, step_net: nn.Module, loader: BatchLoader | FeatureLoader, *, criterion: nn.Module,
     optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, device: torch.device, amp: bool, epoch: int,
-    cb: Callbacks,
+    cb: Callbacks, mode: speed.SpeedMode = speed.EAGER,
 ) -> EpochTally:
-    """One pass over the training batches; `step_net` is `net` itself or its compiled version. Stops early
-    when `cb.should_stop` says so (cancelled) or the loss stops being finite (diverged)."""
+    """One pass over the training batches; `step_net` is `net` itself or its compiled version, `mode` adds
+    the CPU's bf16 autocast when it says so. Stops early when `cb.should_stop` says so (cancelled) or the loss
+    stops being finite (diverged)."""
     net.train()
     set_train_mode_eval(net)  # frozen BatchNorm layers keep their running statistics
     loss_sum, correct, seen = 0.0, 0, 0
     for batch, (x, y) in enumerate(loader, start=1):
         if cb.should_stop is not None and cb.should_stop():
             return EpochTally(stop=RunStatus.CANCELLED)
-        with autocast_for(device, amp):
+        with autocast_for(device, amp), speed.cpu_autocast(device, mode):
             logits = step_net(x)
             loss = criterion(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)

@@ -23,6 +23,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -87,7 +88,7 @@ def cached_features(
         return stored["features"][order].to(device), path
 
     backbone.eval()
-    run = _runner(backbone, cfg, device)
+    run = feature_runner(backbone, cfg, device)
     loader = BatchLoader(
         cache, list(range(len(cache))), [0] * len(cache), batch_size=batch_size, train=False, cfg=cfg,
         device=device, reuse_buffers=True,
@@ -108,7 +109,9 @@ def cached_features(
     return features, path
 
 
-def _runner(backbone: nn.Module, cfg: TrainConfig, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+def feature_runner(
+    backbone: nn.Module, cfg: TrainConfig, device: torch.device
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """The frozen backbone as a function of a batch: onnxruntime on the CPU where the architecture table says it
     pays (the same numbers to float rounding, several times faster for EfficientNet-Lite: bench/feature_speed.py),
     else torch."""
@@ -124,23 +127,29 @@ def _runner(backbone: nn.Module, cfg: TrainConfig, device: torch.device) -> Call
 
 def onnx_runner(module: nn.Module, image_size: int, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """`module` (eval mode, CPU) exported to ONNX in memory and run by onnxruntime with `threads` threads."""
-    import onnxruntime as ort
-
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        # The TorchScript-based exporter is deprecated, but it exports these networks in seconds where the
-        # dynamo exporter takes about a minute each, and this file is thrown away after the features.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(module, (torch.zeros(1, 3, image_size, image_size),), buffer, input_names=["x"],
-                          output_names=["features"], dynamic_axes={"x": {0: "batch"}}, dynamo=False)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = max(1, threads), 1
-    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+    session = onnx_session(module, image_size, threads, ["features"])
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run(None, {"x": x.contiguous().numpy()})[0])
 
     return run
+
+
+def onnx_session(module: nn.Module, image_size: int, threads: int, outputs: list[str]) -> Any:
+    """An onnxruntime CPU session of `module` (eval mode, CPU; input "x" of any batch size, the named
+    `outputs`), exported in memory."""
+    import onnxruntime as ort
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The TorchScript-based exporter is deprecated, but it exports these networks in seconds where the
+        # dynamo exporter takes about a minute each, and this file is thrown away after use.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(module, (torch.zeros(1, 3, image_size, image_size),), buffer, input_names=["x"],
+                          output_names=outputs, dynamic_axes={"x": {0: "batch"}}, dynamo=False)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = max(1, threads), 1
+    return ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
 
 
 class FeatureLoader:

@@ -26,6 +26,7 @@ from caltech_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD, NORMALIZAT
 from caltech_core.nets.architectures import get_spec
 from caltech_core.nets.checkpoints import CheckpointError, read_weights
 from caltech_core.nets.device import resolve_device
+from caltech_core.use.onnx_forward import OnnxForward
 
 IMAGENET_CLASSES_FILE = Path(__file__).with_name("imagenet_classes.txt")
 UPLOAD_TYPES = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
@@ -98,8 +99,12 @@ class Classifier:
     title: str = ""
     temperature: float = 1.0  # logits are divided by it before the softmax (calibration.temperature_of)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # On the CPU, predictions (and Grad-CAM where exact) through onnxruntime for the architectures whose table
+    # entry says `onnx_features` (use/onnx_forward.py; bench/classify_speed.py); False: torch only.
+    onnx: bool = True
     # One Classifier is shared by all dashboard sessions; Grad-CAM hooks must not interleave.
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _onnx: OnnxForward | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.model.to(self.device).eval()
@@ -172,15 +177,35 @@ class Classifier:
         return torch.stack([self._normalize(self._crop(img)) for img in images]).to(self.device)
 
     # -- predictions ----------------------------------------------------------------------------------
+    def warm(self) -> Classifier:
+        """Build the onnxruntime session now (an export of a second or two) rather than at the first upload."""
+        self._fast()
+        return self
+
+    def _fast(self) -> OnnxForward | None:
+        """The onnxruntime forward pass where it applies, built once."""
+        if not (self.onnx and self.device.type == "cpu" and get_spec(self.arch).onnx_features):
+            return None
+        with self._lock:
+            if self._onnx is None:
+                self._onnx = OnnxForward(self.model, self.arch, self.image_size, torch.get_num_threads())
+        return self._onnx
+
+    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
+        fast = self._fast()
+        if fast is not None:
+            return fast.run(batch)[0]
+        with self._lock, torch.inference_mode():
+            return self.model(batch).float()
+
     def predict(self, images: list[Image.Image], top: int = 5) -> list[list[tuple[str, float]]]:
         """The `top` most likely classes of every image as (class name, probability), best first
         (probabilities temperature-scaled when the classifier has a temperature)."""
         if not images:
             return []
         top = max(1, min(top, len(self.classes)))
-        with self._lock, torch.inference_mode():
-            probs = torch.softmax(self.model(self._batch(images)).float() / self.temperature, dim=1)
-            values, indices = probs.topk(top, dim=1)
+        probs = torch.softmax(self._logits(self._batch(images)) / self.temperature, dim=1)
+        values, indices = probs.topk(top, dim=1)
         return [
             [(self.classes[i], float(p)) for p, i in zip(vals.tolist(), idx.tolist(), strict=True)]
             for vals, idx in zip(values, indices, strict=True)
@@ -193,8 +218,13 @@ class Classifier:
     def gradcam(self, image: Image.Image, class_index: int) -> np.ndarray:
         """Grad-CAM of `class_index` at the last conv layer: HxW float array in [0, 1], H = W = image_size.
 
-        The map is aligned with `model_view(image)` (the centre crop the network sees).
+        The map is aligned with `model_view(image)` (the centre crop the network sees). Where the map reaches
+        the logits through pooling and one linear layer, it comes from onnxruntime's forward pass alone (the
+        same map: use/onnx_forward.py); otherwise from torch's backward pass.
         """
+        fast = self._fast()
+        if fast is not None and fast.exact_cam:
+            return self._resized(fast.cam(fast.run(self._batch([image]))[1][0], class_index))
         layer = target_layer(self.model, self.arch)
         captured: dict[str, torch.Tensor] = {}
 
@@ -215,9 +245,12 @@ class Classifier:
         activation = captured["activation"].detach()[0]
         gradient = captured["gradient"].detach()[0]
         weights = gradient.mean(dim=(1, 2), keepdim=True)
-        cam = torch.relu((weights * activation).sum(dim=0))[None, None]
-        cam = torch.nn.functional.interpolate(cam, size=(self.image_size, self.image_size), mode="bilinear",
-                                              align_corners=False)[0, 0]
+        return self._resized(torch.relu((weights * activation).sum(dim=0)))
+
+    def _resized(self, cam: torch.Tensor) -> np.ndarray:
+        """An (h, w) class activation map at the crop's size, scaled to [0, 1]."""
+        cam = torch.nn.functional.interpolate(cam[None, None].float(), size=(self.image_size, self.image_size),
+                                              mode="bilinear", align_corners=False)[0, 0]
         peak = float(cam.max())
         cam = cam / peak if peak > 0 else torch.zeros_like(cam)
         return cam.clamp(0, 1).cpu().numpy().astype(np.float32)

@@ -1,0 +1,82 @@
+"""How a training step runs on this device: memory format, CPU bf16 autocast, torch.compile.
+
+`choose(cfg, device)` picks a `SpeedMode` at the start of a run and the run records it (`RunResult.speed`).
+On CUDA it is what the engine always did (channels_last, mixed precision when `amp`, compile when asked). On
+the CPU the choice comes from `CPU_PAYS`, the modes measured side by side per architecture
+(bench/cpu_training.py, docs/benchmarks.md), restricted to what this CPU supports: bf16 autocast only when
+`amp` is on and oneDNN reports bf16 support (AVX-512 BF16 or AMX). Runs of a frozen backbone ("fc") and
+anything not measured to pay stay eager fp32. Either way a seeded run repeats exactly; a bf16 run's curves
+differ from fp32's by rounding only (tests/test_speed.py states the tolerance).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from caltech_core.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class SpeedMode:
+    """How training steps run; the default is plain eager fp32."""
+
+    channels_last: bool = False
+    bf16: bool = False  # autocast to bfloat16 on the CPU (on CUDA, `amp` decides the dtype)
+    compile: bool = False
+
+    @property
+    def label(self) -> str:
+        parts = [name for name, on in (("channels_last", self.channels_last), ("bf16 autocast", self.bf16),
+                                       ("torch.compile", self.compile)) if on]
+        return " + ".join(parts) or "eager fp32"
+
+    def to_dict(self) -> dict[str, bool]:
+        return asdict(self)
+
+
+EAGER = SpeedMode()
+
+# CPU modes measured to pay, per architecture (bench/cpu_training.py, docs/benchmarks.md: AMD EPYC with
+# AVX-512 BF16, 2 shared cores, ABAB rounds, two runs at different loads). channels_last + bf16 autocast:
+# AlexNet 1.24x and 1.22x, ResNet-18 1.08x and 1.89x; never slower than eager fp32 in either run.
+# torch.compile (1.12x / 1.35x in the first run) compiled for 115 s / 211 s: not adopted. Not listed: eager fp32.
+CPU_PAYS: dict[str, SpeedMode] = {arch: SpeedMode(channels_last=True, bf16=True) for arch in ("alexnet", "resnet18")}
+
+
+def cpu_bf16_supported() -> bool:
+    """oneDNN runs bf16 kernels natively here (AVX-512 BF16 / AMX); elsewhere bf16 is emulated and slow."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def choose(cfg: TrainConfig, device: torch.device) -> SpeedMode:
+    """The mode a run of `cfg` trains with on `device`."""
+    if device.type == "cuda":
+        return SpeedMode(channels_last=True, bf16=False, compile=cfg.compile)
+    if cfg.train == "fc":  # a frozen backbone: the head is all that trains, and its curves match the fast path's
+        return EAGER
+    mode = CPU_PAYS.get(cfg.arch, EAGER)
+    if mode.bf16 and not (cfg.amp and cpu_bf16_supported()):  # the measured gain was bf16's: without it, eager
+        return EAGER
+    return mode
+
+
+def prepare(model: nn.Module, mode: SpeedMode) -> None:
+    """Put the model's weights in the mode's memory format (in place)."""
+    if mode.channels_last:
+        model.to(memory_format=torch.channels_last)
+
+
+def step_module(net: nn.Module, mode: SpeedMode) -> nn.Module:
+    """What runs the training steps: `net` itself, or compiled (the first batch of each shape compiles)."""
+    return torch.compile(net, dynamic=False) if mode.compile else net
+
+
+def cpu_autocast(device: torch.device, mode: SpeedMode) -> contextlib.AbstractContextManager:
+    """bf16 autocast on the CPU when the mode says so; nothing otherwise (CUDA has its own autocast)."""
+    if device.type == "cpu" and mode.bf16:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
