@@ -15,9 +15,9 @@ pytestmark = pytest.mark.browser
 
 REPEATS = 3
 # The app's own menu (streamlit_app.py), in order; Streamlit's "pages folder" mode would list file names instead.
-MENU = ["Data", "Train", "Monitor", "Errors", "Compare", "Classify", "Report"]
+MENU = ["Data", "Train", "Monitor", "Errors", "Compare", "Sweeps", "Classify", "Report"]
 TITLES = {"/": "Data", "/train": "Train a network", "/monitor": "Monitor", "/errors": "Errors",
-          "/compare": "Compare runs", "/classify": "Classify images", "/report": "Study report"}
+          "/compare": "Compare runs", "/sweeps": "Sweeps", "/classify": "Classify images", "/report": "Study report"}
 ERROR = "This app has encountered an error"
 
 # Done when the tab is connected, its script run is over and the page shows its title or Streamlit's error notice.
