@@ -23,7 +23,7 @@ from caltech_core import layout
 from caltech_core.config import TrainConfig
 from caltech_core.data.imagecache import to_rgb
 from caltech_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD, NORMALIZATION
-from caltech_core.nets.architectures import get_spec
+from caltech_core.nets.architectures import SPECS, get_spec
 from caltech_core.nets.checkpoints import CheckpointError, read_weights
 from caltech_core.nets.device import resolve_device
 from caltech_core.use.onnx_forward import OnnxForward
@@ -183,8 +183,10 @@ class Classifier:
         return self
 
     def _fast(self) -> OnnxForward | None:
-        """The onnxruntime forward pass where it applies, built once."""
-        if not (self.onnx and self.device.type == "cpu" and get_spec(self.arch).onnx_features):
+        """The onnxruntime forward pass where it applies, built once (a network outside the architecture table,
+        e.g. one a caller built itself, keeps the torch forward)."""
+        spec = SPECS.get(self.arch)
+        if not (self.onnx and self.device.type == "cpu" and spec is not None and spec.onnx_features):
             return None
         with self._lock:
             if self._onnx is None:
