@@ -17,7 +17,7 @@ from caltech_core.data import dataset, scan
 from caltech_core.files import file_lock
 from caltech_core.runs.store import RunStore
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.timing]
 
 FIRST_CONTENT_S = 3.0  # the budget: first useful content of a page within 3 s of opening it
 SCAN_BAR = "[data-testid='stProgress']:has-text('Checking every image decodes')"
