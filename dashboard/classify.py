@@ -41,13 +41,17 @@ def model_choices() -> dict[str | tuple[int, str], str]:
     return labels
 
 
-def model_picker() -> inference.Classifier:
-    """The chosen model, loaded (stops the page when there is none or it cannot be loaded)."""
+def model_picker() -> str | tuple[int, str]:
+    """The chosen model (stops the page when there is none)."""
     labels = model_choices()
     if not labels:
         st.info("No model to classify with: train a run on the Train page, or install ImageNet weights.")
         st.stop()
-    choice = st.selectbox("Model", list(labels), format_func=labels.get)
+    return st.selectbox("Model", list(labels), format_func=labels.get)
+
+
+def load_model(choice: str | tuple[int, str]) -> inference.Classifier:
+    """The chosen model, loaded and warm (stops the page with the reason when it cannot be loaded)."""
     try:
         return _classifier(choice, str(store.home))
     except (inference.CheckpointError, RuntimeError, OSError) as exc:
@@ -82,7 +86,7 @@ def outcome_row(outcome: inference.Outcome, show_cam: bool) -> None:
 require_password()  # also when Streamlit runs this page without the entry point (AppTest)
 st.title("Classify images")
 store = get_store()
-classifier = model_picker()
+choice = model_picker()
 # The browser already refuses files over server.maxUploadSize; checking again here covers any other client.
 max_bytes = int(st.get_option("server.maxUploadSize")) * 2**20
 upload_col, camera_col = st.columns([3, 2])
@@ -92,6 +96,8 @@ files: list[UploadedFile] = upload_col.file_uploader(
 )
 with camera_col:
     uploads = camera_snapshot() + [(f.name, f.getvalue()) for f in files or []]
+# Loaded after the upload box is drawn: the first load exports the model for onnxruntime (seconds on a CPU).
+classifier = load_model(choice)
 show_cam = st.toggle("Grad-CAM heatmap of the top class", value=True)
 if classifier.temperature != 1.0:
     st.caption(f"Probabilities are calibrated: logits divided by the temperature {classifier.temperature:.3f} "
