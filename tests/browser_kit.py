@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect
 
 REPO = Path(__file__).resolve().parent.parent
@@ -115,3 +116,20 @@ def tick(page, label) -> None:
         page.get_by_text(label).first.click()
         settle(page)
     expect(box).to_be_checked()
+
+
+def choose(page, label: str, option: str) -> None:
+    """Pick `option` in the selectbox labelled `label`: the dropdown is opened again when a rerun of the page
+    (a background result arriving) closed it before the option could be clicked."""
+    box = page.locator("[data-testid='stSelectbox']").filter(has_text=label)
+    choice = page.get_by_role("option", name=option)
+    for _ in range(5):
+        settle(page)
+        box.click()
+        try:
+            choice.click(timeout=10_000)
+            break
+        except PlaywrightTimeout:
+            continue
+    expect(box.get_by_role("combobox")).to_have_value(option)
+    settle(page)

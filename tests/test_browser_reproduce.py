@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from browser_kit import set_number, settle, shot
+from browser_kit import choose, open_expander, set_number, settle, shot
 
 pytestmark = pytest.mark.browser
 
@@ -16,10 +16,8 @@ def test_plan_the_reduced_study_from_the_report_page(server, page) -> None:
     page.goto(f"{url}/report")
     page.get_by_text("Study report").first.wait_for()
     settle(page)
-    page.get_by_text("Reproduce the study").first.click()
-    page.locator("[data-testid='stSelectbox']").filter(has_text="Scale").click()
-    page.get_by_role("option", name="reduced").click()
-    settle(page)
+    open_expander(page, "Reproduce the study")
+    choose(page, "Scale", "reduced")
     set_number(page, "Budget (minutes, 0 = none)", 1)
     page.get_by_role("button", name=re.compile("Plan")).click()
     settle(page)  # one AlexNet step timed on this machine, then the plan
