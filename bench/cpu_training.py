@@ -15,26 +15,17 @@ import argparse
 import copy
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 
 import torch
-from machine import describe
+from machine import cpu_flags, describe
 from torch import nn
 
 from caltech_core.nets.models import build_model
 from caltech_core.training import speed
 from caltech_core.training.speed import SpeedMode
-
-
-def cpu_flags() -> str:
-    """The lscpu flags that matter to these modes."""
-    text = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("Flags")), [])
-    wanted = [f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma")]
-    return " ".join(wanted) or "(lscpu gave no flags)"
 
 
 def make_step(model: nn.Module, mode: SpeedMode, x: torch.Tensor, y: torch.Tensor,

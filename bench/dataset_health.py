@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import imagehash
 import numpy as np
+from machine import cpu_flags, describe
 from PIL import Image
 
 from caltech_core.data import health, registry
@@ -82,7 +82,7 @@ def main() -> None:
     size = tuple(int(v) for v in args.size.split("x"))
     make_folder(base / "images", args.images, args.classes, size)
     print(f"folder of {args.images} images of {args.size} px ready in {time.perf_counter() - t:.0f} s")
-    print(subprocess.run(["lscpu"], capture_output=True, text=True).stdout.split("Flags")[0].strip())
+    print(f"{describe()}; flags: {cpu_flags()}")
     print(f"threads: {worker_threads()}")
     results: dict[str, list[dict[str, float]]] = {"shared decode (ours)": [], "one decode per check": []}
     for rep in range(args.repeats):

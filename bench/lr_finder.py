@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from machine import cpu_flags, cpu_model
 
 from caltech_core.config import TrainConfig
 from caltech_core.data.dataset import Splits
@@ -49,9 +50,7 @@ def main() -> None:
             result = engine.train(cfg.replace(lr=lr), data, workdir=Path(tmp) / f"lr{lr}", cache_dir=cache)
             grid_s += time.perf_counter() - started
             grid[lr] = result.best_val_acc
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((ln.split(":", 1)[1].strip() for ln in cpu.splitlines() if ln.startswith("Model name")), "?")
-    flags = next((ln.split(":", 1)[1].strip() for ln in cpu.splitlines() if ln.startswith("Flags")), "")
+    flags = cpu_flags()
     print(json.dumps({"config": {"arch": cfg.arch, "image_size": cfg.image_size, "batch_size": cfg.batch_size,
                                  "classes": cfg.classes, "train_images": len(data.train)},
                       "finder": {"suggestion": finding.suggestion, "lr_min": finding.lr_min,
@@ -60,7 +59,7 @@ def main() -> None:
                       "grid": {"epochs": args.grid_epochs, "val_acc": grid, "seconds": round(grid_s, 1),
                                "best": max(grid, key=lambda k: grid[k] or 0) if grid else None},
                       "ratio_grid_over_finder": round(grid_s / finder_s, 2) if grid else None,
-                      "cpu": model, "avx512": "avx512f" in flags, "avx2": "avx2" in flags}, indent=1))
+                      "cpu": cpu_model(), "avx512": "avx512f" in flags, "avx2": "avx2" in flags}, indent=1))
 
 
 if __name__ == "__main__":

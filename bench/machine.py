@@ -20,6 +20,17 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags() -> str:
+    """The CPU flags that decide which kernels and precisions pay (AVX2/FMA, AVX-512 and its bf16/VNNI, AMX)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "(no /proc/cpuinfo)"
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    wanted = sorted({f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma")})
+    return " ".join(wanted) or "(no AVX2/AVX-512/AMX flags)"
+
+
 def describe(device: torch.device | str = "cpu") -> str:
     """One line: the accelerator when there is one, the CPU, cores and torch threads."""
     device = torch.device(device)
