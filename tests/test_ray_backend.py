@@ -204,7 +204,7 @@ def test_a_killed_driver_is_drained_and_the_cli_resumes_on_ray(
     from caltech_core.cli import main
 
     home = tmp_path / "home"
-    epochs = 30  # MobileNetV3-Small trains a 2-class epoch in about a second: room to kill the driver mid-run
+    epochs = 8  # MobileNetV3-Small trains a 2-class epoch in about a second: 7 s of room to kill the driver mid-run
     cmd = [
         sys.executable, "-m", "caltech_core", "train", "--ray", cluster.get_runtime_context().gcs_address,
         "--root", str(mini_root), "--store", str(home), "--arch", "mobilenet_v3_small", "--image-size", "64",

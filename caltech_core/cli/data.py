@@ -6,15 +6,19 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
-from caltech_core.cli.common import CliError, open_store, print_json
+from caltech_core.cli.common import CliError, Parents, open_store, print_json
 from caltech_core.cli.progress import count_bar
 from caltech_core.runs import editing
 
 
-def add_data_commands(data: argparse.ArgumentParser, common: argparse.ArgumentParser,
-                      rooted: argparse.ArgumentParser) -> None:
-    """The `data` command's sub-commands (without one, `data` is Caltech-101's summary)."""
+def register(commands: Any, parents: Parents) -> None:
+    """`data` with its sub-commands (without one, `data` is Caltech-101's summary) and `cache`."""
+    common, rooted = parents.common, parents.rooted
+    data = commands.add_parser("data", parents=[common, rooted], help="datasets: Caltech-101's summary; add, list, "
+                                                                      "check")
+    data.set_defaults(func=cmd_data)
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     p = sub.add_parser("add", parents=[common], help="register a folder of class sub-folders (or a CSV)")
     p.add_argument("path", metavar="PATH", help="ROOT/<class>/**/*.jpg, ROOT/{train,val,test}/<class>/**, or a "
@@ -36,6 +40,11 @@ def add_data_commands(data: argparse.ArgumentParser, common: argparse.ArgumentPa
         if action == "relabel":
             p.add_argument("--to", required=True, metavar="CLASS", help="the class the files belong to")
         p.set_defaults(func=cmd_data_mark, action=action)
+
+    p = commands.add_parser("cache", parents=[common], help="disk use of the store; --prune deletes unused caches")
+    p.add_argument("--prune", action="store_true",
+                   help="delete image/feature caches no stored run uses (refused while a run is active)")
+    p.set_defaults(func=cmd_cache)
 
 
 def _dataset_id(store_home: Path, text: str) -> str:

@@ -9,14 +9,13 @@ import argparse
 import sys
 from typing import Any
 
-from caltech_core.cli.common import open_store, print_json
+from caltech_core.cli.common import Parents, open_store, print_json
 
 
-def add_reproduce(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
-    """Register the `reproduce` command (its options) on the subcommand parser `sub`."""
+def register(sub: Any, parents: Parents) -> None:
     from caltech_core.study.plan import SCALES
 
-    p = sub.add_parser("reproduce", parents=parents, help="plan, run and report the whole study (resumable)",
+    p = sub.add_parser("reproduce", parents=[parents.common, parents.rooted, parents.no_download, parents.on_ray], help="plan, run and report the whole study (resumable)",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--scale", choices=sorted(SCALES), default="full",
                    help="; ".join(f"{s.name}: {s.why}" for s in SCALES.values()))

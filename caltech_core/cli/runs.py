@@ -4,10 +4,41 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
-from caltech_core.cli.common import CliError, existing_run, open_store, percent, print_json
+from caltech_core.cli.common import CliError, Parents, existing_run, open_store, percent, print_json
 from caltech_core.runs import editing
 from caltech_core.runs.store import RunNotFoundError
+
+
+def register(sub: Any, parents: Parents) -> None:
+    """`runs`, `delete`, `cancel`, `tag`, `note`."""
+    p = sub.add_parser("runs", parents=[parents.common], help="list stored runs")
+    p.add_argument("--group")
+    p.add_argument("--status")
+    p.add_argument("--arch")
+    p.add_argument("--tag", action="append", help="only runs with this tag (repeat for several)")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("delete", parents=[parents.common], help="delete runs and their files (not while they run)")
+    p.add_argument("ids", type=int, nargs="+", metavar="ID")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("cancel", parents=[parents.common], help="stop a queued or running run (any process)")
+    p.add_argument("id", type=int, metavar="ID")
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("tag", parents=[parents.common], help="add or remove tags of a run")
+    p.add_argument("id", type=int, metavar="ID")
+    p.add_argument("tags", nargs="+", metavar="TAG")
+    p.add_argument("--remove", action="store_true", help="remove the tags instead")
+    p.set_defaults(func=cmd_tag)
+
+    p = sub.add_parser("note", parents=[parents.common], help="set a run's note ('' clears it)")
+    p.add_argument("id", type=int, metavar="ID")
+    p.add_argument("text", metavar="TEXT")
+    p.set_defaults(func=cmd_note)
 
 
 def cmd_runs(args: argparse.Namespace) -> int:

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from caltech_core import layout
-from caltech_core.cli.common import open_store, print_json
+from caltech_core.cli.common import Parents, open_store, print_json
+
+
+def register(sub: Any, parents: Parents) -> None:
+    p = sub.add_parser("report", parents=[parents.common, parents.rooted],
+                       help="rebuild the study's tables and figures")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: STORE/report)")
+    p.set_defaults(func=cmd_report)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

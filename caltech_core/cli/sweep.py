@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from caltech_core.cli.common import CliError, open_store, percent, print_json
+from caltech_core.cli.common import CliError, Parents, open_store, percent, print_json
 from caltech_core.runs import backend
 
 
-def add_sweep_command(sub: Any, parents: dict[str, argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("sweep", parents=[parents[k] for k in ("common", "rooted", "no_download", "on_ray")],
+def register(sub: Any, parents: Parents) -> None:
+    p = sub.add_parser("sweep", parents=[parents.common, parents.rooted, parents.no_download, parents.on_ray],
                        help="hyperparameter sweep (W&B's sweep format): grid, random or Bayesian, with pruning",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("spec", nargs="?", metavar="SPEC", help="a .yaml/.yml or .json sweep spec, or `list`")

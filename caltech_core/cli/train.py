@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 from caltech_core import settings
 from caltech_core import status as run_status
-from caltech_core.cli.common import CliError, existing_run, open_store, percent, print_json
+from caltech_core.cli.common import (
+    CliError,
+    Parents,
+    add_config_options,
+    existing_run,
+    open_store,
+    percent,
+    print_json,
+)
 from caltech_core.cli.progress import RunBar
 from caltech_core.config import SETTINGS, TrainConfig
 from caltech_core.runs import backend
@@ -25,6 +33,25 @@ from caltech_core.status import RunStatus
 
 if TYPE_CHECKING:
     from caltech_core.runs.raybackend import RayJobManager
+
+
+def register(sub: Any, parents: Parents) -> None:
+    """`train` (every TrainConfig field is an option) and `resume`."""
+    from caltech_core.study.experiments import PRESETS
+
+    shared = [parents.common, parents.rooted, parents.no_download, parents.on_ray]
+    p = sub.add_parser("train", parents=shared, help="train in the foreground (a run or a preset sweep)",
+                       description="Train in the foreground. Options left out keep the preset's (or the "
+                                   "baseline's) value; a preset with several configs runs them all.")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="an experiment of the study")
+    p.add_argument("--repeats", type=int, default=1, metavar="N",
+                   help="train every config N times, each with a new seed and train/validation split (default 1)")
+    add_config_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("resume", parents=shared, help="continue an interrupted or cancelled run")
+    p.add_argument("id", type=int, metavar="ID")
+    p.set_defaults(func=cmd_resume)
 
 
 def train_configs(args: argparse.Namespace, store: RunStore) -> tuple[list[TrainConfig], str | None]:

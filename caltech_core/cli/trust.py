@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from caltech_core.cli.common import CliError, existing_run, open_store, percent, print_json
+from caltech_core.cli.common import CliError, Parents, existing_run, open_store, percent, print_json
 from caltech_core.cli.progress import count_bar
 
 
-def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
-    """Add this module's commands to the parser's subcommands (`parents`: --store/--json and --root)."""
-    p = sub.add_parser("suspects", parents=parents, help="suspected label errors of a run's split (cleanlab)",
+def register(sub: Any, parents: Parents) -> None:
+    p = sub.add_parser("suspects", parents=[parents.common, parents.rooted], help="suspected label errors of a run's split (cleanlab)",
                        description="Images whose given label a run's out-of-sample probabilities disagree with: "
                                    "validation/test from the run's own predictions, train from K-fold logistic "
                                    "regression on frozen features. Most suspect first.")

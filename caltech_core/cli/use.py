@@ -1,4 +1,5 @@
-"""`classify`, `evaluate` and `export`: use a trained run's weights."""
+"""`classify`, `evaluate` and `export`: use a trained run's weights (`export` also writes runs to TensorBoard
+event files or an MLflow store, where people keep their experiments)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,33 @@ from pathlib import Path
 from typing import Any
 
 from caltech_core import layout
-from caltech_core.cli.common import CliError, existing_run, open_store, percent, print_json
+from caltech_core.cli.common import CliError, Parents, existing_run, open_store, percent, print_json
+from caltech_core.runs.exporters import FORMATS as EXPORT_FORMATS
+
+
+def register(sub: Any, parents: Parents) -> None:
+    """`classify`, `evaluate`, `export`."""
+    p = sub.add_parser("classify", parents=[parents.common], help="classify images with a trained run")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--run", type=int, required=True, metavar="ID")
+    p.add_argument("--top", type=int, default=5, metavar="K")
+    p.add_argument("--retrained", action="store_true",
+                   help="use the model the run retrained on train+val (retrain.pt) instead of best.pt")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("evaluate", parents=[parents.common, parents.rooted],
+                       help="per-image results of a run's best weights on the test or validation split")
+    p.add_argument("run", type=int, metavar="RUN")
+    p.add_argument("--split", choices=("test", "val"), default="test")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", parents=[parents.common], help="export a run's best model to ONNX or TorchScript, "
+                                                                "or runs to TensorBoard event files or an MLflow store")
+    p.add_argument("runs", type=int, nargs="+", metavar="RUN", help="one run (onnx, torchscript) or several")
+    p.add_argument("--format", choices=("onnx", "torchscript", *EXPORT_FORMATS), required=True)
+    p.add_argument("--out", metavar="DIR", required=True, help="folder for the model file and its JSON, or the "
+                                                               "TensorBoard log dir / MLflow store")
+    p.set_defaults(func=cmd_export)
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -88,6 +115,33 @@ def _calibration(store: Any, args: argparse.Namespace, results: Any) -> dict[str
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    """`export`: a model format writes one run's model; tensorboard/mlflow write every run given."""
+    from caltech_core.runs import exporters
+    from caltech_core.runs.records import RunNotFoundError
+
+    if args.format not in EXPORT_FORMATS:
+        if len(args.runs) != 1:
+            raise CliError(f"--format {args.format} exports one run's model; give one RUN", 2)
+        args.run = args.runs[0]
+        return _export_model(args)
+    store = open_store(args)
+    try:
+        written = exporters.export_runs(store, args.runs, args.format, args.out)
+    except RunNotFoundError as exc:
+        raise CliError(f"run {exc.run_id} does not exist in {store.home}") from exc
+    if args.json:
+        print_json({"format": args.format, "out": str(args.out),
+                    "runs": [{"run_id": i, "written": w} for i, w in zip(args.runs, written, strict=True)]})
+        return 0
+    for run_id, where in zip(args.runs, written, strict=True):
+        print(f"run #{run_id}: {where}")
+    view = f"tensorboard --logdir {args.out}" if args.format == "tensorboard" else \
+        f"mlflow ui --backend-store-uri {exporters.mlflow_uri(args.out)}"
+    print(f"view them with: {view}")
+    return 0
+
+
+def _export_model(args: argparse.Namespace) -> int:
     """Export a run's best weights to ONNX or TorchScript with a JSON of classes and preprocessing."""
     from caltech_core.use import export
 
