@@ -35,13 +35,14 @@ def build() -> Report | None:
 
 
 def summary(report: Report) -> None:
-    """How many of the study's numbers are reproduced, higher, lower or not run, and the compute time."""
+    """How many of the study's numbers are reproduced, higher, lower, at other settings or not run, and the
+    compute time."""
     counts = report.summary
     st.subheader(f"Summary: the study's {counts['numbers_total']} experiment numbers")
-    cols = st.columns(5)
+    cols = st.columns(len(counts["numbers"]) + 1)
     for col, (word, n) in zip(cols, counts["numbers"].items(), strict=False):
         col.metric(word.capitalize(), n)
-    cols[4].metric("Compute time", format_seconds(counts["compute_seconds"]),
+    cols[-1].metric("Compute time", format_seconds(counts["compute_seconds"]),
                    help=f"{counts['runs']} run(s) in the store")
     st.caption(" ".join(summary_lines(report)[1:]))
     missing = report.missing_presets

@@ -69,7 +69,8 @@ def test_tables_come_from_the_runs_and_missing_experiments_say_so(
     finals = [filled_store.epochs(r.id)[-1]["val_acc"] for r in runs[:2]]
     assert row["differences"]["final_val_acc"] == pytest.approx(100 * sum(finals) / 2 - 9.2)
     assert set(row["verdicts"]) == {"final_val_acc", "final_train_loss"}
-    assert all(v in ("reproduced", "higher", "lower") for v in row["verdicts"].values())
+    # Runs at other settings than the study's (64 px, 1 epoch) are shown beside its numbers, not compared.
+    assert set(row["verdicts"].values()) == {"other setting"}
     assert row["test (study)"] == "—" and row["test verdict"] == "—"  # the study gives no baseline test number
     assert row["setting"].startswith("differs from the study: ") and "image_size 64 (study 224)" in row["setting"]
     assert "epochs 1 (study 30)" in row["setting"]
@@ -118,7 +119,8 @@ def test_tables_come_from_the_runs_and_missing_experiments_say_so(
     assert table1["train"]["study"] == 2892 and table1["train"]["verdict"] == "lower"  # 3 classes here
     summary = report.summary
     assert summary["numbers_total"] == 24 == sum(summary["numbers"].values())
-    assert summary["numbers"]["not run"] == 24 - 2  # the baseline's two numbers are decided
+    assert summary["numbers"]["not run"] == 24 - 2  # the baseline's two numbers have runs, at other settings
+    assert summary["numbers"]["other setting"] == 2
     assert summary["dataset_total"] == 4 and summary["dataset"]["lower"] == 4  # 3 classes, 3 small splits
     assert summary["findings_total"] == 7 and summary["runs"] == 3
     ended = sum(r.finished - r.started for r in runs)
@@ -228,6 +230,28 @@ def test_a_run_at_the_study_setting_counts_wherever_its_config_appears(tmp_path:
     assert findings["LR 0.1 diverges after a few epochs"]["verdict"] == "reproduced"
     assert "1 of 1 runs diverged" in findings["LR 0.1 diverges after a few epochs"]["evidence"]
     assert report.section("transfer").missing
+
+
+def test_a_reduced_scale_run_fills_every_row_of_its_config_and_is_not_compared(tmp_path: Path) -> None:
+    """The reduced protocol's baseline run is also the LR grid's LR 1e-3 (any group); its numbers are "other
+    setting"; a run at the study's settings, once there, is the row's only run (never averaged with it)."""
+    from caltech_core.study.experiments import REDUCED_CHANGES
+
+    store = RunStore(tmp_path / "home")
+    reduced = _finished_run(store, PRESETS["baseline"].configs[0].replace(**REDUCED_CHANGES))
+    report = build_report(store, tmp_path / "no-dataset-here")
+    (base_row,) = report.section("baseline").rows
+    assert base_row["runs"] == 1 and base_row["setting"].startswith("differs from the study: batch_size 10")
+    assert set(base_row["verdicts"].values()) == {"other setting"}
+    assert base_row["final val (ours)"] == "20.0%" and base_row["final val (study)"] == "9.2%"
+    lr_rows = {r["experiment"]: r for r in report.section("lr-grid").rows}
+    assert lr_rows["lr=0.001"]["runs"] == 1 and lr_rows["lr=0.01"]["runs"] == 0
+    assert report.summary["numbers"]["other setting"] == 2 and report.summary["numbers"]["higher"] == 0
+
+    study_run = _finished_run(store, PRESETS["baseline"].configs[0].replace(seed=5))
+    (base_row,) = build_report(store, tmp_path / "no-dataset-here").section("baseline").rows
+    assert (base_row["runs"], base_row["seeds"], base_row["setting"]) == (1, "5", "study setting")
+    assert base_row["final val verdict"] == "higher" and reduced != study_run
 
 
 def test_study_values_beside_ours_in_bars_and_reference_lines() -> None:

@@ -125,6 +125,12 @@ BEST_SCRATCH = BASELINE.replace(lr=1e-2, epochs=60, step_size=30)
 # Transfer learning (Section 4) keeps the baseline's hyperparameters; Tables 2 and 3 use the same.
 PRETRAINED_ALEXNET = BASELINE.replace(pretrained=True)
 DEMO_CLASSES = ("Faces_easy", "Motorbikes", "airplanes")  # distinct classes: the quick demo shows learning
+# The reduced protocol's changes to every config it runs (study/plan.REDUCED; docs/experiments.md says why each):
+# 5 distinct classes, 10 images per class and split, 64 px (AlexNet's smallest input), batch 10. A run that departs
+# from a preset member in exactly these settings is that member at reduced scale (study/matching.py).
+REDUCED_CLASSES = (*DEMO_CLASSES, "Leopards", "watch")
+REDUCED_CHANGES: dict[str, Any] = {"class_names": REDUCED_CLASSES, "max_per_class": 10, "image_size": 64,
+                                   "batch_size": 10}
 
 def _named(cfg: TrainConfig, group: str, label: str) -> TrainConfig:
     return cfg.replace(group=group, name=f"{group}: {label}")

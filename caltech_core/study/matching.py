@@ -1,8 +1,11 @@
 """Which stored runs count for which preset member, and what those runs add up to (one row of the report).
 
-A run counts for a member when its defining configuration equals the member's (any group), or when it
-carries the preset's group and agrees on the fields that tell the members apart (so a reduced-scale run of
-the LR grid still feeds the LR-grid figure; its row then says which settings differ from the study's).
+A run counts for a member when its defining configuration equals the member's (any group); when it is the
+member at the reduced protocol's scale (`experiments.REDUCED_CHANGES`, any group: the reduced baseline run is
+also the LR grid's LR 1e-3); or when it carries the preset's group and agrees on the fields that tell the members
+apart (a user's `train --preset lr-grid --image-size 128`). A row uses its runs at the study's settings when it
+has any, so that runs at other settings are never averaged with them; otherwise its other runs, and the row says
+which settings differ from the study's (their numbers are then not compared with the study's).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from caltech_core.config import TrainConfig
 from caltech_core.runs.store import RunRecord
 from caltech_core.status import DONE, RunStatus
 from caltech_core.study import verdicts
-from caltech_core.study.experiments import Preset, format_value, run_test_acc, run_val_acc
+from caltech_core.study.experiments import REDUCED_CHANGES, Preset, format_value, run_test_acc, run_val_acc
 
 # The TrainConfig fields that say how or where a run trained, not what experiment it is: they must not split
 # results into separate rows nor make a run "differ from the study". Every other field defines the experiment;
@@ -62,7 +65,7 @@ def matches(run: RunRecord, preset: Preset, member: TrainConfig) -> bool:
     """Does `run` count for `member` of `preset`? (Same defining config, or same group and varied fields.)"""
     if run.config.dataset != member.dataset:
         return False  # the study is Caltech-101's: a run on another dataset never counts, whatever its group
-    if not differing_fields(run.config, member):
+    if not differing_fields(run.config, member) or not differing_fields(run.config, member.replace(**REDUCED_CHANGES)):
         return True
     if run.group != preset.group:
         return False
@@ -140,7 +143,9 @@ class MemberResult:
         return list(self.val_acc if metric == "val_acc" else self.test_acc)
 
     def comparisons(self) -> dict[str, verdicts.Comparison]:
-        return {metric: verdicts.compare(metric, value, self.ours(metric)) for metric, value in self.study.items()}
+        """Each study number against ours; runs at other settings than the study's are shown, not compared."""
+        return {metric: verdicts.compare(metric, value, self.ours(metric), comparable=not self.differs)
+                for metric, value in self.study.items()}
 
 
 def member_result(preset: Preset, member: TrainConfig, runs: list[RunRecord], store: Any) -> MemberResult:
@@ -148,9 +153,9 @@ def member_result(preset: Preset, member: TrainConfig, runs: list[RunRecord], st
     label = preset.member_label(member)
     result = MemberResult(label=label, config=member, study=preset.study_ref.numbers_for(label))
     ours = defining_fields(member)
-    for run in runs:
-        if run.status not in DONE or not matches(run, preset, member):
-            continue
+    matched = [run for run in runs if run.status in DONE and matches(run, preset, member)]
+    exact = [run for run in matched if not differing_fields(run.config, member)]
+    for run in exact or matched:
         result.statuses[run.status] = result.statuses.get(run.status, 0) + 1
         if run.status != RunStatus.FINISHED:
             continue

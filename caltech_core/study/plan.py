@@ -25,7 +25,7 @@ from caltech_core.config import ConfigError, TrainConfig
 from caltech_core.data.dataset import load_splits
 from caltech_core.runs.store import RunRecord
 from caltech_core.status import ACTIVE, RESUMABLE, ProgressFn, RunStatus
-from caltech_core.study.experiments import DEMO_CLASSES, PRESETS
+from caltech_core.study.experiments import PRESETS, REDUCED_CHANGES
 from caltech_core.study.matching import run_key, weights_needed
 from caltech_core.study.numbers import STUDY_REPEATS, STUDY_SPLIT
 from caltech_core.study.report import SECTIONS
@@ -52,12 +52,9 @@ class Scale:
 
 # The reduced protocol (docs/experiments.md, "Reduced scale", says why each choice and what it can show):
 # AlexNet from scratch as in the study, the study's learning rates, epochs and step sizes unchanged (the
-# findings name them, and the report matches members by them), on 5 distinct classes, 10 images per class and
-# split, at 64 px (AlexNet's smallest input), batch 10: 5 SGD steps an epoch against the full split's 11.
-REDUCED_CLASSES = (*DEMO_CLASSES, "Leopards", "watch")
+# findings name them), with experiments.REDUCED_CHANGES: 5 SGD steps an epoch against the full split's 11.
 REDUCED = Scale(
-    "reduced", ("baseline", "lr-grid", "more-epochs", "step-grid"),
-    {"class_names": REDUCED_CLASSES, "max_per_class": 10, "image_size": 64, "batch_size": 10},
+    "reduced", ("baseline", "lr-grid", "more-epochs", "step-grid"), REDUCED_CHANGES,
     repeats=1,
     why="the findings that need no ImageNet weights (LR and step-size curves) in about 30 minutes on 2 CPU cores",
 )

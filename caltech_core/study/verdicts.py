@@ -3,6 +3,7 @@
 A number is *reproduced* when the study's value lies within our mean ± 2 standard errors (two or more runs;
 at least the study's own rounding), or within the metric's single-run tolerance of our one run
 (`StudyMetric.single_run_tolerance`; `rule_text` says it in words); otherwise ours is *higher* or *lower*;
+runs at other settings than the study's (a reduced scale) are *other setting*, shown but not compared;
 with no finished run it is *not run*. Findings (`numbers.FINDINGS`) are decided by one rule each from the
 curves and statuses of the preset's runs: *reproduced*, *not reproduced* or *not run*.
 """
@@ -18,7 +19,7 @@ from typing import Any
 from caltech_core.status import RunStatus
 from caltech_core.study.numbers import FINDINGS, STUDY_METRICS, STUDY_REPEATS, Finding
 
-VERDICTS: tuple[str, ...] = ("reproduced", "higher", "lower", "not run")
+VERDICTS: tuple[str, ...] = ("reproduced", "higher", "lower", "other setting", "not run")
 FINDING_VERDICTS: tuple[str, ...] = ("reproduced", "not reproduced", "not run")
 OVERFIT_RISE = 0.10  # a validation loss ending 10% or more above its minimum counts as overfitting
 
@@ -39,14 +40,17 @@ class Comparison:
         return None if self.mean is None else self.mean - self.study
 
 
-def compare(metric: str, study: float, ours: Sequence[float]) -> Comparison:
-    """Verdict for the study's `study` value of `metric` given our runs' values (fractions for accuracies)."""
+def compare(metric: str, study: float, ours: Sequence[float], comparable: bool = True) -> Comparison:
+    """Verdict for the study's `study` value of `metric` given our runs' values (fractions for accuracies);
+    runs that are not `comparable` (trained at other settings than the study's) get "other setting"."""
     spec = STUDY_METRICS[metric]
     values = [100 * v if spec.percent else v for v in ours]
     if not values:
         return Comparison(study, "not run")
     mean = statistics.fmean(values)
     sd = statistics.stdev(values) if len(values) > 1 else None
+    if not comparable:
+        return Comparison(study, "other setting", mean, sd, len(values))
     # The study's number is itself rounded (9.2 stands for 9.15-9.25): identical repeats (sd 0) that round
     # to it reproduce it.
     margin = spec.single_run_tolerance if sd is None else max(2 * sd / math.sqrt(len(values)), _half_unit(study))
@@ -65,7 +69,8 @@ def rule_text(metrics: Iterable[str] = STUDY_METRICS) -> str:
     exceptions = "; ".join(f"{text} for the {' and '.join(labels[text])}" for text in others)
     return (f"reproduced when the study's number (a mean of {STUDY_REPEATS} runs) lies within our mean ± 2 "
             f"standard errors, or within {first}{f' ({exceptions})' if exceptions else ''} of a single run; "
-            "else higher or lower")
+            "else higher or lower; runs at other settings than the study's (a reduced scale) are shown as "
+            "'other setting', not compared")
 
 
 def _half_unit(value: float) -> float:
