@@ -1,5 +1,5 @@
-"""The pages with a second dataset (AppTest): the Data page's picker, add-by-path, splits, samples and health
-check with exclude marks; the Train form's dataset field; Compare's dataset column and warning."""
+"""The pages with a second dataset (AppTest): the Data page's picker, add-by-path, ZIP upload (hostile ZIPs refused),
+splits, samples and health check with exclude marks; the Train form's dataset field; Compare's dataset column and warning."""
 
 from __future__ import annotations
 
