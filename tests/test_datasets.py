@@ -156,6 +156,11 @@ def test_zip_upload_is_unpacked_safely(tmp_path: Path) -> None:
     with pytest.raises(folders.FolderError, match="unsafe path"):
         registry.add_zip(home, evil.getvalue(), "evil")
     assert not (tmp_path / "escaped.png").exists() and set(registry.load_all(home)) == {"pets"}
+    # The store seen at another path (a Ray worker's mount of it) and the first path gone: the upload is found.
+    mounted = tmp_path / "mounted"
+    shutil.move(home, mounted)
+    splits = dataset.Splits.from_config(TrainConfig(dataset=entry.id), home=mounted)
+    assert splits.classes == ["cat", "dog"] and all(p.is_relative_to(mounted) for p in splits.all_paths())
 
 
 # -- overrides, matching ----------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""The pages with a second dataset (AppTest): the Data page's picker, add-by-path, splits, samples and health
-check with exclude marks; the Train form's dataset field; Compare's dataset column and warning."""
+"""The pages with a second dataset (AppTest): the Data page's picker, add-by-path, ZIP upload (hostile ZIPs refused),
+splits, samples and health check with exclude marks; the Train form's dataset field; Compare's dataset column and warning."""
 
 from __future__ import annotations
 
+import io
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,42 @@ def test_train_form_and_compare_know_the_dataset(home: Path, tmp_path: Path) -> 
     assert not at.exception, at.exception
     assert "trained on different datasets (Caltech-101, shapes)" in page_texts(at)
     assert set(at.dataframe[0].value["dataset"]) == {"Caltech-101", "shapes"}
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_data_page_zip_upload_refuses_hostile_input_and_adds_a_good_zip(home: Path, tmp_path: Path) -> None:
+    src = _folder(tmp_path / "pets", {"cat": 3, "dog": 3})
+    images = {f"pets/{p.relative_to(src).as_posix()}": p.read_bytes() for p in sorted(src.rglob("*.png"))}
+    at = open_page("data")
+    uploads = [
+        ("evil.zip", _zip({**images, "pets/../../escaped.png": images["pets/cat/img 0.png"]}), "unsafe path"),
+        ("photo.zip", images["pets/cat/img 0.png"], "not a ZIP file"),  # a PNG renamed: refused, not unpacked
+    ]
+    for filename, data, words in uploads:
+        at.file_uploader(key="add_zip").set_value((filename, data, "application/zip")).run()
+        at.text_input(key="zip_name").set_value("Pets").run()
+        at.button(key="add_zip_button").click().run()
+        assert not at.exception, at.exception
+        assert words in "\n".join(e.value for e in at.error)
+        assert registry.load_all(home) == {} and not (tmp_path / "escaped.png").exists()
+    good = _zip({**images, "pets/dog/notes.txt": b"not a picture", "pets/dog/fake.png": b"\x89PNG but not one"})
+    at.file_uploader(key="add_zip").set_value(("pets.zip", good, "application/zip")).run()
+    at.button(key="add_zip_button").click().run()
+    assert not at.exception, at.exception
+    assert "Added Pets: 7 images; 1 file(s) skipped (listed below)" in page_texts(at)
+    assert at.selectbox(key="dataset_picker").value == "pets"
+    [entry] = registry.load_all(home).values()
+    assert entry.classes == ["cat", "dog"] and Path(entry.path).is_relative_to(home)
+    skipped = next(d.value for d in at.dataframe if "reason" in d.value)
+    [(path, reason)] = zip(skipped["path"], skipped["reason"], strict=True)
+    assert path.endswith("notes.txt") and reason.startswith("not an image")
+    until_background_done(at.button(key="health_run").click().run())
+    assert not at.exception, at.exception
+    assert {m.label: m.value for m in at.metric}["Unreadable"] == "1"  # fake.png: named like an image, is not one

@@ -1,6 +1,7 @@
 """The Ray backend on a local Ray cluster started once for this module (2 CPUs, 2 fake GPUs, 127.0.0.1): runs side by
 side with every row once, cancel, a killed worker then resume with identical curves, a worker without the dataset,
-a dead driver's rows drained by the next one, and the backend choice."""
+a dead driver's rows drained by the next one, the backend choice, and a sweep's trials side by side on a registered
+folder dataset."""
 
 from __future__ import annotations
 
@@ -273,3 +274,78 @@ def test_train_sidebar_picks_ray_and_monitor_shows_where_a_run_trains(
     finally:
         _shared._backend_setting.clear()
         get_manager(studio_home, backend="local").shutdown(wait=True)
+
+
+
+def test_a_sweep_on_a_folder_dataset_runs_two_trials_side_by_side_on_ray(
+    cluster: Any, tmp_path: Path, wait_until: Callable[..., None],
+) -> None:
+    """Two things never run before, in one test (each new Ray manager and cold worker costs seconds): a registered
+    folder dataset (not Caltech-101) trained on Ray workers, which read the store's registry at the path they see
+    it by; and a sweep with `parallel: 2` on Ray: two trials train at once, every grid point once, and the journal
+    read afresh agrees with the runs (a second driver finds nothing left to do)."""
+    import threading
+
+    from test_datasets import _folder
+
+    from caltech_core.data import registry
+    from caltech_core.sweeps import sweep as sweeps
+    from caltech_core.sweeps.driver import SweepDriver
+
+    gate = tmp_path / "gate"  # each trial's run touches a file here, then trains only once two have
+    gate.mkdir()
+
+    def two_at_once(cfg: TrainConfig, *args: Any, **kwargs: Any) -> Any:
+        (gate / cfg.name).touch()
+        deadline = time.monotonic() + 120  # a cold Ray worker imports torch first: seconds, more under load
+        while len(list(gate.iterdir())) < 2:
+            if time.monotonic() > deadline:
+                raise TimeoutError("no other trial trained beside this one")
+            time.sleep(0.05)
+        return engine.train(cfg, *args, **kwargs)
+
+    store = RunStore(tmp_path / "home")
+    entry, _ = registry.add(store.home, _folder(tmp_path / "my shapes", {"circle": 5, "square": 5, "star": 5}),
+                            "shapes")
+    shared = tmp_path / "mounted-elsewhere"  # the store as the workers see it: another path to the same folder
+    shared.symlink_to(store.home)
+    # No Caltech-101 root: the dataset is the registered folder.
+    manager = RayJobManager(store, LOCAL_CLUSTER, runner=two_at_once, worker_home=shared)
+    lrs = [0.001, 0.003, 0.01]
+    sweep = sweeps.create_sweep(store.home, {
+        "method": "grid", "parallel": 2, "parameters": {"lr": {"values": lrs}},
+        "base": {"dataset": entry.id, "arch": "mobilenet_v3_small", "image_size": 32, "epochs": 1,
+                 "batch_size": 3, "device": "cpu"}})
+    peak = 0
+
+    def watch() -> bool:
+        nonlocal peak
+        peak = max(peak, len(manager.running()))
+        return not driven.is_alive()
+
+    driven = threading.Thread(target=lambda: SweepDriver(sweep, manager, poll=0.1).run())
+    driven.start()
+    wait_until(watch, timeout=300, every=0.02)
+    assert peak == 2  # two trials trained at once, never more than `parallel`
+    runs = sorted(store.list_runs(group=sweep.group), key=lambda r: r.id)
+    assert [r.status for r in runs] == ["finished"] * 3, [r.error for r in runs]
+    first, second, third = runs
+    assert first.started < second.finished and second.started < first.finished  # side by side
+    assert third.created >= min(first.finished, second.finished)  # the third waited for a free slot
+    for run in runs:  # each trial: the folder's classes and its dataset record, trained on a Ray worker
+        assert run.node.startswith("Ray node ") and manager.placement(run.id).pid != os.getpid()
+        assert run.results["classes"] == ["circle", "square", "star"] and run.config.dataset == "shapes"
+        recorded = run.results["dataset"]
+        assert (recorded["id"], recorded["kind"], recorded["fingerprint"]) == ("shapes", "folder", entry.fingerprint)
+        assert [e["epoch"] for e in store.epochs(run.id)] == [1] and run.test_acc is not None
+
+    again = sweeps.open_sweep(store.home, sweep.id)  # the journal as a new process reads it
+    trials = sweeps.trials(again, store)
+    assert sorted(t["params"]["lr"] for t in trials) == lrs and all(t["state"] == "complete" for t in trials)
+    for t in trials:
+        [run] = t["runs"]
+        assert t["value"] == sweeps.run_value(store, store.get_run(run["run_id"]), "val_acc", "maximize")
+    assert sorted(t["run_id"] for t in trials) == [r.id for r in runs]
+    assert again.state()["status"] == "finished"
+    assert SweepDriver(again, manager, poll=0.1).run() == "finished" and len(store.list_runs()) == 3
+    manager.shutdown(wait=True)

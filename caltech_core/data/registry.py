@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,20 @@ def _read(home: Path) -> dict[str, dict[str, Any]]:
 
 def load_all(home: Path) -> dict[str, DatasetEntry]:
     """Every registered dataset by id, in the order they were added."""
-    return {k: DatasetEntry(**v) for k, v in _read(home).items()}
+    return {k: _seen_from(home, DatasetEntry(**v)) for k, v in _read(home).items()}
+
+
+def _seen_from(home: Path, entry: DatasetEntry) -> DatasetEntry:
+    """An uploaded ZIP's entry with its path under `home`. The registry keeps the path the unpacking process saw;
+    a Ray worker that mounts the store at another path (`CALTECH_STUDIO_RAY_STORE`) finds the upload there."""
+    path, uploads = Path(entry.path), layout.dataset_uploads(home)
+    marker = uploads.relative_to(home).parts
+    for i in range(len(path.parts) - len(marker)):
+        if path.parts[i:i + len(marker)] == marker:
+            here = uploads.joinpath(*path.parts[i + len(marker):])
+            if here != path and not path.exists() and here.exists():
+                return replace(entry, path=str(here))
+    return entry
 
 
 def slug(name: str) -> str:
