@@ -44,3 +44,33 @@ def test_a_bf16_run_records_its_mode_and_follows_the_fp32_curves(
         assert abs(b.val_acc - a.val_acc) <= ACC_TOLERANCE
     if mode.bf16:  # really another computation, not the same one twice
         assert [a.train_loss for a in fp32.epochs] != [b.train_loss for b in fast.epochs]
+
+
+def test_training_steps_reuse_freed_memory_instead_of_fresh_pages() -> None:
+    """After `reuse_freed_memory` (glibc, as on Linux CI) SGD steps of layers with 32 and 64 MB weights reuse
+    their freed gradients and temporaries: (almost) no page faults, where glibc's default (a fresh mmap for every
+    block over 32 MiB, bench/cpu_heap.py) takes ~150,000 in 3 steps. After `release_freed_memory` (the end of a
+    run) the memory is the kernel's again, and the next step faults it back in."""
+    import resource
+
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2048, 4096), nn.ReLU(), nn.Linear(4096, 4096))
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(8, 2048)
+    pages = sum(p.numel() for p in net.parameters()) * 4 // 4096  # 24,584
+
+    def faults_of(steps: int) -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            net(x).square().mean().backward()
+            optimizer.step()
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    assert speed.reuse_freed_memory()
+    faults_of(2)  # momentum buffers and the first gradients: the heap grows once
+    assert faults_of(3) < pages // 10
+    speed.release_freed_memory()
+    assert faults_of(1) > pages // 4

@@ -134,6 +134,7 @@ def train(
             and result.test_acc is not None):
         _phase(cb, Phase.RETRAINING)
         retrain_on_train_val(result, cfg, data, should_stop=cb.should_stop, workdir=workdir, cache_dir=cache_dir)
+    speed.release_freed_memory()  # the CPU heap kept the steps' freed memory for reuse; the run is over
     return result
 
 
@@ -176,7 +177,7 @@ def fit(
     apply_train_mode(model, cfg.arch, cfg.train)
     mode = speed.choose(cfg, device)  # channels_last / bf16 / compile: what pays on this device (recorded)
     model.to(device)
-    speed.prepare(model, mode)
+    speed.prepare(model, mode, device)
     optimizer, scheduler = optimizer_and_schedule(cfg, model)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     scaler = torch.amp.GradScaler("cuda", enabled=on_cuda and cfg.amp and not torch.cuda.is_bf16_supported())

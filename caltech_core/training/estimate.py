@@ -82,7 +82,7 @@ def estimate_epoch_seconds(
     model = build_model(cfg.arch, splits.num_classes, pretrained=False)  # same cost as the ImageNet weights
     apply_train_mode(model, cfg.arch, cfg.train)
     model.to(device)
-    speed.prepare(model, mode)
+    speed.prepare(model, mode, device)
     fast = fast_path_applies(cfg, model)
 
     # A random sample of training images: enough for a warm-up batch and the timed ones.

@@ -1,4 +1,4 @@
-"""How a training step runs on this device: memory format, CPU bf16 autocast, torch.compile.
+"""How a training step runs on this device: memory format, CPU bf16 autocast, torch.compile, the CPU heap.
 
 `choose(cfg, device)` picks a `SpeedMode` at the start of a run and the run records it (`RunResult.speed`).
 On CUDA it is what the engine always did (channels_last, mixed precision when `amp`, compile when asked). On
@@ -7,12 +7,17 @@ the CPU the choice comes from `CPU_PAYS`, the modes measured side by side per ar
 `amp` is on and oneDNN reports bf16 support (AVX-512 BF16 or AMX). Runs of a frozen backbone ("fc") and
 anything not measured to pay stay eager fp32. Either way a seeded run repeats exactly; a bf16 run's curves
 differ from fp32's by rounding only (tests/test_speed.py states the tolerance).
+
+On the CPU `prepare` also has glibc's malloc keep freed memory for reuse (`reuse_freed_memory`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -64,10 +69,47 @@ def choose(cfg: TrainConfig, device: torch.device) -> SpeedMode:
     return mode
 
 
-def prepare(model: nn.Module, mode: SpeedMode) -> None:
-    """Put the model's weights in the mode's memory format (in place)."""
+def prepare(model: nn.Module, mode: SpeedMode, device: torch.device) -> None:
+    """Put the model's weights in the mode's memory format (in place); on the CPU, keep freed memory."""
     if mode.channels_last:
         model.to(memory_format=torch.channels_last)
+    if device.type == "cpu":
+        reuse_freed_memory()
+
+
+# glibc's malloc gives every block over 32 MiB its own mmap and unmaps it when freed, so each training step the
+# kernel hands out and zeroes fresh pages for the big gradients again (AlexNet's fc6 gradient alone is 151 MB):
+# the reduced protocol spent more CPU time in the kernel (954 s) than in PyTorch (840 s). Served from the heap
+# and kept there when freed, the next step reuses them: bench/cpu_heap.py, docs/benchmarks.md ("The CPU heap").
+# `train` gives the memory back when the run ends (`release_freed_memory`).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt's parameter numbers (malloc.h)
+
+
+@functools.cache
+def _glibc() -> Any:
+    """glibc's functions, or None without glibc (macOS, Windows, musl)."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt, libc.malloc_trim  # noqa: B018 -- both must exist
+    except (OSError, TypeError, AttributeError):
+        return None
+    return libc
+
+
+@functools.cache
+def reuse_freed_memory() -> bool:
+    """Have glibc's malloc serve large blocks from its heap and never trim it (process-wide, applied once).
+    False, and nothing changed, without glibc."""
+    libc = _glibc()
+    # A trim threshold of -1 turns trimming off: a free top of the heap (a step's gradients) stays for the next step.
+    return libc is not None and bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, -1))
+
+
+def release_freed_memory() -> None:
+    """Give the heap's free memory back to the kernel: a long-lived process (the dashboard) does not keep a
+    finished run's peak."""
+    if (libc := _glibc()) is not None:
+        libc.malloc_trim(0)
 
 
 def step_module(net: nn.Module, mode: SpeedMode) -> nn.Module:
