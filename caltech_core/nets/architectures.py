@@ -107,8 +107,6 @@ class ArchSpec:
     # ImageNet classifier, e.g. an ensemble)
     onnx_features: bool = False  # frozen features on the CPU run through onnxruntime (measured to pay:
     # bench/feature_speed.py); the legacy ONNX exporter cannot take AlexNet/VGG's adaptive pooling at small sizes
-    int8_features: bool = False  # ... and are quantised to int8, calibrated on training images, where the
-    # preset's validation accuracy was measured to stay within 0.2 points of fp32's (bench/frozen_features.py)
 
     def resize_size(self, image_size: int) -> int:
         """Shorter side before the `image_size` centre crop (256 for 224 at crop_pct 0.875)."""

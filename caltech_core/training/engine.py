@@ -47,7 +47,7 @@ from caltech_core.training import predictions, speed
 from caltech_core.training.checkpointing import BestWeights, load_last, save_last, seed_everything
 from caltech_core.training.evaluation import Evaluation, autocast_for, evaluate
 from caltech_core.training.failures import failure_message
-from caltech_core.training.features import FeatureLoader, cached_features, calibration_set, fast_path_applies
+from caltech_core.training.features import FeatureLoader, cached_features, fast_path_applies
 
 CHECKPOINT_SECONDS = 60.0  # last.pt at most this often; a crash loses at most this much training
 
@@ -202,8 +202,7 @@ def fit(
         backbone, net = split_for_features(model, cfg.arch)
         found = cached_features(
             cfg, backbone, cache, cache_dir, device, batch_size=max(cfg.batch_size, 32),
-            calibration=calibration_set(cache, data.train), should_stop=cb.should_stop,
-            progress=lambda done, total: _phase(cb, Phase.FEATURES, done, total),
+            should_stop=cb.should_stop, progress=lambda done, total: _phase(cb, Phase.FEATURES, done, total),
         )
         if found is None:
             return _stopped(RunStatus.CANCELLED, None, history=history, workdir=workdir, best=best)

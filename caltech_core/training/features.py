@@ -21,7 +21,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +36,9 @@ from caltech_core.data.transforms import BatchLoader, is_deterministic, plan_epo
 from caltech_core.nets.architectures import get_spec
 from caltech_core.nets.checkpoints import save_atomic
 from caltech_core.nets.models import is_backbone_frozen
-from caltech_core.training import int8
 from caltech_core.training.evaluation import autocast_for
 
 FEATURES_VERSION = 1
-CALIBRATION_IMAGES = 64  # training images calibrating an int8 backbone (bench/frozen_features.py used 64)
 
 
 def fast_path_applies(cfg: TrainConfig, model: nn.Module) -> bool:
@@ -73,19 +71,16 @@ def feature_key(cfg: TrainConfig, backbone: nn.Module, paths: Sequence[Path]) ->
 @torch.no_grad()
 def cached_features(
     cfg: TrainConfig, backbone: nn.Module, cache: ImageCache, cache_dir: Path, device: torch.device,
-    *, batch_size: int = 64, calibration: Sequence[int] = (), should_stop: Callable[[], bool] | None = None,
+    *, batch_size: int = 64, should_stop: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[torch.Tensor, Path] | None:
     """(len(cache), D) float32 features of every cached image, in cache order, on `device`, and their file.
 
     Read from disk when present, else computed in eval mode and saved. None when `should_stop` said stop.
-    `calibration`: cache indices of training images; given, on the CPU, for an architecture whose table entry
-    says `int8_features`, the backbone runs int8 calibrated on them (training/int8.py), its features stored apart.
     """
-    int8 = bool(calibration) and device.type == "cpu" and get_spec(cfg.arch).int8_features
     folder = layout.features_dir(cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{feature_key(cfg, backbone, cache.paths)}{'-int8' if int8 else ''}.pt"
+    path = folder / f"{feature_key(cfg, backbone, cache.paths)}.pt"
     if path.is_file():
         stored = torch.load(path, map_location="cpu", weights_only=True)
         row = {p: i for i, p in enumerate(stored["paths"])}
@@ -93,7 +88,7 @@ def cached_features(
         return stored["features"][order].to(device), path
 
     backbone.eval()
-    run = feature_runner(backbone, cfg, device, calibration_batches(cache, calibration, cfg) if int8 else None)
+    run = feature_runner(backbone, cfg, device)
     loader = BatchLoader(
         cache, list(range(len(cache))), [0] * len(cache), batch_size=batch_size, train=False, cfg=cfg,
         device=device, reuse_buffers=True,
@@ -115,13 +110,13 @@ def cached_features(
 
 
 def feature_runner(
-    backbone: nn.Module, cfg: TrainConfig, device: torch.device, calibration: Iterable[np.ndarray] | None = None,
+    backbone: nn.Module, cfg: TrainConfig, device: torch.device
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The frozen backbone as a function of a batch: onnxruntime on the CPU where the architecture table says it
     pays (the same numbers to float rounding, several times faster for EfficientNet-Lite: bench/feature_speed.py),
-    quantised to int8 when `calibration` batches are given, else torch."""
+    else torch (int8 was measured, not adopted: bench/frozen_features.py, docs/benchmarks.md)."""
     if device.type == "cpu" and get_spec(cfg.arch).onnx_features:
-        return onnx_runner(backbone, cfg.image_size, torch.get_num_threads(), calibration)
+        return onnx_runner(backbone, cfg.image_size, torch.get_num_threads())
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with autocast_for(device, cfg.amp):
@@ -130,12 +125,9 @@ def feature_runner(
     return run
 
 
-def onnx_runner(module: nn.Module, image_size: int, threads: int, calibration: Iterable[np.ndarray] | None = None
-                ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """`module` (eval mode, CPU) exported to ONNX in memory and run by onnxruntime with `threads` threads;
-    quantised to int8 first when `calibration` batches (input arrays) are given."""
-    model = onnx_export(module, image_size, ["features"])
-    session = cpu_session(model if calibration is None else int8.quantize(model, calibration), threads)
+def onnx_runner(module: nn.Module, image_size: int, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`module` (eval mode, CPU) exported to ONNX in memory and run by onnxruntime with `threads` threads."""
+    session = onnx_session(module, image_size, threads, ["features"])
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run(None, {"x": x.contiguous().numpy()})[0])
@@ -168,18 +160,6 @@ def cpu_session(model: bytes | str, threads: int) -> Any:
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = max(1, threads), 1
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
-
-def calibration_set(cache: ImageCache, train: Sequence[Any], count: int = CALIBRATION_IMAGES) -> list[int]:
-    """Cache indices of `count` training samples spread over the split (so most classes are in)."""
-    step = max(1, len(train) // max(count, 1))
-    return [cache.index_of(s.path) for s in train[::step][:count]]
-
-
-def calibration_batches(cache: ImageCache, indices: Sequence[int], cfg: TrainConfig) -> Iterator[np.ndarray]:
-    """The evaluation crops of the cached images `indices`, as the backbone's input arrays (batches of 16)."""
-    loader = BatchLoader(cache, list(indices), [0] * len(indices), batch_size=16, train=False, cfg=cfg)
-    return (x.contiguous().numpy() for x, _ in loader)
 
 
 class FeatureLoader:
