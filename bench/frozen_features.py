@@ -150,7 +150,7 @@ def time_variants(args, cfg, cache: ImageCache, indices: list[int], fp32_model: 
                 run(x)
             seconds[name].append(time.perf_counter() - started)
     reference = outputs["fp32, batch 64 (today)"]
-    today = len(indices) / statistics.median(seconds["fp32, batch 64 (today)"])
+    today = statistics.median(len(indices) / s for s in seconds["fp32, batch 64 (today)"])
     print(f"\n{len(indices)} training images, {args.rounds} interleaved rounds, {args.threads} threads\n")
     print("| variant | img/s (median) | rounds img/s | vs today | max abs diff | mean cosine |")
     print("|---|---:|---|---:|---:|---:|")
