@@ -59,10 +59,11 @@ def load_model(choice: str | tuple[int, str]) -> inference.Classifier:
         st.stop()
 
 
-def classify(uploads: list[tuple[str, bytes]]) -> list[inference.Outcome]:
-    """Each upload's top-5 classes (or why it cannot be read)."""
+def show_results(uploads: list[tuple[str, bytes]], show_cam: bool) -> None:
+    """Each upload's row, drawn as soon as it is predicted: the first at once, the others after."""
     with st.spinner(f"Classifying {len(uploads)} image(s)…"):
-        return inference.classify_uploads(classifier, uploads, max_bytes=max_bytes)
+        for outcome in inference.iter_classify_uploads(classifier, uploads, max_bytes=max_bytes):
+            outcome_row(outcome, show_cam)
 
 
 def outcome_row(outcome: inference.Outcome, show_cam: bool) -> None:
@@ -104,7 +105,7 @@ if classifier.temperature != 1.0:
                "fitted on the run's validation split.")
 if not uploads:
     st.caption("Upload one or more images, or take a webcam snapshot, to see the classes the model gives them.")
-for outcome in classify(uploads) if uploads else []:
-    outcome_row(outcome, show_cam)
+if uploads:
+    show_results(uploads, show_cam)
 st.divider()
 batch_section(classifier, max_bytes)

@@ -114,7 +114,7 @@ def feature_runner(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The frozen backbone as a function of a batch: onnxruntime on the CPU where the architecture table says it
     pays (the same numbers to float rounding, several times faster for EfficientNet-Lite: bench/feature_speed.py),
-    else torch."""
+    else torch (int8 was measured, not adopted: bench/frozen_features.py, docs/benchmarks.md)."""
     if device.type == "cpu" and get_spec(cfg.arch).onnx_features:
         return onnx_runner(backbone, cfg.image_size, torch.get_num_threads())
 
@@ -138,8 +138,11 @@ def onnx_runner(module: nn.Module, image_size: int, threads: int) -> Callable[[t
 def onnx_session(module: nn.Module, image_size: int, threads: int, outputs: list[str]) -> Any:
     """An onnxruntime CPU session of `module` (eval mode, CPU; input "x" of any batch size, the named
     `outputs`), exported in memory."""
-    import onnxruntime as ort
+    return cpu_session(onnx_export(module, image_size, outputs), threads)
 
+
+def onnx_export(module: nn.Module, image_size: int, outputs: list[str]) -> bytes:
+    """`module` (eval mode, CPU) as an ONNX model: input "x" of any batch size, the named `outputs`."""
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         # The TorchScript-based exporter is deprecated, but it exports these networks in seconds where the
@@ -147,9 +150,16 @@ def onnx_session(module: nn.Module, image_size: int, threads: int, outputs: list
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(module, (torch.zeros(1, 3, image_size, image_size),), buffer, input_names=["x"],
                           output_names=outputs, dynamic_axes={"x": {0: "batch"}}, dynamo=False)
+    return buffer.getvalue()
+
+
+def cpu_session(model: bytes | str, threads: int) -> Any:
+    """An onnxruntime session of an ONNX model (bytes or a file) on the CPU with `threads` threads."""
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = max(1, threads), 1
-    return ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 class FeatureLoader:
