@@ -15,6 +15,8 @@ from dashboard._auth import require_password
 from dashboard._shared import data_root, get_manager, get_store, missing_data_message
 
 REFRESH_SECONDS = 2.0
+SHOW = "sweep_show"  # session key: the sweep id another page wants this page to select
+SHOWN_STATUS = "sweep_shown_status"  # session key: each sweep's status as the picker shows it
 EXAMPLE = """\
 method: bayes            # grid, random or bayes (Optuna's TPE)
 metric: {name: val_acc, goal: maximize}
@@ -64,27 +66,35 @@ def picker() -> sweeps.Sweep | None:
         st.info("No sweep yet: write one above.")
         return None
     by_id = {s.id: s for s in found}
+    if SHOW in st.session_state:  # the Train page's sweep builder sends the sweep it started
+        st.session_state["sweep_pick"] = st.session_state.pop(SHOW)
     if st.session_state.get("sweep_pick") not in by_id:
         st.session_state["sweep_pick"] = found[0].id
+    shown = st.session_state[SHOWN_STATUS] = {i: s.status() for i, s in by_id.items()}
     pick = st.selectbox("Sweep", list(by_id), key="sweep_pick",
-                        format_func=lambda i: f"#{i} {by_id[i].spec.title} ({by_id[i].state()['status']})")
+                        format_func=lambda i: f"#{i} {by_id[i].spec.title} ({shown[i]})")
     return by_id[pick]
 
 
 def controls(sweep: sweeps.Sweep) -> None:
+    status = sweep.status()
+    if status != st.session_state.get(SHOWN_STATUS, {}).get(sweep.id, status):
+        st.rerun(scope="app")  # the picker above this fragment shows the status too: redraw it
     state = sweep.state()
-    running = driver.driving(sweep)
+    driven = driver.driving(sweep)
+    running = driven and status == "running"  # the driver's thread outlives the sweep's end a little
     cap = sweep.spec.trial_cap()
     cols = st.columns([3, 1])
     cols[0].markdown(f"**{sweep.spec.method}** sweep of `{sweep.spec.metric}` ({sweep.spec.goal}), "
-                     f"trials {len(sweep.study().trials)}/{cap or '∞'} · {state['status']}"
+                     f"trials {len(sweep.study().trials)}/{cap or '∞'} · {status}"
                      f"{' · driven here' if running else ''}")
     if state.get("message"):
         st.error(state["message"])
     if running:
         if cols[1].button("Stop after running trials", key="sweep_stop", icon=":material/stop:"):
             driver.stop_in_background(sweep)
-    elif state["status"] != "finished" and cols[1].button("Resume", key="sweep_resume", icon=":material/replay:"):
+    elif status != "finished" and not driven and cols[1].button("Resume", key="sweep_resume",
+                                                                 icon=":material/replay:"):
         driver.start_in_background(sweep, get_manager())
         st.rerun()
 

@@ -3,6 +3,7 @@ shows a finished sweep's trials, curves, parallel coordinates and the retrain bu
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -40,14 +41,34 @@ def test_builder_refuses_a_bad_spec_and_stores_nothing(with_data: Path) -> None:
 def test_view_shows_a_finished_sweep(with_data: Path) -> None:
     sweep = sweeps.create_sweep(with_data, SPEC)
     assert driver.SweepDriver(sweep, get_manager(with_data), poll=0.1).run() == "finished"
-    at = open_page("sweeps")
-    assert not at.exception, at.exception
+    # The moment the browser journey caught: every trial told, the state file not yet "finished" and the
+    # driver's thread still alive. The page reads the status from the trials: finished, no Stop button.
+    sweep.set_state(status="running")
+    alive, release = _driver_thread(sweep)
+    try:
+        at = open_page("sweeps")
+        assert not at.exception, at.exception
+        assert at.selectbox(key="sweep_pick").options == [f"#{sweep.id} {sweep.spec.title} (finished)"]
+        assert "· finished" in page_texts(at)
+        assert not [b for b in at.button if b.key in ("sweep_stop", "sweep_resume")]
+    finally:
+        release.set()
+        alive.join()
     table = at.dataframe[0].value
     assert sorted(table["lr"]) == [0.001, 0.003] and set(table["state"]) == {"complete"}
     charts = {c.proto.id for c in at.get("plotly_chart")}
     assert any("sweep_parcoords" in c for c in charts) and any("sweep_curves" in c for c in charts)
     assert "Best: trial" in page_texts(at)
     assert at.button(key="sweep_retrain")
+
+
+def _driver_thread(sweep: sweeps.Sweep) -> tuple[threading.Thread, threading.Event]:
+    """A live thread registered as this process's driver of `sweep` (what `driver.driving` looks at)."""
+    release = threading.Event()
+    alive = threading.Thread(target=release.wait, daemon=True)
+    alive.start()
+    driver._DRIVERS[(str(sweep.home), sweep.id)] = (alive, release)
+    return alive, release
 
 
 def test_train_page_finds_an_lr(with_data: Path) -> None:
