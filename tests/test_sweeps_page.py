@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from apptest_pages import open_page, page_texts
+from apptest_pages import open_page, page_texts, until_background_done
 
 from caltech_core import layout
 from caltech_core.runs.manager import get_manager
@@ -79,6 +79,9 @@ def test_train_page_finds_an_lr(with_data: Path) -> None:
     at.run()
     at.button(key="lrfind_run").click().run()
     assert not at.exception, at.exception
+    # The test runs on the background mechanism: the page comes back at once with a progress bar, not the result.
+    assert at.get("progress") and "Suggested:" not in page_texts(at)
+    until_background_done(at, timeout=300)
     assert "Suggested:" in page_texts(at)
     at.button(key="lrfind_use").click().run()
     assert 1e-7 <= at.session_state["f_lr"] <= 10
