@@ -13,9 +13,9 @@ from caltech_core.sweeps import charts, driver
 from caltech_core.sweeps import sweep as sweeps
 from dashboard._auth import require_password
 from dashboard._shared import data_root, get_manager, get_store, missing_data_message
+from dashboard._sweep_builder import SHOW
 
 REFRESH_SECONDS = 2.0
-SHOW = "sweep_show"  # session key: the sweep id another page wants this page to select
 SHOWN_STATUS = "sweep_shown_status"  # session key: each sweep's status as the picker shows it
 EXAMPLE = """\
 method: bayes            # grid, random or bayes (Optuna's TPE)

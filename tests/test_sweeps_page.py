@@ -62,6 +62,48 @@ def test_view_shows_a_finished_sweep(with_data: Path) -> None:
     assert at.button(key="sweep_retrain")
 
 
+def _tiny_train_form(at) -> None:
+    """The Train form set to a tiny run (the sweep builder's base)."""
+    at.session_state["f_arch"] = "mobilenet_v3_small"
+    at.run()
+    for key, value in {"f_image_size": 64, "f_classes": 2, "f_batch_size": 4, "f_epochs": 1, "f_device": "cpu",
+                       "f_max_per_class": 4}.items():
+        at.session_state[key] = value
+    at.run()
+
+
+def test_train_page_sweep_builder(with_data: Path, wait_until) -> None:
+    """Bad input names the parameter and queues nothing; a 2-point grid shows its count, its YAML, and starts on
+    the Sweeps page with both trials run."""
+    at = open_page("train")
+    _tiny_train_form(at)
+    at.multiselect(key="sw_vary").set_value(["lr"]).run()
+    at.text_input(key="sw_p_lr_values").set_value(" , ").run()
+    assert "**parameters.lr**: values must be a non-empty list" in page_texts(at)
+    assert at.button(key="sw_start").disabled
+    at.radio(key="sw_p_lr_how").set_value("range").run()
+    at.number_input(key="sw_p_lr_min").set_value(0.5).run()
+    assert "**parameters.lr**: min 0.5 is greater than max 0.01" in page_texts(at)
+    at.number_input(key="sw_p_lr_min").set_value(0.0).run()
+    assert "**parameters.lr**: a log range must stay above 0 (min is 0)" in page_texts(at)
+    assert at.button(key="sw_start").disabled and not layout.sweeps_dir(with_data).exists()
+
+    at.radio(key="sw_p_lr_how").set_value("values").run()
+    at.text_input(key="sw_p_lr_values").set_value("0.001, 0.003").run()
+    assert not at.exception, at.exception
+    assert "Will queue **2 trials**." in page_texts(at)
+    assert "lr:\n    values:\n    - 0.001\n    - 0.003" in at.code[-1].value
+    at.button(key="sw_start").click().run()
+    assert not at.exception, at.exception
+    assert at.title[0].value == "Sweeps"
+    (sweep,) = sweeps.list_sweeps(with_data)
+    assert at.selectbox(key="sweep_pick").value == sweep.id
+    assert sweep.spec.base.arch == "mobilenet_v3_small" and sweep.spec.trial_cap() == 2
+    wait_until(lambda: sweep.status() == "finished" and not driver.driving(sweep))
+    runs = get_manager(with_data).store.list_runs(group=sweep.group)
+    assert sorted(r.config.lr for r in runs) == [0.001, 0.003] and {str(r.status) for r in runs} == {"finished"}
+
+
 def _driver_thread(sweep: sweeps.Sweep) -> tuple[threading.Thread, threading.Event]:
     """A live thread registered as this process's driver of `sweep` (what `driver.driving` looks at)."""
     release = threading.Event()
@@ -73,10 +115,7 @@ def _driver_thread(sweep: sweeps.Sweep) -> tuple[threading.Thread, threading.Eve
 
 def test_train_page_finds_an_lr(with_data: Path) -> None:
     at = open_page("train")
-    at.session_state["f_arch"] = "mobilenet_v3_small"
-    for key, value in {"f_image_size": 64, "f_classes": 2, "f_batch_size": 4, "f_device": "cpu"}.items():
-        at.session_state[key] = value
-    at.run()
+    _tiny_train_form(at)
     at.button(key="lrfind_run").click().run()
     assert not at.exception, at.exception
     # The test runs on the background mechanism: the page comes back at once with a progress bar, not the result.
