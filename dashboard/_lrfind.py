@@ -17,7 +17,8 @@ from caltech_core.training import lrfinder
 from dashboard._settings import KEY_PREFIX
 from dashboard._shared import background, data_root, get_store
 
-ASKED = "lrfind_asked"  # session key: (background key, the config tested) of the last "Find LR"
+ASKED = "lrfind_asked"  # session key: (background key, the config tested, batches) of the last "Find LR"
+MIN_STEPS = 20  # the suggestion skips the first lrfinder.SKIP_START points; fewer leaves too little to pick from
 
 
 def _use(lr: float) -> None:
@@ -29,23 +30,28 @@ def task_key(cfg: TrainConfig, home: Path, root: Path | None) -> str:
     return f"lrfind:{home}:{root}:{json.dumps(lrfinder.settings_used(cfg), sort_keys=True)}"
 
 
-def _run(cfg: TrainConfig, root: Path | None, cache_dir: Path, progress: ProgressFn) -> lrfinder.LRFinding:
-    return lrfinder.find_lr(cfg, Splits.from_config(cfg, root), cache_dir=cache_dir, progress=progress)
+def _run(cfg: TrainConfig, root: Path | None, cache_dir: Path, steps: int, progress: ProgressFn) -> lrfinder.LRFinding:
+    return lrfinder.find_lr(cfg, Splits.from_config(cfg, root), cache_dir=cache_dir, num_steps=steps,
+                            progress=progress)
 
 
 def find_lr_panel(cfg: TrainConfig) -> None:
     """An expander starting the range test on the form's settings (a minute or so) and plotting its curve."""
     with st.expander("Find a learning rate (range test)", expanded=ASKED in st.session_state):
-        st.caption(f"Trains up to {lrfinder.NUM_STEPS} batches while the learning rate grows from "
+        st.caption("Trains for the batches set below while the learning rate grows from "
                    f"{lrfinder.START_LR:g} to {lrfinder.END_LR:g}, then suggests where the loss falls fastest. "
                    "Nothing is stored and the weights are thrown away; it runs in the background.")
         store, root = get_store(), data_root()
-        if st.button("Find LR", key="lrfind_run", icon=":material/search:"):
-            st.session_state[ASKED] = (task_key(cfg, store.home, root), cfg)
+        steps_col, button_col = st.columns([1, 3], vertical_alignment="bottom")
+        steps = int(steps_col.number_input("Batches", min_value=MIN_STEPS, max_value=1000, value=lrfinder.NUM_STEPS,
+                                           step=10, key="lrfind_steps",
+                                           help="More batches: a finer curve, a longer test."))
+        if button_col.button("Find LR", key="lrfind_run", icon=":material/search:"):
+            st.session_state[ASKED] = (f"{task_key(cfg, store.home, root)}:{steps}", cfg, steps)
         if ASKED not in st.session_state:
             return
-        key, tested = st.session_state[ASKED]
-        finding = background(key, partial(_run, tested, root, store.cache_dir), "Range test (batches)")
+        key, tested, steps = st.session_state[ASKED]
+        finding = background(key, partial(_run, tested, root, store.cache_dir, steps), "Range test (batches)")
         if finding is not None:
             _result(finding, changed=lrfinder.settings_used(tested) != lrfinder.settings_used(cfg))
 

@@ -44,14 +44,16 @@ def sweep_builder(cfg: TrainConfig | None) -> None:
                                format_func=lambda n: SETTINGS[n].label)
         data, problem = spec_data(cfg, names)
         checked = None
-        if problem is None:
+        if not names:
+            st.info("Pick at least one setting to vary.")
+        elif problem is None:
             try:
                 checked = sweep_spec.parse_spec(data)
             except ConfigError as exc:
                 problem = exc
         if problem is not None:
             st.error(f"**{problem.field}**: {problem.message}", icon=":material/error:")
-        else:
+        elif checked is not None:
             st.markdown(_count(checked))
         with st.popover("Show as YAML", icon=":material/code:"):
             st.caption("Save it as sweep.yaml and run `python -m caltech_core sweep sweep.yaml`.")

@@ -116,6 +116,7 @@ def _driver_thread(sweep: sweeps.Sweep) -> tuple[threading.Thread, threading.Eve
 def test_train_page_finds_an_lr(with_data: Path) -> None:
     at = open_page("train")
     _tiny_train_form(at)
+    at.number_input(key="lrfind_steps").set_value(30)  # the mini tree's 8 images make a pass of 2 batches
     at.button(key="lrfind_run").click().run()
     assert not at.exception, at.exception
     # The test runs on the background mechanism: the page comes back at once with a progress bar, not the result.
