@@ -16,6 +16,7 @@ from dashboard._shared import data_root, get_manager, get_store, missing_data_me
 from dashboard._sweep_builder import SHOW
 
 REFRESH_SECONDS = 2.0
+CHOSEN = "sweep_chosen"  # session key: the sweep picked
 SHOWN_STATUS = "sweep_shown_status"  # session key: each sweep's status as the picker shows it
 EXAMPLE = """\
 method: bayes            # grid, random or bayes (Optuna's TPE)
@@ -56,7 +57,7 @@ def builder() -> None:
                 st.error(f"{exc.field}: {exc.message}")
                 return
             driver.start_in_background(sweep, get_manager())
-            st.session_state["sweep_pick"] = sweep.id
+            st.session_state[SHOW] = sweep.id
             st.rerun()
 
 
@@ -66,13 +67,16 @@ def picker() -> sweeps.Sweep | None:
         st.info("No sweep yet: write one above.")
         return None
     by_id = {s.id: s for s in found}
-    if SHOW in st.session_state:  # the Train page's sweep builder sends the sweep it started
-        st.session_state["sweep_pick"] = st.session_state.pop(SHOW)
-    if st.session_state.get("sweep_pick") not in by_id:
-        st.session_state["sweep_pick"] = found[0].id
+    if SHOW in st.session_state:  # a sweep just started here or by the Train page's sweep builder
+        st.session_state[CHOSEN] = st.session_state.pop(SHOW)
+    ids = list(by_id)
+    chosen = st.session_state.get(CHOSEN, ids[0])
     shown = st.session_state[SHOWN_STATUS] = {i: s.status() for i, s in by_id.items()}
-    pick = st.selectbox("Sweep", list(by_id), key="sweep_pick",
+    # No key: a keyed selectbox keeps its first labels in the browser, so a status changing in them would not
+    # show; unkeyed, new labels make a new widget, and `index` keeps the choice.
+    pick = st.selectbox("Sweep", ids, index=ids.index(chosen) if chosen in by_id else 0,
                         format_func=lambda i: f"#{i} {by_id[i].spec.title} ({shown[i]})")
+    st.session_state[CHOSEN] = pick
     return by_id[pick]
 
 

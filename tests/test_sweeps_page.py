@@ -48,7 +48,7 @@ def test_view_shows_a_finished_sweep(with_data: Path) -> None:
     try:
         at = open_page("sweeps")
         assert not at.exception, at.exception
-        assert at.selectbox(key="sweep_pick").options == [f"#{sweep.id} {sweep.spec.title} (finished)"]
+        assert _picker(at).options == [f"#{sweep.id} {sweep.spec.title} (finished)"]
         assert "· finished" in page_texts(at)
         assert not [b for b in at.button if b.key in ("sweep_stop", "sweep_resume")]
     finally:
@@ -97,11 +97,15 @@ def test_train_page_sweep_builder(with_data: Path, wait_until) -> None:
     assert not at.exception, at.exception
     assert at.title[0].value == "Sweeps"
     (sweep,) = sweeps.list_sweeps(with_data)
-    assert at.selectbox(key="sweep_pick").value == sweep.id
+    assert _picker(at).value == sweep.id
     assert sweep.spec.base.arch == "mobilenet_v3_small" and sweep.spec.trial_cap() == 2
     wait_until(lambda: sweep.status() == "finished" and not driver.driving(sweep))
     runs = get_manager(with_data).store.list_runs(group=sweep.group)
     assert sorted(r.config.lr for r in runs) == [0.001, 0.003] and {str(r.status) for r in runs} == {"finished"}
+
+
+def _picker(at):
+    return next(s for s in at.selectbox if s.label == "Sweep")
 
 
 def _driver_thread(sweep: sweeps.Sweep) -> tuple[threading.Thread, threading.Event]:
