@@ -17,7 +17,6 @@ from dashboard._sweep_builder import SHOW
 
 REFRESH_SECONDS = 2.0
 CHOSEN = "sweep_chosen"  # session key: the sweep picked
-SHOWN_STATUS = "sweep_shown_status"  # session key: each sweep's status as the picker shows it
 EXAMPLE = """\
 method: bayes            # grid, random or bayes (Optuna's TPE)
 metric: {name: val_acc, goal: maximize}
@@ -71,7 +70,7 @@ def picker() -> sweeps.Sweep | None:
         st.session_state[CHOSEN] = st.session_state.pop(SHOW)
     ids = list(by_id)
     chosen = st.session_state.get(CHOSEN, ids[0])
-    shown = st.session_state[SHOWN_STATUS] = {i: s.status() for i, s in by_id.items()}
+    shown = {i: s.status() for i, s in by_id.items()}  # read from the trials on every refresh of `live`
     # No key: a keyed selectbox keeps its first labels in the browser, so a status changing in them would not
     # show; unkeyed, new labels make a new widget, and `index` keeps the choice.
     pick = st.selectbox("Sweep", ids, index=ids.index(chosen) if chosen in by_id else 0,
@@ -82,8 +81,6 @@ def picker() -> sweeps.Sweep | None:
 
 def controls(sweep: sweeps.Sweep) -> None:
     status = sweep.status()
-    if status != st.session_state.get(SHOWN_STATUS, {}).get(sweep.id, status):
-        st.rerun(scope="app")  # the picker above this fragment shows the status too: redraw it
     state = sweep.state()
     driven = driver.driving(sweep)
     running = driven and status == "running"  # the driver's thread outlives the sweep's end a little
@@ -140,8 +137,11 @@ def retrain_best(sweep: sweeps.Sweep) -> None:
 
 
 @st.fragment(run_every=REFRESH_SECONDS)
-def live(sweep_id: int) -> None:
-    sweep = sweeps.open_sweep(store.home, sweep_id)
+def live() -> None:
+    """The picker and the chosen sweep, redrawn every REFRESH_SECONDS (the picker's statuses too)."""
+    sweep = picker()
+    if sweep is None:
+        return
     controls(sweep)
     trials_view(sweep)
     retrain_best(sweep)
@@ -151,6 +151,4 @@ require_password()  # also when Streamlit runs this page without the entry point
 st.title("Sweeps")
 store = get_store()
 builder()
-chosen = picker()
-if chosen is not None:
-    live(chosen.id)
+live()

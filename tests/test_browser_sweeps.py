@@ -34,13 +34,12 @@ def test_build_a_sweep_on_the_train_page_and_watch_its_trials(server, page) -> N
     shot(page, "sweep_builder")
     page.get_by_role("button", name="Start sweep").click()
     settle(page)
-    # The Sweeps page opens on the new sweep; its live fragment refreshes every 2 s: both trials end up
-    # "complete" in the table, the chart shows, and the sweep reads finished with no Stop button.
+    # The Sweeps page opens on the new sweep; its live fragment (picker included) refreshes every 2 s: both
+    # trials end up "complete" in the table, the chart shows, and the picker reads finished with no Stop button.
     expect(page.get_by_role("heading", name="Sweeps")).to_be_visible(timeout=60_000)
     page.wait_for_selector("[data-testid='stDataFrame']", timeout=90_000)
     page.locator(".parcoords").first.wait_for(timeout=120_000)
     page.get_by_text("Best: trial").wait_for(timeout=30_000)
-    # The status turning finished reruns the whole page once (the picker shows it): expect() waits through that.
     expect(page.get_by_role("button", name="Retrain the best on train+val")).to_be_visible(timeout=30_000)
     expect(page.get_by_role("combobox", name="Sweep")).to_have_value("#1 grid over lr (finished)", timeout=10_000)
     expect(page.get_by_role("button", name="Stop after running trials")).to_have_count(0)
