@@ -13,8 +13,10 @@ from caltech_core.sweeps import charts, driver
 from caltech_core.sweeps import sweep as sweeps
 from dashboard._auth import require_password
 from dashboard._shared import data_root, get_manager, get_store, missing_data_message
+from dashboard._sweep_builder import SHOW
 
 REFRESH_SECONDS = 2.0
+CHOSEN = "sweep_chosen"  # session key: the sweep picked
 EXAMPLE = """\
 method: bayes            # grid, random or bayes (Optuna's TPE)
 metric: {name: val_acc, goal: maximize}
@@ -54,7 +56,7 @@ def builder() -> None:
                 st.error(f"{exc.field}: {exc.message}")
                 return
             driver.start_in_background(sweep, get_manager())
-            st.session_state["sweep_pick"] = sweep.id
+            st.session_state[SHOW] = sweep.id
             st.rerun()
 
 
@@ -64,27 +66,36 @@ def picker() -> sweeps.Sweep | None:
         st.info("No sweep yet: write one above.")
         return None
     by_id = {s.id: s for s in found}
-    if st.session_state.get("sweep_pick") not in by_id:
-        st.session_state["sweep_pick"] = found[0].id
-    pick = st.selectbox("Sweep", list(by_id), key="sweep_pick",
-                        format_func=lambda i: f"#{i} {by_id[i].spec.title} ({by_id[i].state()['status']})")
+    if SHOW in st.session_state:  # a sweep just started here or by the Train page's sweep builder
+        st.session_state[CHOSEN] = st.session_state.pop(SHOW)
+    ids = list(by_id)
+    chosen = st.session_state.get(CHOSEN, ids[0])
+    shown = {i: s.status() for i, s in by_id.items()}  # read from the trials on every refresh of `live`
+    # No key: a keyed selectbox keeps its first labels in the browser, so a status changing in them would not
+    # show; unkeyed, new labels make a new widget, and `index` keeps the choice.
+    pick = st.selectbox("Sweep", ids, index=ids.index(chosen) if chosen in by_id else 0,
+                        format_func=lambda i: f"#{i} {by_id[i].spec.title} ({shown[i]})")
+    st.session_state[CHOSEN] = pick
     return by_id[pick]
 
 
 def controls(sweep: sweeps.Sweep) -> None:
+    status = sweep.status()
     state = sweep.state()
-    running = driver.driving(sweep)
+    driven = driver.driving(sweep)
+    running = driven and status == "running"  # the driver's thread outlives the sweep's end a little
     cap = sweep.spec.trial_cap()
     cols = st.columns([3, 1])
     cols[0].markdown(f"**{sweep.spec.method}** sweep of `{sweep.spec.metric}` ({sweep.spec.goal}), "
-                     f"trials {len(sweep.study().trials)}/{cap or '∞'} · {state['status']}"
+                     f"trials {len(sweep.study().trials)}/{cap or '∞'} · {status}"
                      f"{' · driven here' if running else ''}")
     if state.get("message"):
         st.error(state["message"])
     if running:
         if cols[1].button("Stop after running trials", key="sweep_stop", icon=":material/stop:"):
             driver.stop_in_background(sweep)
-    elif state["status"] != "finished" and cols[1].button("Resume", key="sweep_resume", icon=":material/replay:"):
+    elif status != "finished" and not driven and cols[1].button("Resume", key="sweep_resume",
+                                                                 icon=":material/replay:"):
         driver.start_in_background(sweep, get_manager())
         st.rerun()
 
@@ -126,8 +137,11 @@ def retrain_best(sweep: sweeps.Sweep) -> None:
 
 
 @st.fragment(run_every=REFRESH_SECONDS)
-def live(sweep_id: int) -> None:
-    sweep = sweeps.open_sweep(store.home, sweep_id)
+def live() -> None:
+    """The picker and the chosen sweep, redrawn every REFRESH_SECONDS (the picker's statuses too)."""
+    sweep = picker()
+    if sweep is None:
+        return
     controls(sweep)
     trials_view(sweep)
     retrain_best(sweep)
@@ -137,6 +151,4 @@ require_password()  # also when Streamlit runs this page without the entry point
 st.title("Sweeps")
 store = get_store()
 builder()
-chosen = picker()
-if chosen is not None:
-    live(chosen.id)
+live()

@@ -16,6 +16,7 @@ from dashboard._estimate import estimate_panel
 from dashboard._lrfind import find_lr_panel
 from dashboard._manage import TRAIN_FROM
 from dashboard._shared import backend_sidebar, data_root, get_manager, get_store, progress_bar
+from dashboard._sweep_builder import sweep_builder
 
 BASELINE = "baseline-defaults"
 
@@ -244,3 +245,4 @@ if cfg is not None:
     find_lr_panel(cfg)
 queue_button(cfg, problem, repeats)
 last_queued()
+sweep_builder(cfg)

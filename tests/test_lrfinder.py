@@ -65,3 +65,12 @@ def test_cli_lr_find(mini_root, tmp_path, capsys):
     assert main(["lr-find", "--store", str(tmp_path), "--root", str(mini_root), "--start-lr", "1",
                  "--end-lr", "0.1"]) == 2
     assert "start_lr < end_lr" in capsys.readouterr().err
+
+
+def test_settings_used_leave_out_what_the_test_does_not_read(problem) -> None:
+    """The Train page keys its background range test by these: a new rate, schedule or epoch count keeps the
+    result; a new batch size or optimizer does not."""
+    used = lrfinder.settings_used(problem)
+    assert lrfinder.settings_used(problem.replace(lr=0.5, epochs=9, lr_schedule="step", name="x")) == used
+    assert lrfinder.settings_used(problem.replace(batch_size=problem.batch_size + 1)) != used
+    assert lrfinder.settings_used(problem.replace(optimizer="adamw")) != used

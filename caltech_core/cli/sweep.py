@@ -86,7 +86,7 @@ def _list(store: Any, as_json: bool) -> int:
     for sweep in sweeps.list_sweeps(store.home):
         best = sweeps.best_run(sweep, store)
         rows.append({"sweep_id": sweep.id, "title": sweep.spec.title, "method": sweep.spec.method,
-                     "status": sweep.state()["status"], "trials": len(sweep.study().trials),
+                     "status": sweep.status(), "trials": len(sweep.study().trials),
                      "cap": sweep.spec.trial_cap(), "best": best})
     if as_json:
         print_json(rows)

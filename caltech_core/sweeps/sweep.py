@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 from caltech_core import layout
 from caltech_core.files import write_json_atomic
@@ -54,6 +55,16 @@ class Sweep:
     def state(self) -> dict[str, Any]:
         """{"status": new|running|stopped|finished, "elapsed": sweep seconds so far, "created", "message"}."""
         return json.loads(layout.sweep_state(self.folder).read_text())
+
+    def status(self) -> str:
+        """new | running | stopped | finished, derived from the trials' states on every call: a sweep whose trial
+        cap is reached and whose trials have all ended is finished, even before its driver has written so (the
+        state file says "running" until the driver's loop exits, and a page drawn in between showed that)."""
+        trials = self.study().trials
+        cap = self.spec.trial_cap()
+        if cap is not None and len(trials) >= cap and all(t.state.is_finished() for t in trials):
+            return "finished"
+        return self.state()["status"]
 
     def set_state(self, **changes: Any) -> None:
         write_json_atomic(layout.sweep_state(self.folder), {**self.state(), **changes})
@@ -199,7 +210,7 @@ def best_run(sweep: Sweep, store: RunStore) -> dict[str, Any] | None:
 def importances(sweep: Sweep) -> dict[str, float] | None:
     """Optuna's fANOVA importance of each varied parameter; None until two completed trials differ."""
     study = sweep.study()
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     if len(done) < 2 or not any(len({repr(t.params.get(p.name)) for t in done}) > 1 for p in sweep.spec.params):
         return None
     try:
@@ -220,7 +231,7 @@ def summary(sweep: Sweep, store: RunStore) -> dict[str, Any]:
     """The `--json` document: sweep id, state, every trial with its runs, the best run."""
     rows = trials(sweep, store)
     return {"sweep_id": sweep.id, "title": sweep.spec.title, "method": sweep.spec.method,
-            "metric": sweep.spec.metric, "goal": sweep.spec.goal, **sweep.state(),
+            "metric": sweep.spec.metric, "goal": sweep.spec.goal, **sweep.state(), "status": sweep.status(),
             "trials": [{k: r[k] for k in ("trial", "state", "value", "params", "runs")} for r in rows],
             "best": best_run(sweep, store)}
 

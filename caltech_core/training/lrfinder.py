@@ -40,6 +40,10 @@ NUM_STEPS = 100  # fastai's and Lightning's default number of batches
 SMOOTHING = 0.98  # fastai's beta
 DIVERGE_FACTOR = 4.0  # fastai stops at 4 x the lowest smoothed loss
 SKIP_START, SKIP_END = 10, 1  # Lightning's suggestion skips these points at each end
+# Settings the range test does not read: the rate is its own, and no schedule, epoch count or run bookkeeping is
+# involved (`settings_used` leaves them out, so changing them keeps an earlier result).
+UNUSED_SETTINGS = ("lr", "epochs", "step_size", "gamma", "lr_schedule", "warmup_epochs", "early_stopping_patience",
+                   "retrain_on_train_val", "name", "group", "fast_path", "compile")
 
 
 @dataclass
@@ -161,3 +165,8 @@ def find_lr(
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     return lr_range_test(model, optimizer, batches, criterion, device=device, start_lr=start_lr, end_lr=end_lr,
                          num_steps=num_steps, amp=cfg.amp, progress=progress)
+
+
+def settings_used(cfg: TrainConfig) -> dict[str, Any]:
+    """The settings of `cfg` the range test depends on (e.g. to key a stored or cached result)."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in UNUSED_SETTINGS}
