@@ -91,6 +91,8 @@ def _list(store: Any, as_json: bool) -> int:
     if as_json:
         print_json(rows)
         return 0
+    if not rows:
+        print(f"no sweeps in {store.home} (start one with `sweep SPEC.yaml` or the Train page's sweep builder)")
     for row in rows:
         best = row["best"]
         best_text = f"best run #{best['run_id']} ({best['value']:.3g})" if best else "no completed trial"
