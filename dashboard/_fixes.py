@@ -24,9 +24,8 @@ def mark_control(store: Any, record: Any, path: str, given: str, suggested: str,
     if current is not None:
         what = ("excluded" if current["action"] == overrides.EXCLUDE
                 else f"relabelled as {current.get('label')}")
-        left, right = st.columns([3, 2], vertical_alignment="center")
-        left.markdown(f":orange-badge[{what}]")
-        if right.button("Undo", key=f"{key}_undo", icon=":material/undo:"):
+        st.markdown(f":orange-badge[{what}]")
+        if st.button("Undo the mark", key=f"{key}_undo", icon=":material/undo:", type="tertiary"):
             fixes.undo(store.home, record, [path])
             st.rerun()
         return
