@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from caltech_core.cli import main
 from caltech_core.config import TrainConfig
 from caltech_core.data import overrides
 from caltech_core.data.dataset import Splits
@@ -41,24 +42,23 @@ def test_feature_key_ignores_the_random_head_but_not_the_backbone(mini_root: Pat
 
 @pytest.fixture(scope="module")
 def retrained(finished_home: Path, mini_root: Path) -> tuple[RunStore, int, int, dict[str, str]]:
-    """Run 1 of `finished_home`, three marks (a training image relabelled, a test image excluded, a file that is
-    gone), then "retrain with these fixes" through the job queue: (store, source id, new id, marked paths)."""
+    """Run 1 of `finished_home`, three marks (a training image relabelled and a test image excluded on the command
+    line, a file that is gone since), then `retrain-fixes 1`: (store, source id, new id, marked paths)."""
     store = RunStore(finished_home)
     source = store.get_run(1)
     splits = Splits.from_config(source.config, mini_root, home=finished_home)
     train, test = splits.train[0], splits.test[0]
     new_label = next(c for c in splits.classes if c != splits.classes[train.label])
     gone = str(mini_root / "101_ObjectCategories" / "pizza" / "deleted_since.jpg")
-    assert fixes.mark(finished_home, source, [str(train.path)], overrides.RELABEL, label=new_label) == 1
-    fixes.mark(finished_home, source, [str(test.path), gone], overrides.EXCLUDE)
+    cli = ["--store", str(finished_home)]
+    assert main(["data", "relabel", "caltech101", str(train.path), "--to", new_label, *cli]) == 0
+    assert main(["data", "exclude", "caltech101", str(test.path), *cli]) == 0
+    assert main(["data", "exclude", "caltech101", gone, *cli]) == 2  # refused: no such file
+    fixes.mark(finished_home, source, [gone], overrides.EXCLUDE)  # as if the file was deleted after its mark
     with pytest.raises(fixes.FixError, match="not a class"):
         fixes.mark(finished_home, source, [str(train.path)], overrides.RELABEL, label="unicorn")
-    manager = ThreadJobManager(store, data_root=mini_root)
-    try:
-        new_id = fixes.retrain_with_fixes(manager, 1)
-        assert manager.wait(new_id, timeout=300)
-    finally:
-        manager.shutdown()
+    assert main(["retrain-fixes", "1", "--root", str(mini_root), *cli]) == 0
+    (new_id,) = [r.id for r in store.list_runs() if r.id != 1]
     return store, 1, new_id, {"train": str(train.path), "label": new_label, "test": str(test.path), "gone": gone}
 
 

@@ -132,9 +132,9 @@ class Splits:
         marked = marks.excluded | set(relabelled)
         listed = {str(p) for p in self.all_paths()}
         untouched = 0 if test else sum(str(s.path) in marked for s in self.test)
-        missing = sorted(p for p in marked if p not in listed and not Path(p).exists())
+        missing = sum(p not in listed and not Path(p).exists() for p in marked)
         source = {**self.source, **counts, "marks_on_test": test, "test_untouched": untouched,
-                  "missing_marks": len(missing)}
+                  "missing_marks": missing}
         return replace(self, train=train, val=val, test=test_list, source=source)
 
     def without(self, unreadable: Iterable[Skipped]) -> Splits:

@@ -53,18 +53,26 @@ def fixes_config(record: Any, *, marks_on_test: bool = False) -> TrainConfig:
     return record.config.replace(name=name, group="", marks_on_test=marks_on_test)
 
 
-def retrain_with_fixes(manager: Any, run_id: int, *, marks_on_test: bool = False) -> int:
-    """Queue a clone of run `run_id` that trains with its dataset's marks in force; returns the new run's id."""
-    store = manager.store
+def prepare(store: Any, run_id: int, *, marks_on_test: bool = False) -> TrainConfig:
+    """The configuration of run `run_id` retrained with its dataset's marks; FixError when the run is unknown or
+    the dataset has no marks."""
     record = store.get_run(run_id)
     if record is None:
         raise FixError(f"run {run_id} does not exist")
-    marks = overrides.load(store.home, dataset_id(record.config))
-    if not len(marks):
+    if not len(overrides.load(store.home, dataset_id(record.config))):
         raise FixError(f"the dataset of run #{run_id} has no marks: mark images to exclude or relabel first")
-    new_id = manager.submit(fixes_config(record, marks_on_test=marks_on_test))
-    store.set_tags(new_id, [f"{FIXES_TAG}{run_id}"])
-    return int(new_id)
+    return fixes_config(record, marks_on_test=marks_on_test)
+
+
+def tag_as_fix(store: Any, new_id: int, source_id: int) -> None:
+    store.set_tags(new_id, [f"{FIXES_TAG}{source_id}"])
+
+
+def retrain_with_fixes(manager: Any, run_id: int, *, marks_on_test: bool = False) -> int:
+    """Queue a clone of run `run_id` that trains with its dataset's marks in force; returns the new run's id."""
+    new_id = int(manager.submit(prepare(manager.store, run_id, marks_on_test=marks_on_test)))
+    tag_as_fix(manager.store, new_id, run_id)
+    return new_id
 
 
 def source_of(record: Any) -> int | None:
