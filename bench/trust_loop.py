@@ -98,7 +98,9 @@ def main() -> None:
     assert job.run_job(store, fixed, data_root=root) == "finished", store.get_run(fixed).error
     timings["retrain with fixes"] = time.perf_counter() - start
 
-    print(f"{len(names)} classes, {len(train)} training images, {len(in_train)} of them flipped; "
+    test_images = len(Splits.from_config(cfg, root, home=store.home).test)
+    print(f"{len(names)} classes, {len(train)} training images ({len(in_train)} of them flipped), {test_images} "
+          f"test images (labels as published); "
           f"{len(report.suspects)} suspects: precision {len(found & in_train) / max(len(found), 1):.2f}, "
           f"recall {len(found & in_train) / max(len(in_train), 1):.2f}; {restored} suggestions give back the "
           "true class")
