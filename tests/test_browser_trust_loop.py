@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from browser_kit import settle, shot, start_server, stop_server
+from playwright.sync_api import expect
 
 from caltech_core.data import overrides
 from caltech_core.runs.store import RunStore
@@ -32,13 +33,21 @@ def test_mark_a_suspect_retrain_and_compare(loop_server, page) -> None:
         print(f"{time.monotonic() - started:5.1f} s  {what}")
     page.goto(f"{url}/errors?run=1")
     settle(page)
-    page.get_by_text("validation", exact=True).first.click()  # the Errors page's split
-    settle(page)
+    page.get_by_text("validation", exact=True).first.wait_for(timeout=180_000)  # a first run imports torch
+    split = page.get_by_role("radio", name="validation")
+    for _ in range(5):  # a click that lands during a rerun of the page can be lost: repeat until it holds
+        if split.is_checked():
+            break
+        page.get_by_text("validation", exact=True).first.click(timeout=20_000)
+        settle(page)
+    expect(split).to_be_checked()
     page.get_by_text("Grad-CAM", exact=True).first.click()  # plain pictures: the journey needs no model loaded
     settle(page)
     page.get_by_text("Suspected label errors", exact=True).first.click()
     settle(page)
-    page.get_by_role("button", name=re.compile("Fix label")).first.click()
+    fix = page.get_by_role("button", name=re.compile("Fix label")).first
+    fix.evaluate("button => button.scrollIntoView({block: 'start'})")  # room below it for the popover
+    fix.click()
     page.get_by_role("button", name=re.compile("^Relabel$")).click()
     settle(page)
     page.get_by_text(re.compile(r"^relabelled as ")).first.wait_for()
