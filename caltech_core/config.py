@@ -172,6 +172,10 @@ class TrainConfig:
     retrain_on_train_val: bool = _setting(
         False, "Retrain on train+val, then test", "data", flags=("--retrain", "--retrain-on-train-val"),
         help="The study's final step: after choosing the epochs on validation, retrain on both and report test.")
+    marks_on_test: bool = _setting(
+        False, "Apply the dataset's marks to the test split too", "data",
+        help="Off (the default): files excluded or relabelled on the Data/Errors pages change only the training "
+             "and validation splits, and test accuracy is measured on the untouched test labels.")
     seed: int = _setting(42, "Seed", "data", low=0, high=2**31 - 1, step=1)
     device: str = _setting("auto", "Device", "data", choices=DEVICES, help="auto = CUDA when available, else CPU.")
     name: str = _setting("", "Run name", "data", max_length=200)

@@ -18,7 +18,7 @@ from caltech_core.data import dataset, health, overrides, registry
 from caltech_core.runs.store import RunRecord
 from caltech_core.status import RunStatus
 from caltech_core.study import charts
-from dashboard._shared import background, get_store
+from dashboard._shared import background, data_root, get_store
 
 ACTIVE = "active_dataset"  # session key: the dataset chosen on the Data page ("" = Caltech-101)
 PICK = "pick_dataset"  # session key: a dataset the picker shows at its next drawing (one just added)
@@ -162,6 +162,7 @@ def health_check(dataset_id: str) -> None:
     if report is None:
         st.caption("Finds unreadable, tiny and duplicate images, train/test leakage and label conflicts. Nothing "
                    "in the folder is changed.")
+        marks_table(key)  # marks made on the Errors page exist without a health check
         return
     _numbers(report)
     _duplicates(report, key)
@@ -221,20 +222,47 @@ def _duplicates(report: dict[str, Any], dataset_id: str) -> None:
 
 
 def marks_table(dataset_id: str) -> None:
-    """The dataset's exclude/relabel marks, each undoable."""
+    """The dataset's exclude/relabel marks (from the health check and the Errors page): undo some, or change a
+    relabel mark's class; marks of files that are gone are flagged (they are not applied)."""
     home = get_store().home
     marks = overrides.marks(home, dataset_id)
     if not marks:
         return
-    st.markdown(f"**Marks in force: {len(marks)}** (runs queued from now on leave these files out or relabel them)")
+    st.markdown(f"**Marks in force: {len(marks)}** (runs queued from now on leave these files out or relabel them "
+                "in training and validation; in test only when a run is asked to)")
+    gone = set(overrides.missing(home, dataset_id))
+    if gone:
+        st.warning(f"{len(gone)} marked file(s) no longer exist: their marks are not applied (undo them).",
+                   icon=":material/warning:")
+    classes = sorted({m["label"] for m in marks if m.get("label")} | set(_classes(dataset_id)))
     table = pd.DataFrame([{"undo": False, "file": m["path"], "action": m["action"], "class": m.get("label") or "",
-                           "reason": m.get("reason", "")} for m in marks])
+                           "file gone": m["path"] in gone, "reason": m.get("reason", "")} for m in marks])
     edited = st.data_editor(table, hide_index=True, width="stretch", key="marks_editor",
-                            disabled=["file", "action", "class", "reason"])
+                            disabled=["file", "action", "file gone", "reason"],
+                            column_config={"class": st.column_config.SelectboxColumn(
+                                "class", options=["", *classes], help="A relabel mark's new class")})
     chosen = edited.loc[edited["undo"], "file"].tolist()
-    if st.button(f"Undo {len(chosen)} mark(s)", key="undo_marks", disabled=not chosen):
+    changed = [(path, label) for path, action, label, old in zip(edited["file"], edited["action"], edited["class"],
+                                                                  marks, strict=True)
+               if action == overrides.RELABEL and label and label != old.get("label")]
+    undo, save = st.columns(2)
+    if undo.button(f"Undo {len(chosen)} mark(s)", key="undo_marks", disabled=not chosen):
         overrides.undo(home, dataset_id, chosen)
         st.rerun()
+    if save.button(f"Save {len(changed)} new class(es)", key="save_marks", disabled=not changed):
+        for path, label in changed:
+            overrides.mark(home, dataset_id, [path], overrides.RELABEL, label=label, reason="changed on the Data page")
+        st.rerun()
+
+
+def _classes(dataset_id: str) -> list[str]:
+    """The dataset's classes (Caltech-101's from its split files; none when it cannot be read)."""
+    if dataset_id != registry.CALTECH_ID:
+        return class_names(dataset_id)
+    try:
+        return dataset.load_splits(data_root()).classes
+    except (ValueError, OSError):  # no Caltech-101 here: the marks' own classes only
+        return []
 
 
 def folder_page(dataset_id: str) -> None:
@@ -287,11 +315,11 @@ def mixed_datasets_warning(records: list[RunRecord]) -> None:
 def other_datasets_summary(runs: list[RunRecord]) -> None:
     """The Report page for runs of other datasets: the best finished runs of each (no study to compare with);
     and how many Caltech-101 runs left files out by the dataset's marks."""
-    marked = [r for r in runs if not r.config.dataset and (r.results.get("dataset") or {}).get("excluded")]
+    marked = [r for r in runs if not r.config.dataset and marks_of(r)]
     if marked:
-        most = max(r.results["dataset"]["excluded"] for r in marked)
-        st.caption(f"{len(marked)} Caltech-101 run(s) above left out files excluded on the Data page (up to {most} "
-                   "per run); the study used every file.")
+        listed = "; ".join(f"{r.label}: {marks_of(r)}" for r in marked[:10]) + ("; …" if len(marked) > 10 else "")
+        st.caption(f"{len(marked)} Caltech-101 run(s) trained with the dataset's marks (Data and Errors pages), "
+                   f"which the study did not have — {listed}.")
     done = [r for r in runs if r.config.dataset and r.status == RunStatus.FINISHED]
     if not done:
         return
@@ -302,9 +330,20 @@ def other_datasets_summary(runs: list[RunRecord]) -> None:
     for r in sorted(done, key=lambda r: (dataset_of(r), -(r.best_val_acc or 0))):
         ds = r.results.get("dataset") or {}
         rows.append({"dataset": dataset_of(r), "run": r.label, "arch": r.arch, "val acc": r.best_val_acc,
-                     "test acc": r.test_acc, "excluded files": ds.get("excluded", 0), "epochs": r.epochs_done})
+                     "test acc": r.test_acc, "excluded files": ds.get("excluded", 0),
+                     "labels changed": ds.get("relabelled", 0), "epochs": r.epochs_done})
     table = pd.DataFrame(rows).groupby("dataset").head(5)
     st.dataframe(table, hide_index=True, width="stretch")
+
+
+def marks_of(record: RunRecord) -> str:
+    """What the dataset's marks changed in a run, in words ("3 labels changed, 1 file excluded"); "" if nothing."""
+    source = record.results.get("dataset") or {}
+    parts = [f"{n} label{'s' * (n != 1)} changed" for n in [source.get("relabelled", 0)] if n]
+    parts += [f"{n} file{'s' * (n != 1)} excluded" for n in [source.get("excluded", 0)] if n]
+    if parts and record.config.marks_on_test:
+        parts.append("test split marked too")
+    return ", ".join(parts)
 
 
 def dataset_note(record: RunRecord) -> None:

@@ -1,8 +1,8 @@
 """Errors page view: suspected label errors (cleanlab), ranked, as a table with a CSV and a picture gallery.
 Importing this module changes no Streamlit state.
 
-Each suspect is a file path with its given and suggested label: what a dataset override ("exclude", "relabel as
-X") needs once the overrides store exists (issue 23).
+Each picture has a "Fix label" control (dashboard/_fixes.py): exclude it, or relabel it as a class of the run
+with the suggested one preselected; the marks go to the dataset's overrides (caltech_core/data/overrides.py).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from caltech_core import layout
 from caltech_core.background import tasks
 from caltech_core.use import suspects
 from dashboard._calibration import recompute_button
+from dashboard._fixes import mark_control
 from dashboard._shared import background
 
 SPLIT_LABELS = {"train": "training", "val": "validation", "test": "test"}
@@ -112,6 +113,7 @@ def _gallery(store: Any, run_id: int, report: suspects.SuspectReport, show_cam: 
         page = int(st.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1, key="sus_page"))
     start = (page - 1) * per_page
     stamp = layout.best(store.run_dir(run_id)).stat().st_mtime
+    record = store.get_run(run_id)
     columns = st.columns(COLUMNS)
     for i, s in enumerate(report.suspects[start: start + per_page]):
         with columns[i % COLUMNS]:
@@ -122,3 +124,5 @@ def _gallery(store: Any, run_id: int, report: suspects.SuspectReport, show_cam: 
                 st.image(picture, width="stretch")
             st.markdown(f"**#{start + i + 1}** labelled **{s.given}** ({s.given_prob:.0%})  \n"
                         f"looks like **{s.suggested}** ({s.confidence:.0%})", help=s.path)
+            mark_control(store, record, s.path, s.given, s.suggested, f"sus_{report.split}_{start + i}",
+                         report.split)

@@ -15,6 +15,7 @@ from caltech_core.study import charts, experiments, report
 from dashboard._auth import require_password
 from dashboard._calibration import ECE_COLUMNS, ece_columns
 from dashboard._datasets import dataset_of, mixed_datasets_warning
+from dashboard._fixes import before_after
 from dashboard._manage import tag_filter
 from dashboard._shared import format_seconds, get_store
 from dashboard._tracking import tracking_downloads
@@ -165,6 +166,7 @@ if not shown:
     st.stop()
 mixed_datasets_warning(shown)
 table = results_table(shown)
+before_after(store, shown)
 repeats(shown)
 curves(shown, table)
 confusion_matrices(shown)

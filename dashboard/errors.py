@@ -1,7 +1,8 @@
 """Errors: what a finished run gets wrong, image by image (its stored per-image results).
 
 Click a confusion-matrix cell to see its images with their top-5 and Grad-CAM; browse the most confident
-mistakes, the per-class accuracy (worst classes' mistakes) and the class pairs confused most; whether its
+mistakes, the per-class accuracy (worst classes' mistakes) and the class pairs confused most, each picture with a
+"Fix label" control and the page ending with "Retrain with these fixes" (_fixes.py); whether its
 confidence can be believed (dashboard/_calibration.py), which labels look wrong (_suspects.py) and the embedding
 map (_embedding.py). Thumbnails come
 from the decoded-image cache and galleries are paged, so the full test split (2893 images) stays quick.
@@ -25,6 +26,7 @@ from caltech_core.use import recompute
 from dashboard._auth import require_password
 from dashboard._calibration import calibration_view
 from dashboard._embedding import embedding_view
+from dashboard._fixes import mark_control, retrain_panel
 from dashboard._shared import background, data_root, get_store, run_label
 from dashboard._suspects import suspects_view
 
@@ -155,6 +157,7 @@ def _gallery(rows: np.ndarray, key: str, what: str) -> None:
     decoded = _decoded_images()
     if decoded is None:
         return
+    record = store.get_run(run_id)
     columns = st.columns(COLUMNS)
     for i, row in enumerate(shown):
         top = results.top_of(int(row))
@@ -169,6 +172,7 @@ def _gallery(rows: np.ndarray, key: str, what: str) -> None:
             mark = ":green-badge[right]" if top[0][0] == true else ":red-badge[wrong]"
             st.markdown(f"{mark} true **{true}**", help=f"{results.paths[row]} · loss {results.losses[row]:.3f}")
             st.caption("  \n".join(f"{p:.1%} {name}" for name, p in top))
+            mark_control(store, record, str(results.paths[row]), true, top[0][0], f"{key}_{int(row)}", split)
 
 
 # -- the views -----------------------------------------------------------------------------------------------
@@ -251,3 +255,4 @@ elif view == "Suspected label errors":
     suspects_view(store, run_id, split, show_cam, per_page, data_root())
 else:
     embedding_view(store, run_id, split, data_root())
+retrain_panel(store, store.get_run(run_id))

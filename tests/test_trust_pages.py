@@ -12,6 +12,7 @@ import pytest
 from apptest_pages import open_page, page_texts
 
 from caltech_core.background import tasks
+from caltech_core.data import overrides
 from caltech_core.runs.store import RunStore
 from caltech_core.training import predictions
 from caltech_core.use import calibration, embedding, suspects
@@ -118,3 +119,54 @@ def test_classify_webcam_and_zip(home: Path, mini_root: Path) -> None:
     at.file_uploader(key="cls_zip").set_value(("fake.zip", b"no zip here", "application/zip")).run()
     at.button(key="cls_batch_go").click().run()
     assert any("not a ZIP archive" in e.value for e in at.error)
+
+
+def test_fix_labels_in_the_galleries_then_retrain_and_compare(home: Path, wait_until: Callable[..., None]) -> None:
+    """Mark from the suspects gallery and from a confusion cell's images, undo one, retrain with the fixes, see
+    the before/after table on Compare and the marks on the Data page."""
+    store = RunStore(home)
+    at = open_page("errors", run="1")
+    at.radio(key="err_split").set_value("val").run()  # marks of test images leave the test split alone
+    at.radio(key="err_view").set_value("Suspected label errors").run()
+    report = suspects.find_suspects(store, 1, "val")
+    print(f"tiny run: {len(report.suspects)} validation suspects")
+    assert report.suspects, "the tiny run's validation split has no suspects to mark"
+    first = report.suspects[0]
+    assert at.selectbox(key="sus_val_0_label").value == first.suggested  # the suggestion is preselected
+    at.button(key="sus_val_0_exclude").click().run()
+    assert not at.exception, at.exception
+    assert [(m["path"], m["action"]) for m in overrides.marks(home, "caltech101")] == [(first.path, "exclude")]
+    assert at.button(key="sus_val_0_undo")  # the card now says "excluded", with Undo
+
+    at.radio(key="err_view").set_value("Confusion matrix").run()
+    relabel = next(b for b in at.button if b.key and b.key.startswith("cell_") and b.key.endswith("_relabel"))
+    card = relabel.key.removesuffix("_relabel")
+    new_label = at.selectbox(key=f"{card}_label").value
+    relabel.click().run()
+    assert not at.exception, at.exception
+    assert overrides.load(home, "caltech101").relabelled and len(overrides.load(home, "caltech101")) == 2
+    at.button(key=f"{card}_undo").click().run()  # changed our mind about this one ...
+    relabel = at.button(key=f"{card}_relabel")
+    at.selectbox(key=f"{card}_label").set_value(new_label)
+    relabel.click().run()  # ... and back
+    assert "untouched test labels" in page_texts(at) and not at.checkbox(key="fix_on_test").value
+    at.button(key="fix_retrain").click().run()
+    assert not at.exception, at.exception
+    assert "Queued run #2, run #1 with these fixes" in page_texts(at)
+    wait_until(lambda: store.get_run(2).status in ("finished", "failed"), timeout=240)
+    new = store.get_run(2)
+    assert new.status == "finished", new.error
+    assert not new.config.marks_on_test
+    assert (new.results["dataset"]["relabelled"], new.results["dataset"]["excluded"]) == (1, 1)
+
+    compare = open_page("compare")
+    assert not compare.exception, compare.exception
+    table = next(d.value for d in compare.dataframe if "labels changed" in d.value.columns)
+    assert list(table[""]) == ["before", "after"] and list(table["labels changed"]) == [0, 1]
+    assert list(table["test labels"]) == ["untouched", "untouched"]
+
+    data = open_page("data")
+    assert not data.exception, data.exception
+    assert "Marks in force: 2" in page_texts(data)
+    marks = data.dataframe  # the marks editor is a data editor: found among the tables
+    assert any("file gone" in d.value.columns for d in marks)

@@ -120,6 +120,8 @@ def cmd_data_mark(args: argparse.Namespace) -> int:
     store = open_store(args)
     dataset_id = _dataset_id(store.home, args.dataset)
     files = [str(Path(f).expanduser().absolute()) for f in args.files]
+    if args.action != "undo" and (gone := [f for f in files if not Path(f).is_file()]):
+        raise CliError(f"no such file(s), nothing marked: {', '.join(gone[:5])}" + (" …" if len(gone) > 5 else ""), 2)
     if args.action == "relabel" and dataset_id != registry.CALTECH_ID:
         classes = registry.get(store.home, dataset_id).classes
         if args.to not in classes:

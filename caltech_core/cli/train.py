@@ -123,15 +123,20 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if manager is not None:
         manager.resume(run.id)
         return _exit_code(_wait_on_ray(manager, store, [run.id], args.json))
-    try:
-        _run_foreground(store, run, args.root, resume=True, label=run.label)
-    except KeyboardInterrupt:
-        _report_run(store, run.id, args.json)
-        return 130
-    return _exit_code([_report_run(store, run.id, args.json)])
+    return train_one(store, run, args.root, resume=True, as_json=args.json)
 
 
 # -- in this process -----------------------------------------------------------------------------------
+
+def train_one(store: RunStore, run: RunRecord, root: str | None, *, resume: bool, as_json: bool) -> int:
+    """Train (or resume) one stored run in the foreground and report it; the command's exit code."""
+    try:
+        _run_foreground(store, run, root, resume=resume, label=run.label)
+    except KeyboardInterrupt:
+        _report_run(store, run.id, as_json)
+        return 130
+    return _exit_code([_report_run(store, run.id, as_json)])
+
 
 def _run_foreground(store: RunStore, run: RunRecord, root: str | None, *, resume: bool, label: str) -> str:
     """Train one stored run in this process (the job manager's path) under a progress bar; Ctrl-C cancels it

@@ -1,4 +1,5 @@
-"""`suspects`: the images of a run's split whose labels look wrong (cleanlab on out-of-sample probabilities)."""
+"""`suspects`: the images of a run's split whose labels look wrong (cleanlab on out-of-sample probabilities);
+`retrain-fixes`: a run trained again with its dataset's marks (`data exclude|relabel`)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,14 @@ def register(sub: Any, parents: Parents) -> None:
     p.add_argument("--limit", type=int, default=20, metavar="N", help="suspects printed (default 20; --json: all)")
     p.add_argument("--refresh", action="store_true", help="compute again instead of reading the cached report")
     p.set_defaults(func=cmd_suspects)
+    p = sub.add_parser("retrain-fixes", parents=parents, help="train a run again with its dataset's marks",
+                       description="A new run with RUN's settings, trained in the foreground with the marks of "
+                                   "its dataset (`data exclude|relabel`) applied to the training and validation "
+                                   "splits; tagged 'fixes of #RUN'.")
+    p.add_argument("run", type=int, metavar="RUN")
+    p.add_argument("--marks-on-test", action="store_true",
+                   help="apply the marks to the test split too (default: test labels untouched)")
+    p.set_defaults(func=cmd_retrain_fixes)
 
 
 def cmd_suspects(args: argparse.Namespace) -> int:
@@ -44,3 +53,22 @@ def cmd_suspects(args: argparse.Namespace) -> int:
         print(f"{rank:4d}. {s.path}: labelled {s.given} ({percent(s.given_prob)}), looks like {s.suggested} "
               f"({percent(s.confidence)})")
     return 0
+
+
+def cmd_retrain_fixes(args: argparse.Namespace) -> int:
+    from caltech_core.cli.train import train_one
+    from caltech_core.use import fixes
+
+    store = open_store(args)
+    existing_run(store, args.run)
+    try:
+        cfg = fixes.prepare(store, args.run, marks_on_test=args.marks_on_test)
+    except fixes.FixError as exc:
+        raise CliError(str(exc)) from exc
+    if not cfg.dataset:
+        from caltech_core.data import dataset
+
+        dataset.resolve_root(args.root)  # a missing Caltech-101 is reported before the run is created
+    run = store.get_run(store.create_run(cfg))
+    fixes.tag_as_fix(store, run.id, args.run)
+    return train_one(store, run, args.root, resume=False, as_json=args.json)

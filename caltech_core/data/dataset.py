@@ -92,7 +92,7 @@ class Splits:
             splits = load_splits(root, train_fraction=cfg.train_fraction, **options)
             splits.source = {"id": registry.CALTECH_ID, "name": registry.CALTECH_NAME, "kind": registry.CALTECH_ID,
                              "path": str(splits.root), "fingerprint": fingerprint(splits.all_paths())}
-        return splits.with_overrides(overrides.load(home, str(splits.source["id"])))
+        return splits.with_overrides(overrides.load(home, str(splits.source["id"])), test=cfg.marks_on_test)
 
     @property
     def num_classes(self) -> int:
@@ -102,9 +102,12 @@ class Splits:
         """Every image of the three splits, without duplicates, in split order."""
         return list(dict.fromkeys(s.path for s in (*self.train, *self.val, *self.test)))
 
-    def with_overrides(self, marks: overrides.Overrides) -> Splits:
+    def with_overrides(self, marks: overrides.Overrides, *, test: bool = False) -> Splits:
         """A copy without the excluded files and with relabelled files moved to their new class (in the same
-        split); `source` counts both. A relabel to a class this run does not have excludes the file."""
+        split), in training and validation only unless `test`: test accuracy is then measured on the untouched
+        test labels. A relabel to a class this run does not have excludes the file. `source` records the counts:
+        excluded, relabelled (labels that changed), marks_on_test, test_untouched (marked test files left as
+        they are) and missing_marks (marked files no longer on disk: reported, nothing to apply)."""
         if not len(marks):
             return self
         index = {c: i for i, c in enumerate(self.classes)}
@@ -124,8 +127,15 @@ class Splits:
                     out.append(s)
             return out
 
-        train, val, test = apply(self.train), apply(self.val), apply(self.test)
-        return replace(self, train=train, val=val, test=test, source={**self.source, **counts})
+        train, val = apply(self.train), apply(self.val)
+        test_list = apply(self.test) if test else self.test
+        marked = marks.excluded | set(relabelled)
+        listed = {str(p) for p in self.all_paths()}
+        untouched = 0 if test else sum(str(s.path) in marked for s in self.test)
+        missing = sum(p not in listed and not Path(p).exists() for p in marked)
+        source = {**self.source, **counts, "marks_on_test": test, "test_untouched": untouched,
+                  "missing_marks": missing}
+        return replace(self, train=train, val=val, test=test_list, source=source)
 
     def without(self, unreadable: Iterable[Skipped]) -> Splits:
         """A copy without the given (unreadable) files; they are added to `skipped`."""

@@ -55,6 +55,12 @@ def load(home: Path, dataset_id: str) -> Overrides:
     )
 
 
+def missing(home: Path, dataset_id: str) -> list[str]:
+    """Marked files that are no longer on disk: reported (Data page, a run's `results["dataset"]`), never
+    applied, since there is nothing left to exclude or relabel."""
+    return sorted({m["path"] for m in _read(home, dataset_id) if not Path(m["path"]).exists()})
+
+
 def _change(home: Path, dataset_id: str, edit: Any) -> None:
     file = layout.dataset_overrides(home, dataset_id)
     file.parent.mkdir(parents=True, exist_ok=True)

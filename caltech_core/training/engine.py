@@ -202,7 +202,7 @@ def fit(
     if fast_path_applies(cfg, model):
         backbone, net = split_for_features(model, cfg.arch)
         found = cached_features(
-            cfg, backbone, cache, cache_dir, device, batch_size=max(cfg.batch_size, 32),
+            cfg, backbone, net, cache, cache_dir, device, batch_size=max(cfg.batch_size, 32),
             should_stop=cb.should_stop, progress=lambda done, total: _phase(cb, Phase.FEATURES, done, total),
         )
         if found is None:

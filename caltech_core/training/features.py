@@ -4,7 +4,9 @@ Applies when the backbone is frozen (train mode "fc") and the training transform
 epoch would feed the frozen backbone the very same center crops. The features of every cached image are
 computed once (frozen BatchNorm layers and the backbone have no dropout, so eval mode is what the plain loop
 runs too) and stored in ``cache_dir/features/<key>.pt``, the key hashing the architecture, the backbone's
-weights, the crop size, the resize size, the normalisation and the image files (path, size, mtime).
+weights (without the head's: a timm backbone module still holds the new, randomly initialised classifier, which
+changes nothing of the features but would change the key in every process), the crop size, the resize size,
+the normalisation and the image files (path, size, mtime).
 
 `FeatureLoader` then replays the plain `BatchLoader`'s batches — same `plan_epoch` draws from the same
 generator, same batch split, same dropped single-image last batch — over the cached features. The head
@@ -46,22 +48,27 @@ def fast_path_applies(cfg: TrainConfig, model: nn.Module) -> bool:
     return cfg.fast_path and cfg.train == "fc" and is_deterministic(cfg) and is_backbone_frozen(model, cfg.arch)
 
 
-def _weights_digest(module: nn.Module) -> str:
+def _weights_digest(backbone: nn.Module, head: nn.Module) -> str:
+    """Hash of the backbone's tensors that are not also the head's (by identity)."""
+    head_tensors = {id(t) for t in head.state_dict(keep_vars=True).values()}
     digest = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
+    for name, tensor in backbone.state_dict(keep_vars=True).items():
+        if id(tensor) in head_tensors:
+            continue
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 
-def feature_key(cfg: TrainConfig, backbone: nn.Module, paths: Sequence[Path]) -> str:
-    """Hash of everything the cached features depend on (order of `paths` does not matter)."""
+def feature_key(cfg: TrainConfig, backbone: nn.Module, head: nn.Module, paths: Sequence[Path]) -> str:
+    """Hash of everything the cached features depend on (order of `paths` does not matter); `head` is the other
+    half of `models.split_for_features`, left out of the hash."""
     files = []
     for p in sorted(str(p) for p in paths):
         st = os.stat(p)
         files.append([p, st.st_size, st.st_mtime_ns])
     spec = {
-        "version": FEATURES_VERSION, "arch": cfg.arch, "weights": _weights_digest(backbone),
+        "version": FEATURES_VERSION, "arch": cfg.arch, "weights": _weights_digest(backbone, head),
         "image_size": cfg.image_size, "resize_size": cfg.resize_size, "normalization": cfg.normalization,
         "files": files,
     }
@@ -70,8 +77,8 @@ def feature_key(cfg: TrainConfig, backbone: nn.Module, paths: Sequence[Path]) ->
 
 @torch.no_grad()
 def cached_features(
-    cfg: TrainConfig, backbone: nn.Module, cache: ImageCache, cache_dir: Path, device: torch.device,
-    *, batch_size: int = 64, should_stop: Callable[[], bool] | None = None,
+    cfg: TrainConfig, backbone: nn.Module, head: nn.Module, cache: ImageCache, cache_dir: Path,
+    device: torch.device, *, batch_size: int = 64, should_stop: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[torch.Tensor, Path] | None:
     """(len(cache), D) float32 features of every cached image, in cache order, on `device`, and their file.
@@ -80,7 +87,7 @@ def cached_features(
     """
     folder = layout.features_dir(cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{feature_key(cfg, backbone, cache.paths)}.pt"
+    path = folder / f"{feature_key(cfg, backbone, head, cache.paths)}.pt"
     if path.is_file():
         stored = torch.load(path, map_location="cpu", weights_only=True)
         row = {p: i for i, p in enumerate(stored["paths"])}

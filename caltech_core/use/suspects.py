@@ -130,25 +130,20 @@ def _train_probs(store: Any, run_id: int, *, data_root: str | Path | None, folds
     from caltech_core.training.features import cached_features
 
     cfg = store.get_run(run_id).config
-    splits = Splits.from_config(cfg, root=data_root)
+    splits = Splits.from_config(cfg, root=data_root, home=store.home)
     own_weights = cfg.weights_path if cfg.pretrained else None  # the fast path's very features when it used them
     try:
         if own_weights is None:
             weights.fetch(cfg.arch)
-        # The feature cache's key hashes the backbone module's whole state, which for some architectures
-        # (EfficientNet-Lite) still holds the new head's random init: seeded as the engine seeds before building,
-        # a fast-path run's feature file is found again instead of recomputed.
-        with torch.random.fork_rng():
-            torch.manual_seed(cfg.seed)
-            model = models.build_model(cfg.arch, splits.num_classes, pretrained=True, weights_path=own_weights)
+        model = models.build_model(cfg.arch, splits.num_classes, pretrained=True, weights_path=own_weights)
     except models.WeightsUnavailableError as exc:
         raise SuspectsError(f"the training split's suspects need {cfg.arch}'s ImageNet weights: {exc}") from exc
-    backbone, _ = models.split_for_features(model, cfg.arch)
+    backbone, head = models.split_for_features(model, cfg.arch)
     # Over every split's images, as training caches them, so a fast-path run's feature file is found again.
     cache = ImageCache.build(splits.all_paths(), store.cache_dir, resize_size=cfg.resize_size)
     device = resolve_device(cfg.device)
     with torch.inference_mode():
-        features, _ = cached_features(cfg, backbone, cache, store.cache_dir, device, batch_size=64)
+        features, _ = cached_features(cfg, backbone, head, cache, store.cache_dir, device, batch_size=64)
     train = [s for s in splits.train if cache.index_of(s.path) is not None]
     rows = features[torch.tensor([cache.index_of(s.path) for s in train], dtype=torch.long)]
     labels = np.array([s.label for s in train], dtype=np.int64)
