@@ -11,7 +11,8 @@ from caltech_core.cli.progress import count_bar
 
 
 def register(sub: Any, parents: Parents) -> None:
-    p = sub.add_parser("suspects", parents=[parents.common, parents.rooted], help="suspected label errors of a run's split (cleanlab)",
+    p = sub.add_parser("suspects", parents=[parents.common, parents.rooted],
+                       help="suspected label errors of a run's split (cleanlab)",
                        description="Images whose given label a run's out-of-sample probabilities disagree with: "
                                    "validation/test from the run's own predictions, train from K-fold logistic "
                                    "regression on frozen features. Most suspect first.")
@@ -20,7 +21,7 @@ def register(sub: Any, parents: Parents) -> None:
     p.add_argument("--limit", type=int, default=20, metavar="N", help="suspects printed (default 20; --json: all)")
     p.add_argument("--refresh", action="store_true", help="compute again instead of reading the cached report")
     p.set_defaults(func=cmd_suspects)
-    p = sub.add_parser("retrain-fixes", parents=parents, help="train a run again with its dataset's marks",
+    p = sub.add_parser("retrain-fixes", parents=[parents.common, parents.rooted, parents.no_download], help="train a run again with its dataset's marks",
                        description="A new run with RUN's settings, trained in the foreground with the marks of "
                                    "its dataset (`data exclude|relabel`) applied to the training and validation "
                                    "splits; tagged 'fixes of #RUN'.")
