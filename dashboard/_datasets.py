@@ -193,7 +193,8 @@ def _numbers(report: dict[str, Any]) -> None:
 
 
 def _duplicates(report: dict[str, Any], dataset_id: str) -> None:
-    """Duplicate pairs of one kind, with thumbnails, and a button excluding the second file of each."""
+    """Duplicate pairs of one kind, with thumbnails, and a button excluding one file of each (the train/val copy
+    of a pair that leaks into test)."""
     kinds = {"train_test": "train/val vs test (leakage into the test score)", "label_conflict":
              "label conflicts (same picture, two classes)", "leakage": "across splits", "within_class":
              "within a class"}
@@ -215,7 +216,8 @@ def _duplicates(report: dict[str, Any], dataset_id: str) -> None:
                 else:
                     slot.caption(f"{Path(item['path']).name}: gone since the check")
     victims = health.paths_of(report, kind)
-    if st.button(f"Exclude the second file of each pair ({len(victims)} files)", key="exclude_dups",
+    if st.button(f"Exclude one file of each pair ({len(victims)} files; the training copy where one is in test)",
+                 key="exclude_dups",
                  icon=":material/block:"):
         overrides.mark(get_store().home, dataset_id, list(victims), overrides.EXCLUDE, reason=f"duplicate ({kind})")
         st.rerun()

@@ -300,3 +300,19 @@ def test_digits_written_as_png_folders_train_to_90_percent(tmp_path: Path) -> No
     assert run.test_acc >= 0.90, run.test_acc
     assert run.results["classes"] == [f"digit {d}" for d in range(10)]
     assert run.results["dataset"]["id"] == "digits" and run.results["dataset"]["kind"] == "folder"
+
+
+def test_excluding_duplicates_keeps_the_test_set_and_drops_the_training_copy() -> None:
+    """Marks apply to train/val unless a run asks for test too: of a pair leaking into test, the training copy
+    is the one to exclude; other pairs give their second file."""
+    def item(path: str, split: str) -> dict[str, str]:
+        return {"path": path, "label": "cat", "split": split}
+
+    report = {"exact": {"list": [{"a": item("t/1.jpg", "train"), "b": item("s/1.jpg", "test"),
+                                  "kinds": ["leakage", "train_test"]}]},
+              "near": {"list": [{"a": item("v/2.jpg", "val"), "b": item("s/2.jpg", "test"),
+                                 "kinds": ["leakage", "train_test"]},
+                                {"a": item("t/3.jpg", "train"), "b": item("t/4.jpg", "train"),
+                                 "kinds": ["within_class"]}]}}
+    assert health.paths_of(report, "train_test") == ["t/1.jpg", "v/2.jpg"]
+    assert health.paths_of(report, "within_class") == ["t/4.jpg"]

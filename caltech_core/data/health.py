@@ -228,8 +228,14 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
 
 
 def paths_of(report: dict[str, Any], kind: str) -> Sequence[str]:
-    """Paths a person may want to exclude: the second file of each exact or near pair of `kind`."""
-    return sorted({p["b"]["path"] for sec in ("exact", "near") for p in report[sec]["list"] if kind in p["kinds"]})
+    """Paths a person may want to exclude: one file of each exact or near pair of `kind`, never a test image when
+    the other is not (marks apply to train/val only unless a run asks for them on test; the test set stays as it
+    is and the leaked training copy goes), else the second file."""
+    def victim(pair: dict[str, Any]) -> str:
+        a, b = pair["a"], pair["b"]
+        return a["path"] if b["split"] == "test" and a["split"] != "test" else b["path"]
+
+    return sorted({victim(p) for sec in ("exact", "near") for p in report[sec]["list"] if kind in p["kinds"]})
 
 
 def dataset_splits(home: Path, text: str, root: str | Path | None = None) -> Splits:
