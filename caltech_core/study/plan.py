@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -298,7 +299,11 @@ def probe_estimator(
             if log is not None:
                 log(f"timing {cfg.arch} ({cfg.train} layers) at {cfg.image_size or 'its native'} px, "
                     f"batch {cfg.batch_size}…")
-            measured[key] = estimate_epoch_seconds(replace(cfg, device=device), data_root, cache_dir=cache)
+            # On a worker thread, where the thread backend trains: the main thread's CPU heap is faster
+            # (training/speed.reuse_freed_memory), so a probe there would promise the thread backend too much.
+            with ThreadPoolExecutor(1) as worker:
+                measured[key] = worker.submit(estimate_epoch_seconds, replace(cfg, device=device), data_root,
+                                              cache_dir=cache).result()
         probe = measured[key]
         train, val = split_size(cfg)
         epoch = probe.seconds_per_train_image * train + probe.seconds_per_eval_image * val

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -70,7 +71,8 @@ def choose(cfg: TrainConfig, device: torch.device) -> SpeedMode:
 
 
 def prepare(model: nn.Module, mode: SpeedMode, device: torch.device) -> None:
-    """Put the model's weights in the mode's memory format (in place); on the CPU, keep freed memory."""
+    """Put the model's weights in the mode's memory format (in place); on the CPU, keep freed memory (on the main
+    thread: the engine's runs and the time estimate alike)."""
     if mode.channels_last:
         model.to(memory_format=torch.channels_last)
     if device.type == "cpu":
@@ -81,7 +83,10 @@ def prepare(model: nn.Module, mode: SpeedMode, device: torch.device) -> None:
 # kernel hands out and zeroes fresh pages for the big gradients again (AlexNet's fc6 gradient alone is 151 MB):
 # the reduced protocol spent more CPU time in the kernel (954 s) than in PyTorch (840 s). Served from the heap
 # and kept there when freed, the next step reuses them: bench/cpu_heap.py, docs/benchmarks.md ("The CPU heap").
-# `train` gives the memory back when the run ends (`release_freed_memory`).
+# `train` gives the memory back when the run ends (`release_freed_memory`). Only the main thread's allocations
+# come from that heap: glibc maps a worker thread's blocks over 64 MB on their own whatever is set (measured:
+# the same 442,000 page faults in 3 steps either way), so the thread backend's runs do not gain (the study
+# planner times its probe on a worker thread for that reason: study/plan.probe_estimator).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt's parameter numbers (malloc.h)
 
 
@@ -96,10 +101,15 @@ def _glibc() -> Any:
     return libc
 
 
-@functools.cache
 def reuse_freed_memory() -> bool:
-    """Have glibc's malloc serve large blocks from its heap and never trim it (process-wide, applied once).
-    False, and nothing changed, without glibc."""
+    """On the main thread (the CLI's foreground runs, a Ray worker's task): have glibc's malloc serve large blocks
+    from its heap and never trim it (process-wide, applied once). False, and nothing changed, on another thread
+    (where it would not help) or without glibc."""
+    return threading.current_thread() is threading.main_thread() and _keep_heap()
+
+
+@functools.cache
+def _keep_heap() -> bool:
     libc = _glibc()
     # A trim threshold of -1 turns trimming off: a free top of the heap (a step's gradients) stays for the next step.
     return libc is not None and bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, -1))
