@@ -133,3 +133,22 @@ def choose(page, label: str, option: str) -> None:
             continue
     expect(box.get_by_role("combobox")).to_have_value(option)
     settle(page)
+
+
+def add_choice(page, label: str, option: str) -> None:
+    """Add `option` to the multiselect labelled `label`, until its chip shows: a click on the dropdown's option
+    can be lost when a rerun redraws the page in between (seen on a busy machine)."""
+    box = page.locator("[data-testid='stMultiSelect']").filter(has_text=label)
+    chip = box.get_by_text(option, exact=True)
+    for _ in range(5):
+        settle(page)
+        if chip.count():
+            break
+        box.click()
+        try:
+            page.get_by_role("option", name=option).click(timeout=10_000)
+        except PlaywrightTimeout:
+            continue
+        page.keyboard.press("Escape")
+    expect(chip).to_be_visible()
+    settle(page)

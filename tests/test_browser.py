@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from browser_kit import healthy, open_expander, set_number, settle, shot, start_server, stop_server, tick
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from caltech_core.config import TrainConfig
 from caltech_core.runs.store import RunStore
@@ -262,10 +263,19 @@ def test_tag_clone_retry_and_delete_runs(server, page, wait_until) -> None:
     assert run.tags == ("baseline",) and run.note == "the reference run"
     shot(page, "manage-run")
 
-    # Clone it into the Train form.
-    open_expander(page, "Manage this run")
-    page.get_by_role("button", name=re.compile("Load settings into the Train form")).click()
-    page.get_by_text(re.compile("Settings loaded from a run")).wait_for()
+    # Clone it into the Train form (the click is repeated if a rerun of the Monitor page swallowed it).
+    loaded = page.get_by_text(re.compile("Settings loaded from a run"))
+    for _ in range(3):
+        if loaded.count():
+            break
+        settle(page)
+        open_expander(page, "Manage this run")
+        try:
+            page.get_by_role("button", name=re.compile("Load settings into the Train form")).click(timeout=10_000)
+            loaded.wait_for(timeout=20_000)
+        except PlaywrightTimeout:
+            continue
+    loaded.wait_for()
     settle(page)
     # Retried until drawn: under heavy load the number box once read 0.00000 for a moment after the page settled.
     from playwright.sync_api import expect

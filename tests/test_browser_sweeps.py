@@ -4,7 +4,7 @@ Sweeps page with it selected, watch its trials arrive in the table and the paral
 from __future__ import annotations
 
 import pytest
-from browser_kit import open_expander, set_number, settle, shot
+from browser_kit import add_choice, choose, open_expander, set_number, settle, shot
 from playwright.sync_api import expect
 
 pytestmark = pytest.mark.browser
@@ -14,17 +14,12 @@ def test_build_a_sweep_on_the_train_page_and_watch_its_trials(server, page) -> N
     url, _home = server
     page.goto(f"{url}/train")
     settle(page)
-    page.locator("[data-testid='stSelectbox']").filter(has_text="Architecture").click()
-    page.get_by_role("option", name="MobileNetV3-Small").click()
-    settle(page)
+    choose(page, "Architecture", "MobileNetV3-Small")
     for label, value in (("Image size (crop, px)", 64), ("Max images per class (0 = all)", 4), ("Batch size", 8),
                          ("Epochs", 1)):
         set_number(page, label, value)
     open_expander(page, "Sweep: vary some of these settings")
-    page.locator("[data-testid='stMultiSelect']").filter(has_text="Settings to vary").click()
-    page.get_by_role("option", name="Learning rate").click()
-    page.keyboard.press("Escape")
-    settle(page)
+    add_choice(page, "Settings to vary", "Learning rate")
     values = page.get_by_label("Values (comma-separated)")
     values.fill("0.001, 0.003")
     values.press("Enter")
