@@ -232,6 +232,23 @@ def test_clicking_a_confusion_cell_opens_its_images(browser, mini_root: Path, fi
         stop_server(proc)
 
 
+def _load_into_train_form(page, button: str) -> None:
+    """Click the Monitor page's `button` (in "Manage this run") until the Train form says it has a run's
+    settings: on a busy machine a rerun of the Monitor page swallowed the click (twice on clean clones)."""
+    loaded = page.get_by_text(re.compile("Settings loaded from a run"))
+    for _ in range(3):
+        if loaded.count():
+            break
+        settle(page)
+        open_expander(page, "Manage this run")
+        try:
+            page.get_by_role("button", name=re.compile(button)).click(timeout=10_000)
+            loaded.wait_for(timeout=20_000)
+        except PlaywrightTimeout:
+            continue
+    loaded.wait_for()
+
+
 def test_tag_clone_retry_and_delete_runs(server, page, wait_until) -> None:
     url, home = server
     store = RunStore(home)
@@ -263,19 +280,8 @@ def test_tag_clone_retry_and_delete_runs(server, page, wait_until) -> None:
     assert run.tags == ("baseline",) and run.note == "the reference run"
     shot(page, "manage-run")
 
-    # Clone it into the Train form (the click is repeated if a rerun of the Monitor page swallowed it).
-    loaded = page.get_by_text(re.compile("Settings loaded from a run"))
-    for _ in range(3):
-        if loaded.count():
-            break
-        settle(page)
-        open_expander(page, "Manage this run")
-        try:
-            page.get_by_role("button", name=re.compile("Load settings into the Train form")).click(timeout=10_000)
-            loaded.wait_for(timeout=20_000)
-        except PlaywrightTimeout:
-            continue
-    loaded.wait_for()
+    # Clone it into the Train form.
+    _load_into_train_form(page, "Load settings into the Train form")
     settle(page)
     # Retried until drawn: under heavy load the number box once read 0.00000 for a moment after the page settled.
     from playwright.sync_api import expect
@@ -286,9 +292,7 @@ def test_tag_clone_retry_and_delete_runs(server, page, wait_until) -> None:
     # Retry the diverged run with a lower learning rate.
     page.goto(f"{url}/monitor?run={ids['journey fast']}")
     settle(page)
-    open_expander(page, "Manage this run")
-    page.get_by_role("button", name=re.compile("Retry this diverged run")).click()
-    page.get_by_text(re.compile("Settings loaded from a run")).wait_for()
+    _load_into_train_form(page, "Retry this diverged run")
     settle(page)
     set_number(page, "Learning rate", 0.01)
     page.get_by_role("button", name=re.compile("Queue run")).click()
