@@ -62,7 +62,8 @@ def differing_fields(run_cfg: TrainConfig, member: TrainConfig) -> list[str]:
 
 
 def matches(run: RunRecord, preset: Preset, member: TrainConfig) -> bool:
-    """Does `run` count for `member` of `preset`? (Same defining config, or same group and varied fields.)"""
+    """Does `run` count for `member` of `preset`? (Same defining config, or it at the reduced scale, or same group
+    and varied fields.)"""
     if run.config.dataset != member.dataset:
         return False  # the study is Caltech-101's: a run on another dataset never counts, whatever its group
     if not differing_fields(run.config, member) or not differing_fields(run.config, member.replace(**REDUCED_CHANGES)):
