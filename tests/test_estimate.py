@@ -34,38 +34,53 @@ def cpu_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.set_num_threads(threads)
 
 
+ROUNDS = 3  # estimate and run, interleaved; the fastest of each is compared (see below)
+
+
 @pytest.mark.parametrize("fast_path", [False, True], ids=["full-training", "fast-path"])
 def test_estimate_within_a_quarter_of_the_real_epochs(
     fast_path: bool, cpu_clock: None, tiny_config, caltech_root: Path, tmp_path: Path
 ) -> None:
+    """Even CPU time grows when the other test process and a browser share the two cores (a fast-path guess
+    of 0.37 s against a real 0.29 s once failed a CI run; alone both are about 0.2 s), and contention only ever
+    adds time, so the fastest of three interleaved estimates is compared with the fastest of three runs."""
     changes = {"train": "fc", "augment": [], "lr": 0.01} if fast_path else {}
     cfg = tiny_config(epochs=3, class_names=CLASSES, max_per_class=40, **changes)
     splits = Splits.from_config(cfg, caltech_root)
-    cache = tmp_path / "cache"
-    estimate = estimate_epoch_seconds(cfg, caltech_root, cache_dir=cache, splits=splits)
-    assert estimate.fast_path is fast_path and estimate.speed == "eager fp32"
-    assert (estimate.train_images, estimate.val_images) == (len(splits.train), len(splits.val))
+    guesses, reals = [], []
+    for round_ in range(ROUNDS):
+        cache = tmp_path / f"cache{round_}"  # the run keeps its features there: a second run would reuse them
+        estimate = estimate_epoch_seconds(cfg, caltech_root, cache_dir=cache, splits=splits)
+        assert estimate.fast_path is fast_path and estimate.speed == "eager fp32"
+        assert (estimate.train_images, estimate.val_images) == (len(splits.train), len(splits.val))
+        assert estimate.run_seconds >= estimate.setup_seconds + cfg.epochs * estimate.epoch_seconds
 
-    first, last = {}, {}  # each phase's first and last progress call, on the CPU clock
+        result, first, last = _train_timing_phases(cfg, splits, tmp_path / f"run{round_}", cache)
+        assert result.status == "finished", result.error
+        assert result.fast_path is fast_path and result.speed == estimate.speed
+        epochs = [m.seconds for m in result.epochs]
+        if not fast_path:
+            guesses.append(estimate.epoch_seconds)
+            reals.append(statistics.median(epochs))
+        else:  # epochs of milliseconds after the features: the run's time is the features, paid once
+            guesses.append(estimate.feature_seconds + cfg.epochs * estimate.epoch_seconds)
+            reals.append(first[Phase.TRAINING] - last[Phase.CACHING] + sum(epochs))
+            assert estimate.seconds_per_feature_image is not None and estimate.feature_seconds > sum(epochs)
+    guess, real = min(guesses), min(reals)
+    assert abs(guess - real) <= TOLERANCE * real, (guesses, reals)
+
+
+def _train_timing_phases(cfg, splits: Splits, workdir: Path, cache: Path) -> tuple:
+    """engine.train's result, and each phase's first and last progress call on the CPU clock."""
+    first: dict[Phase, float] = {}
+    last: dict[Phase, float] = {}
 
     def on_phase(phase: Phase, _done: int, _total: int) -> None:
         first.setdefault(phase, time.thread_time())
         last[phase] = time.thread_time()
 
-    callbacks = engine.Callbacks(on_phase=on_phase)
-    result = engine.train(cfg, splits, callbacks, workdir=tmp_path / "run", cache_dir=cache)
-    assert result.status == "finished", result.error
-    assert result.fast_path is fast_path and result.speed == estimate.speed
-    epochs = [m.seconds for m in result.epochs]
-    if not fast_path:
-        real = statistics.median(epochs)
-        assert abs(estimate.epoch_seconds - real) <= TOLERANCE * real, (estimate, epochs)
-    else:  # epochs of milliseconds after the features: the run's time is the features, paid once
-        real = first[Phase.TRAINING] - last[Phase.CACHING] + sum(epochs)
-        guess = estimate.feature_seconds + cfg.epochs * estimate.epoch_seconds
-        assert abs(guess - real) <= TOLERANCE * real, (estimate, real, epochs)
-        assert estimate.seconds_per_feature_image is not None and estimate.feature_seconds > sum(epochs)
-    assert estimate.run_seconds >= estimate.setup_seconds + cfg.epochs * estimate.epoch_seconds
+    result = engine.train(cfg, splits, engine.Callbacks(on_phase=on_phase), workdir=workdir, cache_dir=cache)
+    return result, first, last
 
 
 def test_a_split_without_training_images_is_refused(tiny_config, caltech_root: Path, tmp_path: Path) -> None:
