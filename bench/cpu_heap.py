@@ -1,12 +1,16 @@
 """CPU training with glibc's default heap against `speed.reuse_freed_memory`, side by side in one run.
 
 The setting is process-wide, so every measurement is its own process: the same from-scratch network, SGD with
-momentum and weight decay as the study's, on one random batch; `--rounds` ABAB rounds (default, then reused
-heap) so that a busy machine slows both alike; the median of the rounds reported, with the kernel (system) CPU
-seconds and the page faults of the timed steps, and the peak memory.
+momentum and weight decay as the study's, on one random batch; `--rounds` rounds taking turns (default, then
+reused heap) so that a busy machine slows both alike; the median of the rounds reported, with the kernel
+(system) CPU seconds and the page faults of the timed steps, and the peak memory. `--today` adds a third
+setup per round: what the engine does on this CPU now, i.e. the speed mode `speed.choose` picks for the
+architecture (channels_last + bf16 autocast where it pays) on the reused heap, so "today / default" is the whole
+gain over the engine before either change, measured in one run.
 
     .venv/bin/python bench/cpu_heap.py                      # alexnet 10x64 (the reduced protocol), 64x224, resnet18 32x224
     .venv/bin/python bench/cpu_heap.py --cases alexnet:10x64 --rounds 3
+    .venv/bin/python bench/cpu_heap.py --cases alexnet:256x224,resnet18:64x224 --today --steps 4   # the study's batches
 """
 
 from __future__ import annotations
@@ -22,25 +26,38 @@ import time
 CASES = ("alexnet:10x64", "alexnet:64x224", "resnet18:32x224")
 
 
-def measure(case: str, reuse: bool, steps: int) -> dict[str, float]:
+SETUPS = ("default", "reused", "today")  # glibc's heap; the reused heap; the engine's speed mode + reused heap
+
+
+def measure(case: str, setup: str, steps: int) -> dict[str, float]:
     """Train `steps` steps of `case` (arch:BATCHxSIZE) in this process; images/s, system seconds, faults."""
     import torch
 
+    from caltech_core.config import TrainConfig
     from caltech_core.nets.models import build_model
     from caltech_core.training import speed
 
-    if reuse:
-        assert speed.reuse_freed_memory(), "no glibc mallopt here"
     arch, shape = case.split(":")
     batch, size = map(int, shape.split("x"))
+    cpu = torch.device("cpu")
+    mode = speed.choose(TrainConfig(arch=arch, image_size=size), cpu) if setup == "today" else speed.EAGER
     torch.manual_seed(0)
     net = build_model(arch, 101, pretrained=False)
+    if setup == "default":
+        net.train()
+    else:
+        speed.prepare(net, mode, cpu)  # the engine's set-up: memory format, and the reused heap
+        assert speed.reuse_freed_memory(), "no glibc mallopt here"
     optimizer = torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.9, weight_decay=5e-4)
     x, y = torch.randn(batch, 3, size, size), torch.randint(0, 101, (batch,))
+    if mode.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(net(x), y).backward()
+        with speed.cpu_autocast(cpu, mode):
+            loss = torch.nn.functional.cross_entropy(net(x).float(), y)
+        loss.backward()
         optimizer.step()
 
     for _ in range(3):  # warm-up: oneDNN primitives, the optimizer's momentum buffers
@@ -49,13 +66,13 @@ def measure(case: str, reuse: bool, steps: int) -> dict[str, float]:
     for _ in range(steps):
         step()
     seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
-    return {"images_per_s": steps * batch / seconds, "system_s": after.ru_stime - before.ru_stime,
+    return {"mode": mode.label, "images_per_s": steps * batch / seconds, "system_s": after.ru_stime - before.ru_stime,
             "user_s": after.ru_utime - before.ru_utime, "faults": after.ru_minflt - before.ru_minflt,
             "peak_mb": after.ru_maxrss / 1024}
 
 
-def in_process(case: str, reuse: bool, steps: int) -> dict[str, float]:
-    out = subprocess.run([sys.executable, __file__, "--one", case, "--steps", str(steps)] + (["--reuse"] if reuse else []),
+def in_process(case: str, setup: str, steps: int) -> dict[str, float]:
+    out = subprocess.run([sys.executable, __file__, "--one", case, "--setup", setup, "--steps", str(steps)],
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out.splitlines()[-1])
 
@@ -65,29 +82,33 @@ def main() -> None:
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--today", action="store_true", help="also the engine's speed mode on the reused heap")
     parser.add_argument("--one", help=argparse.SUPPRESS)
-    parser.add_argument("--reuse", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--setup", choices=SETUPS, default="default", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one, args.reuse, args.steps)))
+        print(json.dumps(measure(args.one, args.setup, args.steps)))
         return
+    setups = SETUPS if args.today else SETUPS[:2]
 
     from machine import cpu_flags, describe
 
     print(describe("cpu"), "|", cpu_flags())
-    print(f"{'case':<18} {'heap':<8} {'img/s':>7} {'sys s':>6} {'user s':>6} {'faults':>9} {'peak MB':>8}")
+    print(f"{'case':<18} {'heap':<8} {'mode':<28} {'img/s':>7} {'sys s':>6} {'user s':>6} {'faults':>9} {'peak MB':>8}")
     for case in args.cases.split(","):
-        runs: dict[bool, list[dict[str, float]]] = {False: [], True: []}
+        runs: dict[str, list[dict]] = {setup: [] for setup in setups}
         for _ in range(args.rounds):
-            for reuse in (False, True):
-                runs[reuse].append(in_process(case, reuse, args.steps))
-        for reuse in (False, True):
-            med = {k: statistics.median(r[k] for r in runs[reuse]) for k in runs[reuse][0]}
-            print(f"{case:<18} {'reused' if reuse else 'default':<8} {med['images_per_s']:7.1f} {med['system_s']:6.1f} "
-                  f"{med['user_s']:6.1f} {med['faults']:9.0f} {med['peak_mb']:8.0f}")
-        ratios = [b["images_per_s"] / a["images_per_s"] for a, b in zip(runs[False], runs[True], strict=True)]
-        print(f"{case:<18} reused / default: {statistics.median(ratios):.2f}x (rounds: "
-              f"{', '.join(f'{r:.2f}' for r in ratios)})")
+            for setup in setups:
+                runs[setup].append(in_process(case, setup, args.steps))
+        for setup in setups:
+            med = {k: statistics.median(r[k] for r in runs[setup]) for k in runs[setup][0] if k != "mode"}
+            heap = "default" if setup == "default" else "reused"
+            print(f"{case:<18} {heap:<8} {runs[setup][0]['mode']:<28} {med['images_per_s']:7.1f} "
+                  f"{med['system_s']:6.1f} {med['user_s']:6.1f} {med['faults']:9.0f} {med['peak_mb']:8.0f}")
+        for setup in setups[1:]:
+            ratios = [b["images_per_s"] / a["images_per_s"] for a, b in zip(runs["default"], runs[setup], strict=True)]
+            print(f"{case:<18} {setup} / default: {statistics.median(ratios):.2f}x (rounds: "
+                  f"{', '.join(f'{r:.2f}' for r in ratios)})")
 
 
 if __name__ == "__main__":
