@@ -3,14 +3,19 @@
 The setting is process-wide, so every measurement is its own process: the same from-scratch network, SGD with
 momentum and weight decay as the study's, on one random batch; `--rounds` rounds taking turns (default, then
 reused heap) so that a busy machine slows both alike; the median of the rounds reported, with the kernel
-(system) CPU seconds and the page faults of the timed steps, and the peak memory. `--today` adds a third
-setup per round: what the engine does on this CPU now, i.e. the speed mode `speed.choose` picks for the
-architecture (channels_last + bf16 autocast where it pays) on the reused heap, so "today / default" is the whole
-gain over the engine before either change, measured in one run.
+(system) CPU seconds and the page faults of the timed steps, and the peak memory. `--setups` chooses among:
+
+- default: eager fp32 on glibc's default heap (the engine before the speed modes and the heap setting);
+- reused:  eager fp32 on the reused heap;
+- today:   what the engine does now on the main thread (the CLI's foreground runs, Ray workers): the speed
+           mode `speed.choose` picks for the architecture (channels_last + bf16 autocast where it pays) on the
+           reused heap;
+- thread:  what the engine does now on a worker thread (the dashboard's and `reproduce`'s thread backend):
+           the same speed mode, steps on a worker thread, where the heap setting does not apply.
 
     .venv/bin/python bench/cpu_heap.py                      # alexnet 10x64 (the reduced protocol), 64x224, resnet18 32x224
     .venv/bin/python bench/cpu_heap.py --cases alexnet:10x64 --rounds 3
-    .venv/bin/python bench/cpu_heap.py --cases alexnet:256x224,resnet18:64x224 --today --steps 4   # the study's batches
+    .venv/bin/python bench/cpu_heap.py --cases alexnet:256x224,resnet18:64x224 --setups default,today,thread --steps 4
 """
 
 from __future__ import annotations
@@ -22,15 +27,23 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 CASES = ("alexnet:10x64", "alexnet:64x224", "resnet18:32x224")
 
 
-SETUPS = ("default", "reused", "today")  # glibc's heap; the reused heap; the engine's speed mode + reused heap
+SETUPS = ("default", "reused", "today", "thread")
 
 
 def measure(case: str, setup: str, steps: int) -> dict[str, float]:
     """Train `steps` steps of `case` (arch:BATCHxSIZE) in this process; images/s, system seconds, faults."""
+    if setup == "thread":
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(_measure, case, setup, steps).result()
+    return _measure(case, setup, steps)
+
+
+def _measure(case: str, setup: str, steps: int) -> dict[str, float]:
     import torch
 
     from caltech_core.config import TrainConfig
@@ -40,14 +53,14 @@ def measure(case: str, setup: str, steps: int) -> dict[str, float]:
     arch, shape = case.split(":")
     batch, size = map(int, shape.split("x"))
     cpu = torch.device("cpu")
-    mode = speed.choose(TrainConfig(arch=arch, image_size=size), cpu) if setup == "today" else speed.EAGER
+    mode = speed.choose(TrainConfig(arch=arch, image_size=size), cpu) if setup in ("today", "thread") else speed.EAGER
     torch.manual_seed(0)
     net = build_model(arch, 101, pretrained=False)
     if setup == "default":
         net.train()
     else:
-        speed.prepare(net, mode, cpu)  # the engine's set-up: memory format, and the reused heap
-        assert speed.reuse_freed_memory(), "no glibc mallopt here"
+        speed.prepare(net, mode, cpu)  # the engine's set-up: memory format, and the reused heap (main thread)
+        assert speed.reuse_freed_memory() is (setup != "thread"), "no glibc mallopt here"
     optimizer = torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.9, weight_decay=5e-4)
     x, y = torch.randn(batch, 3, size, size), torch.randint(0, 101, (batch,))
     if mode.channels_last:
@@ -82,14 +95,16 @@ def main() -> None:
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=15)
-    parser.add_argument("--today", action="store_true", help="also the engine's speed mode on the reused heap")
+    parser.add_argument("--setups", default="default,reused", help=f"comma-separated, the first is the baseline: {', '.join(SETUPS)}")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--setup", choices=SETUPS, default="default", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args.one, args.setup, args.steps)))
         return
-    setups = SETUPS if args.today else SETUPS[:2]
+    setups = args.setups.split(",")
+    if unknown := set(setups) - set(SETUPS):
+        parser.error(f"unknown setups {sorted(unknown)}; choose from {', '.join(SETUPS)}")
 
     from machine import cpu_flags, describe
 
@@ -102,12 +117,12 @@ def main() -> None:
                 runs[setup].append(in_process(case, setup, args.steps))
         for setup in setups:
             med = {k: statistics.median(r[k] for r in runs[setup]) for k in runs[setup][0] if k != "mode"}
-            heap = "default" if setup == "default" else "reused"
+            heap = {"reused": "reused", "today": "reused", "thread": "thread's"}.get(setup, "default")
             print(f"{case:<18} {heap:<8} {runs[setup][0]['mode']:<28} {med['images_per_s']:7.1f} "
                   f"{med['system_s']:6.1f} {med['user_s']:6.1f} {med['faults']:9.0f} {med['peak_mb']:8.0f}")
         for setup in setups[1:]:
-            ratios = [b["images_per_s"] / a["images_per_s"] for a, b in zip(runs["default"], runs[setup], strict=True)]
-            print(f"{case:<18} {setup} / default: {statistics.median(ratios):.2f}x (rounds: "
+            ratios = [b["images_per_s"] / a["images_per_s"] for a, b in zip(runs[setups[0]], runs[setup], strict=True)]
+            print(f"{case:<18} {setup} / {setups[0]}: {statistics.median(ratios):.2f}x (rounds: "
                   f"{', '.join(f'{r:.2f}' for r in ratios)})")
 
 
