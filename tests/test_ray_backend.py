@@ -25,6 +25,7 @@ from caltech_core.runs.manager import get_manager
 from caltech_core.runs.raybackend import RayJobManager
 from caltech_core.runs.store import RunStore
 from caltech_core.runs.threads import ThreadJobManager
+from caltech_core.status import RunStatus
 from caltech_core.training import engine
 
 REPO = Path(__file__).resolve().parent.parent
@@ -124,6 +125,40 @@ def test_cancel_a_waiting_and_a_running_remote_run(
     assert manager.wait(timeout=300)
     assert store.get_run(waiting).status == "cancelled" and store.get_run(waiting).started is None
     assert store.epochs(waiting) == [] and manager.cancel(long) is False
+    manager.shutdown(wait=True)
+
+
+def test_a_writing_run_keeps_its_cpus_from_a_waiting_task(
+    cluster: Any, tmp_path: Path, mini_root: Path, tiny: Callable[..., TrainConfig],
+    wait_until: Callable[..., None],
+) -> None:
+    """Ray lends a task's CPUs to the scheduler while the task is blocked in `ray.get` or `ray.wait`: a run that
+    waited so for its writes' receipts let a task queued for the cluster's 2 CPUs start beside it."""
+    seconds = 6.0  # far longer than a Ray worker takes to start a task it was granted
+
+    def chatty(cfg: TrainConfig, splits: Any, callbacks: engine.Callbacks, **_: Any) -> engine.RunResult:
+        """Batch rows as fast as it can (the tracker writes every 20) for `seconds`, polling the cancel flag."""
+        start, batch = time.monotonic(), 0
+        while time.monotonic() - start < seconds:
+            batch += 1
+            callbacks.on_batch(1, batch, 10**9, 0.5)
+            callbacks.should_stop()
+        return engine.RunResult(status=RunStatus.FINISHED, error=f"{batch} {time.time()}")  # rows, end
+
+    def probe() -> float:
+        return time.time()
+
+    store = RunStore(tmp_path / "home")
+    manager = RayJobManager(store, LOCAL_CLUSTER, data_root=mini_root, runner=chatty, cpus_per_run=2)
+    run_id = manager.submit(tiny(name="writer"))
+    wait_until(lambda: manager.running() == [run_id] or not manager.queued())
+    waiting = cluster.remote(probe).options(num_cpus=2, num_gpus=1).remote()  # e.g. another driver's run
+    assert manager.wait(timeout=300)
+    run, started = store.get_run(run_id), cluster.get(waiting, timeout=300)
+    rows, ended = int(run.error.split()[0]), float(run.error.split()[1])
+    assert run.status == "finished" and started >= ended, f"the task started {ended - started:.1f} s before the run ended"
+    assert rows > 20 * 100  # it wrote all the while: over 100 writes
+    assert batch_pairs(store, run_id) == [(1, n) for n in range(1, rows + 1)]  # in order, each once
     manager.shutdown(wait=True)
 
 
