@@ -107,6 +107,7 @@ class RemoteStore:
 
     Ray runs one caller's calls on an actor in the order they were made (the sink is a synchronous actor without
     task retries), so the sink numbers the writes in their order; at most `UNCONFIRMED_WRITES` await a receipt.
+    A killed worker loses only writes made after its last checkpoint's, which a resume truncates and trains again.
     """
 
     def __init__(self, sink: Any, record: RunRecord, home: str | Path) -> None:
