@@ -1,7 +1,7 @@
 """The Ray backend on a local Ray cluster started once for this module (2 CPUs, 2 fake GPUs, 127.0.0.1): runs side by
-side with every row once, cancel, a killed worker then resume with identical curves, a worker without the dataset,
-a dead driver's rows drained by the next one, the backend choice, and a sweep's trials side by side on a registered
-folder dataset."""
+side with every row once, cancel, a writing run keeping its CPUs from a waiting task, a killed worker then resume
+with identical curves, a worker without the dataset, a dead driver's rows drained by the next one, the backend
+choice, and a sweep's trials side by side on a registered folder dataset."""
 
 from __future__ import annotations
 
@@ -143,7 +143,8 @@ def test_a_writing_run_keeps_its_cpus_from_a_waiting_task(
             batch += 1
             callbacks.on_batch(1, batch, 10**9, 0.5)
             callbacks.should_stop()
-        return engine.RunResult(status=RunStatus.FINISHED, error=f"{batch} {time.time()}")  # rows, end
+        (tmp_path / "writer.txt").write_text(f"{batch} {time.time()}")  # rows written, when the runner ended
+        return engine.RunResult(status=RunStatus.FINISHED)
 
     def probe() -> float:
         return time.time()
@@ -155,10 +156,11 @@ def test_a_writing_run_keeps_its_cpus_from_a_waiting_task(
     waiting = cluster.remote(probe).options(num_cpus=2, num_gpus=1).remote()  # e.g. another driver's run
     assert manager.wait(timeout=300)
     run, started = store.get_run(run_id), cluster.get(waiting, timeout=300)
-    rows, ended = int(run.error.split()[0]), float(run.error.split()[1])
-    assert run.status == "finished" and started >= ended, f"the task started {ended - started:.1f} s before the run ended"
+    assert run.status == "finished", run.error
+    rows, ended = (float(x) for x in (tmp_path / "writer.txt").read_text().split())
+    assert started >= ended, f"the waiting task started {ended - started:.1f} s before the run ended"
     assert rows > 20 * 100  # it wrote all the while: over 100 writes
-    assert batch_pairs(store, run_id) == [(1, n) for n in range(1, rows + 1)]  # in order, each once
+    assert batch_pairs(store, run_id) == [(1, n) for n in range(1, int(rows) + 1)]  # in order, each once
     manager.shutdown(wait=True)
 
 
