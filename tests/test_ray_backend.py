@@ -1,7 +1,7 @@
 """The Ray backend on a local Ray cluster started once for this module (2 CPUs, 2 fake GPUs, 127.0.0.1): runs side by
-side with every row once, cancel, a killed worker then resume with identical curves, a worker without the dataset,
-a dead driver's rows drained by the next one, the backend choice, and a sweep's trials side by side on a registered
-folder dataset."""
+side with every row once, cancel, a writing run keeping its CPUs from a waiting task, a killed worker then resume
+with identical curves, a worker without the dataset, a dead driver's rows drained by the next one, the backend
+choice, and a sweep's trials side by side on a registered folder dataset."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from caltech_core.runs.manager import get_manager
 from caltech_core.runs.raybackend import RayJobManager
 from caltech_core.runs.store import RunStore
 from caltech_core.runs.threads import ThreadJobManager
+from caltech_core.status import RunStatus
 from caltech_core.training import engine
 
 REPO = Path(__file__).resolve().parent.parent
@@ -124,6 +125,42 @@ def test_cancel_a_waiting_and_a_running_remote_run(
     assert manager.wait(timeout=300)
     assert store.get_run(waiting).status == "cancelled" and store.get_run(waiting).started is None
     assert store.epochs(waiting) == [] and manager.cancel(long) is False
+    manager.shutdown(wait=True)
+
+
+def test_a_writing_run_keeps_its_cpus_from_a_waiting_task(
+    cluster: Any, tmp_path: Path, mini_root: Path, tiny: Callable[..., TrainConfig],
+    wait_until: Callable[..., None],
+) -> None:
+    """Ray lends a task's CPUs to the scheduler while the task is blocked in `ray.get` or `ray.wait`: a run that
+    waited so for its writes' receipts let a task queued for the cluster's 2 CPUs start beside it."""
+    seconds = 6.0  # far longer than a Ray worker takes to start a task it was granted
+
+    def chatty(cfg: TrainConfig, splits: Any, callbacks: engine.Callbacks, **_: Any) -> engine.RunResult:
+        """Batch rows as fast as it can (the tracker writes every 20) for `seconds`, polling the cancel flag."""
+        start, batch = time.monotonic(), 0
+        while time.monotonic() - start < seconds:
+            batch += 1
+            callbacks.on_batch(1, batch, 10**9, 0.5)
+            callbacks.should_stop()
+        (tmp_path / "writer.txt").write_text(f"{batch} {time.time()}")  # rows written, when the runner ended
+        return engine.RunResult(status=RunStatus.FINISHED)
+
+    def probe() -> float:
+        return time.time()
+
+    store = RunStore(tmp_path / "home")
+    manager = RayJobManager(store, LOCAL_CLUSTER, data_root=mini_root, runner=chatty, cpus_per_run=2)
+    run_id = manager.submit(tiny(name="writer"))
+    wait_until(lambda: manager.running() == [run_id] or not manager.queued())
+    waiting = cluster.remote(probe).options(num_cpus=2, num_gpus=1).remote()  # e.g. another driver's run
+    assert manager.wait(timeout=300)
+    run, started = store.get_run(run_id), cluster.get(waiting, timeout=300)
+    assert run.status == "finished", run.error
+    rows, ended = (float(x) for x in (tmp_path / "writer.txt").read_text().split())
+    assert started >= ended, f"the waiting task started {ended - started:.1f} s before the run ended"
+    assert rows > 20 * 100  # it wrote all the while: over 100 writes
+    assert batch_pairs(store, run_id) == [(1, n) for n in range(1, int(rows) + 1)]  # in order, each once
     manager.shutdown(wait=True)
 
 

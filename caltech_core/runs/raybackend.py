@@ -3,8 +3,10 @@ that trains through `job.run_job` on a worker.
 
 The process that owns the store (the dashboard, or the CLI with `--ray`) is the Ray driver and stays the only
 writer of SQLite. A worker's `remote.RemoteStore` sends its writes (status, batch and epoch rows, checkpoints,
-results) as numbered messages to this driver's `Sink` actor; the driver's drain thread applies them to the real
-`RunStore` in order and acknowledges them, and the sink drops only acknowledged messages. Rows are upserts keyed
+results) as numbered messages to this driver's `Sink` actor, without waiting in `ray.get` (a task blocked there
+lends its CPUs to the scheduler: another run would start beside it); its task ends only once the sink holds them
+all. The driver's drain thread applies them to the real `RunStore` in order and acknowledges them, and the sink
+drops only acknowledged messages. Rows are upserts keyed
 by (run, epoch) and (run, epoch, batch), so a message applied twice leaves one row. Cancel goes the other way: a
 flag on the sink that the worker's tracker polls (every `tracker.CANCEL_POLL_SECONDS`), so a remote run stops
 within about one batch.

@@ -1,7 +1,13 @@
 """The worker side of the Ray backend: a run's Ray task (`train_remote`) trains through the one `job.run_job`
 path with a `RemoteStore`, whose writes (status, batch and epoch rows, checkpoints, results) become numbered
-messages to the driver's `Sink` actor, each put waiting for the actor's receipt. The driver (`raybackend.py`)
-applies them to SQLite; cancel flags and each run's latest progress go through the sink too.
+messages to the driver's `Sink` actor. The driver (`raybackend.py`) applies them to SQLite; cancel flags and each
+run's latest progress go through the sink too.
+
+A run never waits for the sink with `ray.get` or `ray.wait`: Ray lends the CPUs of a task blocked in either to
+the scheduler (so that nested tasks cannot deadlock; it keeps GPUs and custom resources), which would start a
+queued run beside this one on CPUs it still uses. Receipts are `concurrent.futures` futures
+(`ObjectRef.future()`), collected as they arrive and waited for only where the run must know: a checkpoint's
+write, the cancel flag and the task's end.
 
 Folders are the store's layout (`caltech_core.layout`) under the store path as this worker sees it.
 """
@@ -11,6 +17,8 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +30,7 @@ from caltech_core.runs.tracker import Progress
 from caltech_core.status import Phase
 
 PROGRESS_SECONDS = 0.5  # a worker sends its progress at most this often (and on every phase change)
+UNCONFIRMED_WRITES = 64  # a worker waits for its oldest receipt beyond this many writes in flight
 RAY_VERSION = "2.60.0"  # the pin in requirements.txt, for the message when Ray is missing
 
 Message = tuple[int, int, str, tuple[Any, ...], dict[str, Any]]  # (sequence number, run id, store method, args, kwargs)
@@ -94,12 +103,18 @@ class Sink:
 
 class RemoteStore:
     """The `StoreWriter` of a run on a Ray worker: the run's record as submitted, folders under the store path as
-    this worker sees it, and every write sent to the driver's sink (waiting for its receipt)."""
+    this worker sees it, and every write sent to the driver's sink without waiting for it.
+
+    Ray runs one caller's calls on an actor in the order they were made (the sink is a synchronous actor without
+    task retries), so the sink numbers the writes in their order; at most `UNCONFIRMED_WRITES` await a receipt.
+    A killed worker loses only writes made after its last checkpoint's, which a resume truncates and trains again.
+    """
 
     def __init__(self, sink: Any, record: RunRecord, home: str | Path) -> None:
         self._sink = sink
         self._record = record
         self.home = Path(home)
+        self._unconfirmed: deque[Future[int]] = deque()  # receipts of writes in flight, oldest first
 
     @property
     def cache_dir(self) -> Path:
@@ -116,10 +131,18 @@ class RemoteStore:
         return self._record if run_id == self._record.id else None
 
     def cancel_requested(self, run_id: int) -> bool:
-        return bool(ray_module().get(self._sink.cancel_requested.remote(int(run_id))))
+        # A future, not ray.get: the task keeps its CPUs during the round trip (once per tracker poll).
+        return bool(self._sink.cancel_requested.remote(int(run_id)).future().result())
 
     def _put(self, method: str, run_id: int, *args: Any, **kwargs: Any) -> None:
-        ray_module().get(self._sink.put.remote(int(run_id), method, args, kwargs))
+        self._unconfirmed.append(self._sink.put.remote(int(run_id), method, args, kwargs).future())
+        while self._unconfirmed and (self._unconfirmed[0].done() or len(self._unconfirmed) > UNCONFIRMED_WRITES):
+            self._unconfirmed.popleft().result()  # raises when the sink or the cluster is gone
+
+    def confirm(self) -> None:
+        """Wait until the sink holds every write sent so far."""
+        while self._unconfirmed:
+            self._unconfirmed.popleft().result()
 
     def set_status(self, run_id: int, status: str, error: str | None = None, *, device: str | None = None) -> None:
         self._put("set_status", run_id, str(status), error, device=device)
@@ -135,6 +158,8 @@ class RemoteStore:
     def set_checkpoint(self, run_id: int, epoch: int, path: str | os.PathLike[str], kind: str = "last") -> None:
         # Relative to the store: the driver may see the shared folder at another path.
         self._put("set_checkpoint", run_id, int(epoch), str(Path(path).relative_to(self.home)), kind=kind)
+        # A resume trusts the recorded epoch to be the file's: training goes on once the sink holds it.
+        self.confirm()
 
     def set_results(self, run_id: int, results: dict[str, Any]) -> None:
         self._put("set_results", run_id, results)
@@ -175,6 +200,9 @@ def train_remote(sink: Any, record: RunRecord, home: str, data_root: str | None,
     # (a different count also changes the float sums, so a resume on another worker would not repeat the curves).
     torch.set_num_threads(max(1, int(ray_module().get_runtime_context().get_assigned_resources().get("CPU", 1))))
     store = RemoteStore(sink, record, home)
-    store.placed(record.id)
-    return run_job(store, record.id, data_root=data_root, runner=runner, resume=resume,
-                   on_progress=_ProgressSender(sink, record.id))
+    try:
+        store.placed(record.id)
+        return run_job(store, record.id, data_root=data_root, runner=runner, resume=resume,
+                       on_progress=_ProgressSender(sink, record.id))
+    finally:
+        store.confirm()  # the driver drains a run's writes once its task has ended: they must all be there
