@@ -202,8 +202,9 @@ class TrainConfig:
         help="Fast path on the CPU: the frozen backbone's features come from an int8 copy of it (onnxruntime "
              "static quantisation, calibrated on 64 training images), about twice as fast as fp32 and within 0.1 "
              "point of its validation accuracy for the best-offline preset (docs/benchmarks.md); the numbers "
-             "differ slightly from fp32's. Needs the fast path (FC only, no augmentation) and an EfficientNet-Lite "
-             "backbone; on CUDA the features stay fp32 (the run records which it used).")
+             "differ slightly from fp32's. Quantising costs about a minute once per cold run, so it pays from a few "
+             "thousand images. Needs the fast path (FC only, no augmentation) and an EfficientNet-Lite backbone; on "
+             "CUDA the features stay fp32 (the run records which it used).")
     amp: bool = _setting(True, "Mixed precision", "advanced",
                          help="CUDA: bf16 (else fp16) autocast. CPU: bf16 autocast only for the architectures "
                               "measured to gain from it, on CPUs with native bf16 (training/speed.py).")
