@@ -203,11 +203,10 @@ def fit(
     net, features, feature_file = model, None, None
     if fast_path_applies(cfg, model):
         backbone, net = split_for_features(model, cfg.arch)
-        readable = [p for p in calibration if cache.index_of(p) is not None] if mode.int8_features else None
         found = cached_features(
             cfg, backbone, net, cache, cache_dir, device, batch_size=max(cfg.batch_size, 32),
             should_stop=cb.should_stop, progress=lambda done, total: _phase(cb, Phase.FEATURES, done, total),
-            calibration=readable,
+            calibration=calibration if mode.int8_features else None,
         )
         if found is None:
             return _stopped(RunStatus.CANCELLED, None, history=history, workdir=workdir, best=best)

@@ -95,6 +95,8 @@ def cached_features(
     """
     folder = layout.features_dir(cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    if calibration is not None:  # those that decoded
+        calibration = [p for p in calibration if cache.index_of(p) is not None]
     path = folder / f"{feature_key(cfg, backbone, head, cache.paths, calibration)}.pt"
     if path.is_file():
         stored = torch.load(path, map_location="cpu", weights_only=True)
