@@ -15,8 +15,10 @@ from caltech_core.data.dataset import Splits
 from caltech_core.data.imagecache import ImageCache
 from caltech_core.data.transforms import BatchLoader
 from caltech_core.nets import models
+from caltech_core.runs.store import RunStore
 from caltech_core.training import engine, features, int8
 from caltech_core.training.estimate import estimate_epoch_seconds
+from caltech_core.use import suspects
 
 ARCH = "efficientnet_lite0"
 
@@ -64,9 +66,9 @@ SIZE = 96  # Lite0 at 96 px: features still tell the mini split's classes apart,
 
 
 @pytest.fixture(scope="module")
-def int8_runs(splits: Splits, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The same tiny fast-path run (retrained on train+val) with fp32 and with int8 features in one cache, an
-    int8 run with another seed after them, and the image paths every calibration was given."""
+def int8_runs(splits: Splits, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The same tiny fast-path run (retrained on train+val) with fp32 and with int8 features in one store's cache,
+    an int8 run with another seed after them, and the image paths every calibration was given."""
     cfg = TrainConfig(arch=ARCH, pretrained=True, train="fc", image_size=SIZE, device="cpu", epochs=4, batch_size=8,
                       lr=0.01, retrain_on_train_val=True)
     given: list[list[Path]] = []
@@ -74,14 +76,16 @@ def int8_runs(splits: Splits, cache_dir: Path, tmp_path_factory: pytest.TempPath
     patch = pytest.MonkeyPatch()
     patch.setattr(int8, "calibration_batches",
                   lambda cache, paths, c: given.append(list(paths)) or real(cache, paths, c))
+    store = RunStore(tmp_path_factory.mktemp("int8-home"))
     work = tmp_path_factory.mktemp("int8-runs")
     try:
         configs = {"fp32": cfg, "int8": cfg.replace(int8_features=True),
                    "int8 seed 7": cfg.replace(int8_features=True, seed=7)}
-        runs = {name: engine.train(c, splits, workdir=work / name, cache_dir=cache_dir) for name, c in configs.items()}
+        runs = {name: engine.train(c, splits, workdir=work / name, cache_dir=store.cache_dir)
+                for name, c in configs.items()}
     finally:
         patch.undo()
-    return {"runs": runs, "given": given, "cfg": cfg}
+    return {"runs": runs, "given": given, "cfg": cfg, "store": store}
 
 
 def test_an_int8_run_trains_records_it_and_validates_within_one_image_of_fp32(int8_runs: dict, splits: Splits) -> None:
@@ -103,8 +107,8 @@ def test_int8_features_are_calibrated_on_training_images_only(int8_runs: dict, s
     assert paths == int8.calibration_images(splits.train)  # the same images whatever the run's seed
 
 
-def test_the_feature_cache_keeps_int8_and_fp32_apart(int8_runs: dict, cache_dir: Path) -> None:
-    runs = int8_runs["runs"]
+def test_the_feature_cache_keeps_int8_and_fp32_apart(int8_runs: dict) -> None:
+    runs, cache_dir = int8_runs["runs"], int8_runs["store"].cache_dir
     assert runs["int8"].feature_cache != runs["fp32"].feature_cache
     assert runs["int8 seed 7"].feature_cache == runs["int8"].feature_cache  # found again, not recomputed
     files = {name: torch.load(layout.features_dir(cache_dir) / r.feature_cache, weights_only=True)["features"]
@@ -122,7 +126,7 @@ def test_int8_features_need_the_fast_path_on_an_onnx_backbone() -> None:
     assert not TrainConfig(arch="resnet18", train="all").int8_features  # off by default
 
 
-def test_the_estimate_counts_the_quantisation(int8_runs: dict, splits: Splits, cache_dir: Path) -> None:
+def test_the_estimate_counts_the_quantisation(int8_runs: dict, splits: Splits) -> None:
     timed: list[float] = []
     real = int8.quantize
 
@@ -135,7 +139,18 @@ def test_the_estimate_counts_the_quantisation(int8_runs: dict, splits: Splits, c
     cfg = int8_runs["cfg"].replace(int8_features=True)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(int8, "quantize", quantize)
-        found = estimate_epoch_seconds(cfg, None, cache_dir=cache_dir, splits=splits)
+        found = estimate_epoch_seconds(cfg, None, cache_dir=int8_runs["store"].cache_dir, splits=splits)
     assert found.fast_path and found.speed == "int8 features" and len(timed) == 1
     assert found.feature_seconds > timed[0]
     assert found.run_seconds >= found.feature_seconds + cfg.epochs * found.epoch_seconds
+
+
+def test_suspects_of_an_int8_run_read_its_own_features(int8_runs: dict, splits: Splits, mini_root: Path) -> None:
+    """The Errors page's training-split suspects find the run's cached int8 features: no new feature pass."""
+    store, cfg = int8_runs["store"], int8_runs["cfg"].replace(int8_features=True)
+    passes: list[int] = []
+    real = features.feature_runner
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(features, "feature_runner", lambda *a, **k: passes.append(1) or real(*a, **k))
+        report = suspects.find_suspects(store, store.create_run(cfg), "train", data_root=mini_root, folds=2)
+    assert not passes and report.images == len(splits.train)
