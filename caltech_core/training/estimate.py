@@ -4,14 +4,16 @@
 included), caches a random sample of the training images into the store's real image cache (kept: the run
 will need them), and times the engine's own `train_one_epoch` on the real `BatchLoader` over a few batches
 (one untimed warm-up batch) and `evaluate` on one validation batch. With the frozen-backbone fast path it
-times the feature pass instead (the ONNX export once, with int8 features its quantisation calibrated on the
-probe's training images as the run calibrates on 64 of its own, then feature batches of the session the run
-will use) and the head's epoch on feature rows, since that is what the run will do: features of every image
-once, then epochs that take milliseconds.
+times the feature pass instead (the ONNX export once, then feature batches) and the head's epoch on feature
+rows, since that is what the run will do: features of every image once, then epochs that take milliseconds.
 
 What is extrapolated: per-image times to the split sizes; the probe's share of images not yet in the image
 cache (and their decode time) to the whole dataset. A run that retrains on train+val is counted at its full
 number of epochs, which it never exceeds.
+
+Int8 features (`int8_features`, CPU): the export is also quantised, calibrated on the probe's training images
+as the run calibrates on 64 of its own, and that one-off time counts with the export; the feature batches
+then run on the int8 session the run will use.
 """
 
 from __future__ import annotations
