@@ -154,3 +154,16 @@ def test_suspects_of_an_int8_run_read_its_own_features(int8_runs: dict, splits: 
         patch.setattr(features, "feature_runner", lambda *a, **k: passes.append(1) or real(*a, **k))
         report = suspects.find_suspects(store, store.create_run(cfg), "train", data_root=mini_root, folds=2)
     assert not passes and report.images == len(splits.train)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run bench/gpu_check.py there)")
+def test_on_cuda_int8_features_change_nothing(splits: Splits, tmp_path: Path) -> None:
+    cfg = TrainConfig(arch=ARCH, pretrained=True, train="fc", image_size=SIZE, device="cuda", epochs=2, batch_size=8,
+                      lr=0.01)
+    runs = {low: engine.train(cfg.replace(int8_features=low), splits, workdir=tmp_path / str(low),
+                              cache_dir=tmp_path / "cache") for low in (False, True)}
+    for result in runs.values():
+        assert result.status == "finished" and result.fast_path, result.error
+    assert "int8" not in runs[True].speed and runs[True].speed == runs[False].speed
+    assert runs[True].feature_cache == runs[False].feature_cache  # the same fp32 features, found again
