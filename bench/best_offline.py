@@ -11,7 +11,15 @@ Lite1 and Lite2); use a fresh `--work` folder (the default is a new temporary on
    (the features are cached, so each takes seconds); the test split is not looked at for the choice.
 3. `--finetune-epochs N`: optionally fine-tune all layers from ImageNet weights for N epochs (slow on a CPU).
 
+`--compare-int8` instead runs the preset cold twice in this one process, side by side: fp32 features
+(`int8_features` off, the preset before issue 26) and then int8 features (the preset today), each in its own
+fresh folder under the work folder (its own image cache and features), each timed from before its image cache;
+it prints both cold times, their ratio and each run's validation and test accuracy. The second run finds the
+JPEG files in the OS's page cache (`--int8-first` swaps the order). `--classes K` / `--max-per-class M` make a
+quick check of the script, not the preset's scale.
+
     CALTECH101_ROOT=../shared/caltech101 nice .venv/bin/python bench/best_offline.py --threads 2 --out result.json
+    CALTECH101_ROOT=../shared/caltech101 .venv/bin/python bench/best_offline.py --compare-int8 --out int8.json
 """
 
 from __future__ import annotations
@@ -69,7 +77,7 @@ def run(cfg, splits: Splits, work: Path, tag: str, *, show_test: bool = True) ->
                           workdir=work / "runs" / tag, cache_dir=work / "cache")
     out = {
         "tag": tag, "status": result.status, "error": result.error, "best_val_acc": result.best_val_acc,
-        "best_epoch": result.best_epoch, "fast_path": result.fast_path,
+        "best_epoch": result.best_epoch, "fast_path": result.fast_path, "speed": result.speed,
         "first_result_s": first_result_s[0],
         "wall_s": round(time.perf_counter() - T0, 1), "cpu_s": round(time.process_time(), 1),
         "config": cfg.to_dict(),
@@ -81,6 +89,31 @@ def run(cfg, splits: Splits, work: Path, tag: str, *, show_test: bool = True) ->
     return out
 
 
+def compare_int8(head, root: str | None, work: Path, *, int8_first: bool) -> dict:
+    """The preset cold with fp32 and with int8 features, one after the other, each in a fresh folder."""
+    order = [("fp32", False), ("int8", True)]
+    rows = {}
+    for tag, int8 in reversed(order) if int8_first else order:
+        started, cpu = time.perf_counter(), time.process_time()
+        cfg = head.replace(int8_features=int8)
+        row = run(cfg, Splits.from_config(cfg, root=root), work / tag, tag)
+        rows[tag] = {**row, "cold_s": round(time.perf_counter() - started, 1),
+                     "run_cpu_s": round(time.process_time() - cpu, 1)}
+    fp32, int8 = rows["fp32"], rows["int8"]
+    rows["cold_ratio"] = round(fp32["cold_s"] / int8["cold_s"], 2)
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.2f}%"
+
+    print(f"\n{'features':<8} {'cold s':>8} {'cpu s':>8} {'val':>8} {'test':>8} {'test (retrained)':>17}")
+    for tag in ("fp32", "int8"):
+        r = rows[tag]
+        print(f"{tag:<8} {r['cold_s']:>8.1f} {r['run_cpu_s']:>8.1f} {pct(r['best_val_acc']):>8} "
+              f"{pct(r['test_acc']):>8} {pct(r['retrain_test_acc']):>17}")
+    print(f"cold time fp32 / int8: {rows['cold_ratio']:.2f}x", flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default=None, help="Caltech-101 folder (default: $CALTECH101_ROOT)")
@@ -88,13 +121,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tune", action="store_true", help="compare head settings on the validation split")
     parser.add_argument("--finetune-epochs", type=int, default=0)
+    parser.add_argument("--compare-int8", action="store_true",
+                        help="the preset cold twice, fp32 then int8 features, each in a fresh folder, side by side")
+    parser.add_argument("--int8-first", action="store_true", help="with --compare-int8: int8 first, then fp32")
+    parser.add_argument("--classes", type=int, default=None, help="first K classes only (a quick check)")
+    parser.add_argument("--max-per-class", type=int, default=None, help="at most M images a class and split")
     parser.add_argument("--out", type=Path, default=None, help="write the measurements as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     work = args.work or Path(tempfile.mkdtemp(prefix="best-offline-"))
     log(f"work folder {work}; torch threads {torch.get_num_threads()}")
 
-    head = PRESETS["best-offline"].configs[0].replace(device="cpu")
+    head = PRESETS["best-offline"].configs[0].replace(device="cpu", classes=args.classes,
+                                                      max_per_class=args.max_per_class)
+    if args.compare_int8:
+        results = {"compare_int8": compare_int8(head, args.root, work, int8_first=args.int8_first)}
+        return _finish(results, args.out)
     splits = Splits.from_config(head, root=args.root)
     log(f"splits: train {len(splits.train)} val {len(splits.val)} test {len(splits.test)}, "
         f"{splits.num_classes} classes")
@@ -111,16 +153,19 @@ def main(argv: list[str] | None = None) -> int:
         log("tuning (validation accuracy): " + json.dumps(results["tune"][:3]))
 
     if args.finetune_epochs:
-        ft = head.replace(train="all", fast_path=False, optimizer="sgd", lr=0.01, weight_decay=1e-4,
-                          epochs=args.finetune_epochs, step_size=max(1, args.finetune_epochs - 1),
-                          batch_size=32, augment=("crop", "hflip"))
+        ft = head.replace(train="all", fast_path=False, int8_features=False, optimizer="sgd", lr=0.01,
+                          weight_decay=1e-4, epochs=args.finetune_epochs,
+                          step_size=max(1, args.finetune_epochs - 1), batch_size=32, augment=("crop", "hflip"))
         results["finetune"] = run(ft, splits, work, "finetune")
+    return _finish(results, args.out)
 
+
+def _finish(results: dict, out: Path | None) -> int:
     results["total_wall_s"] = round(time.perf_counter() - T0, 1)
     results["total_cpu_s"] = round(time.process_time(), 1)
     text = json.dumps(results, indent=2)
-    if args.out:
-        args.out.write_text(text)
+    if out:
+        out.write_text(text)
     print(text)
     return 0
 

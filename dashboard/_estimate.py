@@ -64,7 +64,8 @@ def estimate_panel(cfg: TrainConfig, splits: Splits | None) -> None:
                           "and model (a warm-up batch not counted).")
     run_col.metric("Whole run", f"{max(1, math.ceil(est.run_minutes))} min" if est.run_seconds >= 60
                    else format_seconds(est.run_seconds),
-                   help="Image caching and the fast path's features (once), every epoch, the test"
+                   help="Image caching and the fast path's features (once; with int8 features, quantising the "
+                        "backbone too), every epoch, the test"
                         + (", and the retrain on train+val" if cfg.retrain_on_train_val else "") + ".")
     once = []
     if est.caching_seconds >= 1:

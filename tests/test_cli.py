@@ -463,7 +463,8 @@ def test_every_config_field_and_alias_parses_into_the_config(tmp_path: Path) -> 
         Image.new("RGB", (8, 8)).save(tmp_path / "shapes" / cls / "1.png")
     registry.add(store.home, tmp_path / "shapes")
     baseline = TrainConfig().to_dict()
-    needs = {"warmup_epochs": ["--lr-schedule", "cosine"]}  # a warm-up goes with the cosine schedule
+    needs = {"warmup_epochs": ["--lr-schedule", "cosine"],  # a warm-up goes with the cosine schedule
+             "int8_features": ["--arch", "efficientnet_lite0", "--train", "fc"]}  # the fast path, on onnxruntime
     for f in dataclasses.fields(TrainConfig):
         setting = SETTINGS[f.name]
         value = _other_value(setting)
@@ -473,8 +474,8 @@ def test_every_config_field_and_alias_parses_into_the_config(tmp_path: Path) -> 
             [cfg], _ = train_configs(args, store)
             assert getattr(cfg, f.name) == value, flag
             changed = {k for k, v in cfg.to_dict().items() if v != baseline[k]}
-            implied = {"weights_path": {"pretrained"}, "arch": {"image_size"},
-                       "warmup_epochs": {"lr_schedule"}}.get(f.name, set())
+            implied = {"weights_path": {"pretrained"}, "arch": {"image_size"}, "warmup_epochs": {"lr_schedule"},
+                       "int8_features": {"arch", "train"}}.get(f.name, set())
             assert changed == {f.name} | implied, flag
 
 

@@ -82,8 +82,8 @@ def test_presets_match_the_study() -> None:
     demo = PRESETS["quick-demo"].configs[0]
     assert (demo.class_names, demo.image_size, demo.arch) == (("Faces_easy", "Motorbikes", "airplanes"), 64, "resnet18")
     best = PRESETS["best-offline"].configs[0]
-    assert (best.arch, best.pretrained, best.train, best.fast_path, best.augment) == (
-        "lite_ensemble", True, "fc", True, ())
+    assert (best.arch, best.pretrained, best.train, best.fast_path, best.augment, best.int8_features) == (
+        "lite_ensemble", True, "fc", True, (), True)
     # The baseline is also the LR-grid's 1e-3 member: their runs are interchangeable.
     assert differing_fields(PRESETS["lr-grid"].configs[1], base) == []
 

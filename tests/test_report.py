@@ -283,6 +283,7 @@ def test_every_config_field_is_declared_defining_or_not() -> None:
         "weight_decay", "epochs", "step_size", "gamma", "lr_schedule", "warmup_epochs", "label_smoothing",
         "batch_size", "classes", "class_names", "max_per_class", "retrain_on_train_val", "train_fraction",
         "per_class_train", "dataset", "marks_on_test",
+        "int8_features",  # other features, other numbers (within 0.1 point for best-offline: docs/benchmarks.md)
     }
     assert set(NON_DEFINING_FIELDS) <= set(SETTINGS)
     assert set(SETTINGS) - set(NON_DEFINING_FIELDS) == defining

@@ -26,6 +26,10 @@ def test_the_policy_per_architecture_device_and_switches(tiny_config) -> None:
     assert speed.choose(tiny_config(compile=True), CPU) == speed.EAGER  # not measured to pay: eager fp32
     cuda = speed.choose(tiny_config(compile=True), torch.device("cuda"))
     assert cuda == SpeedMode(channels_last=True, compile=True) and cuda.label == "channels_last + torch.compile"
+    # Int8 frozen features: the CPU's (onnxruntime); on CUDA the same config's features stay fp32.
+    lite = tiny_config(arch="efficientnet_lite0", pretrained=True, train="fc", int8_features=True)
+    assert speed.choose(lite, CPU) == SpeedMode(int8_features=True) and speed.choose(lite, CPU).label == "int8 features"
+    assert not speed.choose(lite, torch.device("cuda")).int8_features
 
 
 def test_a_bf16_run_records_its_mode_and_follows_the_fp32_curves(

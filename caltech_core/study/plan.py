@@ -294,7 +294,7 @@ def probe_estimator(
         return sizes[key]
 
     def estimate(cfg: TrainConfig) -> float:
-        key = (cfg.arch, cfg.train, cfg.image_size, cfg.batch_size, cfg.fast_path, cfg.augment)
+        key = (cfg.arch, cfg.train, cfg.image_size, cfg.batch_size, cfg.fast_path, cfg.int8_features, cfg.augment)
         if key not in measured:
             if log is not None:
                 log(f"timing {cfg.arch} ({cfg.train} layers) at {cfg.image_size or 'its native'} px, "

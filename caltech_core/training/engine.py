@@ -24,7 +24,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ from caltech_core.nets.device import resolve_device
 from caltech_core.nets.models import apply_train_mode, build_model, set_train_mode_eval, split_for_features
 from caltech_core.nets.weights import fetch as fetch_weights
 from caltech_core.status import Phase, RunStatus
-from caltech_core.training import predictions, speed
+from caltech_core.training import int8, predictions, speed
 from caltech_core.training.checkpointing import BestWeights, load_last, save_last, seed_everything
 from caltech_core.training.evaluation import Evaluation, autocast_for, evaluate
 from caltech_core.training.failures import failure_message
@@ -128,7 +128,8 @@ def train(
     cb = callbacks or Callbacks()
     workdir, cache_dir = Path(workdir), Path(cache_dir)
     result = _fit_or_fail(cfg, data, cb, workdir=workdir, cache_dir=cache_dir, resume=resume,
-                          checkpoint_seconds=checkpoint_seconds)
+                          checkpoint_seconds=checkpoint_seconds,
+                          calibration=int8.calibration_images(data.train))
     # Retrained only when readable validation images chose the epochs and readable test images can score it.
     if (cfg.retrain_on_train_val and result.status == RunStatus.FINISHED and result.best_val_acc is not None
             and result.test_acc is not None):
@@ -140,13 +141,13 @@ def train(
 
 def _fit_or_fail(
     cfg: TrainConfig, data: Splits, cb: Callbacks, *, workdir: Path, cache_dir: Path, resume: bool,
-    checkpoint_seconds: float,
+    checkpoint_seconds: float, calibration: Sequence[Path],
 ) -> RunResult:
     """`fit`, with any exception turned into a "failed" result that keeps the curves so far."""
     history: list[EpochMetrics] = []  # filled by fit as epochs finish
     try:
         return fit(cfg, data, cb, workdir=workdir, cache_dir=cache_dir, resume=resume,
-                   checkpoint_seconds=checkpoint_seconds, history=history)
+                   checkpoint_seconds=checkpoint_seconds, history=history, calibration=calibration)
     except Exception as exc:  # reported as a failed run; the traceback (and its tensors) dies with this block
         error = failure_message(exc, cfg)
     _free_memory()
@@ -157,10 +158,11 @@ def _fit_or_fail(
 
 def fit(
     cfg: TrainConfig, data: Splits, cb: Callbacks, *, workdir: Path, cache_dir: Path, resume: bool,
-    checkpoint_seconds: float, history: list[EpochMetrics],
+    checkpoint_seconds: float, history: list[EpochMetrics], calibration: Sequence[Path],
 ) -> RunResult:
     """Train one model and test its best weights; raises on failure. Each finished epoch is appended to
-    `history` as it ends (so a failure's caller still has the curves)."""
+    `history` as it ends (so a failure's caller still has the curves). `calibration`: the training images
+    that calibrate int8 features when the speed mode computes them (never a validation or test image)."""
     workdir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     on_cuda = device.type == "cuda"
@@ -204,6 +206,7 @@ def fit(
         found = cached_features(
             cfg, backbone, net, cache, cache_dir, device, batch_size=max(cfg.batch_size, 32),
             should_stop=cb.should_stop, progress=lambda done, total: _phase(cb, Phase.FEATURES, done, total),
+            calibration=calibration if mode.int8_features else None,
         )
         if found is None:
             return _stopped(RunStatus.CANCELLED, None, history=history, workdir=workdir, best=best)
@@ -331,8 +334,10 @@ def retrain_on_train_val(
     again = cfg.replace(epochs=epochs, retrain_on_train_val=False, early_stopping_patience=0,
                         warmup_epochs=min(cfg.warmup_epochs, epochs - 1))
     scratch = layout.retrain_scratch(workdir)  # its best.pt and per-image results stay apart from the run's
+    # Int8 features calibrated on the training split as in the run: the very features it cached are reused.
     retrained = _fit_or_fail(again, merged, Callbacks(should_stop=should_stop), workdir=scratch,
-                             cache_dir=cache_dir, resume=False, checkpoint_seconds=math.inf)
+                             cache_dir=cache_dir, resume=False, checkpoint_seconds=math.inf,
+                             calibration=int8.calibration_images(data.train))
     if retrained.status == RunStatus.FINISHED:
         try:
             os.replace(layout.best(scratch), layout.retrained(workdir))

@@ -11,6 +11,10 @@ rows, since that is what the run will do: features of every image once, then epo
 What is extrapolated: per-image times to the split sizes; the probe's share of images not yet in the image
 cache (and their decode time) to the whole dataset. A run that retrains on train+val is counted at its full
 number of epochs, which it never exceeds.
+
+Int8 features (`int8_features`, CPU): the export is also quantised, calibrated on the probe's training images
+as the run calibrates on 64 of its own, and that one-off time counts with the export; the feature batches
+then run on the int8 session the run will use.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from caltech_core.data.transforms import BatchLoader
 from caltech_core.nets.device import resolve_device
 from caltech_core.nets.models import apply_train_mode, build_model, split_for_features
 from caltech_core.status import ProgressFn
-from caltech_core.training import speed
+from caltech_core.training import int8, speed
 from caltech_core.training.checkpointing import BestWeights
 from caltech_core.training.engine import Callbacks, train_one_epoch
 from caltech_core.training.evaluation import evaluate
@@ -50,7 +54,8 @@ class EpochEstimate:
 
     epoch_seconds: float  # a steady epoch: training batches + the validation pass
     caching_seconds: float  # once per run: decoding the images not yet in the image cache
-    feature_seconds: float  # once per run, fast path only: ONNX export + every image's backbone features
+    feature_seconds: float  # once per run, fast path only: ONNX export (+ int8 quantisation) + every image's
+    # backbone features
     run_seconds: float  # caching + features + every epoch + the test (+ the retrain on train+val when asked)
     seconds_per_train_image: float  # a training step (fast path: a head step on feature rows)
     seconds_per_eval_image: float
@@ -101,9 +106,10 @@ def estimate_epoch_seconds(
     caching = uncached_share * all_images * decode_per_image
     if fast:
         backbone, head = split_for_features(model, cfg.arch)
-        per_feature, rows = _time_features(backbone, cfg, cache, device, batches, report, steps)
+        calibration = int8.calibration_images(probe) if mode.int8_features else None
+        per_feature, rows = _time_features(backbone, cfg, cache, device, batches, report, steps, calibration)
         per_train, per_eval = _time_head(head, rows, cfg, splits)
-        features = per_feature[0] + per_feature[1] * all_images  # export + every image's features
+        features = per_feature[0] + per_feature[1] * all_images  # export (+ quantising) + every image's
     else:
         per_train = _time_training(model, mode, cache, probe, cfg, device, report, steps, min_seconds)
         per_eval = _time_evaluation(model, cache, probe, cfg, device, splits.num_classes)
@@ -190,12 +196,14 @@ def _time_evaluation(model: nn.Module, cache: ImageCache, probe: list, cfg: Trai
 
 def _time_features(
     backbone: nn.Module, cfg: TrainConfig, cache: ImageCache, device: torch.device, batches: int,
-    report: ProgressFn, steps: int,
+    report: ProgressFn, steps: int, calibration: list[Path] | None,
 ) -> tuple[tuple[float, float], torch.Tensor]:
-    """((export seconds, seconds per image), feature rows) of the fast path's feature pass over the probe."""
+    """((export seconds, seconds per image), feature rows) of the fast path's feature pass over the probe; with
+    `calibration` images the export is quantised to int8 on them, and that counts as part of the export."""
     backbone.eval()
     started = time.perf_counter()
-    run = feature_runner(backbone, cfg, device)
+    calibrating = None if calibration is None else int8.calibration_batches(cache, calibration, cfg)
+    run = feature_runner(backbone, cfg, device, calibration=calibrating)
     export = time.perf_counter() - started
     batch = max(cfg.batch_size, 32)  # the engine's feature batch
     loader = BatchLoader(cache, list(range(len(cache))), [0] * len(cache), batch_size=batch, train=False, cfg=cfg,

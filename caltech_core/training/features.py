@@ -6,7 +6,8 @@ computed once (frozen BatchNorm layers and the backbone have no dropout, so eval
 runs too) and stored in ``cache_dir/features/<key>.pt``, the key hashing the architecture, the backbone's
 weights (without the head's: a timm backbone module still holds the new, randomly initialised classifier, which
 changes nothing of the features but would change the key in every process), the crop size, the resize size,
-the normalisation and the image files (path, size, mtime).
+the normalisation and the image files (path, size, mtime); int8 features (`calibration` given: the backbone's
+int8 copy, training/int8.py) also hash their calibration images, so they never share a file with fp32's.
 
 `FeatureLoader` then replays the plain `BatchLoader`'s batches — same `plan_epoch` draws from the same
 generator, same batch split, same dropped single-image last batch — over the cached features. The head
@@ -23,7 +24,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from caltech_core.data.transforms import BatchLoader, is_deterministic, plan_epo
 from caltech_core.nets.architectures import get_spec
 from caltech_core.nets.checkpoints import save_atomic
 from caltech_core.nets.models import is_backbone_frozen
+from caltech_core.training import int8
 from caltech_core.training.evaluation import autocast_for
 
 FEATURES_VERSION = 1
@@ -60,9 +62,12 @@ def _weights_digest(backbone: nn.Module, head: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def feature_key(cfg: TrainConfig, backbone: nn.Module, head: nn.Module, paths: Sequence[Path]) -> str:
+def feature_key(
+    cfg: TrainConfig, backbone: nn.Module, head: nn.Module, paths: Sequence[Path],
+    calibration: Sequence[Path] | None = None,
+) -> str:
     """Hash of everything the cached features depend on (order of `paths` does not matter); `head` is the other
-    half of `models.split_for_features`, left out of the hash."""
+    half of `models.split_for_features`, left out of the hash; `calibration`: int8 features' calibration images."""
     files = []
     for p in sorted(str(p) for p in paths):
         st = os.stat(p)
@@ -72,6 +77,8 @@ def feature_key(cfg: TrainConfig, backbone: nn.Module, head: nn.Module, paths: S
         "image_size": cfg.image_size, "resize_size": cfg.resize_size, "normalization": cfg.normalization,
         "files": files,
     }
+    if calibration is not None:  # absent for fp32 features, so their files keep the keys they always had
+        spec["int8_calibration"] = sorted(str(p) for p in calibration)
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -79,15 +86,18 @@ def feature_key(cfg: TrainConfig, backbone: nn.Module, head: nn.Module, paths: S
 def cached_features(
     cfg: TrainConfig, backbone: nn.Module, head: nn.Module, cache: ImageCache, cache_dir: Path,
     device: torch.device, *, batch_size: int = 64, should_stop: Callable[[], bool] | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None, calibration: Sequence[Path] | None = None,
 ) -> tuple[torch.Tensor, Path] | None:
     """(len(cache), D) float32 features of every cached image, in cache order, on `device`, and their file.
 
     Read from disk when present, else computed in eval mode and saved. None when `should_stop` said stop.
+    `calibration` (training images in `cache`): the features of the backbone's int8 copy calibrated on them.
     """
     folder = layout.features_dir(cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{feature_key(cfg, backbone, head, cache.paths)}.pt"
+    if calibration is not None:  # those that decoded
+        calibration = [p for p in calibration if cache.index_of(p) is not None]
+    path = folder / f"{feature_key(cfg, backbone, head, cache.paths, calibration)}.pt"
     if path.is_file():
         stored = torch.load(path, map_location="cpu", weights_only=True)
         row = {p: i for i, p in enumerate(stored["paths"])}
@@ -95,7 +105,8 @@ def cached_features(
         return stored["features"][order].to(device), path
 
     backbone.eval()
-    run = feature_runner(backbone, cfg, device)
+    batches = None if calibration is None else int8.calibration_batches(cache, calibration, cfg)
+    run = feature_runner(backbone, cfg, device, calibration=batches)
     loader = BatchLoader(
         cache, list(range(len(cache))), [0] * len(cache), batch_size=batch_size, train=False, cfg=cfg,
         device=device, reuse_buffers=True,
@@ -117,13 +128,17 @@ def cached_features(
 
 
 def feature_runner(
-    backbone: nn.Module, cfg: TrainConfig, device: torch.device
+    backbone: nn.Module, cfg: TrainConfig, device: torch.device, *,
+    calibration: Iterable[np.ndarray] | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The frozen backbone as a function of a batch: onnxruntime on the CPU where the architecture table says it
     pays (the same numbers to float rounding, several times faster for EfficientNet-Lite: bench/feature_speed.py),
-    else torch (int8 was measured, not adopted: bench/frozen_features.py, docs/benchmarks.md)."""
+    else torch. With `calibration` batches: the export quantised to int8 on them (training/int8.py; about 1.9x
+    faster again for the best-offline preset, docs/benchmarks.md), which only onnxruntime on the CPU runs."""
     if device.type == "cpu" and get_spec(cfg.arch).onnx_features:
-        return onnx_runner(backbone, cfg.image_size, torch.get_num_threads())
+        return onnx_runner(backbone, cfg.image_size, torch.get_num_threads(), calibration)
+    if calibration is not None:  # the cache key would say int8 of features that are not
+        raise ValueError(f"int8 features need {cfg.arch}'s onnxruntime export on the CPU (here: {device.type})")
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with autocast_for(device, cfg.amp):
@@ -132,9 +147,13 @@ def feature_runner(
     return run
 
 
-def onnx_runner(module: nn.Module, image_size: int, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """`module` (eval mode, CPU) exported to ONNX in memory and run by onnxruntime with `threads` threads."""
-    session = onnx_session(module, image_size, threads, ["features"])
+def onnx_runner(
+    module: nn.Module, image_size: int, threads: int, calibration: Iterable[np.ndarray] | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`module` (eval mode, CPU) exported to ONNX in memory (and quantised to int8 on the `calibration` batches
+    when given) and run by onnxruntime with `threads` threads."""
+    model = onnx_export(module, image_size, ["features"])
+    session = cpu_session(model if calibration is None else int8.quantize(model, calibration), threads)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run(None, {"x": x.contiguous().numpy()})[0])

@@ -6,7 +6,9 @@ the CPU the choice comes from `CPU_PAYS`, the modes measured side by side per ar
 (bench/cpu_training.py, docs/benchmarks.md), restricted to what this CPU supports: bf16 autocast only when
 `amp` is on and oneDNN reports bf16 support (AVX-512 BF16 or AMX). Runs of a frozen backbone ("fc") and
 anything not measured to pay stay eager fp32. Either way a seeded run repeats exactly; a bf16 run's curves
-differ from fp32's by rounding only (tests/test_speed.py states the tolerance).
+differ from fp32's by rounding only (tests/test_speed.py states the tolerance). A frozen-backbone run with
+`int8_features` computes its features with the backbone's int8 copy on the CPU (training/int8.py), never on
+CUDA; the mode says which it did.
 
 On the CPU `prepare` also has glibc's malloc keep freed memory for reuse (`reuse_freed_memory`).
 """
@@ -33,11 +35,13 @@ class SpeedMode:
     channels_last: bool = False
     bf16: bool = False  # autocast to bfloat16 on the CPU (on CUDA, `amp` decides the dtype)
     compile: bool = False
+    int8_features: bool = False  # the fast path's frozen features from the backbone's int8 copy (CPU)
 
     @property
     def label(self) -> str:
         parts = [name for name, on in (("channels_last", self.channels_last), ("bf16 autocast", self.bf16),
-                                       ("torch.compile", self.compile)) if on]
+                                       ("torch.compile", self.compile), ("int8 features", self.int8_features))
+                 if on]
         return " + ".join(parts) or "eager fp32"
 
     def to_dict(self) -> dict[str, bool]:
@@ -60,10 +64,10 @@ def cpu_bf16_supported() -> bool:
 
 def choose(cfg: TrainConfig, device: torch.device) -> SpeedMode:
     """The mode a run of `cfg` trains with on `device`."""
-    if device.type == "cuda":
+    if device.type == "cuda":  # int8 features are the CPU's (onnxruntime's CPU provider): fp32 here
         return SpeedMode(channels_last=True, bf16=False, compile=cfg.compile)
     if cfg.train == "fc":  # a frozen backbone: the head is all that trains, and its curves match the fast path's
-        return EAGER
+        return SpeedMode(int8_features=cfg.int8_features)  # the config allows int8 only with the fast path
     mode = CPU_PAYS.get(cfg.arch, EAGER)
     if mode.bf16 and not (cfg.amp and cpu_bf16_supported()):  # the measured gain was bf16's: without it, eager
         return EAGER
