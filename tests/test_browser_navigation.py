@@ -55,20 +55,23 @@ def _menu(tab) -> list[str]:
     return [link.locator("span").last.inner_text().strip() for link in links.all()]
 
 
-def _assert_page_ok(tab, path: str, what: str) -> None:
-    """The tab shows the app's own menu and the page of `path`, and no error."""
-    title = TITLES[path]
-    tab.wait_for_function(_DONE_JS, arg=[title, ERROR], timeout=90_000)
-    tab.wait_for_timeout(500)  # a rerun queued by the finished run would start now
-    tab.wait_for_function(_DONE_JS, arg=[title, ERROR], timeout=90_000)
-    body = tab.inner_text("body")
-    if ERROR in body or tab.locator("[data-testid='stException']").count():
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        tab.screenshot(path=str(SHOTS / f"navigation-error{path.replace('/', '-')}.png"), full_page=True)
-    assert ERROR not in body, f"{what}: {path} shows Streamlit's error notice; menu {_menu(tab)}"
-    assert _menu(tab) == MENU, f"{what}: {path} shows another menu"
-    assert title in [h.strip() for h in tab.locator("h1").all_inner_texts()], f"{what}: {path} lacks its title"
-    assert tab.url.rstrip("/").endswith(path.rstrip("/")), f"{what}: {path} ended on {tab.url}"
+def _assert_pages_ok(tabs: list, paths: list[str], what: str) -> None:
+    """Each tab shows the app's own menu and the page of its path, and no error. The tabs are waited for
+    together: all done, half a second for any rerun queued by a finished run to start, then all done again."""
+    titles = [TITLES[path] for path in paths]
+    for tab, title in zip(tabs, titles, strict=True):
+        tab.wait_for_function(_DONE_JS, arg=[title, ERROR], timeout=90_000)
+    tabs[0].wait_for_timeout(500)  # a rerun queued by a finished run would start now
+    for tab, path, title in zip(tabs, paths, titles, strict=True):
+        tab.wait_for_function(_DONE_JS, arg=[title, ERROR], timeout=90_000)
+        body = tab.inner_text("body")
+        if ERROR in body or tab.locator("[data-testid='stException']").count():
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            tab.screenshot(path=str(SHOTS / f"navigation-error{path.replace('/', '-')}.png"), full_page=True)
+        assert ERROR not in body, f"{what}: {path} shows Streamlit's error notice; menu {_menu(tab)}"
+        assert _menu(tab) == MENU, f"{what}: {path} shows another menu"
+        assert title in [h.strip() for h in tab.locator("h1").all_inner_texts()], f"{what}: {path} lacks its title"
+        assert tab.url.rstrip("/").endswith(path.rstrip("/")), f"{what}: {path} ended on {tab.url}"
 
 
 def _assert_clean_log(log: Path, since: int, what: str) -> None:
@@ -88,8 +91,7 @@ def test_tabs_opening_sub_pages_at_once_on_a_fresh_server(chromium, mini_root: P
         try:
             tabs = [context.new_page() for _ in paths]
             _open_at_once(tabs, url, paths)
-            for tab, path in zip(tabs, paths, strict=True):
-                _assert_page_ok(tab, path, what)
+            _assert_pages_ok(tabs, paths, what)
             if attempt == 1:
                 SHOTS.mkdir(parents=True, exist_ok=True)
                 tabs[1].screenshot(path=str(SHOTS / "navigation-fresh-server.png"))
@@ -111,7 +113,7 @@ def test_a_tab_left_open_across_a_server_crash_and_a_new_tab_both_work(chromium,
     try:
         left_open = context.new_page()
         left_open.goto(f"{url}/monitor")
-        _assert_page_ok(left_open, "/monitor", "before the crash")
+        _assert_pages_ok([left_open], ["/monitor"], "before the crash")
         for attempt, (label, path, new_path) in enumerate(moves[:REPEATS], start=1):
             what = f"restart {attempt}"
             proc.kill()  # SIGKILL: no shutdown of any kind
@@ -124,8 +126,7 @@ def test_a_tab_left_open_across_a_server_crash_and_a_new_tab_both_work(chromium,
             _open_at_once([new_tab], url, [new_path])
             # The reconnected tab runs no script until the user acts: go on to another page at the same moment.
             left_open.locator("[data-testid='stSidebarNavLink']").filter(has_text=label).click()
-            _assert_page_ok(new_tab, new_path, f"{what}, new tab")
-            _assert_page_ok(left_open, path, f"{what}, tab left open")
+            _assert_pages_ok([new_tab, left_open], [new_path, path], what)
             new_tab.close()
             _assert_clean_log(log, since, what)
     finally:
