@@ -5,11 +5,10 @@ cannot pass by luck."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser_kit import CHROMIUM, CHROMIUM_ARGS, SHOTS, start_server, stop_server
+from browser_kit import SHOTS, start_server, stop_server
 
 pytestmark = pytest.mark.browser
 
@@ -31,16 +30,6 @@ _DONE_JS = """([title, error]) => {
 _CONNECTED_JS = """() => document.querySelector("[data-testid='stApp']")
     ?.getAttribute("data-test-connection-state") === 'CONNECTED'"""
 _LOST_JS = f"() => !({_CONNECTED_JS})()"
-
-
-@pytest.fixture
-def chromium() -> Iterator:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def _open_at_once(tabs: list, url: str, paths: list[str]) -> None:
@@ -80,14 +69,14 @@ def _assert_clean_log(log: Path, since: int, what: str) -> None:
 
 
 @pytest.mark.slow
-def test_tabs_opening_sub_pages_at_once_on_a_fresh_server(chromium, mini_root: Path, tmp_path: Path) -> None:
+def test_tabs_opening_sub_pages_at_once_on_a_fresh_server(browser, mini_root: Path, tmp_path: Path) -> None:
     home, log = tmp_path / "home", tmp_path / "streamlit.log"
     paths = list(TITLES)[1:] + ["/"]  # sub-pages first: they are what a fresh server used to get wrong
     for attempt in range(1, REPEATS + 1):
         what = f"fresh server {attempt}"
         since = len(log.read_text()) if log.exists() else 0
         proc, url = start_server(mini_root, home, log)
-        context = chromium.new_context(viewport={"width": 1200, "height": 800})
+        context = browser.new_context(viewport={"width": 1200, "height": 800})
         try:
             tabs = [context.new_page() for _ in paths]
             _open_at_once(tabs, url, paths)
@@ -102,12 +91,12 @@ def test_tabs_opening_sub_pages_at_once_on_a_fresh_server(chromium, mini_root: P
 
 
 @pytest.mark.slow
-def test_a_tab_left_open_across_a_server_crash_and_a_new_tab_both_work(chromium, mini_root: Path,
+def test_a_tab_left_open_across_a_server_crash_and_a_new_tab_both_work(browser, mini_root: Path,
                                                                        tmp_path: Path) -> None:
     home, log = tmp_path / "home", tmp_path / "streamlit.log"
     proc, url = start_server(mini_root, home, log)
     port = int(url.rsplit(":", 1)[1])
-    context = chromium.new_context(viewport={"width": 1200, "height": 800})
+    context = browser.new_context(viewport={"width": 1200, "height": 800})
     # Per restart: where the user goes in the tab left open (a menu click), and which page a new tab opens.
     moves = [("Compare", "/compare", "/train"), ("Monitor", "/monitor", "/classify"), ("Data", "/", "/report")]
     try:
