@@ -51,7 +51,7 @@ def start_server(root: Path, home: Path, log_path: Path,
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             pytest.fail(f"streamlit did not start (see {log_path})")
-        time.sleep(0.5)
+        time.sleep(0.1)
     return proc, url
 
 

@@ -5,11 +5,10 @@ cannot pass by luck."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser_kit import CHROMIUM, CHROMIUM_ARGS, SHOTS, start_server, stop_server
+from browser_kit import SHOTS, start_server, stop_server
 
 pytestmark = pytest.mark.browser
 
@@ -33,16 +32,6 @@ _CONNECTED_JS = """() => document.querySelector("[data-testid='stApp']")
 _LOST_JS = f"() => !({_CONNECTED_JS})()"
 
 
-@pytest.fixture
-def chromium() -> Iterator:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
 def _open_at_once(tabs: list, url: str, paths: list[str]) -> None:
     """Point every tab at its path without waiting for any: their sessions reach the server together."""
     for tab, path in zip(tabs, paths, strict=True):
@@ -55,20 +44,23 @@ def _menu(tab) -> list[str]:
     return [link.locator("span").last.inner_text().strip() for link in links.all()]
 
 
-def _assert_page_ok(tab, path: str, what: str) -> None:
-    """The tab shows the app's own menu and the page of `path`, and no error."""
-    title = TITLES[path]
-    tab.wait_for_function(_DONE_JS, arg=[title, ERROR], timeout=90_000)
-    tab.wait_for_timeout(500)  # a rerun queued by the finished run would start now
-    tab.wait_for_function(_DONE_JS, arg=[title, ERROR], timeout=90_000)
-    body = tab.inner_text("body")
-    if ERROR in body or tab.locator("[data-testid='stException']").count():
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        tab.screenshot(path=str(SHOTS / f"navigation-error{path.replace('/', '-')}.png"), full_page=True)
-    assert ERROR not in body, f"{what}: {path} shows Streamlit's error notice; menu {_menu(tab)}"
-    assert _menu(tab) == MENU, f"{what}: {path} shows another menu"
-    assert title in [h.strip() for h in tab.locator("h1").all_inner_texts()], f"{what}: {path} lacks its title"
-    assert tab.url.rstrip("/").endswith(path.rstrip("/")), f"{what}: {path} ended on {tab.url}"
+def _assert_pages_ok(tabs: list, paths: list[str], what: str) -> None:
+    """Each tab shows the app's own menu and the page of its path, and no error. The tabs are waited for
+    together: all done, half a second for any rerun queued by a finished run to start, then all done again."""
+    titles = [TITLES[path] for path in paths]
+    for tab, title in zip(tabs, titles, strict=True):
+        tab.wait_for_function(_DONE_JS, arg=[title, ERROR], timeout=90_000)
+    tabs[0].wait_for_timeout(500)  # a rerun queued by a finished run would start now
+    for tab, path, title in zip(tabs, paths, titles, strict=True):
+        tab.wait_for_function(_DONE_JS, arg=[title, ERROR], timeout=90_000)
+        body = tab.inner_text("body")
+        if ERROR in body or tab.locator("[data-testid='stException']").count():
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            tab.screenshot(path=str(SHOTS / f"navigation-error{path.replace('/', '-')}.png"), full_page=True)
+        assert ERROR not in body, f"{what}: {path} shows Streamlit's error notice; menu {_menu(tab)}"
+        assert _menu(tab) == MENU, f"{what}: {path} shows another menu"
+        assert title in [h.strip() for h in tab.locator("h1").all_inner_texts()], f"{what}: {path} lacks its title"
+        assert tab.url.rstrip("/").endswith(path.rstrip("/")), f"{what}: {path} ended on {tab.url}"
 
 
 def _assert_clean_log(log: Path, since: int, what: str) -> None:
@@ -77,19 +69,18 @@ def _assert_clean_log(log: Path, since: int, what: str) -> None:
 
 
 @pytest.mark.slow
-def test_tabs_opening_sub_pages_at_once_on_a_fresh_server(chromium, mini_root: Path, tmp_path: Path) -> None:
+def test_tabs_opening_sub_pages_at_once_on_a_fresh_server(browser, mini_root: Path, tmp_path: Path) -> None:
     home, log = tmp_path / "home", tmp_path / "streamlit.log"
     paths = list(TITLES)[1:] + ["/"]  # sub-pages first: they are what a fresh server used to get wrong
     for attempt in range(1, REPEATS + 1):
         what = f"fresh server {attempt}"
         since = len(log.read_text()) if log.exists() else 0
         proc, url = start_server(mini_root, home, log)
-        context = chromium.new_context(viewport={"width": 1200, "height": 800})
+        context = browser.new_context(viewport={"width": 1200, "height": 800})
         try:
             tabs = [context.new_page() for _ in paths]
             _open_at_once(tabs, url, paths)
-            for tab, path in zip(tabs, paths, strict=True):
-                _assert_page_ok(tab, path, what)
+            _assert_pages_ok(tabs, paths, what)
             if attempt == 1:
                 SHOTS.mkdir(parents=True, exist_ok=True)
                 tabs[1].screenshot(path=str(SHOTS / "navigation-fresh-server.png"))
@@ -100,18 +91,18 @@ def test_tabs_opening_sub_pages_at_once_on_a_fresh_server(chromium, mini_root: P
 
 
 @pytest.mark.slow
-def test_a_tab_left_open_across_a_server_crash_and_a_new_tab_both_work(chromium, mini_root: Path,
+def test_a_tab_left_open_across_a_server_crash_and_a_new_tab_both_work(browser, mini_root: Path,
                                                                        tmp_path: Path) -> None:
     home, log = tmp_path / "home", tmp_path / "streamlit.log"
     proc, url = start_server(mini_root, home, log)
     port = int(url.rsplit(":", 1)[1])
-    context = chromium.new_context(viewport={"width": 1200, "height": 800})
+    context = browser.new_context(viewport={"width": 1200, "height": 800})
     # Per restart: where the user goes in the tab left open (a menu click), and which page a new tab opens.
     moves = [("Compare", "/compare", "/train"), ("Monitor", "/monitor", "/classify"), ("Data", "/", "/report")]
     try:
         left_open = context.new_page()
         left_open.goto(f"{url}/monitor")
-        _assert_page_ok(left_open, "/monitor", "before the crash")
+        _assert_pages_ok([left_open], ["/monitor"], "before the crash")
         for attempt, (label, path, new_path) in enumerate(moves[:REPEATS], start=1):
             what = f"restart {attempt}"
             proc.kill()  # SIGKILL: no shutdown of any kind
@@ -124,8 +115,7 @@ def test_a_tab_left_open_across_a_server_crash_and_a_new_tab_both_work(chromium,
             _open_at_once([new_tab], url, [new_path])
             # The reconnected tab runs no script until the user acts: go on to another page at the same moment.
             left_open.locator("[data-testid='stSidebarNavLink']").filter(has_text=label).click()
-            _assert_page_ok(new_tab, new_path, f"{what}, new tab")
-            _assert_page_ok(left_open, path, f"{what}, tab left open")
+            _assert_pages_ok([new_tab, left_open], [new_path, path], what)
             new_tab.close()
             _assert_clean_log(log, since, what)
     finally:
