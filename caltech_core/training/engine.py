@@ -15,6 +15,9 @@ Epochs and batches are numbered from 1. On CUDA: mixed precision (bf16 when supp
 GradScaler), channels_last, cudnn.benchmark, torch.compile when asked; on the CPU what training/speed.py
 chose (plain fp32 unless measured to pay; recorded in the result). A seeded CPU run repeats exactly (resume
 included: last.pt carries every RNG state, see `checkpointing`).
+
+Over 400 lines on purpose: the loop is meant to read in one file, top to bottom; its parts with a job of their own
+already live beside it (evaluation, checkpointing, features, speed).
 """
 
 from __future__ import annotations
