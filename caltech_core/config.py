@@ -200,9 +200,9 @@ class TrainConfig:
     int8_features: bool = _setting(
         False, "Int8 frozen features (CPU)", "advanced",
         help="Fast path on the CPU: the frozen backbone's features come from an int8 copy of it (onnxruntime "
-             "static quantisation, calibrated on 64 training images), about twice as fast as fp32 and within 0.1 "
-             "point of its validation accuracy for the best-offline preset (docs/benchmarks.md); the numbers "
-             "differ slightly from fp32's. Quantising costs about a minute once per cold run, so it pays from a few "
+             "static quantisation, calibrated on 64 training images): the best-offline preset's cold run 1.5x "
+             "faster, its validation accuracy as high, its test accuracy 0.2 points lower (docs/benchmarks.md); "
+             "the numbers differ slightly from fp32's. Quantising costs about a minute once per cold run, so it pays from a few "
              "thousand images. Needs the fast path (FC only, no augmentation) and an EfficientNet-Lite backbone; on "
              "CUDA the features stay fp32 (the run records which it used).")
     amp: bool = _setting(True, "Mixed precision", "advanced",

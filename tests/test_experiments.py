@@ -83,7 +83,7 @@ def test_presets_match_the_study() -> None:
     assert (demo.class_names, demo.image_size, demo.arch) == (("Faces_easy", "Motorbikes", "airplanes"), 64, "resnet18")
     best = PRESETS["best-offline"].configs[0]
     assert (best.arch, best.pretrained, best.train, best.fast_path, best.augment, best.int8_features) == (
-        "lite_ensemble", True, "fc", True, (), True)
+        "lite_ensemble", True, "fc", True, (), False)  # int8 features: faster, but under the 95.9% test floor
     # The baseline is also the LR-grid's 1e-3 member: their runs are interchangeable.
     assert differing_fields(PRESETS["lr-grid"].configs[1], base) == []
 
