@@ -1,11 +1,10 @@
 """The Train page's estimate against the run it estimates: wall-clock seconds, one machine, one invocation.
 
-For a preset's first config (or with `--set` overrides), `estimate_epoch_seconds` is run twice, its training
-probe timed over one pass of its batches (how it was first built) and then over passes until
-`MIN_PROBE_SECONDS` (today's), then the config is trained by `engine.train` on the same image cache; and again
-(ABAB, so a machine whose load changes affects all alike). Printed per round: each estimate's epoch and whole
-run (features and epochs; image caching is measured apart as it happens once per store) against the real
-epoch (median of the run's epochs) and run, with their ratios.
+For a preset's first config (or with `--set` overrides), `estimate_epoch_seconds` is run, then the config is
+trained by `engine.train` on the same image cache, the estimate runs again, and the run trains again (ABAB,
+so a machine whose load changes affects both alike). Printed: the estimated and the real epoch (median of the
+run's epochs) and whole run (features and epochs; image caching is measured apart as it happens once per
+store), and their ratio.
 
     CALTECH101_ROOT=../shared/caltech101 .venv/bin/python bench/estimate.py --preset quick-demo
     CALTECH101_ROOT=../shared/caltech101 .venv/bin/python bench/estimate.py --preset best-offline --set epochs=60
@@ -29,7 +28,7 @@ from caltech_core.data.dataset import Splits
 from caltech_core.status import Phase
 from caltech_core.study.experiments import get_preset
 from caltech_core.training import engine
-from caltech_core.training.estimate import MIN_PROBE_SECONDS, estimate_epoch_seconds
+from caltech_core.training.estimate import estimate_epoch_seconds
 
 
 def real_run(cfg, splits: Splits, work: Path, cache: Path) -> tuple[float, float]:
@@ -60,29 +59,19 @@ def main(argv: list[str] | None = None) -> int:
     print(describe(cfg.device if cfg.device != "auto" else "cpu"), f"| load average {os.getloadavg()[0]:.1f}")
     print(f"{args.preset}: {cfg.arch}, {cfg.image_size} px, batch {cfg.batch_size}, {cfg.epochs} epochs, "
           f"{len(splits.train)}/{len(splits.val)}/{len(splits.test)} images")
-    probes = {"one pass": 0.0, f">= {MIN_PROBE_SECONDS:g} s": MIN_PROBE_SECONDS}
-    print("| round | probe | estimate took s | est. epoch s | real epoch s | ratio | est. run s (no caching) | "
+    print("| round | estimate took s | est. epoch s | real epoch s | ratio | est. run s (no caching) | "
           "real run s | ratio |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
-    ratios: dict[str, list[float]] = {name: [] for name in probes}
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache"
         for r in range(1, args.rounds + 1):
-            found = {}
-            for name, min_seconds in probes.items():
-                started = time.perf_counter()
-                est = estimate_epoch_seconds(cfg, None, cache_dir=cache, splits=splits, min_seconds=min_seconds)
-                found[name] = (time.perf_counter() - started, est)
+            started = time.perf_counter()
+            est = estimate_epoch_seconds(cfg, None, cache_dir=cache, splits=splits)
+            took = time.perf_counter() - started
+            guess_run = est.feature_seconds + cfg.epochs * est.epoch_seconds
             epoch, run = real_run(cfg, splits, Path(tmp) / f"run{r}", cache)
-            for name, (took, est) in found.items():
-                guess_run = est.feature_seconds + cfg.epochs * est.epoch_seconds
-                ratios[name].append(est.epoch_seconds / epoch)
-                print(f"| {r} | {name} | {took:.1f} | {est.epoch_seconds:.1f} | {epoch:.1f} | "
-                      f"{est.epoch_seconds / epoch:.2f} | {guess_run:.1f} | {run:.1f} | {guess_run / run:.2f} |",
-                      flush=True)
-    for name, values in ratios.items():
-        within = sum(abs(v - 1) <= 0.25 for v in values)
-        print(f"{name}: epoch ratio median {statistics.median(values):.2f}, within 25% in {within} of {len(values)} rounds")
+            print(f"| {r} | {took:.1f} | {est.epoch_seconds:.1f} | {epoch:.1f} | {est.epoch_seconds / epoch:.2f} | "
+                  f"{guess_run:.1f} | {run:.1f} | {guess_run / run:.2f} |", flush=True)
     print(f"speed mode {est.speed}; load average at the end {os.getloadavg()[0]:.1f}")
     return 0
 

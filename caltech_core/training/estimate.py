@@ -3,8 +3,7 @@
 `estimate_epoch_seconds(cfg, root, cache_dir=...)` builds the run's model as the engine does (speed mode
 included), caches a random sample of the training images into the store's real image cache (kept: the run
 will need them), and times the engine's own `train_one_epoch` on the real `BatchLoader` over a few batches
-(one untimed warm-up batch; more passes over them until about two seconds are timed) and `evaluate` on one
-validation batch. With the frozen-backbone fast path it
+(one untimed warm-up batch) and `evaluate` on one validation batch. With the frozen-backbone fast path it
 times the feature pass instead (the ONNX export once, then feature batches) and the head's epoch on feature
 rows, since that is what the run will do: features of every image once, then epochs that take milliseconds.
 
@@ -42,10 +41,6 @@ from caltech_core.training.evaluation import evaluate
 from caltech_core.training.features import FeatureLoader, fast_path_applies, feature_runner
 
 PROBE_BATCHES = 2  # timed training batches (after one warm-up batch)
-# A sub-second probe extrapolated a burst of other load to the whole run (1.3x-4.3x too long: bench/estimate.py,
-# docs/benchmarks.md), so training is timed over more passes of the probe's batches until this many seconds.
-MIN_PROBE_SECONDS = 2.0
-MAX_PROBE_PASSES = 4
 
 
 @dataclass(frozen=True)
@@ -78,7 +73,6 @@ class EpochEstimate:
 
 def estimate_epoch_seconds(
     cfg: TrainConfig, root: str | Path | None, *, cache_dir: str | Path, batches: int = PROBE_BATCHES,
-    min_seconds: float = MIN_PROBE_SECONDS,
     progress: ProgressFn | None = None, splits: Splits | None = None,
 ) -> EpochEstimate:
     """Time a short run of `cfg` on the dataset at `root` (or the given `splits`) and extrapolate."""
@@ -111,7 +105,7 @@ def estimate_epoch_seconds(
         per_train, per_eval = _time_head(head, rows, cfg, splits)
         features = per_feature[0] + per_feature[1] * all_images  # export (+ quantising) + every image's
     else:
-        per_train = _time_training(model, mode, cache, probe, cfg, device, report, steps, min_seconds)
+        per_train = _time_training(model, mode, cache, probe, cfg, device, batches, report, steps)
         per_eval = _time_evaluation(model, cache, probe, cfg, device, splits.num_classes)
         per_feature, features = None, 0.0
     report(steps, steps)
@@ -146,35 +140,27 @@ def _cache_probe(probe: list, cfg: TrainConfig, cache_dir: str | Path) -> tuple[
 
 def _time_training(
     model: nn.Module, mode: speed.SpeedMode, cache: ImageCache, probe: list, cfg: TrainConfig,
-    device: torch.device, report: ProgressFn, steps: int, min_seconds: float,
+    device: torch.device, batches: int, report: ProgressFn, steps: int,
 ) -> float:
-    """Seconds per training image: the engine's epoch loop on the real loader, first batch not counted, over
-    more passes of the probe until `min_seconds` are timed (one pass when 0)."""
+    """Seconds per training image: the engine's epoch loop on the real loader, first batch not counted."""
     indices = [i for i in (cache.index_of(s.path) for s in probe) if i is not None]
     labels = [s.label for s in probe if cache.index_of(s.path) is not None]
     loader = BatchLoader(cache, indices, labels, batch_size=cfg.batch_size, train=True, cfg=cfg, device=device,
                          generator=torch.Generator().manual_seed(cfg.seed), reuse_buffers=True)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)  # weights unchanged
-    stamps: list[tuple[float, int]] = []  # (when, batches done) in the current pass
+    stamps: list[tuple[float, int]] = [(time.perf_counter(), 0)]  # (when, batches done)
 
     def on_batch(_epoch: int, batch: int, _batches: int, _loss: float) -> None:
         stamps.append((time.perf_counter(), batch))
         report(min(batch + 1, steps - 1), steps)
 
-    timed, images = 0.0, 0
-    for pass_ in range(MAX_PROBE_PASSES):
-        stamps[:] = [(time.perf_counter(), 0)]
-        train_one_epoch(model, speed.step_module(model, mode), loader, criterion=nn.CrossEntropyLoss(),
-                        optimizer=optimizer, scaler=torch.amp.GradScaler("cuda", enabled=False), device=device,
-                        amp=cfg.amp, epoch=1, cb=Callbacks(on_batch=on_batch), mode=mode)
-        # The first batch is a warm-up (first-call set-up, a compilation); with a single batch it is all there is.
-        skip = 1 if pass_ == 0 and len(stamps) > 2 else 0
-        for (start, _), (end, done) in zip(stamps[skip:], stamps[skip + 1:], strict=False):
-            images += len(loader.indices[(done - 1) * cfg.batch_size: done * cfg.batch_size])
-            timed += end - start
-        if timed >= min_seconds:
-            break
-    return timed / max(images, 1)
+    train_one_epoch(model, speed.step_module(model, mode), loader, criterion=nn.CrossEntropyLoss(),
+                    optimizer=optimizer, scaler=torch.amp.GradScaler("cuda", enabled=False), device=device,
+                    amp=cfg.amp, epoch=1, cb=Callbacks(on_batch=on_batch), mode=mode)
+    # The first batch is a warm-up (first-call set-up, a compilation); with a single batch it is all there is.
+    (start, first), (end, last) = stamps[1 if len(stamps) > 2 else 0], stamps[-1]
+    sizes = [len(loader.indices[b * cfg.batch_size: (b + 1) * cfg.batch_size]) for b in range(first, last)]
+    return (end - start) / max(sum(sizes), 1)
 
 
 def _time_evaluation(model: nn.Module, cache: ImageCache, probe: list, cfg: TrainConfig, device: torch.device,
