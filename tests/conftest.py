@@ -33,22 +33,6 @@ def _real_root() -> Path:
     return root
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Longest files first: those with a `slow` test, then those driving a browser (a few long tests each), then
-    the rest, most tests first. `make test` hands whole files to two workers in this order (`--dist loadfile`;
-    xdist's own reordering, by test count alone, is off in pyproject.toml), so no long file starts last and
-    leaves one worker running it alone while the other has nothing left to take."""
-    files: dict[Path, list[pytest.Item]] = {}
-    for item in items:
-        files.setdefault(item.path, []).append(item)
-
-    def weight(path: Path) -> tuple[int, int]:
-        marks = {mark.name for item in files[path] for mark in item.iter_markers()}
-        return (0, 0) if "slow" in marks else (1, 0) if "browser" in marks else (2, -len(files[path]))
-
-    items[:] = [item for path in sorted(files, key=weight) for item in files[path]]
-
-
 @pytest.fixture(scope="session")
 def caltech_root() -> Path:
     """The full real dataset with its official split files."""
