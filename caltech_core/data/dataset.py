@@ -129,12 +129,10 @@ class Splits:
 
         train, val = apply(self.train), apply(self.val)
         test_list = apply(self.test) if test else self.test
-        marked = marks.excluded | set(relabelled)
-        listed = {str(p) for p in self.all_paths()}
+        marked = marks.paths
         untouched = 0 if test else sum(str(s.path) in marked for s in self.test)
-        missing = sum(p not in listed and not Path(p).exists() for p in marked)
         source = {**self.source, **counts, "marks_on_test": test, "test_untouched": untouched,
-                  "missing_marks": missing}
+                  "missing_marks": len(marks.missing())}
         return replace(self, train=train, val=val, test=test_list, source=source)
 
     def without(self, unreadable: Iterable[Skipped]) -> Splits:

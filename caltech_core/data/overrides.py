@@ -29,6 +29,16 @@ class Overrides:
     def __len__(self) -> int:
         return len(self.excluded) + len(self.relabelled or {})
 
+    @property
+    def paths(self) -> frozenset[str]:
+        """Every marked file."""
+        return self.excluded | frozenset(self.relabelled or {})
+
+    def missing(self) -> list[str]:
+        """Marked files that are no longer on disk: reported (Data page, a run's `results["dataset"]`), never
+        applied, since there is nothing left to exclude or relabel."""
+        return sorted(p for p in self.paths if not Path(p).exists())
+
 
 def _read(home: Path, dataset_id: str) -> list[dict[str, Any]]:
     file = layout.dataset_overrides(home, dataset_id)
@@ -56,9 +66,8 @@ def load(home: Path, dataset_id: str) -> Overrides:
 
 
 def missing(home: Path, dataset_id: str) -> list[str]:
-    """Marked files that are no longer on disk: reported (Data page, a run's `results["dataset"]`), never
-    applied, since there is nothing left to exclude or relabel."""
-    return sorted({m["path"] for m in _read(home, dataset_id) if not Path(m["path"]).exists()})
+    """The dataset's marked files that are no longer on disk (`Overrides.missing`)."""
+    return load(home, dataset_id).missing()
 
 
 def _change(home: Path, dataset_id: str, edit: Any) -> None:
