@@ -12,7 +12,7 @@ Lite1 and Lite2); use a fresh `--work` folder (the default is a new temporary on
 3. `--finetune-epochs N`: optionally fine-tune all layers from ImageNet weights for N epochs (slow on a CPU).
 
 `--compare-int8` instead runs the preset cold twice in this one process, side by side: fp32 features
-(`int8_features` off, the preset before issue 26) and then int8 features (the preset today), each in its own
+(`int8_features` off, the preset's setting) and then int8 features (the setting on), each in its own
 fresh folder under the work folder (its own image cache and features), each timed from before its image cache;
 it prints both cold times, their ratio and each run's validation and test accuracy. The second run finds the
 JPEG files in the OS's page cache (`--int8-first` swaps the order). `--classes K` / `--max-per-class M` make a
