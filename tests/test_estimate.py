@@ -50,7 +50,9 @@ def test_estimate_within_a_quarter_of_the_real_epochs(
     cfg = tiny_config(epochs=3, class_names=CLASSES, max_per_class=40, **changes)
     splits = Splits.from_config(cfg, caltech_root)
     guesses, reals = [], []
-    for round_ in range(ROUNDS):
+    # The full training's epochs are timed one run at a time: in a warmed-up process later runs got faster than
+    # their estimates (0.54 s against 0.69 s in one CI), so its one estimate is compared with its one run.
+    for round_ in range(ROUNDS if fast_path else 1):
         cache = tmp_path / f"cache{round_}"  # the run keeps its features there: a second run would reuse them
         estimate = estimate_epoch_seconds(cfg, caltech_root, cache_dir=cache, splits=splits)
         assert estimate.fast_path is fast_path and estimate.speed == "eager fp32"
@@ -67,7 +69,9 @@ def test_estimate_within_a_quarter_of_the_real_epochs(
         else:  # epochs of milliseconds after the features: the run's time is the features, paid once
             guesses.append(estimate.feature_seconds + cfg.epochs * estimate.epoch_seconds)
             reals.append(first[Phase.TRAINING] - last[Phase.CACHING] + sum(epochs))
-            assert estimate.seconds_per_feature_image is not None and estimate.feature_seconds > sum(epochs)
+            assert estimate.seconds_per_feature_image is not None
+            if round_ == 0:  # once, as before the rounds: each extra round was another chance of a near tie
+                assert estimate.feature_seconds > sum(epochs)
     guess, real = min(guesses), min(reals)
     assert abs(guess - real) <= TOLERANCE * real, (guesses, reals)
 
