@@ -23,7 +23,7 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
-	$(PY) -m pytest -n 2 --dist loadfile -m "not timing" --durations=25
+	$(PY) -m pytest -n 3 --dist loadfile -m "not timing" --durations=25
 	$(PY) -m pytest -m timing
 
 lint: $(VENV)/.installed

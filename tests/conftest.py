@@ -11,6 +11,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Beside the other workers (and the Ray workers and servers they start, which inherit this) the cores are
+    # oversubscribed, and OpenMP threads that spin while they wait starved the rest: 2-CPU Ray runs took 3-5x
+    # longer with three workers. Set before torch is imported here; the timing tests run without workers.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 from browser_kit import CHROMIUM, CHROMIUM_ARGS, start_server, stop_server
 
@@ -145,10 +151,12 @@ def _no_internet(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(autouse=True)
 def _few_threads() -> None:
-    # Two cores on CI: keep torch from oversubscribing when helpers run beside the tests.
+    # The cores shared out between pytest-xdist's workers: two workers with two torch threads each on CI's two
+    # cores spent their time spin-waiting on each other.
     import torch
 
-    torch.set_num_threads(2)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, min(2, (os.cpu_count() or 2) // workers)))
 
 
 # ---- data layer fixtures (caltech_core.data.dataset / imagecache / transforms) -------------------------------------

@@ -122,9 +122,10 @@ def test_killing_the_server_mid_run_leaves_a_resumable_interrupted_run(
     browser, mini_root: Path, tmp_path: Path, wait_until,
 ) -> None:
     home, log = tmp_path / "home", tmp_path / "streamlit.log"
-    # Killed once 2 epochs are in (the store is polled every 0.1 s); 6 more epochs, each with its validation and
-    # checkpoints, are ample room to land the kill mid-run; the resume trains the rest.
-    epochs = 8
+    # Killed once 2 epochs are in (the store is polled every 0.1 s). A tiny epoch takes a fraction of a second, and
+    # 8 epochs once all ended before a busy test process saw the second (CI, server without its per-rerun GC):
+    # 30 leave seconds of room to land the kill mid-run; the resume trains the rest.
+    epochs = 30
     proc, url = start_server(mini_root, home, log)
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
