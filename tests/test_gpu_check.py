@@ -56,6 +56,7 @@ def _plan(tiny_config: Callable[..., TrainConfig], budget: float, epochs: int) -
     )
 
 
+@pytest.mark.slow
 def test_a_tiny_plan_runs_every_part_and_writes_its_summary(mini_root, tmp_path, tiny_config):
     out = tmp_path / "out"
     summary = gpu_check.run(_plan(tiny_config, budget=900, epochs=2), mini_root, out, tmp_path / "work")  # ends when done
@@ -104,6 +105,7 @@ def test_the_second_plan_is_candidates_chosen_on_validation():
     assert len(scratch) == 3 and all(cfg.arch == "alexnet" and not cfg.pretrained for cfg in scratch)
 
 
+@pytest.mark.slow
 def test_a_tiny_second_plan_measures_the_loader_and_chooses_on_validation(mini_root, tmp_path, tiny_config):
     job = tiny_config(image_size=32, batch_size=12, epochs=2, lr=0.01, augment=("crop", "hflip"),
                       lr_schedule="cosine", warmup_epochs=1, label_smoothing=0.1, retrain_on_train_val=True,

@@ -77,6 +77,7 @@ def test_a_resent_message_is_applied_once(tmp_path: Path, tiny: Callable[..., Tr
         raybackend.apply_message(store, (3, run_id, "delete_run", (), {}))
 
 
+@pytest.mark.slow
 def test_two_runs_train_side_by_side_each_row_once(
     cluster: Any, tmp_path: Path, mini_root: Path, tiny: Callable[..., TrainConfig],
     wait_until: Callable[..., None],
@@ -164,6 +165,7 @@ def test_a_writing_run_keeps_its_cpus_from_a_waiting_task(
     manager.shutdown(wait=True)
 
 
+@pytest.mark.slow
 def test_killed_worker_is_interrupted_and_resumes_to_identical_curves(
     cluster: Any, tmp_path: Path, mini_root: Path, tiny: Callable[..., TrainConfig],
     wait_until: Callable[..., None],
