@@ -34,7 +34,7 @@ def cpu_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.set_num_threads(threads)
 
 
-ROUNDS = 3  # estimate and run, interleaved; the fastest of each is compared (see below)
+ROUNDS = 3  # estimate and run, interleaved (how they are compared: see below)
 
 
 @pytest.mark.timing  # run alone: beside the other test process the fast path's estimate ran 1.3x its run, twice
@@ -44,15 +44,16 @@ def test_estimate_within_a_quarter_of_the_real_epochs(
 ) -> None:
     """Even CPU time grows when the other test process and a browser share the two cores, unevenly between the
     short probe and the run: in two CI runs the fast path's guesses were 1.2-1.4x its runs (0.35-0.38 s against
-    0.27-0.34 s; alone both are about 0.2 s, ratio 0.85-0.95). So this runs with the timing tests, alone, and the
-    fastest of three interleaved estimates is compared with the fastest of three runs."""
+    0.27-0.34 s; alone both are about 0.2 s, ratio 0.85-0.95). So this runs with the timing tests, alone, with three
+    interleaved estimates and runs (the fast path: the fastest of each; the full training: the median ratio)."""
     changes = {"train": "fc", "augment": [], "lr": 0.01} if fast_path else {}
     cfg = tiny_config(epochs=3, class_names=CLASSES, max_per_class=40, **changes)
     splits = Splits.from_config(cfg, caltech_root)
     guesses, reals = [], []
-    # The full training's epochs are timed one run at a time: in a warmed-up process later runs got faster than
-    # their estimates (0.54 s against 0.69 s in one CI), so its one estimate is compared with its one run.
-    for round_ in range(ROUNDS if fast_path else 1):
+    # The full training: each round's estimate against its own run, and the median of the three ratios checked (a
+    # lone pair came out 1.30x in one clean-clone CI, 0.74 s against 0.56 s; the fastest of each side, as for the
+    # fast path, once paired a warm process's run with an earlier estimate: 0.54 s against 0.69 s).
+    for round_ in range(ROUNDS):
         cache = tmp_path / f"cache{round_}"  # the run keeps its features there: a second run would reuse them
         estimate = estimate_epoch_seconds(cfg, caltech_root, cache_dir=cache, splits=splits)
         assert estimate.fast_path is fast_path and estimate.speed == "eager fp32"
@@ -72,8 +73,11 @@ def test_estimate_within_a_quarter_of_the_real_epochs(
             assert estimate.seconds_per_feature_image is not None
             if round_ == 0:  # once, as before the rounds: each extra round was another chance of a near tie
                 assert estimate.feature_seconds > sum(epochs)
-    guess, real = min(guesses), min(reals)
-    assert abs(guess - real) <= TOLERANCE * real, (guesses, reals)
+    if fast_path:
+        ratio = min(guesses) / min(reals)
+    else:
+        ratio = statistics.median(guess / real for guess, real in zip(guesses, reals, strict=True))
+    assert abs(ratio - 1) <= TOLERANCE, (guesses, reals)
 
 
 def _train_timing_phases(cfg, splits: Splits, workdir: Path, cache: Path) -> tuple:
