@@ -24,6 +24,7 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m pytest -n 3 --dist loadfile -m "not timing" --durations=25
+	sync  # the first part's writes go to disk now, not as kernel writeback beside the timing tests
 	$(PY) -m pytest -m timing
 
 lint: $(VENV)/.installed
