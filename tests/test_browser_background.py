@@ -7,6 +7,7 @@ starting another. The scan is held at its start by holding its file lock from he
 from __future__ import annotations
 
 import re
+import statistics
 import time
 from pathlib import Path
 
@@ -92,9 +93,14 @@ def test_every_page_draws_first_and_the_scan_result_comes_later_once(server, bro
     tab.get_by_text("Every listed image decodes.").scroll_into_view_if_needed()
     shot(tab, "background-scan-done")
 
+    # Each page opened three times (each a fresh document, as a bookmark opens it) and its median checked: a lone
+    # opening of the Report, whose Plotly figures load the browser's Plotly bundle, took 2.2 s and 3.03 s in two
+    # runs of this test alone on an idle machine.
+    openings: dict[str, list[float]] = {}
     for path in ("/train", "/monitor", "/errors", "/compare", "/classify", "/report"):
-        seconds[path] = _open(tab, f"{url}{path}", FIRST_CONTENT[path])
+        openings[path] = [_open(tab, f"{url}{path}", FIRST_CONTENT[path]) for _ in range(3)]
+        seconds[path] = statistics.median(openings[path])
     window.close()
-    print(f"\nfirst useful content (s), server warm-up {warm_up:.1f} s: "
-          + ", ".join(f"{path} {s:.2f}" for path, s in seconds.items()))
+    print(f"\nfirst useful content (s), server warm-up {warm_up:.1f} s: / {seconds['/']:.2f}, "
+          + ", ".join(f"{path} {'/'.join(f'{s:.2f}' for s in times)}" for path, times in openings.items()))
     assert max(seconds.values()) <= FIRST_CONTENT_S, seconds

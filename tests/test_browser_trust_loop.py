@@ -46,10 +46,20 @@ def test_mark_a_suspect_retrain_and_compare(loop_server, page) -> None:
     page.get_by_text("Suspected label errors", exact=True).first.click()
     settle(page)
     fix = page.get_by_role("button", name=re.compile("Fix label")).first
-    fix.evaluate("button => button.scrollIntoView({block: 'start'})")  # room below it for the popover
-    fix.click()
-    page.get_by_role("button", name=re.compile("^Relabel$")).click()
-    settle(page)
+    relabel = page.get_by_role("button", name=re.compile("^Relabel$"))
+    for attempt in range(4):  # a click during a rerun can be lost (once in a suite run: no mark after 60 s)
+        if overrides.marks(home, "caltech101"):
+            break
+        if not relabel.is_visible():
+            fix.evaluate("button => button.scrollIntoView({block: 'start'})")  # room below it for the popover
+            fix.click(timeout=20_000)
+        relabel.click(timeout=20_000)
+        settle(page)
+        deadline = time.monotonic() + 20
+        while not overrides.marks(home, "caltech101") and time.monotonic() < deadline:
+            time.sleep(0.25)
+        if attempt:
+            lap(f"Relabel clicked again ({attempt})")
     page.get_by_text(re.compile(r"^relabelled as ")).first.wait_for()
     (mark,) = overrides.marks(home, "caltech101")
     assert mark["action"] == "relabel"

@@ -194,15 +194,21 @@ def _time_features(
     batch = max(cfg.batch_size, 32)  # the engine's feature batch
     loader = BatchLoader(cache, list(range(len(cache))), [0] * len(cache), batch_size=batch, train=False, cfg=cfg,
                          device=device, reuse_buffers=True)
-    rows, timed, images = [], 0.0, 0
+    rows, timed, images, first = [], 0.0, 0, (0.0, 0)
     with torch.no_grad():
         for i, (x, _) in enumerate(loader):
             started = time.perf_counter()
             rows.append(run(x))
             if i > 0 or len(loader) == 1:
                 timed, images = timed + time.perf_counter() - started, images + len(x)
+            else:
+                first = (time.perf_counter() - started, len(x))
             report(min(i + 2, steps - 1), steps)
-    return (export, timed / max(images, 1)), torch.cat(rows)
+    per_image = timed / max(images, 1)
+    # The first batch's set-up beyond its images' share (a first call's kernels and buffers): the run's first
+    # batch pays it too, once.
+    warm_up = max(0.0, first[0] - per_image * first[1])
+    return (export + warm_up, per_image), torch.cat(rows)
 
 
 def _time_head(head: nn.Module, rows: torch.Tensor, cfg: TrainConfig, splits: Splits) -> tuple[float, float]:
