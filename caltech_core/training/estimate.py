@@ -41,6 +41,9 @@ from caltech_core.training.evaluation import evaluate
 from caltech_core.training.features import FeatureLoader, fast_path_applies, feature_runner
 
 PROBE_BATCHES = 2  # timed training batches (after one warm-up batch)
+# Untimed feature batches first: a fresh onnxruntime session's first two runs are slower (EfficientNet-Lite0,
+# 160 px, batch 32: 7.9 and 6.7 ms an image, then 4.4-4.9), and timing the second made the estimate 15-25% high.
+FEATURE_WARM_UP = 2
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ def estimate_epoch_seconds(
     fast = fast_path_applies(cfg, model)
 
     # A random sample of training images: enough for a warm-up batch and the timed ones.
-    probe_size = cfg.batch_size * (batches + 1) if not fast else max(cfg.batch_size, 32) * (batches + 1)
+    probe_size = cfg.batch_size * (batches + 1) if not fast else max(cfg.batch_size, 32) * (batches + FEATURE_WARM_UP)
     probe = random.Random(cfg.seed).sample(splits.train, min(len(splits.train), probe_size))
     decode_per_image, uncached_share, cache = _cache_probe(probe, cfg, cache_dir)
     report(1, steps)
@@ -194,20 +197,18 @@ def _time_features(
     batch = max(cfg.batch_size, 32)  # the engine's feature batch
     loader = BatchLoader(cache, list(range(len(cache))), [0] * len(cache), batch_size=batch, train=False, cfg=cfg,
                          device=device, reuse_buffers=True)
-    rows, timed, images, first = [], 0.0, 0, (0.0, 0)
+    rows, times = [], []  # (seconds, images) of each batch
     with torch.no_grad():
         for i, (x, _) in enumerate(loader):
             started = time.perf_counter()
             rows.append(run(x))
-            if i > 0 or len(loader) == 1:
-                timed, images = timed + time.perf_counter() - started, images + len(x)
-            else:
-                first = (time.perf_counter() - started, len(x))
+            times.append((time.perf_counter() - started, len(x)))
             report(min(i + 2, steps - 1), steps)
-    per_image = timed / max(images, 1)
-    # The first batch's set-up beyond its images' share (a first call's kernels and buffers): the run's first
-    # batch pays it too, once.
-    warm_up = max(0.0, first[0] - per_image * first[1])
+    warm = min(FEATURE_WARM_UP, len(times) - 1)
+    steady = times[warm:]
+    per_image = sum(s for s, _ in steady) / max(sum(n for _, n in steady), 1)
+    # The warm-up batches' time beyond their images' share: the run's first batches pay it too, once.
+    warm_up = sum(max(0.0, s - per_image * n) for s, n in times[:warm])
     return (export + warm_up, per_image), torch.cat(rows)
 
 
