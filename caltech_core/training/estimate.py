@@ -4,8 +4,9 @@
 included), caches a random sample of the training images into the store's real image cache (kept: the run
 will need them), and times the engine's own `train_one_epoch` on the real `BatchLoader` over a few batches
 (one untimed warm-up batch) and `evaluate` on one validation batch. With the frozen-backbone fast path it
-times the feature pass instead (the ONNX export once, then feature batches) and the head's epoch on feature
-rows, since that is what the run will do: features of every image once, then epochs that take milliseconds.
+times the feature pass instead (the ONNX export once, two untimed feature batches, then timed ones) and the
+head's epoch on feature rows, since that is what the run will do: features of every image once, then epochs
+that take milliseconds. What the untimed batches took beyond their images' share counts once, as a set-up.
 
 What is extrapolated: per-image times to the split sizes; the probe's share of images not yet in the image
 cache (and their decode time) to the whole dataset. A run that retrains on train+val is counted at its full
@@ -93,7 +94,7 @@ def estimate_epoch_seconds(
     speed.prepare(model, mode, device)
     fast = fast_path_applies(cfg, model)
 
-    # A random sample of training images: enough for a warm-up batch and the timed ones.
+    # A random sample of training images: enough for the warm-up batches and the timed ones.
     probe_size = cfg.batch_size * (batches + 1) if not fast else max(cfg.batch_size, 32) * (batches + FEATURE_WARM_UP)
     probe = random.Random(cfg.seed).sample(splits.train, min(len(splits.train), probe_size))
     decode_per_image, uncached_share, cache = _cache_probe(probe, cfg, cache_dir)
