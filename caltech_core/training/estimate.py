@@ -205,7 +205,7 @@ def _time_features(
             rows.append(run(x))
             times.append((time.perf_counter() - started, len(x)))
             report(min(i + 2, steps - 1), steps)
-    warm = min(FEATURE_WARM_UP, len(times) - 1)
+    warm = max(0, min(FEATURE_WARM_UP, len(times) - 1))  # a probe of one or two batches: time what there is
     steady = times[warm:]
     per_image = sum(s for s, _ in steady) / max(sum(n for _, n in steady), 1)
     # The warm-up batches' time beyond their images' share: the run's first batches pay it too, once.
