@@ -94,8 +94,7 @@ def test_every_page_draws_first_and_the_scan_result_comes_later_once(server, bro
     shot(tab, "background-scan-done")
 
     # Each page opened three times (each a fresh document, as a bookmark opens it) and its median checked: a lone
-    # opening of the Report, whose Plotly figures load the browser's Plotly bundle, took 2.2 s and 3.03 s in two
-    # runs of this test alone on an idle machine.
+    # opening of the Report took 2.2 s and 3.03 s in two runs of this test alone on an idle machine.
     openings: dict[str, list[float]] = {}
     for path in ("/train", "/monitor", "/errors", "/compare", "/classify", "/report"):
         openings[path] = [_open(tab, f"{url}{path}", FIRST_CONTENT[path]) for _ in range(3)]
