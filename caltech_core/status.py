@@ -1,4 +1,5 @@
-"""Run statuses and progress phases: the one definition the store, engine, jobs, pages and report share.
+"""Run statuses, progress phases and a job's `Progress`: the one definition the store, engine, jobs, pages and
+report share (no heavy imports: a Ray sink actor unpickles `Progress` with this module alone).
 
 `RunStatus` is a `StrEnum`, so a member equals its plain string ("finished" == RunStatus.FINISHED) and is
 stored as that string in SQLite.
@@ -7,6 +8,7 @@ stored as that string in SQLite.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -79,3 +81,20 @@ _PHASE_LABELS = {
 }
 
 ProgressFn = Callable[[int, int], None]  # (done, total; total 0 when unknown): bytes, images, ...
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a queued or running job stands. `epoch` counts finished epochs; `batch` is within the current one."""
+
+    run_id: int
+    phase: Phase  # `phase.label` is what a person reads
+    epoch: int
+    epochs: int
+    batch: int
+    batches: int
+    fraction: float  # 0..1 of the whole run (1 once done; a failed run keeps where it stopped)
+    eta_seconds: float | None
+    elapsed_seconds: float
+    phase_done: int = 0  # items done / total in the current phase (`phase.unit`: bytes downloaded, images cached)
+    phase_total: int = 0

@@ -24,8 +24,7 @@ from caltech_core.runs.job import run_job
 from caltech_core.runs.manager import JobManager, get_manager
 from caltech_core.runs.store import RunStore
 from caltech_core.runs.threads import ThreadJobManager
-from caltech_core.runs.tracker import Progress
-from caltech_core.status import Phase
+from caltech_core.status import Phase, Progress
 from caltech_core.training import engine
 
 REPO = Path(__file__).resolve().parent.parent

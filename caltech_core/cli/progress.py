@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from caltech_core.status import Phase, ProgressFn, RunStatus
 
 if TYPE_CHECKING:
-    from caltech_core.runs.tracker import Progress
+    from caltech_core.status import Progress
 
 REDRAW_SECONDS = 0.25  # the engine reports every image while caching; a run's bar redraws a few times a second
 

@@ -17,8 +17,8 @@ from caltech_core import status as run_status
 from caltech_core.config import ConfigError, TrainConfig
 from caltech_core.nets.device import resolve_device
 from caltech_core.runs.records import RunNotFoundError, RunRecord, StoreWriter
-from caltech_core.runs.tracker import Progress, Tracker
-from caltech_core.status import Phase, RunStatus
+from caltech_core.runs.tracker import Tracker
+from caltech_core.status import Phase, Progress, RunStatus
 from caltech_core.training.failures import is_out_of_memory, oom_message
 
 log = logging.getLogger(__name__)

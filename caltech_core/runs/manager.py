@@ -16,7 +16,7 @@ from caltech_core.config import TrainConfig
 from caltech_core.runs.backend import LOCAL, backend_from_env, check_address
 from caltech_core.runs.store import RunStore
 from caltech_core.runs.threads import ThreadJobManager
-from caltech_core.runs.tracker import Progress
+from caltech_core.status import Progress
 
 
 class JobManager(Protocol):

@@ -33,11 +33,11 @@ from caltech_core.runs.backend import LOCAL, LOCAL_CLUSTER, check_address
 from caltech_core.runs.job import Runner
 from caltech_core.runs.owners import process_alive
 from caltech_core.runs.records import RunNotFoundError
-from caltech_core.runs.remote import Message, Placement, RayBackendError, Sink, ray_module, train_remote
+from caltech_core.runs.remote import RayBackendError, ray_module, train_remote
+from caltech_core.runs.sink import Message, Placement, Sink
 from caltech_core.runs.store import RunStore
 from caltech_core.runs.threads import BaseJobManager
-from caltech_core.runs.tracker import Progress
-from caltech_core.status import RunStatus
+from caltech_core.status import Progress, RunStatus
 
 log = logging.getLogger(__name__)
 

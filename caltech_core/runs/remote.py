@@ -1,6 +1,6 @@
 """The worker side of the Ray backend: a run's Ray task (`train_remote`) trains through the one `job.run_job`
 path with a `RemoteStore`, whose writes (status, batch and epoch rows, checkpoints, results) become numbered
-messages to the driver's `Sink` actor. The driver (`raybackend.py`) applies them to SQLite; cancel flags and each
+messages to the driver's `Sink` actor (sink.py). The driver (`raybackend.py`) applies them to SQLite; cancel flags and each
 run's latest progress go through the sink too.
 
 A run never waits for the sink with `ray.get` or `ray.wait`: Ray lends the CPUs of a task blocked in either to
@@ -19,21 +19,19 @@ import socket
 import time
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from caltech_core import layout
 from caltech_core.runs.job import Runner, run_job
 from caltech_core.runs.records import RunRecord
-from caltech_core.runs.tracker import Progress
-from caltech_core.status import Phase
+from caltech_core.runs.sink import Placement
+from caltech_core.status import Phase, Progress
 
 PROGRESS_SECONDS = 0.5  # a worker sends its progress at most this often (and on every phase change)
 UNCONFIRMED_WRITES = 64  # a worker waits for its oldest receipt beyond this many writes in flight
 RAY_VERSION = "2.60.0"  # the pin in requirements.txt, for the message when Ray is missing
 
-Message = tuple[int, int, str, tuple[Any, ...], dict[str, Any]]  # (sequence number, run id, store method, args, kwargs)
 
 
 class RayBackendError(RuntimeError):
@@ -47,58 +45,6 @@ def ray_module() -> Any:
     except ImportError as exc:
         raise RayBackendError(f"the Ray backend needs the ray package: pip install ray=={RAY_VERSION}") from exc
     return ray
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where a run trains: the Ray node, its GPUs (none for a CPU run) and the worker process."""
-
-    node_ip: str
-    node_id: str
-    gpu_ids: tuple[str, ...]
-    pid: int
-    hostname: str
-
-    def describe(self) -> str:
-        gpus = f"GPU {', '.join(self.gpu_ids)}" if self.gpu_ids else "CPU"
-        return f"Ray node {self.node_ip} ({self.hostname}) · {gpus} · worker pid {self.pid}"
-
-
-class Sink:
-    """The Ray actor between workers and the driver: numbered store writes in arrival order, cancel flags and each
-    run's latest progress. One per driver process."""
-
-    def __init__(self) -> None:
-        self._messages: list[Message] = []
-        self._seq = 0
-        self._cancelled: set[int] = set()
-        self._progress: dict[int, Progress] = {}
-
-    def put(self, run_id: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
-        self._seq += 1
-        self._messages.append((self._seq, run_id, method, args, kwargs))
-        return self._seq
-
-    def take(self, applied: int) -> list[Message]:
-        """Drop the messages up to `applied` (the driver has them in SQLite) and return the rest, in order."""
-        self._messages = [m for m in self._messages if m[0] > applied]
-        return list(self._messages)
-
-    def cancel(self, run_id: int) -> None:
-        self._cancelled.add(run_id)
-
-    def cancel_requested(self, run_id: int) -> bool:
-        return run_id in self._cancelled
-
-    def forget(self, run_id: int) -> None:
-        self._cancelled.discard(run_id)
-        self._progress.pop(run_id, None)
-
-    def set_progress(self, run_id: int, progress: Progress) -> None:
-        self._progress[run_id] = progress
-
-    def progress(self) -> dict[int, Progress]:
-        return dict(self._progress)
 
 
 class RemoteStore:

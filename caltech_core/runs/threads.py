@@ -18,8 +18,8 @@ from typing import Any
 from caltech_core.config import TrainConfig
 from caltech_core.runs.job import Runner, checked_config, resumable_run, run_job
 from caltech_core.runs.store import RunStore
-from caltech_core.runs.tracker import Progress, Tracker
-from caltech_core.status import Phase, RunStatus
+from caltech_core.runs.tracker import Tracker
+from caltech_core.status import Phase, Progress, RunStatus
 
 log = logging.getLogger(__name__)
 

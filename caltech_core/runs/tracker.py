@@ -1,39 +1,21 @@
 """One run's engine callbacks: metrics written to the store as they happen (batch rows buffered), the cancel flag,
-and where the run stands (`Progress`) for whoever shows it."""
+and where the run stands (`status.Progress`) for whoever shows it."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from caltech_core.config import TrainConfig
 from caltech_core.runs.records import StoreWriter
-from caltech_core.status import Phase
+from caltech_core.status import Phase, Progress
 
 BATCH_FLUSH_EVERY = 20  # batch rows buffered before a write ...
 BATCH_FLUSH_SECONDS = 1.0  # ... or after this long, whichever comes first; always at epoch end
 CANCEL_POLL_SECONDS = 0.5  # how often a run reads the store's cancel flag (set by another process)
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Where a queued or running job stands. `epoch` counts finished epochs; `batch` is within the current one."""
-
-    run_id: int
-    phase: Phase  # `phase.label` is what a person reads
-    epoch: int
-    epochs: int
-    batch: int
-    batches: int
-    fraction: float  # 0..1 of the whole run (1 once done; a failed run keeps where it stopped)
-    eta_seconds: float | None
-    elapsed_seconds: float
-    phase_done: int = 0  # items done / total in the current phase (`phase.unit`: bytes downloaded, images cached)
-    phase_total: int = 0
 
 
 class Tracker:
