@@ -46,8 +46,8 @@ def test_mark_a_suspect_retrain_and_compare(loop_server, page) -> None:
     settle(page)
     page.get_by_text("Suspected label errors", exact=True).first.click()
     settle(page)
-    # Background work (the split's images decoding) ends with a rerun of the whole page, which would close the
-    # popover under the click: wait until no progress bar is left.
+    # Background work (the split's images decoding) ends with a rerun of the whole page, which may replace the
+    # popover under the click (suspected, not seen): wait until no progress bar is left.
     page.locator("[data-testid='stProgress']").first.wait_for(state="detached", timeout=120_000)
     settle(page)
     fix = page.get_by_role("button", name=re.compile("Fix label")).first
