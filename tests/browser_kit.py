@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -133,6 +134,29 @@ def choose(page, label: str, option: str) -> None:
             continue
     expect(box.get_by_role("combobox")).to_have_value(option)
     settle(page)
+
+
+def click_until(page, click: Callable[[], None], done: Callable[[], bool], name: str, *, tries: int = 4,
+                seconds: float = 20.0) -> None:
+    """Call `click` until `done()` holds, up to `tries` times, waiting `seconds` after each: a click during a rerun
+    can be lost, or its button detached (then `click` times out and is tried again). Each try that did not get
+    there saves the screenshot `<name>-try-<n>` and prints a line; the caller asserts the result."""
+    for attempt in range(tries):
+        if done():
+            return
+        try:
+            click()
+        except PlaywrightTimeout as exc:
+            print(f"{name}: try {attempt + 1} could not click: {str(exc).splitlines()[0]}")
+            shot(page, f"{name}-try-{attempt}")
+            settle(page)
+            continue
+        deadline = time.monotonic() + seconds
+        while not done() and time.monotonic() < deadline:
+            page.wait_for_timeout(250)
+        if not done():
+            print(f"{name}: nothing {seconds:g} s after try {attempt + 1}")
+            shot(page, f"{name}-try-{attempt}")
 
 
 def add_choice(page, label: str, option: str) -> None:

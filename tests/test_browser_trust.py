@@ -8,8 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser_kit import CHROMIUM, CHROMIUM_ARGS, settle, shot
-from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from browser_kit import CHROMIUM, CHROMIUM_ARGS, click_until, settle, shot
 from playwright.sync_api import expect
 
 pytestmark = pytest.mark.browser
@@ -40,14 +39,8 @@ def test_webcam_snapshot_and_zip_batch(server, camera_page, mini_root: Path, tmp
     take, result = page.get_by_role("button", name=re.compile("Take Photo", re.I)), page.get_by_text(
         re.compile(r"webcam snapshot → "))
     take.wait_for(timeout=30_000)
-    for _ in range(4):  # no result within 60 s after one click in 2 of 9 suite runs (never alone): click again
-        if take.is_visible():
-            take.click()
-        try:
-            result.wait_for(timeout=20_000)
-            break
-        except PlaywrightTimeout:
-            shot(page, "webcam-no-result-yet")
+    # No result within 60 s after one click in 2 of 9 suite runs (never alone): click again.
+    click_until(page, lambda: take.click() if take.is_visible() else None, result.is_visible, "webcam-no-result")
     expect(result).to_be_visible()
     settle(page)
 

@@ -45,8 +45,8 @@ def test_estimate_within_a_quarter_of_the_real_epochs(
     """Each round's estimate against its own run, and the median of the rounds' ratios checked: a lone round can
     be 30% off even on an idle machine (the thread's CPU time counts the kernel's work for it too, page faults
     included: after the rest of the suite one full-training round's epochs took 0.64-0.70 s against 0.52-0.55 s in
-    the rounds beside it),
-    and in clean-clone CI runs a lone pair came out 1.30x and three fast-path pairs 0.72x (fastest of each side)."""
+    the rounds beside it), and in clean-clone CI runs a lone pair came out 1.30x and three fast-path pairs 0.72x
+    (fastest of each side)."""
     # The fast path at 128 px: there the features it exists for are most of the run (about 0.35 s of CPU against
     # 0.08 s of head epochs); at 64 px both were 0.1-0.15 s, near the run's fixed costs, and the ratio sat at 0.8.
     changes = {"train": "fc", "augment": [], "lr": 0.01, "image_size": 128} if fast_path else {}

@@ -1,7 +1,7 @@
 """The worker side of the Ray backend: a run's Ray task (`train_remote`) trains through the one `job.run_job`
 path with a `RemoteStore`, whose writes (status, batch and epoch rows, checkpoints, results) become numbered
-messages to the driver's `Sink` actor (sink.py). The driver (`raybackend.py`) applies them to SQLite; cancel flags and each
-run's latest progress go through the sink too.
+messages to the driver's `Sink` actor (sink.py). The driver (`raybackend.py`) applies them to SQLite; cancel
+flags and each run's latest progress go through the sink too.
 
 A run never waits for the sink with `ray.get` or `ray.wait`: Ray lends the CPUs of a task blocked in either to
 the scheduler (so that nested tasks cannot deadlock; it keeps GPUs and custom resources), which would start a
@@ -31,7 +31,6 @@ from caltech_core.status import Phase, Progress
 PROGRESS_SECONDS = 0.5  # a worker sends its progress at most this often (and on every phase change)
 UNCONFIRMED_WRITES = 64  # a worker waits for its oldest receipt beyond this many writes in flight
 RAY_VERSION = "2.60.0"  # the pin in requirements.txt, for the message when Ray is missing
-
 
 
 class RayBackendError(RuntimeError):
