@@ -12,14 +12,16 @@ Lite1 and Lite2); use a fresh `--work` folder (the default is a new temporary on
 3. `--finetune-epochs N`: optionally fine-tune all layers from ImageNet weights for N epochs (slow on a CPU).
 
 `--compare-int8` instead runs the preset cold twice in this one process, side by side: fp32 features
-(`int8_features` off, the preset's setting) and then int8 features (the setting on), each in its own
+(`int8_features` and `amp` off) and then int8 features (`int8_features` on), each in its own
 fresh folder under the work folder (its own image cache and features), each timed from before its image cache;
-it prints both cold times, their ratio and each run's validation and test accuracy. The second run finds the
-JPEG files in the OS's page cache (`--int8-first` swaps the order). `--classes K` / `--max-per-class M` make a
-quick check of the script, not the preset's scale.
+it prints both cold times, their ratio and each run's validation and test accuracy. `--compare-bf16` does the
+same with bf16 features (`amp` on, the preset's setting: OpenVINO's bf16 on a CPU with native bf16; elsewhere
+both runs are fp32). The second run finds the JPEG files in the OS's page cache (`--other-first` swaps the
+order). `--classes K` / `--max-per-class M` make a quick check of the script, not the preset's scale.
 
     CALTECH101_ROOT=../shared/caltech101 nice .venv/bin/python bench/best_offline.py --threads 2 --out result.json
     CALTECH101_ROOT=../shared/caltech101 .venv/bin/python bench/best_offline.py --compare-int8 --out int8.json
+    CALTECH101_ROOT=../shared/caltech101 .venv/bin/python bench/best_offline.py --compare-bf16 --out bf16.json
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
+from machine import describe  # noqa: E402
 
 from caltech_core.data.dataset import Splits  # noqa: E402
 from caltech_core.study.experiments import PRESETS  # noqa: E402
@@ -89,28 +92,34 @@ def run(cfg, splits: Splits, work: Path, tag: str, *, show_test: bool = True) ->
     return out
 
 
-def compare_int8(head, root: str | None, work: Path, *, int8_first: bool) -> dict:
-    """The preset cold with fp32 and with int8 features, one after the other, each in a fresh folder."""
-    order = [("fp32", False), ("int8", True)]
+# The fp32 reference and each other kind of features, as changes to the preset's config (amp on is what picks
+# bf16 features, on a CPU with native bf16; training/speed.py).
+FEATURE_KINDS = {"fp32": {"amp": False, "int8_features": False}, "int8": {"amp": False, "int8_features": True},
+                 "bf16": {"amp": True, "int8_features": False}}
+
+
+def compare(head, root: str | None, work: Path, other: str, *, other_first: bool) -> dict:
+    """The preset cold with fp32 and with `other` features ("int8" or "bf16"), one after the other, each in a
+    fresh folder."""
+    order = ["fp32", other]
     rows = {}
-    for tag, int8 in reversed(order) if int8_first else order:
+    for tag in reversed(order) if other_first else order:
         started, cpu = time.perf_counter(), time.process_time()
-        cfg = head.replace(int8_features=int8)
+        cfg = head.replace(**FEATURE_KINDS[tag])
         row = run(cfg, Splits.from_config(cfg, root=root), work / tag, tag)
         rows[tag] = {**row, "cold_s": round(time.perf_counter() - started, 1),
                      "run_cpu_s": round(time.process_time() - cpu, 1)}
-    fp32, int8 = rows["fp32"], rows["int8"]
-    rows["cold_ratio"] = round(fp32["cold_s"] / int8["cold_s"], 2)
+    rows["cold_ratio"] = round(rows["fp32"]["cold_s"] / rows[other]["cold_s"], 2)
 
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{100 * value:.2f}%"
 
-    print(f"\n{'features':<8} {'cold s':>8} {'cpu s':>8} {'val':>8} {'test':>8} {'test (retrained)':>17}")
-    for tag in ("fp32", "int8"):
+    print(f"\n{'features':<8} {'speed':<16} {'cold s':>8} {'cpu s':>8} {'val':>8} {'test':>8} {'test (retrained)':>17}")
+    for tag in order:
         r = rows[tag]
-        print(f"{tag:<8} {r['cold_s']:>8.1f} {r['run_cpu_s']:>8.1f} {pct(r['best_val_acc']):>8} "
+        print(f"{tag:<8} {r['speed']:<16} {r['cold_s']:>8.1f} {r['run_cpu_s']:>8.1f} {pct(r['best_val_acc']):>8} "
               f"{pct(r['test_acc']):>8} {pct(r['retrain_test_acc']):>17}")
-    print(f"cold time fp32 / int8: {rows['cold_ratio']:.2f}x", flush=True)
+    print(f"cold time fp32 / {other}: {rows['cold_ratio']:.2f}x", flush=True)
     return rows
 
 
@@ -123,20 +132,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finetune-epochs", type=int, default=0)
     parser.add_argument("--compare-int8", action="store_true",
                         help="the preset cold twice, fp32 then int8 features, each in a fresh folder, side by side")
-    parser.add_argument("--int8-first", action="store_true", help="with --compare-int8: int8 first, then fp32")
+    parser.add_argument("--compare-bf16", action="store_true",
+                        help="the same with bf16 features (OpenVINO, on a CPU with native bf16) instead of int8")
+    parser.add_argument("--other-first", "--int8-first", dest="other_first", action="store_true",
+                        help="with --compare-*: the int8 or bf16 run first, then fp32")
     parser.add_argument("--classes", type=int, default=None, help="first K classes only (a quick check)")
     parser.add_argument("--max-per-class", type=int, default=None, help="at most M images a class and split")
     parser.add_argument("--out", type=Path, default=None, help="write the measurements as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     work = args.work or Path(tempfile.mkdtemp(prefix="best-offline-"))
-    log(f"work folder {work}; torch threads {torch.get_num_threads()}")
+    log(f"work folder {work}; torch threads {torch.get_num_threads()}; {describe()}")
 
     head = PRESETS["best-offline"].configs[0].replace(device="cpu", classes=args.classes,
                                                       max_per_class=args.max_per_class)
-    if args.compare_int8:
-        results = {"compare_int8": compare_int8(head, args.root, work, int8_first=args.int8_first)}
-        return _finish(results, args.out)
+    for other in ("int8", "bf16"):
+        if getattr(args, f"compare_{other}"):
+            results = {f"compare_{other}": compare(head, args.root, work, other, other_first=args.other_first)}
+            return _finish(results, args.out)
     splits = Splits.from_config(head, root=args.root)
     log(f"splits: train {len(splits.train)} val {len(splits.val)} test {len(splits.test)}, "
         f"{splits.num_classes} classes")

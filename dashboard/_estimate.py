@@ -73,6 +73,7 @@ def estimate_panel(cfg: TrainConfig, splits: Splits | None) -> None:
     if est.fast_path:
         once.append(f"backbone features of every image {format_seconds(est.feature_seconds)} (then each epoch "
                     "trains the head only)")
-    st.caption(f"{math.ceil(len(splits.train) / cfg.batch_size)} batches per epoch; speed mode: {est.speed}"
+    batches = math.ceil(len(splits.train) / cfg.batch_size)
+    st.caption(f"{batches} batch{'' if batches == 1 else 'es'} per epoch; speed mode: {est.speed}"
                + (f"; once per run: {', '.join(once)}" if once else "")
                + f". Timed on {est.probe_images} training images; a busy machine makes it longer.")

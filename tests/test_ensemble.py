@@ -53,8 +53,9 @@ def test_fast_path_uses_onnxruntime_and_matches_the_plain_loop(
     exports: list[int] = []
     real = features.onnx_runner
     monkeypatch.setattr(features, "onnx_runner", lambda *a, **k: exports.append(1) or real(*a, **k))
+    # amp off: fp32 features on every CPU (with native bf16 they would be OpenVINO's bf16: tests/test_bf16_features.py)
     cfg = TrainConfig(arch=ARCH, pretrained=True, train="fc", image_size=64, epochs=2, batch_size=8, lr=0.05,
-                      device="cpu")
+                      device="cpu", amp=False)
     assert (cfg.resize_size, cfg.normalization) == (72, "half")
     plain = engine.train(cfg.replace(fast_path=False), splits, workdir=tmp_path / "plain", cache_dir=tmp_path)
     fast = engine.train(cfg, splits, workdir=tmp_path / "fast", cache_dir=tmp_path)

@@ -69,8 +69,9 @@ SIZE = 96  # Lite0 at 96 px: features still tell the mini split's classes apart,
 def int8_runs(splits: Splits, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The same tiny fast-path run (retrained on train+val) with fp32 and with int8 features in one store's cache,
     an int8 run with another seed after them, and the image paths every calibration was given."""
+    # amp off: the reference run's features are fp32 on every CPU (not bf16 where the CPU has it).
     cfg = TrainConfig(arch=ARCH, pretrained=True, train="fc", image_size=SIZE, device="cpu", epochs=4, batch_size=8,
-                      lr=0.01, retrain_on_train_val=True)
+                      lr=0.01, retrain_on_train_val=True, amp=False)
     given: list[list[Path]] = []
     real = int8.calibration_batches
     patch = pytest.MonkeyPatch()

@@ -12,6 +12,7 @@ from caltech_core.config import SETTINGS, TrainConfig
 from caltech_core.runs.manager import get_manager
 from caltech_core.runs.store import RunStore
 from caltech_core.study import experiments
+from caltech_core.training import bf16_features
 
 REPO = Path(__file__).resolve().parent.parent
 PAGES = ("data", "train", "monitor", "errors", "compare", "classify", "sweeps")
@@ -171,6 +172,25 @@ def test_time_per_epoch_estimate_on_this_device(with_data: Path) -> None:
     [whole] = [m for m in at.metric if m.label == "Whole run"]
     assert re.fullmatch(r"< 0\.1 s|\d\.\d s|[1-9]\d* s|[1-9]\d* min", whole.value), whole.value
     assert "batches per epoch" in page_texts(at) and "speed mode: eager fp32" in page_texts(at)
+
+
+@pytest.mark.parametrize("bf16", [True, False], ids=["cpu-with-bf16", "cpu-without"])
+def test_the_estimate_of_a_frozen_lite_backbone_names_its_features(
+    with_data: Path, monkeypatch: pytest.MonkeyPatch, bf16: bool
+) -> None:
+    # What this CPU can do decides the fast path's features (training/speed.py); both sides, on any CPU.
+    monkeypatch.setattr(bf16_features, "supported", lambda: bf16)
+    at = open_page("train")
+    at.selectbox(key="f_arch").set_value("efficientnet_lite0").run()
+    at.checkbox(key="f_pretrained").check().run()
+    for key, value in {"f_image_size": 64, "f_classes": 2, "f_max_per_class": 4, "f_batch_size": 4,
+                       "f_train": "fc"}.items():
+        at.session_state[key] = value
+    at.run()
+    at.button(key="estimate").click().run()
+    assert not at.exception
+    # 2 classes x 4 training images in batches of 4.
+    assert f"2 batches per epoch; speed mode: {'bf16 features' if bf16 else 'eager fp32'}" in page_texts(at)
 
 
 def test_a_queued_run_shows_in_monitor_and_finishes(with_data: Path) -> None:

