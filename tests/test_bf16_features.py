@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from feature_kit import crops, nearest_mean_correct
 
 from caltech_core import layout
 from caltech_core.config import TrainConfig
 from caltech_core.data.dataset import Splits
-from caltech_core.data.imagecache import ImageCache
-from caltech_core.data.transforms import BatchLoader
 from caltech_core.nets import models
 from caltech_core.runs.store import RunStore
 from caltech_core.study.experiments import PRESETS
@@ -30,19 +29,9 @@ SIZE = 96  # Lite0 at 96 px: features still tell the mini split's classes apart,
 CPU = torch.device("cpu")
 
 
-def _nearest_mean_correct(feats: torch.Tensor, y: torch.Tensor, n: int, classes: int) -> int:
-    """Images after the first `n` whose nearest class mean (cosine) of the first `n` images' features is their class."""
-    means = torch.stack([feats[:n][y[:n] == c].mean(0) for c in range(classes)])
-    guess = (torch.nn.functional.normalize(feats[n:], dim=1) @ torch.nn.functional.normalize(means, dim=1).T).argmax(1)
-    return int((guess == y[n:]).sum())
-
-
 def test_bf16_features_of_real_images_are_fp32_s_to_rounding(splits: Splits, cache_dir: Path) -> None:
     cfg = TrainConfig(arch=ARCH, pretrained=True, train="fc", image_size=128, device="cpu")
-    samples = splits.train + splits.val + splits.test
-    cache = ImageCache.build([s.path for s in samples], cache_dir, resize_size=cfg.resize_size)
-    indices = [cache.index_of(s.path) for s in samples]
-    [(x, _)] = list(BatchLoader(cache, indices, [0] * len(indices), batch_size=len(indices), train=False, cfg=cfg))
+    x, y = crops(splits, cache_dir, cfg)
     backbone = models.split_for_features(models.build_model(ARCH, 3, pretrained=True), ARCH)[0].eval()
     with torch.no_grad():
         model = features.onnx_export(backbone, cfg.image_size, ["features"])
@@ -56,10 +45,9 @@ def test_bf16_features_of_real_images_are_fp32_s_to_rounding(splits: Splits, cac
     for i in (0, 9, len(x) - 1):
         alone = torch.from_numpy(run(x[i:i + 1].numpy()))[0]
         assert float(torch.nn.functional.cosine_similarity(alone, low[i], dim=0)) > 0.999, i
-    y = torch.tensor([s.label for s in samples])
     n = len(splits.train)
-    right = {name: _nearest_mean_correct(f, y, n, splits.num_classes) for name, f in (("fp32", fp32), ("bf16", low))}
-    assert right["fp32"] >= 0.8 * (len(samples) - n)  # ImageNet features tell these classes apart
+    right = {name: nearest_mean_correct(f, y, n, splits.num_classes) for name, f in (("fp32", fp32), ("bf16", low))}
+    assert right["fp32"] >= 0.8 * (len(y) - n)  # ImageNet features tell these classes apart
     assert abs(right["bf16"] - right["fp32"]) <= 1, right
 
 

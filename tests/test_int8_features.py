@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from feature_kit import crops, nearest_mean_correct
 
 from caltech_core import layout
 from caltech_core.config import ConfigError, TrainConfig
 from caltech_core.data.dataset import Splits
-from caltech_core.data.imagecache import ImageCache
-from caltech_core.data.transforms import BatchLoader
 from caltech_core.nets import models
 from caltech_core.runs.store import RunStore
 from caltech_core.training import engine, features, int8
@@ -23,20 +22,9 @@ from caltech_core.use import suspects
 ARCH = "efficientnet_lite0"
 
 
-def _nearest_mean_correct(train: torch.Tensor, train_y: torch.Tensor, other: torch.Tensor, other_y: torch.Tensor,
-                          classes: int) -> int:
-    """Images of `other` whose nearest class mean (cosine) of the training features is their class."""
-    means = torch.nn.functional.normalize(torch.stack([train[train_y == c].mean(0) for c in range(classes)]), dim=1)
-    guess = (torch.nn.functional.normalize(other, dim=1) @ means.T).argmax(1)
-    return int((guess == other_y).sum())
-
-
 def test_int8_features_classify_real_images_as_well_as_fp32(splits: Splits, cache_dir: Path) -> None:
     cfg = TrainConfig(arch=ARCH, pretrained=True, train="fc", image_size=128, device="cpu")
-    samples = splits.train + splits.val + splits.test
-    cache = ImageCache.build([s.path for s in samples], cache_dir, resize_size=cfg.resize_size)
-    indices = [cache.index_of(s.path) for s in samples]
-    [(x, _)] = list(BatchLoader(cache, indices, [0] * len(indices), batch_size=len(indices), train=False, cfg=cfg))
+    x, y = crops(splits, cache_dir, cfg)
     n = len(splits.train)
     calibration = [x[:8].numpy(), x[8:n].numpy()]  # training images only, never a val/test image
 
@@ -54,9 +42,8 @@ def test_int8_features_classify_real_images_as_well_as_fp32(splits: Splits, cach
     # 0.83 in a run with 8 calibration images (Lite0 at 128 px); 0.99 for the preset's ensemble at 260 px.
     assert float(cosine.mean()) > 0.75, cosine
 
-    y = torch.tensor([s.label for s in samples])
-    right = {name: _nearest_mean_correct(f[:n], y[:n], f[n:], y[n:], splits.num_classes) for name, f in got.items()}
-    assert right["fp32"] >= 0.8 * (len(samples) - n)  # ImageNet features tell these classes apart
+    right = {name: nearest_mean_correct(f, y, n, splits.num_classes) for name, f in got.items()}
+    assert right["fp32"] >= 0.8 * (len(y) - n)  # ImageNet features tell these classes apart
     assert abs(right["int8"] - right["fp32"]) <= 1, right  # int8: at most one of the 24 images differs
 
 
