@@ -46,9 +46,15 @@ from caltech_core.training.evaluation import autocast_for
 FEATURES_VERSION = 1
 
 
+def fast_path_asked(cfg: TrainConfig) -> bool:
+    """cfg asks for it, only the classifier trains and the training transform is deterministic (what the config
+    alone says; the speed mode picks the features' kind from it before a model exists)."""
+    return cfg.fast_path and cfg.train == "fc" and is_deterministic(cfg)
+
+
 def fast_path_applies(cfg: TrainConfig, model: nn.Module) -> bool:
-    """cfg asks for it, only the classifier trains and the training transform is deterministic."""
-    return cfg.fast_path and cfg.train == "fc" and is_deterministic(cfg) and is_backbone_frozen(model, cfg.arch)
+    """`fast_path_asked`, and the model's backbone is frozen."""
+    return fast_path_asked(cfg) and is_backbone_frozen(model, cfg.arch)
 
 
 def _weights_digest(backbone: nn.Module, head: nn.Module) -> str:

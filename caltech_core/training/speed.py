@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 from caltech_core.config import TrainConfig
-from caltech_core.data.transforms import is_deterministic
 from caltech_core.nets.architectures import get_spec
 from caltech_core.training import bf16_features
+from caltech_core.training.features import fast_path_asked
 
 
 @dataclass(frozen=True)
@@ -83,8 +83,8 @@ def choose(cfg: TrainConfig, device: torch.device) -> SpeedMode:
 
 def _bf16_features(cfg: TrainConfig) -> bool:
     # Measured to pay for the EfficientNet-Lite backbones' ONNX export (docs/benchmarks.md, "bf16 features").
-    return (cfg.amp and not cfg.int8_features and cfg.fast_path and is_deterministic(cfg)
-            and get_spec(cfg.arch).onnx_features and bf16_features.supported())
+    return (cfg.amp and not cfg.int8_features and fast_path_asked(cfg) and get_spec(cfg.arch).onnx_features
+            and bf16_features.supported())
 
 
 def prepare(model: nn.Module, mode: SpeedMode, device: torch.device) -> None:
