@@ -74,7 +74,9 @@ def test_every_page_draws_first_and_the_scan_result_comes_later_once(server, bro
 
     lock = scan.scan_file(dataset.load_splits(mini_root).root, RunStore(home).cache_dir)
     with file_lock(lock.with_name(lock.name + ".lock")):  # another process scanning: the page's scan waits
-        seconds = {"/": _open(tab, f"{url}/", FIRST_CONTENT["/"])}
+        # Opened three times like every page below (median checked); each time the scan is still running behind it.
+        openings: dict[str, list[float]] = {"/": [_open(tab, f"{url}/", FIRST_CONTENT["/"]) for _ in range(3)]}
+        seconds = {"/": statistics.median(openings["/"])}
         tab.evaluate("window.notReloaded = true")
         _seconds_so_far(tab)
         seen = time.monotonic()
@@ -94,12 +96,12 @@ def test_every_page_draws_first_and_the_scan_result_comes_later_once(server, bro
     shot(tab, "background-scan-done")
 
     # Each page opened three times (each a fresh document, as a bookmark opens it) and its median checked: a lone
-    # opening of the Report took 2.2 s and 3.03 s in two runs of this test alone on an idle machine.
-    openings: dict[str, list[float]] = {}
+    # opening of the Report took 2.2 s and 3.03 s in two runs of this test alone on an idle machine, of the Data
+    # page 3.15 and 3.33 s on 2026-12-07.
     for path in ("/train", "/monitor", "/errors", "/compare", "/classify", "/report"):
         openings[path] = [_open(tab, f"{url}{path}", FIRST_CONTENT[path]) for _ in range(3)]
         seconds[path] = statistics.median(openings[path])
     window.close()
-    print(f"\nfirst useful content (s), server warm-up {warm_up:.1f} s: / {seconds['/']:.2f}, "
+    print(f"\nfirst useful content (s), server warm-up {warm_up:.1f} s: "
           + ", ".join(f"{path} {'/'.join(f'{s:.2f}' for s in times)}" for path, times in openings.items()))
     assert max(seconds.values()) <= FIRST_CONTENT_S, seconds
