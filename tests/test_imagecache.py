@@ -176,3 +176,32 @@ def test_paths_are_keys_whatever_their_spelling(odd_images, tmp_path, monkeypatc
     cache = ImageCache.build([Path("palette.gif")], tmp_path / "cache", resize_size=32)
     assert cache.index_of(odd_images["gif"]) == 0
     assert cache.index_of("palette.gif") == 0
+
+
+def test_the_index_is_checkpointed_by_decoding_time_and_an_interrupted_build_keeps_it(mini_root, tmp_path,
+                                                                                        monkeypatch):
+    from caltech_core.data import imagecache
+
+    paths = dataset.load_splits(mini_root).all_paths()[:5]
+    saves: list[int] = []
+    real_save = imagecache._save
+    monkeypatch.setattr(imagecache, "_save", lambda d, r, index: (saves.append(len(index.entries)),
+                                                                  real_save(d, r, index)))
+    monkeypatch.setattr(imagecache, "CHUNK", 2)
+    ImageCache.build(paths, tmp_path / "quick", resize_size=32)
+    assert saves == [5]  # a build shorter than CHECKPOINT_SECONDS writes its index once, at the end
+
+    saves.clear()
+    monkeypatch.setattr(imagecache, "CHECKPOINT_SECONDS", 0.0)  # every round of the pool is a checkpoint
+
+    def crash(done: int, total: int) -> None:
+        if done == 3:
+            raise KeyboardInterrupt  # killed in the middle of the second round
+
+    with pytest.raises(KeyboardInterrupt):
+        ImageCache.build(paths, tmp_path / "cache", resize_size=32, progress=crash)
+    assert saves == [2]  # the first round's checkpoint
+    calls: list[tuple[int, int]] = []
+    cache = ImageCache.build(paths, tmp_path / "cache", resize_size=32, progress=lambda d, t: calls.append((d, t)))
+    assert calls[0] == (2, 5) and saves == [2, 4, 5]  # only the three images after the checkpoint decoded again
+    assert len(cache) == 5

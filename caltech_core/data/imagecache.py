@@ -6,13 +6,16 @@ files with their reason). The index is replaced atomically (write + fsync + rena
 points at are fsynced, so a crash leaves at worst unreferenced bytes at the end of the pixel file, never a
 corrupt index. A changed file (size or mtime differs) is decoded again and appended; when stale bytes exceed
 half the file, the live images are copied to the next generation's file and the index is switched to it
-(the old file is deleted only after that). Builds from several processes are serialised with a file lock.
+(the old file is deleted only after that). The index is checkpointed at most every `CHECKPOINT_SECONDS` of
+decoding (and at the end): a crash loses at most that much work. Builds from several processes are serialised
+with a file lock.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,7 +31,10 @@ from caltech_core.files import file_lock, write_json_atomic
 from caltech_core.status import ProgressFn
 
 INDEX_VERSION = 1
-CHUNK = 128  # images decoded between index checkpoints (a crash loses at most one chunk of work)
+CHUNK = 128  # images decoded per round of the thread pool; the index may be checkpointed after each round
+# Least decoding time between two index checkpoints. Each rewrites the whole index (8677 entries for Caltech-101)
+# and fsyncs: one every 128 images cost 2 s of the 12-s cold cache build (docs/benchmarks.md).
+CHECKPOINT_SECONDS = 5.0
 
 
 # -- decoding ---------------------------------------------------------------------------------------------
@@ -252,9 +258,11 @@ def _decode_into(
     directory: Path, index: _Index, todo: list[str], stats: dict[str, Any], resize_size: int,
     progress: ProgressFn | None, done: int, total: int,
 ) -> None:
-    """Decode `todo` on a small thread pool (Pillow releases the GIL), append pixels, checkpoint the index."""
+    """Decode `todo` on a small thread pool (Pillow releases the GIL), append pixels, checkpoint the index every
+    `CHECKPOINT_SECONDS` and at the end."""
     entries, unreadable = index.entries, index.unreadable
     workers = worker_threads()
+    saved_at = time.monotonic()
     with open(directory / index.pixels, "ab") as out, ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, len(todo), CHUNK):
             chunk = todo[start: start + CHUNK]
@@ -271,8 +279,10 @@ def _decode_into(
                 done += 1
                 if progress is not None:
                     progress(done, total)
-            _sync(out)
-            _save(directory, resize_size, index)
+            if start + CHUNK >= len(todo) or time.monotonic() - saved_at >= CHECKPOINT_SECONDS:
+                _sync(out)
+                _save(directory, resize_size, index)
+                saved_at = time.monotonic()
 
 
 def _sync(f: IO[bytes]) -> None:

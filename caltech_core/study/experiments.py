@@ -273,7 +273,8 @@ def _build_presets() -> dict[str, Preset]:
 
 
 # The frozen-feature head for the best-offline preset; its settings were chosen on the validation split
-# by bench/ensemble_choices.py (docs/benchmarks.md has the numbers). Its features stay fp32: with int8 features
+# by bench/ensemble_choices.py (docs/benchmarks.md has the numbers). Its features are not int8 (on a CPU with native
+# bf16 they are bf16, through the `amp` setting: training/speed.py): with int8 features
 # the cold run took 286 s instead of 431 s (1.50x) and validation held (95.68% vs 95.54%), but the final test fell
 # to 95.82% from 96.02%, under the 95.9% floor issue 26 set (bench/best_offline.py --compare-int8); a user who
 # wants the speed ticks "Int8 frozen features (CPU)".
