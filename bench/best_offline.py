@@ -16,7 +16,8 @@ Lite1 and Lite2); use a fresh `--work` folder (the default is a new temporary on
 fresh folder under the work folder (its own image cache and features), each timed from before its image cache;
 it prints both cold times, their ratio and each run's validation and test accuracy. `--compare-bf16` does the
 same with bf16 features (`amp` on, the preset's setting: OpenVINO's bf16 on a CPU with native bf16; elsewhere
-both runs are fp32). The second run finds the JPEG files in the OS's page cache (`--other-first` swaps the
+both runs are fp32). Each run's clock starts after an `os.sync()`, so the first run's pixel file is not written
+out during the second. The second run finds the JPEG files in the OS's page cache (`--other-first` swaps the
 order). `--classes K` / `--max-per-class M` make a quick check of the script, not the preset's scale.
 
     CALTECH101_ROOT=../shared/caltech101 nice .venv/bin/python bench/best_offline.py --threads 2 --out result.json
@@ -32,6 +33,7 @@ T0 = time.perf_counter()  # cold start: before the heavy imports below
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -104,6 +106,7 @@ def compare(head, root: str | None, work: Path, other: str, *, other_first: bool
     order = ["fp32", other]
     rows = {}
     for tag in reversed(order) if other_first else order:
+        os.sync()  # the previous run's 3-GB pixel file is on disk before this run's clock starts, not written beside it
         started, cpu = time.perf_counter(), time.process_time()
         cfg = head.replace(**FEATURE_KINDS[tag])
         row = run(cfg, Splits.from_config(cfg, root=root), work / tag, tag)
