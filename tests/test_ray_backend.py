@@ -56,10 +56,10 @@ def tiny(tiny_config: Callable[..., TrainConfig]) -> Callable[..., TrainConfig]:
 
 
 def two_at_once(gate: Path) -> Callable[..., engine.RunResult]:
-    """A runner: `engine.train`, once a second run has got this far too. Each run touches a file named after it
-    in `gate` and trains only when two are there, so two runs train side by side however long a cold Ray worker
-    takes to start (it imports torch first: seconds, more under load), and the runs can be short. (Nested, so
-    that Ray pickles it by value: the workers cannot import this test module.)"""
+    """A runner: `engine.train`, once a second run has got this far too. Each run touches a file named after it in
+    the new folder `gate` and trains only when two are there, so two runs train side by side however long a cold
+    Ray worker takes to start (it imports torch first: seconds, more under load), and the runs can be short.
+    (Nested, so that Ray pickles it by value: the workers cannot import this test module.)"""
 
     def runner(cfg: TrainConfig, *args: Any, **kwargs: Any) -> engine.RunResult:
         (gate / cfg.name).touch()
@@ -70,6 +70,7 @@ def two_at_once(gate: Path) -> Callable[..., engine.RunResult]:
             time.sleep(0.05)
         return engine.train(cfg, *args, **kwargs)
 
+    gate.mkdir()
     return runner
 
 
@@ -110,9 +111,7 @@ def test_two_runs_train_side_by_side_each_row_once(
     wait_until: Callable[..., None],
 ) -> None:
     store = RunStore(tmp_path / "home")
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    manager = RayJobManager(store, LOCAL_CLUSTER, data_root=mini_root, runner=two_at_once(gate))
+    manager = RayJobManager(store, LOCAL_CLUSTER, data_root=mini_root, runner=two_at_once(tmp_path / "gate"))
     epochs = 3
     first = manager.submit(tiny(name="first", epochs=epochs))
     second = manager.submit(tiny(name="second", seed=7, epochs=epochs))
@@ -360,15 +359,14 @@ def test_a_sweep_on_a_folder_dataset_runs_two_trials_side_by_side_on_ray(
     from caltech_core.sweeps import sweep as sweeps
     from caltech_core.sweeps.driver import SweepDriver
 
-    gate = tmp_path / "gate"
-    gate.mkdir()
     store = RunStore(tmp_path / "home")
     entry, _ = registry.add(store.home, _folder(tmp_path / "my shapes", {"circle": 5, "square": 5, "star": 5}),
                             "shapes")
     shared = tmp_path / "mounted-elsewhere"  # the store as the workers see it: another path to the same folder
     shared.symlink_to(store.home)
     # No Caltech-101 root: the dataset is the registered folder.
-    manager = RayJobManager(store, LOCAL_CLUSTER, runner=two_at_once(gate), worker_home=shared)
+    manager = RayJobManager(store, LOCAL_CLUSTER, runner=two_at_once(tmp_path / "gate"),
+                            worker_home=shared)
     lrs = [0.001, 0.003, 0.01]
     sweep = sweeps.create_sweep(store.home, {
         "method": "grid", "parallel": 2, "parameters": {"lr": {"values": lrs}},
