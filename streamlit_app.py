@@ -6,6 +6,7 @@ in a pages/ folder on purpose: beside the entry point, that folder puts a fresh 
 auto-discovered "pages folder" mode (see docs/architecture.md, "Dashboard navigation").
 """
 
+import importlib
 from pathlib import Path
 
 import streamlit as st
@@ -15,6 +16,7 @@ from dashboard._auth import require_password
 st.set_page_config(page_title="Caltech-101 CNN Studio", page_icon=":material/photo_library:", layout="wide")
 
 PAGES = Path(__file__).parent / "dashboard"
+HEAVY_LIBRARIES = ("torch", "torchvision", "sklearn.model_selection", "sklearn.metrics")
 pages = [
     st.Page("dashboard/data.py", title="Data", icon=":material/dataset:", default=True),
     st.Page("dashboard/train.py", title="Train", icon=":material/model_training:"),
@@ -30,4 +32,11 @@ if (PAGES / "report.py").is_file():
 
 page = st.navigation(pages)  # registered first, so Streamlit never runs a page script on its own
 require_password()  # every page: nothing runs until the password (if one is set) is given
+# The pages' heavy libraries, imported here first. Sessions run their scripts in threads, and two first imports
+# of a package at once can break it: one session's page imported a submodule (torch.hub) while another's was
+# still initialising the package, and got the half-made module (tests/test_browser_navigation.py saw
+# "cannot import name 'tqdm' from partially initialized module 'torch.hub'"). Every session runs this line
+# before its page, and an import of a name already in progress waits for it.
+for library in HEAVY_LIBRARIES:
+    importlib.import_module(library)
 page.run()

@@ -19,7 +19,7 @@ from machine import cpu_flags, cpu_model
 
 from caltech_core.config import TrainConfig
 from caltech_core.data.dataset import Splits
-from caltech_core.training import engine, lrfinder
+from caltech_core.training import engine, lrcurve, lrfinder
 
 STUDY_GRID = (0.001, 0.005, 0.01, 0.05, 0.1)
 
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--classes", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=lrfinder.NUM_STEPS)
+    parser.add_argument("--steps", type=int, default=lrcurve.NUM_STEPS)
     parser.add_argument("--grid-epochs", type=int, default=0, help="epochs per grid run (0: no grid)")
     parser.add_argument("--root", default=None)
     parser.add_argument("--cache", default=None, help="image cache folder (default: a temporary one)")

@@ -505,3 +505,22 @@ def test_the_installed_console_script_is_the_cli() -> None:
                             timeout=120)
     after = done.stdout.index("positional arguments:")
     assert module.stdout[module.stdout.index("positional arguments:"):] == done.stdout[after:]
+
+
+def test_the_parser_and_the_run_store_import_no_torch(tmp_path: Path) -> None:
+    """`--help`, the options of every command, the architecture table and the run store need neither torch,
+    torchvision nor scikit-learn (about 4 s of CPU to import on a 2-core machine): each comes with the work that
+    uses it."""
+    probe = ("import sys\n"
+             "from caltech_core.cli.app import build_parser\n"
+             "from caltech_core.nets.architectures import SPECS\n"
+             "from caltech_core.runs.store import RunStore\n"
+             "build_parser()\n"
+             "print([s.label for s in SPECS.values()][0], RunStore(sys.argv[1]).list_runs())\n"
+             "print(sorted(m for m in ('torch', 'torchvision', 'sklearn') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["AlexNet []", "[]"]
+    lr_find = run_module("lr-find", "--help")
+    assert lr_find.returncode == 0 and "(default 100;" in lr_find.stdout  # the range test's defaults, torch-free

@@ -9,7 +9,7 @@ import torch
 
 from caltech_core.cli.app import main
 from caltech_core.study.charts import lr_finder_figure
-from caltech_core.training import engine, lrfinder
+from caltech_core.training import engine, lrcurve, lrfinder
 
 GRID = (1e-3, 1e-2, 1e-1, 1.0)  # a decade apart: the suggestion must land within one of the best
 
@@ -24,7 +24,7 @@ def problem(tiny_config):
 def test_suggestion_is_near_the_best_of_a_grid(problem, splits, cache_dir, tmp_path):
     finding = lrfinder.find_lr(problem, splits, cache_dir=cache_dir, num_steps=40)
     assert finding.suggestion is not None and finding.lr_min is not None
-    assert lrfinder.START_LR <= finding.suggestion <= lrfinder.END_LR
+    assert lrcurve.START_LR <= finding.suggestion <= lrcurve.END_LR
     assert len(finding.smoothed) <= len(finding.losses) <= 40
     # The grid: the same model trained for a few epochs at each rate; best = lowest final training loss.
     final = {}
@@ -70,7 +70,7 @@ def test_cli_lr_find(mini_root, tmp_path, capsys):
 def test_settings_used_leave_out_what_the_test_does_not_read(problem) -> None:
     """The Train page keys its background range test by these: a new rate, schedule or epoch count keeps the
     result; a new batch size or optimizer does not."""
-    used = lrfinder.settings_used(problem)
-    assert lrfinder.settings_used(problem.replace(lr=0.5, epochs=9, lr_schedule="step", name="x")) == used
-    assert lrfinder.settings_used(problem.replace(batch_size=problem.batch_size + 1)) != used
-    assert lrfinder.settings_used(problem.replace(optimizer="adamw")) != used
+    used = lrcurve.settings_used(problem)
+    assert lrcurve.settings_used(problem.replace(lr=0.5, epochs=9, lr_schedule="step", name="x")) == used
+    assert lrcurve.settings_used(problem.replace(batch_size=problem.batch_size + 1)) != used
+    assert lrcurve.settings_used(problem.replace(optimizer="adamw")) != used

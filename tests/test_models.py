@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 from PIL import Image
 
 from caltech_core.config import ARCHITECTURES, TRAIN_MODES
 from caltech_core.nets import models
-from caltech_core.nets.architectures import ARCH_LABELS, UnknownArchitectureError, get_spec
+from caltech_core.nets.architectures import ARCH_LABELS, HubWeights, UnknownArchitectureError, get_spec
 
 
 def _real_batch(mini_root: Path, size: int, n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,6 +206,10 @@ def test_every_table_entry_is_complete(arch: str) -> None:
     assert {id(p) for p in head.parameters()} == {id(p) for p in classifier.parameters()}
     assert spec.label and 32 <= spec.image_size <= 512 and spec.normalization in ("imagenet", "half")
     assert ARCH_LABELS[arch] == spec.label
+    if isinstance(spec.weights, HubWeights):  # named in the table; the builder's own DEFAULT weights
+        default = torchvision.models.get_model_weights(arch).DEFAULT
+        assert spec.weights.enum is default and spec.weights.url == default.url
+        assert spec.imagenet_top1 == default.meta["_metrics"]["ImageNet-1K"]["acc@1"]
 
 
 def test_unknown_architecture_fails_loudly_everywhere() -> None:

@@ -10,16 +10,16 @@ from caltech_core.cli.common import CliError, Parents, add_config_options, open_
 
 
 def register(sub: Any, parents: Parents) -> None:
-    from caltech_core.training import lrfinder
+    from caltech_core.training import lrcurve
 
     p = sub.add_parser("lr-find", parents=[parents.common, parents.rooted, parents.no_download],
                        help="learning-rate range test: the rate where the loss falls fastest",
                        description="Train a few batches while the learning rate grows exponentially; suggest "
                                    "the rate where the smoothed loss falls fastest. Nothing is stored.")
-    p.add_argument("--start-lr", type=float, default=lrfinder.START_LR, metavar="LR")
-    p.add_argument("--end-lr", type=float, default=lrfinder.END_LR, metavar="LR")
-    p.add_argument("--steps", type=int, default=lrfinder.NUM_STEPS, metavar="N",
-                   help=f"batches at most (default {lrfinder.NUM_STEPS}; the loss diverging stops it earlier)")
+    p.add_argument("--start-lr", type=float, default=lrcurve.START_LR, metavar="LR")
+    p.add_argument("--end-lr", type=float, default=lrcurve.END_LR, metavar="LR")
+    p.add_argument("--steps", type=int, default=lrcurve.NUM_STEPS, metavar="N",
+                   help=f"batches at most (default {lrcurve.NUM_STEPS}; the loss diverging stops it earlier)")
     add_config_options(p)
     p.set_defaults(func=cmd_lr_find, preset=None, repeats=1)
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.model_selection import StratifiedShuffleSplit
 
 from caltech_core import settings
 from caltech_core.data import overrides, registry
@@ -251,6 +250,10 @@ def _cap_per_class(samples: list[Sample], limit: int | None) -> list[Sample]:
 
 def _stratified_halves(samples: list[Sample], train_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
     """Split the training list into train/val with scikit-learn's StratifiedShuffleSplit (order kept)."""
+    # Imported here: scikit-learn costs about a second of CPU to import, which every process reading this module
+    # (the CLI's parser and run listings) would pay without ever splitting.
+    from sklearn.model_selection import StratifiedShuffleSplit
+
     labels = np.array([s.label for s in samples])
     sss = StratifiedShuffleSplit(n_splits=1, train_size=train_fraction, random_state=seed)
     try:

@@ -16,6 +16,11 @@ The EfficientNet-Lite models are timm's ``tf_efficientnet_lite0/1/2`` (TF "same"
 1e-3, ReLU6, no squeeze-excite) with the TF reference dropout. Their preprocessing is timm's
 ``pretrained_cfg`` for those names (checked in tests/test_efficientnet_weights.py): bicubic resize to
 size / crop_pct, centre crop, mean = std = 0.5 (the study's "half" normalisation).
+
+Reading the table imports neither torch nor torchvision (about 4 s of CPU together, torchvision's share mostly
+`torch._dynamo`, which `torchvision.ops` imports): the config, the run store and the CLI's parser read it, and
+`caltech-studio --help` or a run listing need nothing else. Torch comes in when a spec builds, splits or loads a
+network.
 """
 
 from __future__ import annotations
@@ -25,11 +30,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-import torch
-import torchvision.models as tvm
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class UnknownArchitectureError(ValueError):
@@ -40,7 +45,16 @@ class UnknownArchitectureError(ValueError):
 class HubWeights:
     """ImageNet weights of a torchvision weights enum, cached in torch hub's checkpoints folder."""
 
-    enum: tvm.WeightsEnum
+    ref: Any  # the enum's name for `torchvision.models.get_weight` ("ResNet18_Weights.DEFAULT"), or the enum
+
+    @property
+    def enum(self) -> Any:
+        """The weights enum (url, meta); torchvision is imported on first use."""
+        if not isinstance(self.ref, str):
+            return self.ref
+        import torchvision.models
+
+        return torchvision.models.get_weight(self.ref)
 
     @property
     def url(self) -> str:
@@ -56,8 +70,15 @@ class HubWeights:
         mb = self.enum.meta.get("_file_size")
         return round(mb * 1024 * 1024) if mb else None
 
+    @property
+    def top1(self) -> float:
+        """ImageNet-1k top-1 (%) from torchvision's metadata."""
+        return float(self.enum.meta["_metrics"]["ImageNet-1K"]["acc@1"])
+
     def path(self) -> Path:
         """Where torchvision's weights API caches the file (it may not be there)."""
+        import torch.hub
+
         return Path(torch.hub.get_dir()) / "checkpoints" / self.filename
 
 
@@ -103,50 +124,66 @@ class ArchSpec:
     output: str  # the final num_classes-way nn.Linear
     split: Callable[[nn.Module], tuple[nn.Module, nn.Module]]  # (backbone, head), head(backbone(x)) == model(x)
     gradcam: Callable[[nn.Module], nn.Module]  # the last feature map's layer
-    imagenet_top1: float | None  # published ImageNet-1k top-1 (%); picks Classify's ImageNet model (None: no
+    published_top1: float | None  # ImageNet-1k top-1 (%) where torchvision's metadata does not say it (None: no
     # ImageNet classifier, e.g. an ensemble)
     onnx_features: bool = False  # frozen features on the CPU run through onnxruntime (measured to pay:
     # bench/feature_speed.py); the legacy ONNX exporter cannot take AlexNet/VGG's adaptive pooling at small sizes
+
+    @property
+    def imagenet_top1(self) -> float | None:
+        """Published ImageNet-1k top-1 (%), which picks Classify's ImageNet model; None: no ImageNet classifier."""
+        return self.weights.top1 if isinstance(self.weights, HubWeights) else self.published_top1
 
     def resize_size(self, image_size: int) -> int:
         """Shorter side before the `image_size` centre crop (256 for 224 at crop_pct 0.875)."""
         return round(image_size / self.crop_pct)
 
 
-# -- per-family pieces ----------------------------------------------------------------------------------
+# -- per-family pieces (torch imported inside: each runs on a network, so torch is loaded by then) ------------
 def _features_split(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    from torch import nn
+
     return nn.Sequential(model.features, model.avgpool, nn.Flatten(1)), model.classifier
 
 
 def _resnet_split(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    from torch import nn
+
     layers = [m for name, m in model.named_children() if name != "fc"]
     return nn.Sequential(*layers, nn.Flatten(1)), model.fc
 
 
-class _PooledFeatures(nn.Module):
-    """timm EfficientNet up to and including global pooling (what feeds dropout + classifier)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.global_pool(self.model.forward_features(x))
-
-
 def _timm_split(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    from torch import nn
+
+    from caltech_core.nets.parts import PooledFeatures
+
     # The head keeps the model's dropout so head training on cached features draws the same masks.
     head = nn.Sequential(nn.Dropout(model.drop_rate), model.classifier) if model.drop_rate else model.classifier
-    return _PooledFeatures(model), head
+    return PooledFeatures(model), head
 
 
 def _last_relu(model: nn.Module) -> nn.Module:
     """The ReLU after the last conv: the last in-place op on that map, so the hooked tensor is final."""
+    from torch import nn
+
     return [m for m in model.features if isinstance(m, nn.ReLU)][-1]
 
 
-def _torchvision(builder: Callable[..., nn.Module], num_classes: int) -> nn.Module:
-    return builder(weights=None, num_classes=num_classes)
+def _torchvision(builder: str, num_classes: int, **kwargs: Any) -> nn.Module:
+    import torchvision.models
+
+    return getattr(torchvision.models, builder)(weights=None, num_classes=num_classes, **kwargs)
+
+
+def _mobilenet_v3_small(num_classes: int) -> nn.Module:
+    from torch import nn
+
+    # torchvision's BatchNorm momentum 0.01 suits its 600 ImageNet epochs; after a short run the running
+    # statistics would still be mostly the initial ones (a 6-epoch, 5-class run: validation at chance, 22%, while
+    # training accuracy rose to 46%), so it takes PyTorch's default 0.1 (eps as torchvision's, as the weights were
+    # trained with). Momentum is not in the weights file.
+    return _torchvision("mobilenet_v3_small", num_classes, norm_layer=partial(nn.BatchNorm2d, eps=0.001, momentum=0.1))
 
 
 def _timm_lite(name: str, drop_rate: float, num_classes: int) -> nn.Module:
@@ -155,13 +192,13 @@ def _timm_lite(name: str, drop_rate: float, num_classes: int) -> nn.Module:
     return timm.create_model(name, num_classes=num_classes, drop_rate=drop_rate)
 
 
-def _tv_spec(name: str, label: str, builder: Callable[..., nn.Module], enum: tvm.WeightsEnum, *,
+def _tv_spec(name: str, label: str, weights: str, *, build: Callable[[int], nn.Module] | None = None,
              classifier: str, output: str, split: Callable, gradcam: Callable) -> ArchSpec:
+    """A torchvision classifier: `name` is its builder in `torchvision.models`, `weights` its weights enum's name."""
     return ArchSpec(
-        name=name, label=label, build=partial(_torchvision, builder), weights=HubWeights(enum), image_size=224,
-        crop_pct=0.875, interpolation="bilinear", normalization="imagenet", classifier=classifier,
-        output=output, split=split, gradcam=gradcam,
-        imagenet_top1=float(enum.meta["_metrics"]["ImageNet-1K"]["acc@1"]),
+        name=name, label=label, build=build or partial(_torchvision, name), weights=HubWeights(weights),
+        image_size=224, crop_pct=0.875, interpolation="bilinear", normalization="imagenet", classifier=classifier,
+        output=output, split=split, gradcam=gradcam, published_top1=None,
     )
 
 
@@ -173,11 +210,13 @@ def _lite_spec(level: int, image_size: int, crop_pct: float, drop_rate: float, t
         weights=PackageWeights(package, "0.1.0", package.replace("-", "_"), f"EfficientnetLite{level}ModelFile"),
         image_size=image_size, crop_pct=crop_pct, interpolation="bicubic", normalization="half",
         classifier="classifier", output="classifier", split=_timm_split, gradcam=lambda m: m.bn2,
-        imagenet_top1=top1, onnx_features=True,
+        published_top1=top1, onnx_features=True,
     )
 
 
 def _ensemble_split(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    from torch import nn
+
     return model.backbone, nn.Sequential(model.dropout, model.classifier)
 
 
@@ -196,7 +235,7 @@ def _ensemble_spec(levels: tuple[int, ...], image_size: int, crop_pct: float, dr
         image_size=image_size, crop_pct=crop_pct, interpolation="bicubic", normalization="half",
         classifier="classifier", output="classifier", split=_ensemble_split,
         # Grad-CAM of the ensemble's prediction on its largest member's last map.
-        gradcam=lambda m: m.backbone.members[names[-1]].bn2, imagenet_top1=None, onnx_features=True,
+        gradcam=lambda m: m.backbone.members[names[-1]].bn2, published_top1=None, onnx_features=True,
     )
 
 
@@ -209,18 +248,13 @@ _RES = {"classifier": "fc", "output": "fc", "split": _resnet_split, "gradcam": l
 # Lite sizes, crop_pct: timm's pretrained_cfg; dropout: the TF reference builder (efficientnet_lite_builder.py);
 # top-1: the TF EfficientNet-Lite README (float32 checkpoints).
 SPECS: dict[str, ArchSpec] = {s.name: s for s in (
-    _tv_spec("alexnet", "AlexNet", tvm.alexnet, tvm.AlexNet_Weights.DEFAULT, **_ALEX),
-    _tv_spec("vgg16", "VGG-16", tvm.vgg16, tvm.VGG16_Weights.DEFAULT, **_ALEX),
-    _tv_spec("resnet18", "ResNet-18", tvm.resnet18, tvm.ResNet18_Weights.DEFAULT, **_RES),
-    _tv_spec("resnet50", "ResNet-50", tvm.resnet50, tvm.ResNet50_Weights.DEFAULT, **_RES),
+    _tv_spec("alexnet", "AlexNet", "AlexNet_Weights.DEFAULT", **_ALEX),
+    _tv_spec("vgg16", "VGG-16", "VGG16_Weights.DEFAULT", **_ALEX),
+    _tv_spec("resnet18", "ResNet-18", "ResNet18_Weights.DEFAULT", **_RES),
+    _tv_spec("resnet50", "ResNet-50", "ResNet50_Weights.DEFAULT", **_RES),
     # The smallest and fastest entry (1.5 M parameters, a 6 MB checkpoint for a few classes): quick CPU runs.
-    # torchvision's BatchNorm momentum 0.01 suits its 600 ImageNet epochs; after a short run the running
-    # statistics would still be mostly the initial ones (a 6-epoch, 5-class run: validation at chance, 22%, while
-    # training accuracy rose to 46%), so it takes PyTorch's default 0.1 (eps as torchvision's, as the weights were
-    # trained with). Momentum is not in the weights file.
-    _tv_spec("mobilenet_v3_small", "MobileNetV3-Small",
-             partial(tvm.mobilenet_v3_small, norm_layer=partial(nn.BatchNorm2d, eps=0.001, momentum=0.1)),
-             tvm.MobileNet_V3_Small_Weights.DEFAULT, **_MOBILE),
+    _tv_spec("mobilenet_v3_small", "MobileNetV3-Small", "MobileNet_V3_Small_Weights.DEFAULT",
+             build=_mobilenet_v3_small, **_MOBILE),
     _lite_spec(0, 224, 0.875, 0.2, 75.1),
     _lite_spec(1, 240, 0.882, 0.2, 76.7),
     _lite_spec(2, 260, 0.89, 0.3, 77.6),

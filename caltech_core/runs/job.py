@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 Runner = Callable[..., Any]
 
 
-def _default_runner() -> Runner:
+def default_runner() -> Runner:
+    """`engine.train`, looked up when called (so a test's stand-in for it is seen), its module imported then."""
     from caltech_core.training import engine
 
     return engine.train
@@ -94,7 +95,7 @@ def run_job(
     cfg = record.config
     stop = stop or threading.Event()
     tracker = tracker or Tracker(store, run_id, cfg, stop, on_progress)
-    runner = runner or _default_runner()
+    runner = runner or default_runner()
     if store.cancel_requested(run_id):  # cancelled (e.g. from another process) while it waited in a queue
         store.set_status(run_id, RunStatus.CANCELLED, record.error)
         return RunStatus.CANCELLED

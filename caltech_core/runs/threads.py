@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from caltech_core.config import TrainConfig
-from caltech_core.runs.job import Runner, checked_config, resumable_run, run_job
+from caltech_core.runs.job import Runner, checked_config, default_runner, resumable_run, run_job
 from caltech_core.runs.store import RunStore
 from caltech_core.runs.tracker import Tracker
 from caltech_core.status import Phase, Progress, RunStatus
@@ -96,6 +96,11 @@ class ThreadJobManager(BaseJobManager):
         self.store = store
         self.data_root = data_root
         self._runner = runner
+        if runner is None:
+            # The training stack (torch, torchvision) is imported here, by the thread that makes the manager, not
+            # first by the worker: two threads importing a package for the first time at once can break it (one
+            # gets a submodule of the package the other is still initialising).
+            default_runner()
         self._cond = threading.Condition()
         self._queue: deque[int] = deque()
         self._resume: set[int] = set()

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from caltech_core import layout, settings
 from caltech_core.config import ConfigError, TrainConfig
@@ -30,7 +30,9 @@ from caltech_core.study.experiments import PRESETS, REDUCED_CHANGES
 from caltech_core.study.matching import run_key, weights_needed
 from caltech_core.study.numbers import STUDY_REPEATS, STUDY_SPLIT
 from caltech_core.study.report import SECTIONS
-from caltech_core.training.estimate import EpochEstimate, estimate_epoch_seconds
+
+if TYPE_CHECKING:
+    from caltech_core.training.estimate import EpochEstimate
 
 Estimator = Callable[[TrainConfig], float]  # seconds per epoch of cfg on this machine
 
@@ -277,6 +279,9 @@ def probe_estimator(
 
     `log` hears which model is being timed (a CPU takes seconds to minutes for the full study's models).
     """
+    # Imported here: the estimate brings torch and torchvision, which planning and the CLI's options do not need.
+    from caltech_core.training.estimate import estimate_epoch_seconds
+
     cache = Path(cache_dir) if cache_dir else layout.cache_dir(settings.studio_home())
     measured: dict[tuple[Any, ...], EpochEstimate] = {}
     sizes: dict[tuple[Any, ...], tuple[int, int]] = {}

@@ -8,26 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, confusion_matrix
 from torch import nn
 
-TOP = 5  # classes kept per image
-
-
-@dataclass
-class Predictions:
-    """Per image, in loader order: true label, the most likely classes (best first) with probabilities, loss,
-    and every class's logit (calibration and label-issue search need the whole distribution)."""
-
-    labels: np.ndarray  # int64 (N,)
-    top_classes: np.ndarray  # int64 (N, k), k = min(TOP, classes)
-    top_probs: np.ndarray  # float32 (N, k)
-    losses: np.ndarray  # float32 (N,) cross-entropy of each image
-    logits: np.ndarray | None = None  # float32 (N, classes)
-
-    @property
-    def preds(self) -> np.ndarray:
-        return self.top_classes[:, 0] if len(self.labels) else np.zeros(0, dtype=np.int64)
+from caltech_core.training.predictions import TOP, Predictions, metrics
 
 
 @dataclass
@@ -76,17 +59,6 @@ def predict(
         top_probs=torch.cat(probs).numpy().astype(np.float32), losses=torch.cat(losses).numpy().astype(np.float32),
         logits=torch.cat(raw).numpy().astype(np.float32),
     )
-
-
-def metrics(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> tuple[float, float, np.ndarray, np.ndarray]:
-    """(accuracy, mean per-class accuracy, per-class accuracy with NaN for absent classes, confusion[true, pred])."""
-    confusion = confusion_matrix(labels, preds, labels=np.arange(num_classes))
-    if len(labels) == 0:
-        return float("nan"), float("nan"), np.full(num_classes, np.nan), confusion
-    support = confusion.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        per_class = np.where(support > 0, np.diag(confusion) / support, np.nan)
-    return float(accuracy_score(labels, preds)), float(np.nanmean(per_class)), per_class, confusion
 
 
 def evaluate(

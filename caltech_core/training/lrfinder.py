@@ -6,7 +6,8 @@ afterwards.
 
 The suggestion is Lightning's rule: the learning rate where the smoothed loss falls fastest (the most negative
 slope of loss against log(lr)), skipping the first `skip_start` points and the last `skip_end`; `lr_min` is
-fastai's older rule (the lowest loss's rate / 10), kept for the plot.
+fastai's older rule (the lowest loss's rate / 10), kept for the plot. Those rules, the defaults and the result
+record are in training/lrcurve.py (no torch there); this module runs the batches.
 """
 
 from __future__ import annotations
@@ -14,11 +15,9 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -33,33 +32,16 @@ from caltech_core.status import ProgressFn
 from caltech_core.training.checkpointing import seed_everything
 from caltech_core.training.engine import optimizer_and_schedule
 from caltech_core.training.evaluation import autocast_for
-
-START_LR = 1e-7
-END_LR = 10.0
-NUM_STEPS = 100  # fastai's and Lightning's default number of batches
-SMOOTHING = 0.98  # fastai's beta
-DIVERGE_FACTOR = 4.0  # fastai stops at 4 x the lowest smoothed loss
-SKIP_START, SKIP_END = 10, 1  # Lightning's suggestion skips these points at each end
-# Settings the range test does not read: the rate is its own, and no schedule, epoch count or run bookkeeping is
-# involved (`settings_used` leaves them out, so changing them keeps an earlier result).
-UNUSED_SETTINGS = ("lr", "epochs", "step_size", "gamma", "lr_schedule", "warmup_epochs", "early_stopping_patience",
-                   "retrain_on_train_val", "name", "group", "fast_path", "compile")
-
-
-@dataclass
-class LRFinding:
-    """The test's curve and its suggestion (None when too few points were recorded to pick one)."""
-
-    lrs: list[float]
-    losses: list[float]  # raw per-batch losses
-    smoothed: list[float]
-    suggestion: float | None
-    lr_min: float | None  # fastai's rule: the lowest smoothed loss's rate / 10
-    stopped_early: bool  # the loss diverged before end_lr
-    seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from caltech_core.training.lrcurve import (
+    DIVERGE_FACTOR,
+    END_LR,
+    NUM_STEPS,
+    SMOOTHING,
+    START_LR,
+    LRFinding,
+    lr_min,
+    suggest,
+)
 
 
 def lr_range_test(
@@ -123,22 +105,8 @@ def lr_range_test(
         optimizer.load_state_dict(saved_optimizer)
     finite_lrs = lrs[:len(smoothed)]
     return LRFinding(lrs=lrs, losses=losses, smoothed=smoothed, suggestion=suggest(finite_lrs, smoothed),
-                     lr_min=_lr_min(finite_lrs, smoothed), stopped_early=stopped_early,
+                     lr_min=lr_min(finite_lrs, smoothed), stopped_early=stopped_early,
                      seconds=time.perf_counter() - started)
-
-
-def suggest(lrs: list[float], smoothed: list[float]) -> float | None:
-    """Lightning's rule: the rate of the steepest descent of the smoothed loss against log(lr)."""
-    end = len(smoothed) - SKIP_END
-    if end - SKIP_START < 3:
-        return None
-    window = np.asarray(smoothed[SKIP_START:end])
-    slope = np.gradient(window, np.log(np.asarray(lrs[SKIP_START:end])))
-    return float(lrs[SKIP_START + int(np.argmin(slope))])
-
-
-def _lr_min(lrs: list[float], smoothed: list[float]) -> float | None:
-    return float(lrs[int(np.argmin(smoothed))]) / 10 if smoothed else None
 
 
 def find_lr(
@@ -165,8 +133,3 @@ def find_lr(
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     return lr_range_test(model, optimizer, batches, criterion, device=device, start_lr=start_lr, end_lr=end_lr,
                          num_steps=num_steps, amp=cfg.amp, progress=progress)
-
-
-def settings_used(cfg: TrainConfig) -> dict[str, Any]:
-    """The settings of `cfg` the range test depends on (e.g. to key a stored or cached result)."""
-    return {k: v for k, v in cfg.to_dict().items() if k not in UNUSED_SETTINGS}

@@ -4,6 +4,8 @@
 its true class, the top-5 classes with softmax probabilities, the cross-entropy loss and every class's logit
 (`logits`; files written before it was recorded lack it: recompute them), plus the class names. The engine writes it when it evaluates the best weights; `caltech_core.use.recompute` rebuilds it from `best.pt`.
 The analysis helpers (confusion cells, confident mistakes, per-class table, confused pairs) read only it.
+`Predictions` (what an evaluation pass collects) and `metrics` live here too, so that reading results needs no
+torch (training/evaluation.py makes them from a model).
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix
 
 from caltech_core import layout
 from caltech_core.data.dataset import Sample
 from caltech_core.files import atomic_write
-from caltech_core.training.evaluation import Predictions, metrics
 
 SPLITS = ("test", "val")
 
@@ -31,6 +33,36 @@ def results_path(run_dir: str | Path, split: str) -> Path:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r} (known: {', '.join(SPLITS)})")
     return layout.predictions(Path(run_dir), split)
+
+
+TOP = 5  # classes kept per image
+
+
+@dataclass
+class Predictions:
+    """Per image, in loader order: true label, the most likely classes (best first) with probabilities, loss,
+    and every class's logit (calibration and label-issue search need the whole distribution)."""
+
+    labels: np.ndarray  # int64 (N,)
+    top_classes: np.ndarray  # int64 (N, k), k = min(TOP, classes)
+    top_probs: np.ndarray  # float32 (N, k)
+    losses: np.ndarray  # float32 (N,) cross-entropy of each image
+    logits: np.ndarray | None = None  # float32 (N, classes)
+
+    @property
+    def preds(self) -> np.ndarray:
+        return self.top_classes[:, 0] if len(self.labels) else np.zeros(0, dtype=np.int64)
+
+
+def metrics(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """(accuracy, mean per-class accuracy, per-class accuracy with NaN for absent classes, confusion[true, pred])."""
+    confusion = confusion_matrix(labels, preds, labels=np.arange(num_classes))
+    if len(labels) == 0:
+        return float("nan"), float("nan"), np.full(num_classes, np.nan), confusion
+    support = confusion.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = np.where(support > 0, np.diag(confusion) / support, np.nan)
+    return float(accuracy_score(labels, preds)), float(np.nanmean(per_class)), per_class, confusion
 
 
 @dataclass(frozen=True)
