@@ -10,7 +10,9 @@ the image cache (so decoding is not timed), interleaved (every round runs every 
 - fp32, no spin-wait:      onnxruntime's worker threads sleep instead of spinning between ops (a shared CPU);
 - int8 static, batch 64 / 16:  `caltech_core/training/int8.py`: QDQ int8, per-channel weights, activation
                            ranges calibrated on other training images;
-- int8 dynamic (`--dynamic`):  `quantize_dynamic` (weights int8, activations quantised at run time).
+- int8 dynamic (`--dynamic`):  `quantize_dynamic` (weights int8, activations quantised at run time);
+- fp32, graph optimisation off / basic / extended / up to layout (`--graph-levels`): onnxruntime's
+                           lower graph optimisation levels against today's default (all of them).
 
 Prints images/second (median of the rounds), the ratio to today's and how far each variant's features are from
 today's (largest absolute difference, mean cosine similarity). `--accuracy` then computes the features of the
@@ -20,6 +22,7 @@ see the same load), trains the preset's head recipe on each train set and prints
 
     CALTECH101_ROOT=../shared/caltech101 .venv/bin/python bench/frozen_features.py --images 256 --rounds 3
     CALTECH101_ROOT=../shared/caltech101 .venv/bin/python bench/frozen_features.py --images 0 --accuracy
+    CALTECH101_ROOT=../shared/caltech101 .venv/bin/python bench/frozen_features.py --images 128 --graph-levels
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dynamic", action="store_true", help="also time int8 dynamic quantisation")
+    parser.add_argument("--graph-levels", action="store_true", help="also time lower graph optimisation levels")
     parser.add_argument("--accuracy", action="store_true", help="validation accuracy, fp32 vs int8 static")
     parser.add_argument("--work", type=Path, default=None, help="image cache folder (default: a temp folder)")
     args = parser.parse_args(argv)
@@ -121,10 +125,15 @@ def main(argv: list[str] | None = None) -> int:
 def time_variants(args, cfg, cache: ImageCache, indices: list[int], fp32_model: bytes, fp32, int8) -> None:
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    no_spin = ort.InferenceSession(fp32_model, options, providers=["CPUExecutionProvider"])
+    def session(spin: bool = True, level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
+        options.graph_optimization_level = level
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(fp32_model, options, providers=["CPUExecutionProvider"])
+
+    no_spin = session(spin=False)
     data = {64: batches(cache, indices, cfg, 64), 16: batches(cache, indices, cfg, 16)}
     variants: dict[str, tuple[Runner, int]] = {
         "fp32, batch 64 (today)": (session_runner(fp32), 64),
@@ -133,6 +142,12 @@ def time_variants(args, cfg, cache: ImageCache, indices: list[int], fp32_model: 
         "int8 static, batch 64": (session_runner(int8), 64),
         "int8 static, batch 16": (session_runner(int8), 16),
     }
+    if args.graph_levels:
+        levels = {"off": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+                  "up to layout": "ORT_ENABLE_LAYOUT"}
+        for name, level in levels.items():
+            variants[f"fp32, graph optimisation {name}, batch 64"] = (
+                session_runner(session(level=getattr(ort.GraphOptimizationLevel, level))), 64)
     if args.dynamic:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
