@@ -1,52 +1,34 @@
 """Bytes a command and every process it starts write to storage (e.g. the test suite).
 
-Samples /proc/PID/io of the command's whole process tree every `--every` seconds and keeps each process's last
-`write_bytes` (bytes it caused to be sent to the storage layer) and `cancelled_write_bytes` (of those, dropped
-again because the file was truncated or deleted before write-back), so processes that exit or are killed between
-samples still count up to their last sample. Also prints the machine-wide sectors written (/proc/diskstats) over
-the same time, an upper bound that includes other users' writes on a shared machine.
+Linux adds a reaped child's I/O counts (its own reaped children's included) to its parent's `/proc/PID/io`, so
+this script makes itself the subreaper of the command's tree (orphans, e.g. daemonised Ray processes, are
+re-parented to it instead of to init), reaps every process of the tree, and reads its own `write_bytes` (bytes
+sent to the storage layer) and `cancelled_write_bytes` (of those, dropped again because the file was truncated or
+deleted before write-back): every process of the tree counted once. (Summing each process's last sample, as this
+script did before 2026-12-07, counted a child once itself and again in every ancestor that reaped it.) A process
+still alive `--linger` seconds after the command ended is listed and not counted. Also prints the machine-wide
+sectors written (/proc/diskstats) over the same time, which includes other users' writes on a shared machine
+and leaves out what is still in the page cache at the end.
 
-    CALTECH101_ROOT=/work/shared/caltech101 .venv/bin/python bench/disk_writes.py -- .venv/bin/python -m pytest -q
+    CALTECH101_ROOT=/work/shared/caltech101 .venv/bin/python bench/disk_writes.py -- make test
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            # The command name in field 2 may hold spaces or parentheses: split after its closing ")".
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        tree.setdefault(ppid, []).append(int(entry.name))
-    return tree
+PR_SET_CHILD_SUBREAPER = 36
 
 
-def _descendants(root: int) -> list[int]:
-    tree, todo, found = _children(), [root], []
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(tree.get(pid, []))
-    return found
-
-
-def _io(pid: int) -> tuple[int, int] | None:
-    try:
-        fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
-    except OSError:
-        return None
+def _own_io() -> tuple[int, int]:
+    """(write_bytes, cancelled_write_bytes) of this process and every child it has reaped."""
+    fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
     return int(fields["write_bytes"]), int(fields["cancelled_write_bytes"])
 
 
@@ -61,39 +43,48 @@ def _disk_sectors_written() -> int:
     return total
 
 
+def _reap(root: int, linger: float) -> int | None:
+    """Reap every child until none is left (or `linger` s after `root` ended); `root`'s exit code."""
+    code, deadline = None, None
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG if deadline is not None else 0)
+        except ChildProcessError:
+            return code
+        if pid == root:
+            code, deadline = os.waitstatus_to_exitcode(status), time.monotonic() + linger
+        elif pid == 0:  # children left, none ended yet
+            if time.monotonic() > deadline:
+                for child in Path("/proc").glob("[0-9]*"):
+                    try:
+                        if int((child / "stat").read_text().rsplit(")", 1)[1].split()[1]) == os.getpid():
+                            cmd = (child / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
+                            print(f"disk_writes: still running, not counted: {child.name} {cmd}", file=sys.stderr)
+                    except OSError:
+                        continue
+                return code
+            time.sleep(0.2)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--every", type=float, default=0.5, help="sampling interval in seconds")
+    parser.add_argument("--linger", type=float, default=60.0,
+                        help="seconds to wait for the tree's other processes after the command ends")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
     args = parser.parse_args()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+    written0, cancelled0 = _own_io()
     sectors = _disk_sectors_written()
     started = time.monotonic()
-    proc = subprocess.Popen(command)
-    last: dict[tuple[int, int], tuple[int, int]] = {}  # (pid, start time) -> (write_bytes, cancelled)
-    while True:
-        # Ended? Look without reaping it, so its /proc entry (and final counts) can still be read below.
-        done = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-        for pid in _descendants(proc.pid):
-            try:
-                start = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-            except (OSError, IndexError, ValueError):
-                continue
-            io = _io(pid)
-            if io is not None:
-                last[(pid, start)] = io
-        if done:
-            break
-        time.sleep(args.every)
-    proc.wait()
-    written = sum(w for w, _ in last.values())
-    cancelled = sum(c for _, c in last.values())
+    code = _reap(subprocess.Popen(command).pid, args.linger)
+    written, cancelled = (now - before for now, before in zip(_own_io(), (written0, cancelled0), strict=True))
     disk = (_disk_sectors_written() - sectors) * 512
-    print(f"disk_writes: exit {proc.returncode} after {time.monotonic() - started:.0f} s; {len(last)} processes; "
-          f"write_bytes {written / 1e9:.2f} GB, of which cancelled before write-back {cancelled / 1e9:.2f} GB "
-          f"(net {(written - cancelled) / 1e9:.2f} GB); whole machine's disks meanwhile {disk / 1e9:.2f} GB",
-          file=sys.stderr)
-    return proc.returncode
+    print(f"disk_writes: exit {code} after {time.monotonic() - started:.0f} s; write_bytes {written / 1e9:.2f} GB, "
+          f"of which cancelled before write-back {cancelled / 1e9:.2f} GB (net {(written - cancelled) / 1e9:.2f} GB); "
+          f"whole machine's disks meanwhile {disk / 1e9:.2f} GB", file=sys.stderr)
+    return 1 if code is None else code
 
 
 if __name__ == "__main__":
