@@ -12,7 +12,10 @@ the image cache (so decoding is not timed), interleaved (every round runs every 
                            ranges calibrated on other training images;
 - int8 dynamic (`--dynamic`):  `quantize_dynamic` (weights int8, activations quantised at run time);
 - fp32, graph optimisation off / basic / extended / up to layout (`--graph-levels`): onnxruntime's
-                           lower graph optimisation levels against today's default (all of them).
+                           lower graph optimisation levels against today's default (all of them);
+- OpenVINO fp32 / int8 (`--openvino`): the same fp32 export, and the same int8 QDQ model, run by OpenVINO's CPU
+                           plugin at f32 precision (its int8 kernels for the quantised convolutions), for CPUs
+                           without native bf16, where the preset's features stay on onnxruntime fp32.
 
 Prints images/second (median of the rounds), the ratio to today's and how far each variant's features are from
 today's (largest absolute difference, mean cosine similarity). `--accuracy` then computes the features of the
@@ -23,6 +26,7 @@ see the same load), trains the preset's head recipe on each train set and prints
     CALTECH101_ROOT=../shared/caltech101 .venv/bin/python bench/frozen_features.py --images 256 --rounds 3
     CALTECH101_ROOT=../shared/caltech101 .venv/bin/python bench/frozen_features.py --images 0 --accuracy
     CALTECH101_ROOT=../shared/caltech101 .venv/bin/python bench/frozen_features.py --images 128 --graph-levels
+    CALTECH101_ROOT=../shared/caltech101 .venv/bin/python bench/frozen_features.py --images 128 --openvino
 """
 
 from __future__ import annotations
@@ -85,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dynamic", action="store_true", help="also time int8 dynamic quantisation")
     parser.add_argument("--graph-levels", action="store_true", help="also time lower graph optimisation levels")
+    parser.add_argument("--openvino", action="store_true", help="also time OpenVINO fp32 and int8 (f32 precision)")
     parser.add_argument("--accuracy", action="store_true", help="validation accuracy, fp32 vs int8 static")
     parser.add_argument("--work", type=Path, default=None, help="image cache folder (default: a temp folder)")
     args = parser.parse_args(argv)
@@ -110,19 +115,32 @@ def main(argv: list[str] | None = None) -> int:
     print(f"export: {time.perf_counter() - started:.1f} s", flush=True)
     started = time.perf_counter()
     calib_batches = batches(cache, [cache.index_of(s.path) for s in calibration], cfg, 16)
-    int8 = cpu_session(quantize(fp32_model, calib_batches), args.threads)
+    int8_model = quantize(fp32_model, calib_batches)
+    int8 = cpu_session(int8_model, args.threads)
     print(f"int8 static quantisation ({len(calibration)} calibration images): "
           f"{time.perf_counter() - started:.1f} s", flush=True)
 
     if timed:
-        time_variants(args, cfg, cache, [cache.index_of(s.path) for s in timed], fp32_model, fp32, int8)
+        time_variants(args, cfg, cache, [cache.index_of(s.path) for s in timed], fp32_model, int8_model, fp32, int8)
     if measured:
         measure_accuracy(args, cfg, cache, splits, fp32, int8)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
     return 0
 
 
-def time_variants(args, cfg, cache: ImageCache, indices: list[int], fp32_model: bytes, fp32, int8) -> None:
+def openvino_runner(model: bytes, threads: int) -> Runner:
+    """The ONNX `model` compiled by OpenVINO for the CPU at f32 precision (int8 layers stay int8), one request."""
+    import openvino
+
+    core = openvino.Core()
+    compiled = core.compile_model(core.read_model(model, b""), "CPU", {
+        "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads})
+    request = compiled.create_infer_request()
+    return lambda x: request.infer({"x": x})[0].copy()
+
+
+def time_variants(args, cfg, cache: ImageCache, indices: list[int], fp32_model: bytes, int8_model: bytes, fp32,
+                  int8) -> None:
     import onnxruntime as ort
 
     def session(spin: bool = True, level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
@@ -148,6 +166,9 @@ def time_variants(args, cfg, cache: ImageCache, indices: list[int], fp32_model: 
         for name, level in levels.items():
             variants[f"fp32, graph optimisation {name}, batch 64"] = (
                 session_runner(session(level=getattr(ort.GraphOptimizationLevel, level))), 64)
+    if args.openvino:
+        variants["OpenVINO fp32, batch 64"] = (openvino_runner(fp32_model, args.threads), 64)
+        variants["OpenVINO int8 (same QDQ model), batch 64"] = (openvino_runner(int8_model, args.threads), 64)
     if args.dynamic:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
