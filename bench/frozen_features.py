@@ -50,6 +50,7 @@ from caltech_core.data.imagecache import ImageCache
 from caltech_core.data.transforms import BatchLoader
 from caltech_core.nets.models import build_model, split_for_features
 from caltech_core.study.experiments import PRESETS
+from caltech_core.training import bf16_features
 from caltech_core.training.features import cpu_session, onnx_export
 from caltech_core.training.int8 import quantize
 
@@ -128,17 +129,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def openvino_runner(model: bytes, threads: int) -> Runner:
-    """The ONNX `model` compiled by OpenVINO for the CPU at f32 precision (int8 layers stay int8), one request."""
-    import openvino
-
-    core = openvino.Core()
-    compiled = core.compile_model(core.read_model(model, b""), "CPU", {
-        "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads})
-    request = compiled.create_infer_request()
-    return lambda x: request.infer({"x": x})[0].copy()
-
-
 def time_variants(args, cfg, cache: ImageCache, indices: list[int], fp32_model: bytes, int8_model: bytes, fp32,
                   int8) -> None:
     import onnxruntime as ort
@@ -161,14 +151,15 @@ def time_variants(args, cfg, cache: ImageCache, indices: list[int], fp32_model: 
         "int8 static, batch 16": (session_runner(int8), 16),
     }
     if args.graph_levels:
-        levels = {"off": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
-                  "up to layout": "ORT_ENABLE_LAYOUT"}
-        for name, level in levels.items():
-            variants[f"fp32, graph optimisation {name}, batch 64"] = (
-                session_runner(session(level=getattr(ort.GraphOptimizationLevel, level))), 64)
+        level = ort.GraphOptimizationLevel
+        for name, value in {"off": level.ORT_DISABLE_ALL, "basic": level.ORT_ENABLE_BASIC,
+                            "extended": level.ORT_ENABLE_EXTENDED, "up to layout": level.ORT_ENABLE_LAYOUT}.items():
+            variants[f"fp32, graph optimisation {name}, batch 64"] = (session_runner(session(level=value)), 64)
     if args.openvino:
-        variants["OpenVINO fp32, batch 64"] = (openvino_runner(fp32_model, args.threads), 64)
-        variants["OpenVINO int8 (same QDQ model), batch 64"] = (openvino_runner(int8_model, args.threads), 64)
+        # int8 layers stay int8 at f32 precision; the rest runs in f32.
+        variants["OpenVINO fp32, batch 64"] = (bf16_features.runner(fp32_model, args.threads, "f32"), 64)
+        variants["OpenVINO int8 (same QDQ model), batch 64"] = (
+            bf16_features.runner(int8_model, args.threads, "f32"), 64)
     if args.dynamic:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 

@@ -34,14 +34,15 @@ def supported() -> bool:
     return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-def runner(model: bytes, threads: int) -> Callable[[np.ndarray], np.ndarray]:
-    """The ONNX `model` (input "x", one output) compiled for bf16 on `threads` CPU threads: a function from a
-    float32 NCHW batch to its float32 outputs."""
+def runner(model: bytes, threads: int, precision: str = "bf16") -> Callable[[np.ndarray], np.ndarray]:
+    """The ONNX `model` (input "x", one output) compiled at `precision` (OpenVINO's inference precision hint;
+    "f32" for bench/frozen_features.py's comparison) on `threads` CPU threads: a function from a float32 NCHW
+    batch to its float32 outputs."""
     core = _core()
     # One request a batch (latency mode): OpenVINO's throughput streams over chunks of a batch measured the same in
     # the feature pass's loop (59.1 vs 58.3 images/s, docs/benchmarks.md).
     compiled = core.compile_model(core.read_model(model, b""), "CPU", {
-        "INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": max(1, threads),
+        "INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": max(1, threads),
     })
     request = compiled.create_infer_request()
     # The output tensor is the request's own memory, overwritten by the next batch: hand out a copy.
