@@ -14,15 +14,19 @@ Lite1 and Lite2); use a fresh `--work` folder (the default is a new temporary on
 `--compare-int8` instead runs the preset cold twice in this one process, side by side: fp32 features
 (`int8_features` and `amp` off) and then int8 features (`int8_features` on), each in its own
 fresh folder under the work folder (its own image cache and features), each timed from before its image cache;
-it prints both cold times, their ratio and each run's validation and test accuracy. `--compare-bf16` does the
-same with bf16 features (`amp` on, the preset's setting: OpenVINO's bf16 on a CPU with native bf16; elsewhere
-both runs are fp32). Each run's clock starts after an `os.sync()`, so the first run's pixel file is not written
-out during the second. The second run finds the JPEG files in the OS's page cache (`--other-first` swaps the
-order). `--classes K` / `--max-per-class M` make a quick check of the script, not the preset's scale.
+it prints both cold times, their ratio and each run's validation and test accuracy. The fp32 run is the issue's
+baseline: onnxruntime's fp32 features (`$CALTECH_STUDIO_FEATURE_RUNTIME=onnxruntime`) in batches of 64, as the
+fast path ran them before 2026-12-07 (now 16 on the CPU: `features.CPU_FEATURE_BATCH`). `--compare-bf16` does the
+same with the preset's own setting (`amp` on: OpenVINO's bf16 on a CPU with native bf16, elsewhere OpenVINO's
+fp32 where it is installed), `--compare-openvino` with OpenVINO's fp32 features (`amp` off) on any CPU. Each
+run's clock starts after an `os.sync()`, so the first run's pixel file is not written out during the second.
+The second run finds the JPEG files in the OS's page cache (`--other-first` swaps the order). `--classes K` /
+`--max-per-class M` make a quick check of the script, not the preset's scale.
 
     CALTECH101_ROOT=../shared/caltech101 nice .venv/bin/python bench/best_offline.py --threads 2 --out result.json
     CALTECH101_ROOT=../shared/caltech101 .venv/bin/python bench/best_offline.py --compare-int8 --out int8.json
     CALTECH101_ROOT=../shared/caltech101 .venv/bin/python bench/best_offline.py --compare-bf16 --out bf16.json
+    CALTECH101_ROOT=../shared/caltech101 .venv/bin/python bench/best_offline.py --compare-openvino --out ov.json
 """
 
 from __future__ import annotations
@@ -41,9 +45,10 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 from machine import describe  # noqa: E402
 
+from caltech_core import settings  # noqa: E402
 from caltech_core.data.dataset import Splits  # noqa: E402
 from caltech_core.study.experiments import PRESETS  # noqa: E402
-from caltech_core.training import engine  # noqa: E402
+from caltech_core.training import engine, features  # noqa: E402
 
 # Head settings compared with --tune (validation accuracy only).
 TUNE_GRID: list[dict] = [
@@ -94,21 +99,26 @@ def run(cfg, splits: Splits, work: Path, tag: str, *, show_test: bool = True) ->
     return out
 
 
-# The fp32 reference and each other kind of features, as changes to the preset's config (amp on is what picks
-# bf16 features, on a CPU with native bf16; training/speed.py).
-FEATURE_KINDS = {"fp32": {"amp": False, "int8_features": False}, "int8": {"amp": False, "int8_features": True},
-                 "bf16": {"amp": True, "int8_features": False}}
+# The fp32 reference and each other kind of features: changes to the preset's config (amp on is what picks bf16
+# features, on a CPU with native bf16; training/speed.py), the feature runtime setting and the CPU feature batch.
+FEATURE_KINDS = {"fp32": ({"amp": False, "int8_features": False}, "onnxruntime", 64),
+                 "int8": ({"amp": False, "int8_features": True}, "onnxruntime", features.CPU_FEATURE_BATCH),
+                 "bf16": ({"amp": True, "int8_features": False}, "auto", features.CPU_FEATURE_BATCH),
+                 "openvino": ({"amp": False, "int8_features": False}, "openvino", features.CPU_FEATURE_BATCH)}
 
 
 def compare(head, root: str | None, work: Path, other: str, *, other_first: bool) -> dict:
-    """The preset cold with fp32 and with `other` features ("int8" or "bf16"), one after the other, each in a
-    fresh folder."""
+    """The preset cold with fp32 and with `other` features ("int8", "bf16", "openvino"), one after the other, each
+    in a fresh folder."""
     order = ["fp32", other]
     rows = {}
     for tag in reversed(order) if other_first else order:
         os.sync()  # the previous run's 3-GB pixel file is on disk before this run's clock starts, not written beside it
         started, cpu = time.perf_counter(), time.process_time()
-        cfg = head.replace(**FEATURE_KINDS[tag])
+        changes, runtime, batch = FEATURE_KINDS[tag]
+        os.environ[settings.FEATURE_RUNTIME.name] = runtime
+        features.CPU_FEATURE_BATCH = batch  # the baseline's batch (features.feature_batch_size reads it)
+        cfg = head.replace(**changes)
         row = run(cfg, Splits.from_config(cfg, root=root), work / tag, tag)
         rows[tag] = {**row, "cold_s": round(time.perf_counter() - started, 1),
                      "run_cpu_s": round(time.process_time() - cpu, 1)}
@@ -117,10 +127,10 @@ def compare(head, root: str | None, work: Path, other: str, *, other_first: bool
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{100 * value:.2f}%"
 
-    print(f"\n{'features':<8} {'speed':<16} {'cold s':>8} {'cpu s':>8} {'val':>8} {'test':>8} {'test (retrained)':>17}")
+    print(f"\n{'features':<8} {'speed':<22} {'cold s':>8} {'cpu s':>8} {'val':>8} {'test':>8} {'test (retrained)':>17}")
     for tag in order:
         r = rows[tag]
-        print(f"{tag:<8} {r['speed']:<16} {r['cold_s']:>8.1f} {r['run_cpu_s']:>8.1f} {pct(r['best_val_acc']):>8} "
+        print(f"{tag:<8} {r['speed']:<22} {r['cold_s']:>8.1f} {r['run_cpu_s']:>8.1f} {pct(r['best_val_acc']):>8} "
               f"{pct(r['test_acc']):>8} {pct(r['retrain_test_acc']):>17}")
     print(f"cold time fp32 / {other}: {rows['cold_ratio']:.2f}x", flush=True)
     return rows
@@ -136,9 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-int8", action="store_true",
                         help="the preset cold twice, fp32 then int8 features, each in a fresh folder, side by side")
     parser.add_argument("--compare-bf16", action="store_true",
-                        help="the same with bf16 features (OpenVINO, on a CPU with native bf16) instead of int8")
+                        help="the same with the preset's setting (amp on: OpenVINO's bf16 or fp32) instead of int8")
+    parser.add_argument("--compare-openvino", action="store_true",
+                        help="the same with OpenVINO's fp32 features (amp off) instead of int8")
     parser.add_argument("--other-first", "--int8-first", dest="other_first", action="store_true",
-                        help="with --compare-*: the int8 or bf16 run first, then fp32")
+                        help="with --compare-*: the other run first, then fp32")
     parser.add_argument("--classes", type=int, default=None, help="first K classes only (a quick check)")
     parser.add_argument("--max-per-class", type=int, default=None, help="at most M images a class and split")
     parser.add_argument("--out", type=Path, default=None, help="write the measurements as JSON here")
@@ -149,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
     head = PRESETS["best-offline"].configs[0].replace(device="cpu", classes=args.classes,
                                                       max_per_class=args.max_per_class)
-    for other in ("int8", "bf16"):
+    for other in ("int8", "bf16", "openvino"):
         if getattr(args, f"compare_{other}"):
             results = {f"compare_{other}": compare(head, args.root, work, other, other_first=args.other_first)}
             return _finish(results, args.out)

@@ -86,8 +86,8 @@ def hashes(cache: ImageCache) -> np.ndarray:
 def features(cache: ImageCache, cache_dir: Path) -> np.ndarray:
     """Unit-length frozen Lite0 features of every cached image (a fresh feature file: what a first check pays)."""
     shutil.rmtree(layout.features_dir(cache_dir), ignore_errors=True)
-    backbone, _head = split_for_features(build_model(FEATURES.arch, 1000, pretrained=True), FEATURES.arch)
-    found = cached_features(FEATURES, backbone, cache, cache_dir, torch.device("cpu"))
+    backbone, head = split_for_features(build_model(FEATURES.arch, 1000, pretrained=True), FEATURES.arch)
+    found = cached_features(FEATURES, backbone, head, cache, cache_dir, torch.device("cpu"))
     assert found is not None
     rows = found[0].numpy()
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)

@@ -33,9 +33,11 @@ OFFLINE = EnvVar("CALTECH_STUDIO_OFFLINE", "1 forbids downloads of ImageNet weig
 RAY = EnvVar("CALTECH_STUDIO_RAY", "job backend: local, local-cluster, auto, ray://HOST:PORT or HOST:PORT", "local")
 RAY_STORE = EnvVar("CALTECH_STUDIO_RAY_STORE", "the store folder as Ray workers see it", "the store's own path")
 RAY_CPUS = EnvVar("CALTECH_STUDIO_RAY_CPUS", "CPUs a Ray worker reserves per run", "1")
+FEATURE_RUNTIME = EnvVar("CALTECH_STUDIO_FEATURE_RUNTIME", "frozen features on the CPU: auto (OpenVINO where "
+                         "installed, on x86-64), openvino or onnxruntime", "auto")
 PASSWORD = EnvVar("CALTECH_STUDIO_PASSWORD", "dashboard password (Streamlit secrets take precedence)", "no gate")
 
-ALL: tuple[EnvVar, ...] = (DATASET_ROOT, HOME, THREADS, OFFLINE, RAY, RAY_STORE, RAY_CPUS, PASSWORD)
+ALL: tuple[EnvVar, ...] = (DATASET_ROOT, HOME, THREADS, OFFLINE, RAY, RAY_STORE, RAY_CPUS, FEATURE_RUNTIME, PASSWORD)
 
 DEFAULT_DATASET_ROOT = Path("data") / "caltech101"
 
@@ -86,6 +88,17 @@ def ray_worker_home() -> str:
 def ray_cpus() -> str:
     """`$CALTECH_STUDIO_RAY_CPUS`, "" when unset."""
     return RAY_CPUS.get()
+
+
+FEATURE_RUNTIMES = ("auto", "openvino", "onnxruntime")
+
+
+def feature_runtime() -> str:
+    """`$CALTECH_STUDIO_FEATURE_RUNTIME` in lower case, "auto" when unset; ValueError when it names no runtime."""
+    value = FEATURE_RUNTIME.get().lower() or "auto"
+    if value not in FEATURE_RUNTIMES:
+        raise ValueError(f"{FEATURE_RUNTIME.name} must be one of {', '.join(FEATURE_RUNTIMES)} (got {value!r})")
+    return value
 
 
 def password() -> str:

@@ -1,4 +1,4 @@
-"""The EfficientNet-Lite0+1+2 ensemble: its members, the onnxruntime fast path, Classify and Grad-CAM."""
+"""The EfficientNet-Lite0+1+2 ensemble: its members, the fast path (onnxruntime, OpenVINO), Classify and Grad-CAM."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
+from caltech_core import settings
 from caltech_core.config import ConfigError, TrainConfig
 from caltech_core.data.dataset import Splits
 from caltech_core.nets import models
 from caltech_core.runs.store import RunStore
-from caltech_core.training import engine, features
+from caltech_core.training import engine, features, openvino_features
 from caltech_core.use.inference import Classifier
 
 ARCH = "lite_ensemble"
@@ -47,27 +48,34 @@ def test_onnxruntime_gives_torchs_features(model: torch.nn.Module) -> None:
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_fast_path_uses_onnxruntime_and_matches_the_plain_loop(
+def test_fast_path_on_either_runtime_matches_the_plain_loop(
     splits: Splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    exports: list[int] = []
-    real = features.onnx_runner
-    monkeypatch.setattr(features, "onnx_runner", lambda *a, **k: exports.append(1) or real(*a, **k))
-    # amp off: fp32 features on every CPU (with native bf16 they would be OpenVINO's bf16: tests/test_bf16_features.py)
+    passes: list[str] = []
+    real_onnx, real_openvino = features.onnx_runner, openvino_features.runner
+    monkeypatch.setattr(features, "onnx_runner", lambda *a, **k: passes.append("onnxruntime") or real_onnx(*a, **k))
+    monkeypatch.setattr(openvino_features, "runner", lambda *a: passes.append(a[2]) or real_openvino(*a))
+    # amp off: fp32 features on every CPU (with native bf16 they would be OpenVINO's bf16:
+    # tests/test_openvino_features.py)
     cfg = TrainConfig(arch=ARCH, pretrained=True, train="fc", image_size=64, epochs=2, batch_size=8, lr=0.05,
                       device="cpu", amp=False)
     assert (cfg.resize_size, cfg.normalization) == (72, "half")
     plain = engine.train(cfg.replace(fast_path=False), splits, workdir=tmp_path / "plain", cache_dir=tmp_path)
-    fast = engine.train(cfg, splits, workdir=tmp_path / "fast", cache_dir=tmp_path)
-    assert (plain.status, fast.status) == ("finished", "finished"), (plain.error, fast.error)
-    assert (plain.fast_path, fast.fast_path, len(exports)) == (False, True, 1)
-    # onnxruntime's features differ from torch's by float rounding (~1e-5), which SGD carries on: same numbers
-    # to 1e-3, same accuracies.
-    for p, f in zip(plain.epochs, fast.epochs, strict=True):
-        assert f.train_loss == pytest.approx(p.train_loss, rel=1e-3)
-        assert f.val_loss == pytest.approx(p.val_loss, rel=1e-3)
-        assert (f.train_acc, f.val_acc) == (p.train_acc, p.val_acc)
-    assert fast.test_acc is not None and fast.test_acc >= 2 / 3  # ImageNet features tell these classes apart
+    assert (plain.status, plain.fast_path) == ("finished", False), plain.error
+    for runtime, label in (("onnxruntime", "eager fp32"), ("openvino", "OpenVINO fp32 features")):
+        monkeypatch.setenv(settings.FEATURE_RUNTIME.name, runtime)
+        passes.clear()
+        fast = engine.train(cfg, splits, workdir=tmp_path / runtime, cache_dir=tmp_path / f"{runtime}-cache")
+        assert fast.status == "finished", fast.error
+        compiled = "onnxruntime" if runtime == "onnxruntime" else "f32"  # OpenVINO's passes are named by precision
+        assert (fast.fast_path, fast.speed, passes) == (True, label, [compiled])
+        # Either runtime's features differ from torch's by float rounding (~1e-5), which SGD carries on: same
+        # numbers to 1e-3, same accuracies.
+        for p, f in zip(plain.epochs, fast.epochs, strict=True):
+            assert f.train_loss == pytest.approx(p.train_loss, rel=1e-3), runtime
+            assert f.val_loss == pytest.approx(p.val_loss, rel=1e-3), runtime
+            assert (f.train_acc, f.val_acc) == (p.train_acc, p.val_acc), runtime
+        assert fast.test_acc is not None and fast.test_acc >= 2 / 3  # ImageNet features tell these classes apart
 
 
 def test_classify_and_gradcam_of_an_ensemble_run(tmp_path: Path, model: torch.nn.Module) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from feature_kit import crops, nearest_mean_correct
 
-from caltech_core import layout
+from caltech_core import layout, settings
 from caltech_core.config import ConfigError, TrainConfig
 from caltech_core.data.dataset import Splits
 from caltech_core.nets import models
@@ -64,6 +64,7 @@ def int8_runs(splits: Splits, tmp_path_factory: pytest.TempPathFactory) -> dict:
     patch = pytest.MonkeyPatch()
     patch.setattr(int8, "calibration_batches",
                   lambda cache, paths, c: given.append(list(paths)) or real(cache, paths, c))
+    patch.setenv(settings.FEATURE_RUNTIME.name, "onnxruntime")  # int8 against onnxruntime's fp32, the same export
     store = RunStore(tmp_path_factory.mktemp("int8-home"))
     work = tmp_path_factory.mktemp("int8-runs")
     try:

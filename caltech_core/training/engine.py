@@ -207,9 +207,9 @@ def fit(
     if fast_path_applies(cfg, model):
         backbone, net = split_for_features(model, cfg.arch)
         found = cached_features(
-            cfg, backbone, net, cache, cache_dir, device, batch_size=max(cfg.batch_size, 32),
-            should_stop=cb.should_stop, progress=lambda done, total: _phase(cb, Phase.FEATURES, done, total),
-            calibration=calibration if mode.int8_features else None, bf16=mode.bf16_features,
+            cfg, backbone, net, cache, cache_dir, device, should_stop=cb.should_stop,
+            progress=lambda done, total: _phase(cb, Phase.FEATURES, done, total),
+            calibration=calibration if mode.int8_features else None, openvino=mode.openvino_precision,
         )
         if found is None:
             return _stopped(RunStatus.CANCELLED, None, history=history, workdir=workdir, best=best)

@@ -14,8 +14,8 @@ number of epochs, which it never exceeds.
 
 Int8 features (`int8_features`, CPU): the export is also quantised, calibrated on the probe's training images
 as the run calibrates on 64 of its own, and that one-off time counts with the export; the feature batches
-then run on the int8 session the run will use. Bf16 features (the speed mode's, CPU): compiled and timed on
-OpenVINO as the run will run them.
+then run on the int8 session the run will use. Features through OpenVINO (the speed mode's bf16 or fp32, CPU):
+compiled and timed on OpenVINO as the run will run them.
 """
 
 from __future__ import annotations
@@ -40,7 +40,12 @@ from caltech_core.training import int8, speed
 from caltech_core.training.checkpointing import BestWeights
 from caltech_core.training.engine import Callbacks, train_one_epoch
 from caltech_core.training.evaluation import evaluate
-from caltech_core.training.features import FeatureLoader, fast_path_applies, feature_runner
+from caltech_core.training.features import (
+    FeatureLoader,
+    fast_path_applies,
+    feature_batch_size,
+    feature_runner,
+)
 
 PROBE_BATCHES = 2  # timed training batches (after one warm-up batch)
 # Untimed feature batches first: a fresh onnxruntime session's first two runs are slower (EfficientNet-Lite0,
@@ -95,7 +100,8 @@ def estimate_epoch_seconds(
     speed.prepare(model, mode, device)
     fast = fast_path_applies(cfg, model)
 
-    # A random sample of training images: enough for the warm-up batches and the timed ones.
+    # A random sample of training images: enough for the warm-up batches and the timed ones (fast path: as many
+    # images as batches of at least 32 would hold, also where the feature batch is 16: more batches timed).
     probe_size = cfg.batch_size * (batches + 1) if not fast else max(cfg.batch_size, 32) * (batches + FEATURE_WARM_UP)
     probe = random.Random(cfg.seed).sample(splits.train, min(len(splits.train), probe_size))
     decode_per_image, uncached_share, cache = _cache_probe(probe, cfg, cache_dir)
@@ -107,7 +113,7 @@ def estimate_epoch_seconds(
         backbone, head = split_for_features(model, cfg.arch)
         calibration = int8.calibration_images(probe) if mode.int8_features else None
         per_feature, rows = _time_features(backbone, cfg, cache, device, batches, report, steps, calibration,
-                                            mode.bf16_features)
+                                            mode.openvino_precision)
         per_train, per_eval = _time_head(head, rows, cfg, splits)
         features = per_feature[0] + per_feature[1] * all_images  # export (+ quantising) + every image's
     else:
@@ -188,17 +194,17 @@ def _time_evaluation(model: nn.Module, cache: ImageCache, probe: list, cfg: Trai
 
 def _time_features(
     backbone: nn.Module, cfg: TrainConfig, cache: ImageCache, device: torch.device, batches: int,
-    report: ProgressFn, steps: int, calibration: list[Path] | None, bf16: bool = False,
+    report: ProgressFn, steps: int, calibration: list[Path] | None, openvino: str | None = None,
 ) -> tuple[tuple[float, float], torch.Tensor]:
     """((export seconds, seconds per image), feature rows) of the fast path's feature pass over the probe; with
-    `calibration` images the export is quantised to int8 on them, and that counts as part of the export; `bf16`:
-    compiled for bf16 (training/bf16_features.py), which counts likewise."""
+    `calibration` images the export is quantised to int8 on them, and that counts as part of the export; `openvino`:
+    compiled by OpenVINO at that precision (training/openvino_features.py), which counts likewise."""
     backbone.eval()
     started = time.perf_counter()
     calibrating = None if calibration is None else int8.calibration_batches(cache, calibration, cfg)
-    run = feature_runner(backbone, cfg, device, calibration=calibrating, bf16=bf16)
+    run = feature_runner(backbone, cfg, device, calibration=calibrating, openvino=openvino)
     export = time.perf_counter() - started
-    batch = max(cfg.batch_size, 32)  # the engine's feature batch
+    batch = feature_batch_size(cfg, device)  # the engine's
     loader = BatchLoader(cache, list(range(len(cache))), [0] * len(cache), batch_size=batch, train=False, cfg=cfg,
                          device=device, reuse_buffers=True)
     rows, times = [], []  # (seconds, images) of each batch

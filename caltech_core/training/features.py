@@ -7,8 +7,9 @@ runs too) and stored in ``cache_dir/features/<key>.pt``, the key hashing the arc
 weights (without the head's: a timm backbone module still holds the new, randomly initialised classifier, which
 changes nothing of the features but would change the key in every process), the crop size, the resize size,
 the normalisation and the image files (path, size, mtime); int8 features (`calibration` given: the backbone's
-int8 copy, training/int8.py) also hash their calibration images, and bf16 features (training/bf16_features.py)
-their precision, so they never share a file with fp32's.
+int8 copy, training/int8.py) also hash their calibration images, and bf16 features (training/openvino_features.py)
+their precision, so they never share a file with fp32's. fp32 features share one file whichever runtime computed
+them (torch, onnxruntime, OpenVINO): the same numbers to float rounding.
 
 `FeatureLoader` then replays the plain `BatchLoader`'s batches — same `plan_epoch` draws from the same
 generator, same batch split, same dropped single-image last batch — over the cached features. The head
@@ -40,7 +41,7 @@ from caltech_core.data.transforms import BatchLoader, is_deterministic, plan_epo
 from caltech_core.nets.architectures import get_spec
 from caltech_core.nets.checkpoints import save_atomic
 from caltech_core.nets.models import is_backbone_frozen
-from caltech_core.training import bf16_features, int8
+from caltech_core.training import int8, openvino_features
 from caltech_core.training.evaluation import autocast_for
 
 FEATURES_VERSION = 1
@@ -55,6 +56,20 @@ def fast_path_asked(cfg: TrainConfig) -> bool:
 def fast_path_applies(cfg: TrainConfig, model: nn.Module) -> bool:
     """`fast_path_asked`, and the model's backbone is frozen."""
     return fast_path_asked(cfg) and is_backbone_frozen(model, cfg.arch)
+
+
+# The feature pass's batch on the CPU for the ONNX runtimes: 16 images ran 1.03-1.11x faster than 64 through
+# onnxruntime and 1.08-1.12x through OpenVINO (fp32 and bf16) in every round of four idle runs of the best-offline
+# preset's features (bench/frozen_features.py, docs/benchmarks.md): the activations stay in the caches.
+CPU_FEATURE_BATCH = 16
+
+
+def feature_batch_size(cfg: TrainConfig, device: torch.device) -> int:
+    """Images per batch of the feature pass: `CPU_FEATURE_BATCH` for an ONNX backbone on the CPU, else at least
+    32 (a GPU's throughput, and torch's CPU backbones as they always ran)."""
+    if device.type == "cpu" and get_spec(cfg.arch).onnx_features:
+        return CPU_FEATURE_BATCH
+    return max(cfg.batch_size, 32)
 
 
 def _weights_digest(backbone: nn.Module, head: nn.Module) -> str:
@@ -95,21 +110,22 @@ def feature_key(
 @torch.no_grad()
 def cached_features(
     cfg: TrainConfig, backbone: nn.Module, head: nn.Module, cache: ImageCache, cache_dir: Path,
-    device: torch.device, *, batch_size: int = 64, should_stop: Callable[[], bool] | None = None,
+    device: torch.device, *, batch_size: int | None = None, should_stop: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None, calibration: Sequence[Path] | None = None,
-    bf16: bool = False,
+    openvino: str | None = None,
 ) -> tuple[torch.Tensor, Path] | None:
     """(len(cache), D) float32 features of every cached image, in cache order, on `device`, and their file.
 
-    Read from disk when present, else computed in eval mode and saved. None when `should_stop` said stop.
+    Read from disk when present, else computed in eval mode and saved, `batch_size` images a batch (default:
+    `feature_batch_size`). None when `should_stop` said stop.
     `calibration` (training images in `cache`): the features of the backbone's int8 copy calibrated on them;
-    `bf16`: the features computed in bf16 (training/bf16_features.py).
+    `openvino`: computed by OpenVINO at that precision ("f32", "bf16"; training/openvino_features.py).
     """
     folder = layout.features_dir(cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
     if calibration is not None:  # those that decoded
         calibration = [p for p in calibration if cache.index_of(p) is not None]
-    path = folder / f"{feature_key(cfg, backbone, head, cache.paths, calibration, bf16)}.pt"
+    path = folder / f"{feature_key(cfg, backbone, head, cache.paths, calibration, openvino == 'bf16')}.pt"
     if path.is_file():
         stored = torch.load(path, map_location="cpu", weights_only=True)
         row = {p: i for i, p in enumerate(stored["paths"])}
@@ -118,10 +134,10 @@ def cached_features(
 
     backbone.eval()
     batches = None if calibration is None else int8.calibration_batches(cache, calibration, cfg)
-    run = feature_runner(backbone, cfg, device, calibration=batches, bf16=bf16)
+    run = feature_runner(backbone, cfg, device, calibration=batches, openvino=openvino)
     loader = BatchLoader(
-        cache, list(range(len(cache))), [0] * len(cache), batch_size=batch_size, train=False, cfg=cfg,
-        device=device, reuse_buffers=True,
+        cache, list(range(len(cache))), [0] * len(cache), batch_size=batch_size or feature_batch_size(cfg, device),
+        train=False, cfg=cfg, device=device, reuse_buffers=True,
     )
     chunks = []
     for i, (x, _) in enumerate(loader):
@@ -141,20 +157,24 @@ def cached_features(
 
 def feature_runner(
     backbone: nn.Module, cfg: TrainConfig, device: torch.device, *,
-    calibration: Iterable[np.ndarray] | None = None, bf16: bool = False,
+    calibration: Iterable[np.ndarray] | None = None, openvino: str | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The frozen backbone as a function of a batch: onnxruntime on the CPU where the architecture table says it
     pays (the same numbers to float rounding, several times faster for EfficientNet-Lite: bench/feature_speed.py),
     else torch. With `calibration` batches: the export quantised to int8 on them (training/int8.py; about 1.9x
-    faster again for the best-offline preset, docs/benchmarks.md), which only onnxruntime on the CPU runs. `bf16`:
-    the export run in bf16 by OpenVINO (training/bf16_features.py), on the CPU only."""
+    faster again for the best-offline preset, docs/benchmarks.md), which only onnxruntime on the CPU runs.
+    `openvino`: the export run by OpenVINO at that precision ("f32", "bf16"; training/openvino_features.py), on
+    the CPU only."""
+    if calibration is not None and openvino is not None:
+        raise ValueError("int8 features run on onnxruntime, not OpenVINO")
     if device.type == "cpu" and get_spec(cfg.arch).onnx_features:
-        if bf16 and calibration is None:
-            run = bf16_features.runner(onnx_export(backbone, cfg.image_size, ["features"]), torch.get_num_threads())
+        if openvino is not None:
+            model = onnx_export(backbone, cfg.image_size, ["features"])
+            run = openvino_features.runner(model, torch.get_num_threads(), openvino)
             return lambda x: torch.from_numpy(run(x.contiguous().numpy()))
         return onnx_runner(backbone, cfg.image_size, torch.get_num_threads(), calibration)
-    if calibration is not None or bf16:  # the cache key would say int8 or bf16 of features that are not
-        kind = "int8" if calibration is not None else "bf16"
+    if calibration is not None or openvino is not None:  # the cache key would say int8 or bf16 of what is not
+        kind = "int8" if calibration is not None else f"OpenVINO {openvino}"
         raise ValueError(f"{kind} features need {cfg.arch}'s ONNX export on the CPU (here: {device.type})")
 
     def run(x: torch.Tensor) -> torch.Tensor:

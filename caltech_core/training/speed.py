@@ -8,8 +8,9 @@ the CPU the choice comes from `CPU_PAYS`, the modes measured side by side per ar
 anything not measured to pay stay eager fp32. Either way a seeded run repeats exactly; a bf16 run's curves
 differ from fp32's by rounding only (tests/test_speed.py states the tolerance). A frozen-backbone run with
 `int8_features` computes its features with the backbone's int8 copy on the CPU (training/int8.py), never on
-CUDA; without it, on a CPU with native bf16 and `amp` on, an EfficientNet-Lite fast path computes them in bf16
-through OpenVINO (training/bf16_features.py); the mode says which it did.
+CUDA; without it an EfficientNet-Lite fast path computes them through OpenVINO (training/openvino_features.py):
+in bf16 on a CPU with native bf16 and `amp` on, else in fp32 where OpenVINO is installed (x86-64); the mode says
+which it did.
 
 On the CPU `prepare` also has glibc's malloc keep freed memory for reuse (`reuse_freed_memory`).
 """
@@ -28,7 +29,7 @@ from torch import nn
 
 from caltech_core.config import TrainConfig
 from caltech_core.nets.architectures import get_spec
-from caltech_core.training import bf16_features
+from caltech_core.training import openvino_features
 from caltech_core.training.features import fast_path_asked
 
 
@@ -41,14 +42,21 @@ class SpeedMode:
     compile: bool = False
     int8_features: bool = False  # the fast path's frozen features from the backbone's int8 copy (CPU)
     bf16_features: bool = False  # the fast path's frozen features in bf16 through OpenVINO (CPU)
+    openvino_features: bool = False  # the fast path's frozen features in fp32 through OpenVINO (CPU)
 
     @property
     def label(self) -> str:
         parts = [name for name, on in (("channels_last", self.channels_last), ("bf16 autocast", self.bf16),
                                        ("torch.compile", self.compile), ("int8 features", self.int8_features),
-                                       ("bf16 features", self.bf16_features))
+                                       ("bf16 features", self.bf16_features),
+                                       ("OpenVINO fp32 features", self.openvino_features))
                  if on]
         return " + ".join(parts) or "eager fp32"
+
+    @property
+    def openvino_precision(self) -> str | None:
+        """The precision OpenVINO computes the fast path's features at ("bf16", "f32"); None: not OpenVINO."""
+        return "bf16" if self.bf16_features else "f32" if self.openvino_features else None
 
     def to_dict(self) -> dict[str, bool]:
         return asdict(self)
@@ -73,18 +81,22 @@ def choose(cfg: TrainConfig, device: torch.device) -> SpeedMode:
     if device.type == "cuda":  # int8 features are the CPU's (onnxruntime's CPU provider): fp32 here
         return SpeedMode(channels_last=True, bf16=False, compile=cfg.compile)
     if cfg.train == "fc":  # a frozen backbone: the head is all that trains, and its curves match the fast path's
-        # The config allows int8 only with the fast path; bf16 features where the fast path and OpenVINO's bf16 are.
-        return SpeedMode(int8_features=cfg.int8_features, bf16_features=_bf16_features(cfg))
+        # The config allows int8 only with the fast path (onnxruntime runs it); else OpenVINO's bf16 where the CPU
+        # has it, else OpenVINO's fp32 where it is installed (x86-64).
+        if cfg.int8_features or not (_openvino_applies(cfg) and openvino_features.allowed()):
+            return SpeedMode(int8_features=cfg.int8_features)
+        bf16 = cfg.amp and openvino_features.bf16_native()
+        return SpeedMode(bf16_features=bf16, openvino_features=not bf16 and openvino_features.fp32_pays())
     mode = CPU_PAYS.get(cfg.arch, EAGER)
     if mode.bf16 and not (cfg.amp and cpu_bf16_supported()):  # the measured gain was bf16's: without it, eager
         return EAGER
     return mode
 
 
-def _bf16_features(cfg: TrainConfig) -> bool:
-    # Measured to pay for the EfficientNet-Lite backbones' ONNX export (docs/benchmarks.md, "bf16 features").
-    return (cfg.amp and not cfg.int8_features and fast_path_asked(cfg) and get_spec(cfg.arch).onnx_features
-            and bf16_features.supported())
+def _openvino_applies(cfg: TrainConfig) -> bool:
+    # Measured to pay for the EfficientNet-Lite backbones' ONNX export (docs/benchmarks.md, "bf16 features" and
+    # "fp32 features through OpenVINO").
+    return fast_path_asked(cfg) and get_spec(cfg.arch).onnx_features
 
 
 def prepare(model: nn.Module, mode: SpeedMode, device: torch.device) -> None:

@@ -147,8 +147,8 @@ def _train_probs(store: Any, run_id: int, *, data_root: str | Path | None, folds
     mode = speed.choose(cfg, device)
     calibration = int8.calibration_images(splits.train) if mode.int8_features else None
     with torch.inference_mode():
-        features, _ = cached_features(cfg, backbone, head, cache, store.cache_dir, device, batch_size=64,
-                                      calibration=calibration, bf16=mode.bf16_features)
+        features, _ = cached_features(cfg, backbone, head, cache, store.cache_dir, device,
+                                      calibration=calibration, openvino=mode.openvino_precision)
     train = [s for s in splits.train if cache.index_of(s.path) is not None]
     rows = features[torch.tensor([cache.index_of(s.path) for s in train], dtype=torch.long)]
     labels = np.array([s.label for s in train], dtype=np.int64)
