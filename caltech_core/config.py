@@ -209,7 +209,8 @@ class TrainConfig:
                          help="CUDA: bf16 (else fp16) autocast. CPU: bf16 autocast only for the architectures "
                               "measured to gain from it, on CPUs with native bf16 (training/speed.py); there an "
                               "EfficientNet-Lite fast path also computes its frozen features in bf16 (OpenVINO), "
-                              "about twice as fast, the numbers differing from fp32's by rounding.")
+                              "about twice as fast, the numbers differing from fp32's by rounding (otherwise they "
+                              "are fp32, through OpenVINO on x86-64).")
     compile: bool = _setting(False, "torch.compile on CUDA", "advanced",
                              help="Compile the model for the training steps on CUDA: the first batches pay the "
                                   "compilation (tens of seconds), later ones may run faster. Ignored on the CPU.")
