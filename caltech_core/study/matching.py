@@ -30,7 +30,7 @@ NON_DEFINING_FIELDS: dict[str, str] = {
     "seed": "the study's numbers are means over runs with new initialisations and mini-batches",
     "split_seed": "the study's repeats drew new train/validation splits too",
     "device": "where it ran",
-    "amp": "a speed switch: mixed precision on CUDA",
+    "amp": "a speed switch: mixed precision on CUDA, bf16 on a CPU with native bf16",
     "compile": "a speed switch: torch.compile on CUDA",
     "fast_path": "a speed switch: a frozen backbone's features are cached instead of recomputed every epoch",
     "weights_path": "a local copy of the same ImageNet weights",
