@@ -110,14 +110,14 @@ def feature_key(
 @torch.no_grad()
 def cached_features(
     cfg: TrainConfig, backbone: nn.Module, head: nn.Module, cache: ImageCache, cache_dir: Path,
-    device: torch.device, *, batch_size: int | None = None, should_stop: Callable[[], bool] | None = None,
+    device: torch.device, *, should_stop: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None, calibration: Sequence[Path] | None = None,
     openvino: str | None = None,
 ) -> tuple[torch.Tensor, Path] | None:
     """(len(cache), D) float32 features of every cached image, in cache order, on `device`, and their file.
 
-    Read from disk when present, else computed in eval mode and saved, `batch_size` images a batch (default:
-    `feature_batch_size`). None when `should_stop` said stop.
+    Read from disk when present, else computed in eval mode, `feature_batch_size` images a batch, and saved. None
+    when `should_stop` said stop.
     `calibration` (training images in `cache`): the features of the backbone's int8 copy calibrated on them;
     `openvino`: computed by OpenVINO at that precision ("f32", "bf16"; training/openvino_features.py).
     """
@@ -136,7 +136,7 @@ def cached_features(
     batches = None if calibration is None else int8.calibration_batches(cache, calibration, cfg)
     run = feature_runner(backbone, cfg, device, calibration=batches, openvino=openvino)
     loader = BatchLoader(
-        cache, list(range(len(cache))), [0] * len(cache), batch_size=batch_size or feature_batch_size(cfg, device),
+        cache, list(range(len(cache))), [0] * len(cache), batch_size=feature_batch_size(cfg, device),
         train=False, cfg=cfg, device=device, reuse_buffers=True,
     )
     chunks = []
