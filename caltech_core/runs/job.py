@@ -33,15 +33,6 @@ def default_runner() -> Runner:
     return engine.train
 
 
-def resume_epoch(record: RunRecord, workdir: Path) -> int | None:
-    """The epoch a resume continues after: the one the store recorded for the run's last.pt (the engine reports
-    every last.pt it writes, atomically, so the file holds that epoch); None when there is no last.pt to resume
-    from (none written yet, or the file is gone)."""
-    if record.checkpoint_epoch is None or not layout.last(workdir).is_file():
-        return None
-    return record.checkpoint_epoch
-
-
 def _results_dict(result: Any, classes: list[str]) -> dict[str, Any]:
     if hasattr(result, "to_dict"):
         out = result.to_dict()
@@ -107,14 +98,11 @@ def run_job(
         tracker.on_phase(Phase.LOADING)
         splits = dataset.Splits.from_config(cfg, root=data_root, home=store.home)
         workdir = store.run_dir(run_id)
-        if resume:
-            done = resume_epoch(record, workdir)
-            if done is None:
-                resume = False  # nothing saved yet: start over, dropping any rows of the lost attempt
-                done = 0
-            # Rows past the checkpoint belong to epochs that will be trained again.
-            store.truncate_after(run_id, done)
-            tracker.start_at(done)
+        # A resumed run drops the rows past the epoch last.pt holds once the engine has read it (`Tracker.on_resume`):
+        # the store's record of that epoch lags the file when a kill lands between the write and the record.
+        if resume and not layout.last(workdir).is_file():
+            resume = False  # nothing saved yet (or the file is gone): start over, without the lost attempt's rows
+            store.truncate_after(run_id, 0)
         tracker.on_phase(Phase.PREPARING)
         result = runner(cfg, splits, tracker.callbacks(), workdir=workdir, cache_dir=store.cache_dir, resume=resume)
         tracker.flush()

@@ -6,8 +6,8 @@ flags and each run's latest progress go through the sink too.
 A run never waits for the sink with `ray.get` or `ray.wait`: Ray lends the CPUs of a task blocked in either to
 the scheduler (so that nested tasks cannot deadlock; it keeps GPUs and custom resources), which would start a
 queued run beside this one on CPUs it still uses. Receipts are `concurrent.futures` futures
-(`ObjectRef.future()`), collected as they arrive and waited for only where the run must know: a checkpoint's
-write, the cancel flag and the task's end.
+(`ObjectRef.future()`), collected as they arrive and waited for only where the run must know: an epoch's rows
+(before a last.pt can hold that epoch), the cancel flag and the task's end.
 
 Folders are the store's layout (`caltech_core.layout`) under the store path as this worker sees it.
 """
@@ -52,7 +52,8 @@ class RemoteStore:
 
     Ray runs one caller's calls on an actor in the order they were made (the sink is a synchronous actor without
     task retries), so the sink numbers the writes in their order; at most `UNCONFIRMED_WRITES` await a receipt.
-    A killed worker loses only writes made after its last checkpoint's, which a resume truncates and trains again.
+    An epoch's rows are confirmed before training goes on, so before any last.pt can hold that epoch: a killed
+    worker loses only rows of epochs that a resume trains again.
     """
 
     def __init__(self, sink: Any, record: RunRecord, home: str | Path) -> None:
@@ -99,12 +100,12 @@ class RemoteStore:
 
     def add_epoch(self, run_id: int, metrics: Any) -> None:
         self._put("add_epoch", run_id, metrics.to_dict() if hasattr(metrics, "to_dict") else dict(metrics))
+        # The engine writes last.pt after this: a resume from it must find this epoch's rows (one round trip).
+        self.confirm()
 
     def set_checkpoint(self, run_id: int, epoch: int, path: str | os.PathLike[str], kind: str = "last") -> None:
         # Relative to the store: the driver may see the shared folder at another path.
         self._put("set_checkpoint", run_id, int(epoch), str(Path(path).relative_to(self.home)), kind=kind)
-        # A resume trusts the recorded epoch to be the file's: training goes on once the sink holds it.
-        self.confirm()
 
     def set_results(self, run_id: int, results: dict[str, Any]) -> None:
         self._put("set_results", run_id, results)

@@ -72,6 +72,11 @@ class Tracker:
         kind = Path(path).stem  # "last" or "best"
         self.store.set_checkpoint(self.run_id, int(epoch), path, kind=kind)
 
+    def on_resume(self, epoch: int) -> None:
+        """Training goes on after `epoch`, the one last.pt holds: rows past it belong to epochs trained again."""
+        self.store.truncate_after(self.run_id, epoch)
+        self.start_at(epoch)
+
     def on_phase(self, phase: str, done: int = 0, total: int = 0) -> None:
         """A new phase (a `Phase`, or its value as a string), with its items done / total."""
         with self._lock:
@@ -126,4 +131,4 @@ class Tracker:
         from caltech_core.training import engine
 
         return engine.Callbacks(on_batch=self.on_batch, on_epoch=self.on_epoch, on_checkpoint=self.on_checkpoint,
-                                should_stop=self.should_stop, on_phase=self.on_phase)
+                                on_resume=self.on_resume, should_stop=self.should_stop, on_phase=self.on_phase)

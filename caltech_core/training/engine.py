@@ -78,6 +78,8 @@ class Callbacks:
     on_batch: Callable[[int, int, int, float], None] | None = None  # (epoch, batch, num_batches, loss)
     on_epoch: Callable[[EpochMetrics], None] | None = None
     on_checkpoint: Callable[[int, Path], None] | None = None  # (epoch, path of last.pt)
+    # (epoch last.pt held): a resumed run goes on after it, so rows of later epochs will be trained again.
+    on_resume: Callable[[int], None] | None = None
     should_stop: Callable[[], bool] | None = None  # checked before every batch
     # (phase, done, total): downloading, model, caching, features, training, testing, retraining.
     on_phase: Callable[[Phase, int, int], None] | None = None
@@ -194,6 +196,8 @@ def fit(
                                scheduler=scheduler, scaler=scaler, loader_gen=loader_gen, best=best)
         history[:] = [EpochMetrics(**row) for row in rows]
         start_epoch = done + 1
+        if cb.on_resume is not None:  # the file, not a record of it: a kill can land between the two
+            cb.on_resume(done)
 
     # Decoded-image cache. Unreadable images are dropped from the splits (and listed in skipped).
     cache = ImageCache.build(data.all_paths(), cache_dir, resize_size=cfg.resize_size,
