@@ -259,8 +259,11 @@ def test_resume_drops_the_rows_past_the_epoch_last_pt_holds(
     last.write_bytes(b"read by the engine, not by run_job")
     store.set_checkpoint(run_id, 1, last)  # the store's record lags the file: the file decides
     store.set_status(run_id, "cancelled")
-    assert run_job(store, run_id, data_root=mini_root, runner=runner, resume=True) == "cancelled"
+    seen: list[Progress] = []
+    assert run_job(store, run_id, data_root=mini_root, runner=runner, resume=True, on_progress=seen.append) == "cancelled"
     assert resumed == [True] and [e["epoch"] for e in store.epochs(run_id)] == [1, 2]  # epoch 3 is trained again
+    # Progress counts from the recorded epoch until the engine has read the file's, then from that one.
+    assert [p.epoch for p in seen if p.phase is Phase.PREPARING] == [1] and seen[-1].epoch == 2
 
     last.unlink()  # the checkpoint is gone: the run starts over, without the rows of the lost attempt
     assert run_job(store, run_id, data_root=mini_root, runner=runner, resume=True) == "cancelled"

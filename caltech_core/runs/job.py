@@ -103,6 +103,8 @@ def run_job(
         if resume and not layout.last(workdir).is_file():
             resume = False  # nothing saved yet (or the file is gone): start over, without the lost attempt's rows
             store.truncate_after(run_id, 0)
+        elif resume:  # progress from the recorded epoch until the engine has read the file's
+            tracker.start_at(record.checkpoint_epoch or 0)
         tracker.on_phase(Phase.PREPARING)
         result = runner(cfg, splits, tracker.callbacks(), workdir=workdir, cache_dir=store.cache_dir, resume=resume)
         tracker.flush()
