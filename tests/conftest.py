@@ -207,14 +207,23 @@ def server(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     stop_server(proc)
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
+@pytest.fixture(scope="session")
+def playwright_driver() -> Iterator:
+    """One Playwright driver per pytest process: a second one in the same thread is refused while this one runs,
+    so a test that needs a differently launched Chromium launches it from here."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+        yield p
+
+
+@pytest.fixture(scope="session")
+def browser(playwright_driver) -> Iterator:
+    """One Chromium per pytest process (a launch costs ~0.7 CPU-s); every test opens its own browser context, so
+    no cookies, storage or cache pass between tests."""
+    chromium = playwright_driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    yield chromium
+    chromium.close()
 
 
 @pytest.fixture

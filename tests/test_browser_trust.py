@@ -15,18 +15,15 @@ pytestmark = pytest.mark.browser
 
 
 @pytest.fixture
-def camera_page() -> Iterator:
+def camera_page(playwright_driver) -> Iterator:
     """A tab whose browser has a fake camera (a test pattern) and camera permission granted."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            *CHROMIUM_ARGS, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])
-        context = browser.new_context(viewport={"width": 1400, "height": 1000}, permissions=["camera"])
-        tab = context.new_page()
-        tab.set_default_timeout(60_000)
-        yield tab
-        browser.close()
+    browser = playwright_driver.chromium.launch(executable_path=CHROMIUM, args=[
+        *CHROMIUM_ARGS, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, permissions=["camera"])
+    tab = context.new_page()
+    tab.set_default_timeout(60_000)
+    yield tab
+    browser.close()
 
 
 def test_webcam_snapshot_and_zip_batch(server, camera_page, mini_root: Path, tmp_path: Path) -> None:

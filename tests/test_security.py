@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from apptest_pages import page_texts
-from browser_kit import CHROMIUM, CHROMIUM_ARGS, REPO, free_port, healthy, settle, stop_server
+from browser_kit import REPO, free_port, healthy, settle, stop_server
 from streamlit.testing.v1 import AppTest
 
 PAGES = ("data", "train", "monitor", "errors", "compare", "classify", "report")
@@ -93,7 +93,8 @@ def _listening_addresses(port: int) -> set[str]:
 
 
 @pytest.mark.browser
-def test_real_server_listens_on_localhost_and_asks_for_the_password(mini_root: Path, tmp_path: Path) -> None:
+def test_real_server_listens_on_localhost_and_asks_for_the_password(mini_root: Path, tmp_path: Path,
+                                                                    browser) -> None:
     port = free_port()
     env = {**os.environ, "CALTECH101_ROOT": str(mini_root), "CALTECH_STUDIO_HOME": str(tmp_path / "home"),
            "CALTECH_STUDIO_PASSWORD": "open sesame", "OMP_NUM_THREADS": "1"}
@@ -110,30 +111,27 @@ def test_real_server_listens_on_localhost_and_asks_for_the_password(mini_root: P
             time.sleep(0.5)
         assert _listening_addresses(port) == {"0100007F"}  # 127.0.0.1 only; no 0.0.0.0 or :: socket
 
-        from playwright.sync_api import sync_playwright
-
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1200, "height": 800})
-            page.set_default_timeout(60_000)
-            page.goto(f"{url}/monitor")
-            settle(page)
-            box = page.get_by_label("Password", exact=True)
-            box.wait_for()
-            assert page.get_by_role("heading", name="Monitor").count() == 0
-            box.fill("guess")
-            page.get_by_role("button", name="Sign in").click()
-            page.get_by_text("Wrong password.").wait_for()
-            page.get_by_label("Password", exact=True).fill("open sesame")
-            page.get_by_role("button", name="Sign in").click()
-            page.get_by_role("heading", name="Monitor").wait_for()
-            settle(page)
-            assert page.get_by_label("Password", exact=True).count() == 0
-            page.get_by_text("No runs yet", exact=False).or_(page.get_by_text("Nothing is training")).first.wait_for()
-            shots = REPO / "test-output" / "screenshots"
-            shots.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(shots / "signed-in.png"))
-            browser.close()
+        context = browser.new_context(viewport={"width": 1200, "height": 800})
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        page.goto(f"{url}/monitor")
+        settle(page)
+        box = page.get_by_label("Password", exact=True)
+        box.wait_for()
+        assert page.get_by_role("heading", name="Monitor").count() == 0
+        box.fill("guess")
+        page.get_by_role("button", name="Sign in").click()
+        page.get_by_text("Wrong password.").wait_for()
+        page.get_by_label("Password", exact=True).fill("open sesame")
+        page.get_by_role("button", name="Sign in").click()
+        page.get_by_role("heading", name="Monitor").wait_for()
+        settle(page)
+        assert page.get_by_label("Password", exact=True).count() == 0
+        page.get_by_text("No runs yet", exact=False).or_(page.get_by_text("Nothing is training")).first.wait_for()
+        shots = REPO / "test-output" / "screenshots"
+        shots.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shots / "signed-in.png"))
+        context.close()
     finally:
         stop_server(proc)
         log.close()
