@@ -31,6 +31,15 @@ MINI_TRAIN_PER_CLASS = 8
 MINI_TEST_PER_CLASS = 4
 
 
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """`pytest -m timing` (make test's second step) imports only the test files that mark timing tests: importing
+    all of them costs ~4 s of CPU before the measured tests run. None: pytest's own rules decide."""
+    if config.getoption("markexpr") == "timing" and collection_path.name.startswith("test_") \
+            and collection_path.suffix == ".py":
+        return "pytest.mark.timing" not in collection_path.read_text()
+    return None
+
+
 def _real_root() -> Path:
     # Absolute: the mini tree symlinks into it, and a relative link target would dangle.
     root = Path(os.environ.get("CALTECH101_ROOT", REPO.parent / "shared" / "caltech101")).absolute()
