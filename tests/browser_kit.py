@@ -23,8 +23,11 @@ DOC_SHOTS = REPO / "docs" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 # Playwright's `expect` waits 5 s by default; a page's rerun on a busy 2-core machine can take longer than that.
 expect.set_options(timeout=60_000)
+# One renderer process for all tabs: the navigation test's eight tabs at once cost 53-54 CPU-s instead of 66-67 (each
+# tab's process start and script compilation are shared), and with the sessions' import race put back it still
+# failed on its first fresh server in 4 runs of 4 (docs/benchmarks.md, "Test suite time").
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+                 "--disable-sync", "--no-first-run", "--renderer-process-limit=1"]
 
 
 def free_port() -> int:
