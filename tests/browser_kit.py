@@ -36,17 +36,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(root: Path, home: Path, log_path: Path,
-                  port: int | None = None) -> tuple[subprocess.Popen, str]:
-    """`streamlit run streamlit_app.py` on `port` (default: a free one); returns the process and its URL once it
-    is healthy."""
+def start_server(root: Path, home: Path, log_path: Path, port: int | None = None, *,
+                 address: str | None = "127.0.0.1", env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """`streamlit run streamlit_app.py` on `port` (default: a free one) with `env` added to the environment;
+    returns the process and its URL once it is healthy. `address` None: the checked-in .streamlit/config.toml
+    decides where it listens."""
     port = port or free_port()
     # One torch thread: tiny batches gain nothing from more, and on a shared 2-core machine they lose a lot.
-    env = {**os.environ, "CALTECH101_ROOT": str(root), "CALTECH_STUDIO_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "CALTECH101_ROOT": str(root), "CALTECH_STUDIO_HOME": str(home), "OMP_NUM_THREADS": "1",
+           **(env or {})}
+    listen = [] if address is None else ["--server.address", address]
     with log_path.open("a") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
-             "--server.address", "127.0.0.1", "--server.headless", "true"],
+            [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port), *listen,
+             "--server.headless", "true"],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 import tomllib
 from pathlib import Path
 
 import pytest
 from apptest_pages import page_texts
-from browser_kit import REPO, free_port, healthy, settle, stop_server
+from browser_kit import REPO, settle, start_server, stop_server
 from streamlit.testing.v1 import AppTest
 
 PAGES = ("data", "train", "monitor", "errors", "compare", "classify", "report")
@@ -95,22 +91,12 @@ def _listening_addresses(port: int) -> set[str]:
 @pytest.mark.browser
 def test_real_server_listens_on_localhost_and_asks_for_the_password(mini_root: Path, tmp_path: Path,
                                                                     browser) -> None:
-    port = free_port()
-    env = {**os.environ, "CALTECH101_ROOT": str(mini_root), "CALTECH_STUDIO_HOME": str(tmp_path / "home"),
-           "CALTECH_STUDIO_PASSWORD": "open sesame", "OMP_NUM_THREADS": "1"}
-    log = (tmp_path / "streamlit.log").open("w")
     # No --server.address: the checked-in .streamlit/config.toml decides.
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port",
-                             str(port), "--server.headless", "true"], cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_server(mini_root, tmp_path / "home", tmp_path / "streamlit.log", address=None,
+                             env={"CALTECH_STUDIO_PASSWORD": "open sesame"})
+    port = int(url.rsplit(":", 1)[1])
     try:
-        deadline = time.monotonic() + 90
-        while not healthy(url):
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "streamlit.log").read_text()
-            time.sleep(0.5)
         assert _listening_addresses(port) == {"0100007F"}  # 127.0.0.1 only; no 0.0.0.0 or :: socket
-
         context = browser.new_context(viewport={"width": 1200, "height": 800})
         page = context.new_page()
         page.set_default_timeout(60_000)
@@ -134,4 +120,3 @@ def test_real_server_listens_on_localhost_and_asks_for_the_password(mini_root: P
         context.close()
     finally:
         stop_server(proc)
-        log.close()
