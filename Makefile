@@ -8,6 +8,10 @@ PY := $(VENV)/bin/python
 ifneq ($(wildcard ../shared/caltech101/101_ObjectCategories),)
 export CALTECH101_ROOT ?= $(abspath ../shared/caltech101)
 endif
+# Python may cache bytecode (in the ignored __pycache__/ folders) even where the machine turns that off: the suite
+# starts ~60 Python processes (servers, workers, CLI runs), and without the cache each one compiles the project's
+# modules again and each pytest process rewrites every test file (18 CPU-s of 555; docs/benchmarks.md).
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: run test lint bench clean
 

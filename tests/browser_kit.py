@@ -37,10 +37,11 @@ def free_port() -> int:
 
 
 def start_server(root: Path, home: Path, log_path: Path, port: int | None = None, *,
-                 address: str | None = "127.0.0.1", env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
-    """`streamlit run streamlit_app.py` on `port` (default: a free one) with `env` added to the environment;
-    returns the process and its URL once it is healthy. `address` None: the checked-in .streamlit/config.toml
-    decides where it listens."""
+                 address: str | None = "127.0.0.1", env: dict[str, str] | None = None,
+                 app: Path = REPO) -> tuple[subprocess.Popen, str]:
+    """`streamlit run streamlit_app.py` in `app` (default: this checkout; `fresh_checkout` makes another) on `port`
+    (default: a free one) with `env` added to the environment; returns the process and its URL once it is healthy.
+    `address` None: the checked-in .streamlit/config.toml decides where it listens."""
     port = port or free_port()
     # One torch thread: tiny batches gain nothing from more, and on a shared 2-core machine they lose a lot.
     env = {**os.environ, "CALTECH101_ROOT": str(root), "CALTECH_STUDIO_HOME": str(home), "OMP_NUM_THREADS": "1",
@@ -50,7 +51,7 @@ def start_server(root: Path, home: Path, log_path: Path, port: int | None = None
         proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port), *listen,
              "--server.headless", "true"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=app, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
@@ -60,6 +61,19 @@ def start_server(root: Path, home: Path, log_path: Path, port: int | None = None
             pytest.fail(f"streamlit did not start (see {log_path})")
         time.sleep(0.1)
     return proc, url
+
+
+def fresh_checkout(dest: Path) -> Path:
+    """The app's sources copied into `dest` without their compiled bytecode, as a first start after a checkout finds
+    them. A server started there with PYTHONDONTWRITEBYTECODE=1 compiles every project module while its first
+    sessions import them, each time (its folder comes first on sys.path, before the editable install)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("streamlit_app.py", ".streamlit", "dashboard", "caltech_core"):
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(REPO / name, dest / name)
+    return dest
 
 
 def healthy(url: str) -> bool:
