@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from apptest_pages import page_texts
-from browser_kit import REPO, settle, start_server, stop_server
+from browser_kit import REPO, settle, shot, start_server, stop_server
 from streamlit.testing.v1 import AppTest
 
 PAGES = ("data", "train", "monitor", "errors", "compare", "classify", "report")
@@ -90,16 +90,13 @@ def _listening_addresses(port: int) -> set[str]:
 
 @pytest.mark.browser
 def test_real_server_listens_on_localhost_and_asks_for_the_password(mini_root: Path, tmp_path: Path,
-                                                                    browser) -> None:
+                                                                    page) -> None:
     # No --server.address: the checked-in .streamlit/config.toml decides.
     proc, url = start_server(mini_root, tmp_path / "home", tmp_path / "streamlit.log", address=None,
                              env={"CALTECH_STUDIO_PASSWORD": "open sesame"})
     port = int(url.rsplit(":", 1)[1])
     try:
         assert _listening_addresses(port) == {"0100007F"}  # 127.0.0.1 only; no 0.0.0.0 or :: socket
-        context = browser.new_context(viewport={"width": 1200, "height": 800})
-        page = context.new_page()
-        page.set_default_timeout(60_000)
         page.goto(f"{url}/monitor")
         settle(page)
         box = page.get_by_label("Password", exact=True)
@@ -114,9 +111,6 @@ def test_real_server_listens_on_localhost_and_asks_for_the_password(mini_root: P
         settle(page)
         assert page.get_by_label("Password", exact=True).count() == 0
         page.get_by_text("No runs yet", exact=False).or_(page.get_by_text("Nothing is training")).first.wait_for()
-        shots = REPO / "test-output" / "screenshots"
-        shots.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(shots / "signed-in.png"))
-        context.close()
+        shot(page, "signed-in")
     finally:
         stop_server(proc)
