@@ -134,6 +134,9 @@ class RayJobManager(BaseJobManager):
         self._cond = threading.Condition()
         self._refs: dict[int, Any] = {}  # submitted runs whose task has not ended, in submission order
         self._started: set[int] = set()  # ... of which the worker has said "running"
+        # ... and of those, runs whose last status is in the store while their task has not returned yet: no longer
+        # running (a sweep or the queue may already have started the next run in their slot).
+        self._ending: set[int] = set()
         self._cancelled: set[int] = set()
         self._progress: dict[int, Progress] = {}
         self._placements: dict[int, Placement] = {}
@@ -163,6 +166,7 @@ class RayJobManager(BaseJobManager):
         self._refs[run_id] = self._task.options(**options).remote(
             self._sink, record, self.worker_home, self.data_root, resume, self._runner)
         self._started.discard(run_id)
+        self._ending.discard(run_id)
         self._cancelled.discard(run_id)
         self._cond.notify_all()
 
@@ -182,12 +186,13 @@ class RayJobManager(BaseJobManager):
     def queued(self) -> list[int]:
         """Runs waiting for a free slot on the cluster, in submission order."""
         with self._cond:
-            return [r for r in self._refs if r not in self._started and r not in self._cancelled]
+            return [r for r in self._refs if r not in self._started and r not in self._cancelled
+                    and r not in self._ending]
 
     def running(self) -> list[int]:
         """Runs training now (several at once on a cluster), in submission order."""
         with self._cond:
-            return [r for r in self._refs if r in self._started]
+            return [r for r in self._refs if r in self._started and r not in self._ending]
 
     def current(self) -> int | None:
         """The first running run, if any (the thread backend's one)."""
@@ -202,7 +207,7 @@ class RayJobManager(BaseJobManager):
     def progress(self, run_id: int) -> Progress | None:
         """Progress of a queued or running run; None for any other run."""
         with self._cond:
-            if run_id not in self._refs:
+            if run_id not in self._refs or run_id in self._ending:
                 return None
             progress = self._progress.get(run_id)
             if progress is None or run_id not in self._started:
@@ -275,8 +280,11 @@ class RayJobManager(BaseJobManager):
         with self._cond:
             if method == "placed":
                 self._placements[run_id] = args[0]
-            elif method == "set_status" and args[0] == RunStatus.RUNNING and run_id in self._refs:
-                self._started.add(run_id)
+            elif method == "set_status" and run_id in self._refs:
+                if args[0] == RunStatus.RUNNING:
+                    self._started.add(run_id)
+                elif args[0] in run_status.DONE:
+                    self._ending.add(run_id)
                 self._cond.notify_all()
 
     def _end(self, run_id: int, ref: Any) -> None:
@@ -297,6 +305,7 @@ class RayJobManager(BaseJobManager):
         with self._cond:
             self._refs.pop(run_id, None)
             self._started.discard(run_id)
+            self._ending.discard(run_id)
             self._cancelled.discard(run_id)
             self._progress.pop(run_id, None)
             self._cond.notify_all()
@@ -305,6 +314,7 @@ class RayJobManager(BaseJobManager):
         with self._cond:
             lost, self._refs = list(self._refs), {}
             self._started.clear()
+            self._ending.clear()
             self._cond.notify_all()
         for run_id in lost:
             record = self.store.get_run(run_id)
