@@ -131,6 +131,11 @@ class RayJobManager(BaseJobManager):
             raise ValueError(f"{settings.RAY_CPUS.name} is the number of CPUs a run reserves, e.g. 4 (got {cpus!r})") from None
         self.runtime_env = runtime_env
         self._task = self._ray.remote(train_remote)
+        # A run that holds a GPU trains in a worker process of its own, which then exits: CUDA reads
+        # CUDA_VISIBLE_DEVICES once per process, so a reused worker would train its next run on the card of its
+        # first, whichever card Ray assigned, and keep that card's memory. (Ray's own default for a function declared
+        # with a GPU; a GPU asked for in `.options()` alone leaves workers reusable.)
+        self._gpu_task = self._ray.remote(num_gpus=1, max_calls=1)(train_remote)
         self._cond = threading.Condition()
         self._refs: dict[int, Any] = {}  # submitted runs whose task has not ended, in submission order
         self._started: set[int] = set()  # ... of which the worker has said "running"
@@ -158,12 +163,11 @@ class RayJobManager(BaseJobManager):
         record = self.store.get_run(run_id)
         assert record is not None
         options: dict[str, Any] = {"num_cpus": self.cpus_per_run, "max_retries": 0, "name": f"caltech-run-{run_id}"}
-        if self._ray.cluster_resources().get("GPU", 0) >= 1:
-            options["num_gpus"] = 1
+        task = self._gpu_task if self._ray.cluster_resources().get("GPU", 0) >= 1 else self._task
         if self.runtime_env:
             options["runtime_env"] = self.runtime_env
         self._ray.get(self._sink.forget.remote(run_id))  # a resumed run starts without an old cancel flag
-        self._refs[run_id] = self._task.options(**options).remote(
+        self._refs[run_id] = task.options(**options).remote(
             self._sink, record, self.worker_home, self.data_root, resume, self._runner)
         self._started.discard(run_id)
         self._ending.discard(run_id)
