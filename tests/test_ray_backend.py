@@ -1,7 +1,8 @@
 """The Ray backend on a local Ray cluster started once for this module (2 CPUs, no GPU, 127.0.0.1; runs holding a
-GPU: tests/test_ray_gpu.py, on a cluster of its own with fake GPUs): runs side by side with every row once, cancel, a writing run keeping its CPUs from a waiting task, a killed worker then resume
-with identical curves, a worker without the dataset, a dead driver's rows drained by the next one, the backend
-choice, and a sweep's trials side by side on a registered folder dataset."""
+GPU: tests/test_ray_gpu.py, on a cluster of its own with fake GPUs): runs side by side with every row once,
+cancel, a writing run keeping its CPUs from a waiting task, a killed worker then resume with identical curves, a
+worker without the dataset, a dead driver's rows drained by the next one, the backend choice, and a sweep's trials
+side by side on a registered folder dataset."""
 
 from __future__ import annotations
 
@@ -44,8 +45,9 @@ def cluster(request: pytest.FixtureRequest) -> Any:
         # Workers inherit the environment Ray starts with: no downloads, one thread per run.
         mp.setenv("CALTECH_STUDIO_OFFLINE", "1")
         mp.setenv("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=2, num_gpus=request.module.RAY_GPUS, include_dashboard=False, namespace=raybackend.NAMESPACE,
-                 log_to_driver=False, object_store_memory=80 * 2**20, _node_ip_address="127.0.0.1")
+        ray.init(num_cpus=2, num_gpus=request.module.RAY_GPUS, include_dashboard=False,
+                 namespace=raybackend.NAMESPACE, log_to_driver=False, object_store_memory=80 * 2**20,
+                 _node_ip_address="127.0.0.1")
         try:
             yield ray
         finally:

@@ -142,8 +142,8 @@ def train_remote(sink: Any, record: RunRecord, home: str, data_root: str | None,
     """The body of a run's Ray task: the one `job.run_job` path, through a `RemoteStore`."""
     import torch
 
-    # Ray reuses a worker process across CPU-only runs: size torch's thread pool to this task's CPUs, not an earlier one's
-    # (a different count also changes the float sums, so a resume on another worker would not repeat the curves).
+    # Ray reuses a worker process across CPU-only runs: size torch's thread pool to this task's CPUs, not an earlier
+    # one's (a different count also changes the float sums, so a resume on another worker would not repeat the curves).
     torch.set_num_threads(max(1, int(ray_module().get_runtime_context().get_assigned_resources().get("CPU", 1))))
     store = RemoteStore(sink, record, home)
     try:
