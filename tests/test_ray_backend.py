@@ -89,20 +89,6 @@ def spans(gate: Path) -> list[tuple[float, float]]:
     return [(float(start), float(end)) for start, end in (p.read_text().split() for p in gate.iterdir())]
 
 
-def held_until(release: Path) -> Callable[..., engine.RunResult]:
-    """A runner: `engine.train` once the file `release` exists (nested, for Ray to pickle it by value)."""
-
-    def runner(cfg: TrainConfig, *args: Any, **kwargs: Any) -> engine.RunResult:
-        deadline = time.monotonic() + 120
-        while not release.exists():
-            if time.monotonic() > deadline:
-                raise TimeoutError("the test never released this run")
-            time.sleep(0.05)
-        return engine.train(cfg, *args, **kwargs)
-
-    return runner
-
-
 def batch_pairs(store: RunStore, run_id: int) -> list[tuple[int, int]]:
     return [(b["epoch"], b["batch"]) for b in store.batches(run_id)]
 
@@ -193,8 +179,8 @@ def test_a_run_whose_last_status_is_stored_no_longer_counts_as_running(
     may start the next run in that moment, so the ended run must leave `running()` then, not when its task returns
     (a sweep with `parallel: 2` was once seen with three runs "running")."""
     store = RunStore(tmp_path / "home")
-    release = tmp_path / "release"
-    manager = RayJobManager(store, LOCAL_CLUSTER, data_root=mini_root, runner=held_until(release))
+    gate = tmp_path / "gate"
+    manager = RayJobManager(store, LOCAL_CLUSTER, data_root=mini_root, runner=two_at_once(gate))
     run_id = manager.submit(tiny(name="held", epochs=1))
     wait_until(lambda: manager.running() == [run_id])
     # What the worker's store sends last (run_job's final status), here while its task is held on the cluster.
@@ -202,7 +188,7 @@ def test_a_run_whose_last_status_is_stored_no_longer_counts_as_running(
     wait_until(lambda: store.get_run(run_id).status == "finished")
     assert manager.running() == [] and manager.queued() == [] and manager.progress(run_id) is None
     assert not manager.wait(run_id, timeout=0.5)  # its task is still on the cluster: its rows may still come
-    release.touch()
+    (gate / "release").touch()  # the gate's second file: the held run trains now
     assert manager.wait(timeout=300)
     run = store.get_run(run_id)
     assert run.status == "finished" and [e["epoch"] for e in store.epochs(run_id)] == [1]
