@@ -28,7 +28,10 @@ def cpu_flags() -> str:
         return "(no /proc/cpuinfo)"
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
     wanted = sorted({f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma")})
-    return " ".join(wanted) or "(no AVX2/AVX-512/AMX flags)"
+    # /proc/cpuinfo lists the CPU's own flags; under bench/avx2only.sh the libraries see AVX2 only: say so.
+    seen = torch.backends.cpu.get_cpu_capability()
+    held = f" (the libraries see {seen} only: bench/avx2only.sh)" if "avx2only" in os.environ.get("LD_PRELOAD", "") else ""
+    return (" ".join(wanted) or "(no AVX2/AVX-512/AMX flags)") + held
 
 
 def describe(device: torch.device | str = "cpu") -> str:
