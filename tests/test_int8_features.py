@@ -23,7 +23,7 @@ ARCH = "efficientnet_lite0"
 
 
 def test_int8_features_classify_real_images_as_well_as_fp32(splits: Splits, cache_dir: Path) -> None:
-    cfg = TrainConfig(arch=ARCH, pretrained=True, train="fc", image_size=128, device="cpu")
+    cfg = TrainConfig(arch=ARCH, pretrained=True, train="fc", image_size=260, device="cpu")
     x, y = crops(splits, cache_dir, cfg)
     n = len(splits.train)
     calibration = [x[:8].numpy(), x[8:n].numpy()]  # training images only, never a val/test image
@@ -39,8 +39,10 @@ def test_int8_features_classify_real_images_as_well_as_fp32(splits: Splits, cach
     torch.testing.assert_close(fp32, eager, rtol=1e-4, atol=1e-4)  # the fp32 path is torch's
     assert low.shape == fp32.shape and not torch.equal(low, fp32)  # really another (quantised) network
     cosine = torch.nn.functional.cosine_similarity(low, fp32, dim=1)
-    # 0.83 in a run with 8 calibration images (Lite0 at 128 px); 0.99 for the preset's ensemble at 260 px.
-    assert float(cosine.mean()) > 0.75, cosine
+    # Lite0 at the preset's 260 px, 8 calibration images: 0.995 on a CPU with VNNI, 0.88 on one without, whose int8
+    # sums saturate at 16 bits (an AVX2-only view of the CPU, docs/benchmarks.md "int8 on CPUs without VNNI"); at
+    # 128 px these were 0.83 and 0.74, too close to tell a broken quantisation from the CPU's kernels.
+    assert float(cosine.mean()) > 0.85, cosine
 
     right = {name: nearest_mean_correct(f, y, n, splits.num_classes) for name, f in got.items()}
     assert right["fp32"] >= 0.8 * (len(y) - n)  # ImageNet features tell these classes apart
