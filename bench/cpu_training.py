@@ -30,12 +30,13 @@ from caltech_core.training.speed import SpeedMode
 
 def make_step(model: nn.Module, mode: SpeedMode, x: torch.Tensor, y: torch.Tensor,
               threads: int | None) -> Callable[[], None]:
-    """One training step of `model` in `mode` (weights prepared once, here)."""
-    speed.prepare(model, mode)
+    """One training step of `model` in `mode` (weights prepared once, here, as the engine does: every mode then
+    trains on the reused heap)."""
+    device = torch.device("cpu")
+    speed.prepare(model, mode, device)
     net = speed.step_module(model, mode)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     batch = x.contiguous(memory_format=torch.channels_last) if mode.channels_last else x.contiguous()
-    device = torch.device("cpu")
 
     def step() -> None:
         before = torch.get_num_threads()
