@@ -24,12 +24,13 @@ from caltech_core.data.dataset import Splits
 from caltech_core.data.imagecache import ImageCache
 from caltech_core.runs import raybackend
 from caltech_core.runs.backend import LOCAL_CLUSTER
+from caltech_core.runs.manager import JobManager
 from caltech_core.runs.store import RunStore
 from caltech_core.runs.threads import ThreadJobManager
 from caltech_core.study.experiments import get_preset
 
 
-def _grid(manager: object, store: RunStore, configs: list, label: str) -> float:
+def _grid(manager: JobManager, store: RunStore, configs: list, label: str) -> float:
     """Queue every config, wait for all; returns the wall time and checks every run finished."""
     start = time.perf_counter()
     ids = [manager.submit(cfg.replace(group=label)) for cfg in configs]
