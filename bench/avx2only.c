@@ -48,7 +48,9 @@ static void on_segv(int sig, siginfo_t *info, void *context) {
     ucontext_t *uc = context;
     greg_t *r = uc->uc_mcontext.gregs;
     const uint8_t *ip = (const uint8_t *)r[REG_RIP];
-    if (active && ip[0] == 0x0f && ip[1] == 0xa2) {  // CPUID
+    // A faulting CPUID is a general-protection fault (SI_KERNEL); a bad address (SEGV_MAPERR, e.g. a jump to
+    // unmapped code) is not, and reading at its RIP would fault again.
+    if (active && info->si_code == SI_KERNEL && ip[0] == 0x0f && ip[1] == 0xa2) {  // CPUID
         uint32_t leaf = (uint32_t)r[REG_RAX], sub = (uint32_t)r[REG_RCX], a, b, c, d;
         set_faulting(0);
         __cpuid_count(leaf, sub, a, b, c, d);
