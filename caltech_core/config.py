@@ -200,11 +200,13 @@ class TrainConfig:
     int8_features: bool = _setting(
         False, "Int8 frozen features (CPU)", "advanced",
         help="Fast path on the CPU: the frozen backbone's features come from an int8 copy of it (onnxruntime "
-             "static quantisation, calibrated on 64 training images): the best-offline preset's cold run 1.5x "
-             "faster, its validation accuracy as high, its test accuracy 0.2 points lower (docs/benchmarks.md); "
-             "the numbers differ slightly from fp32's. Quantising costs about a minute once per cold run, so it pays from a few "
-             "thousand images. Needs the fast path (FC only, no augmentation) and an EfficientNet-Lite backbone; on "
-             "CUDA the features stay fp32 (the run records which it used).")
+             "static quantisation, calibrated on 64 training images), numbers that differ slightly from fp32's. "
+             "1.5x faster than onnxruntime's fp32 features, but not than the default ones on an x86-64 CPU "
+             "(OpenVINO's bf16 or fp32): the best-offline preset's cold run took 1.7x as long with int8 on a CPU "
+             "with AVX-512 BF16 and about as long on AVX2 kernels, its test accuracy 0.3 points lower "
+             "(docs/benchmarks.md). Quantising costs up to a minute once per cold run. Needs the fast path (FC only, "
+             "no augmentation) and an EfficientNet-Lite backbone; on CUDA the features stay fp32 (the run records "
+             "which it used).")
     amp: bool = _setting(True, "Mixed precision", "advanced",
                          help="CUDA: bf16 (else fp16) autocast. CPU: bf16 autocast only for the architectures "
                               "measured to gain from it, on CPUs with native bf16 (training/speed.py); there an "
