@@ -201,7 +201,7 @@ class TrainConfig:
         False, "Int8 frozen features (CPU)", "advanced",
         help="Fast path on the CPU: the frozen backbone's features come from an int8 copy of it (onnxruntime "
              "static quantisation, calibrated on 64 training images), numbers that differ slightly from fp32's. "
-             "1.5x faster than onnxruntime's fp32 features, but not than the default ones on an x86-64 CPU "
+             "1.5x faster than onnxruntime's fp32 features, but no faster than the default ones on an x86-64 CPU "
              "(OpenVINO's bf16 or fp32): the best-offline preset's cold run took 1.7x as long with int8 on a CPU "
              "with AVX-512 BF16 and about as long on AVX2 kernels, its test accuracy 0.3 points lower "
              "(docs/benchmarks.md). Quantising costs up to a minute once per cold run. Needs the fast path (FC only, "
