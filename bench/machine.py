@@ -20,13 +20,21 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_flags() -> str:
-    """The CPU flags that decide which kernels and precisions pay (AVX2/FMA, AVX-512 and its bf16/VNNI, AMX)."""
+def cpu_flag_set() -> set[str] | None:
+    """Every flag Linux lists for the CPU in /proc/cpuinfo (none on a CPU whose lines name none, e.g. ARM's
+    "Features"); None without /proc/cpuinfo."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
+        return None
+    return set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+
+
+def cpu_flags() -> str:
+    """The CPU flags that decide which kernels and precisions pay (AVX2/FMA, AVX-512 and its bf16/VNNI, AMX)."""
+    flags = cpu_flag_set()
+    if flags is None:
         return "(no /proc/cpuinfo)"
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
     wanted = sorted({f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma")})
     # /proc/cpuinfo lists the CPU's own flags; under bench/avx2only.sh the libraries see AVX2 only: say so.
     seen = torch.backends.cpu.get_cpu_capability()

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from machine import cpu_flag_set  # bench/machine.py
+
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "avx2only.sh"
 # What the libraries see: numpy's CPU dispatch, and onnxruntime's int8 convolution of 64 channels of 255 x 127 (a
 # 1x1 QLinearConv whose output scale maps the exact sum, 2,072,640, to 200; summing in 16 bits, as AVX2 kernels
@@ -29,16 +31,10 @@ print(cpu["AVX512F"], cpu["AVX2"], session.run(None, {"x": np.full((1, k, 1, 1),
 """
 
 
-def _flags() -> set[str]:
-    """The x86 CPU's flags (Linux); none elsewhere, where the script says it cannot."""
-    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    return set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
-
-
 def test_the_view_hides_avx512_and_vnni_from_the_libraries_or_says_it_cannot(tmp_path: Path) -> None:
     env = {**os.environ, "TMPDIR": str(tmp_path)}  # the library is built afresh from bench/avx2only.c
     seen = subprocess.run([SCRIPT, sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120)
-    flags = _flags()
+    flags = cpu_flag_set() or set()  # none without Linux's x86 flags: the script says it cannot
     if "cpuid_fault" not in flags:
         assert seen.returncode == 2 and "no CPUID faulting" in seen.stderr, seen
         return
