@@ -22,8 +22,10 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
+# The dashboard starts with glibc's malloc held to one arena (settings.ONE_MALLOC_ARENA; tests/test_settings.py
+# checks this line): its training thread then reuses freed memory as the CLI's runs do (training/speed.py).
 run: $(VENV)/.installed
-	$(PY) -m streamlit run streamlit_app.py
+	GLIBC_TUNABLES=$${GLIBC_TUNABLES:+$$GLIBC_TUNABLES:}glibc.malloc.arena_max=1 $(PY) -m streamlit run streamlit_app.py
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .

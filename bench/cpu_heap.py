@@ -10,18 +10,23 @@ reused heap) so that a busy machine slows both alike; the median of the rounds r
 - today:   what the engine does now on the main thread (the CLI's foreground runs, Ray workers): the speed
            mode `speed.choose` picks for the architecture (channels_last + bf16 autocast where it pays) on the
            reused heap;
-- thread:  what the engine does now on a worker thread (the dashboard's and `reproduce`'s thread backend):
-           the same speed mode, steps on a worker thread, where the heap setting does not apply.
+- thread:  what the engine does now on a worker thread of a process with glibc's default arenas (`reproduce`'s
+           thread backend, a dashboard not started by `make run`): the same speed mode, where the heap setting
+           does not apply;
+- arena:   what the engine does now on the dashboard's worker thread (`make run` starts it with one malloc
+           arena, settings.ONE_MALLOC_ARENA): the same speed mode, steps on a worker thread of such a process.
 
     .venv/bin/python bench/cpu_heap.py                      # alexnet 10x64 (the reduced protocol), 64x224, resnet18 32x224
     .venv/bin/python bench/cpu_heap.py --cases alexnet:10x64 --rounds 3
     .venv/bin/python bench/cpu_heap.py --cases alexnet:256x224,resnet18:64x224 --setups default,today,thread --steps 4
+    .venv/bin/python bench/cpu_heap.py --cases alexnet:256x224,resnet18:64x224 --setups thread,arena,today --steps 4
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -29,15 +34,18 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from caltech_core import settings
+
 CASES = ("alexnet:10x64", "alexnet:64x224", "resnet18:32x224")
 
 
-SETUPS = ("default", "reused", "today", "thread")
+SETUPS = ("default", "reused", "today", "thread", "arena")
+ON_A_THREAD = ("thread", "arena")
 
 
 def measure(case: str, setup: str, steps: int) -> dict[str, float]:
     """Train `steps` steps of `case` (arch:BATCHxSIZE) in this process; images/s, system seconds, faults."""
-    if setup == "thread":
+    if setup in ON_A_THREAD:
         with ThreadPoolExecutor(1) as pool:
             return pool.submit(_measure, case, setup, steps).result()
     return _measure(case, setup, steps)
@@ -53,7 +61,7 @@ def _measure(case: str, setup: str, steps: int) -> dict[str, float]:
     arch, shape = case.split(":")
     batch, size = map(int, shape.split("x"))
     cpu = torch.device("cpu")
-    mode = speed.choose(TrainConfig(arch=arch, image_size=size), cpu) if setup in ("today", "thread") else speed.EAGER
+    mode = speed.choose(TrainConfig(arch=arch, image_size=size), cpu) if setup in ("today", *ON_A_THREAD) else speed.EAGER
     torch.manual_seed(0)
     net = build_model(arch, 101, pretrained=False)
     if setup == "default":
@@ -85,8 +93,9 @@ def _measure(case: str, setup: str, steps: int) -> dict[str, float]:
 
 
 def in_process(case: str, setup: str, steps: int) -> dict[str, float]:
+    env = settings.with_one_malloc_arena(dict(os.environ)) if setup == "arena" else None
     out = subprocess.run([sys.executable, __file__, "--one", case, "--setup", setup, "--steps", str(steps)],
-                         check=True, capture_output=True, text=True).stdout
+                         check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.splitlines()[-1])
 
 
@@ -117,7 +126,7 @@ def main() -> None:
                 runs[setup].append(in_process(case, setup, args.steps))
         for setup in setups:
             med = {k: statistics.median(r[k] for r in runs[setup]) for k in runs[setup][0] if k != "mode"}
-            heap = {"reused": "reused", "today": "reused", "thread": "thread's"}.get(setup, "default")
+            heap = {"reused": "reused", "today": "reused", "thread": "thread's", "arena": "reused"}.get(setup, "default")
             print(f"{case:<18} {heap:<8} {runs[setup][0]['mode']:<28} {med['images_per_s']:7.1f} "
                   f"{med['system_s']:6.1f} {med['user_s']:6.1f} {med['faults']:9.0f} {med['peak_mb']:8.0f}")
         for setup in setups[1:]:

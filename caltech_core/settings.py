@@ -36,8 +36,14 @@ RAY_CPUS = EnvVar("CALTECH_STUDIO_RAY_CPUS", "CPUs a Ray worker reserves per run
 FEATURE_RUNTIME = EnvVar("CALTECH_STUDIO_FEATURE_RUNTIME", "frozen features on the CPU: auto (OpenVINO where "
                          "installed, on x86-64), openvino or onnxruntime", "auto")
 PASSWORD = EnvVar("CALTECH_STUDIO_PASSWORD", "dashboard password (Streamlit secrets take precedence)", "no gate")
+MALLOC = EnvVar("GLIBC_TUNABLES", "glibc's malloc settings, read as a process starts; `make run` adds "
+                "glibc.malloc.arena_max=1: one heap for every thread, so the dashboard's training thread reuses freed "
+                "memory as the CLI's runs do", "glibc's defaults")
 
-ALL: tuple[EnvVar, ...] = (DATASET_ROOT, HOME, THREADS, OFFLINE, RAY, RAY_STORE, RAY_CPUS, FEATURE_RUNTIME, PASSWORD)
+ALL: tuple[EnvVar, ...] = (DATASET_ROOT, HOME, THREADS, OFFLINE, RAY, RAY_STORE, RAY_CPUS, FEATURE_RUNTIME, PASSWORD,
+                           MALLOC)
+
+ONE_MALLOC_ARENA = "glibc.malloc.arena_max=1"  # the Makefile's `run` sets it too (tests/test_settings.py checks)
 
 DEFAULT_DATASET_ROOT = Path("data") / "caltech101"
 
@@ -99,6 +105,18 @@ def feature_runtime() -> str:
     if value not in FEATURE_RUNTIMES:
         raise ValueError(f"{FEATURE_RUNTIME.name} must be one of {', '.join(FEATURE_RUNTIMES)} (got {value!r})")
     return value
+
+
+def one_malloc_arena() -> bool:
+    """This process was started with glibc's malloc held to one arena (`$GLIBC_TUNABLES`): every thread allocates
+    from the main heap, as the main thread does."""
+    return ONE_MALLOC_ARENA in MALLOC.get().split(":")
+
+
+def with_one_malloc_arena(env: dict[str, str]) -> dict[str, str]:
+    """`env` for a process to start with glibc's malloc held to one arena, its other tunables kept."""
+    tunables = [t for t in env.get(MALLOC.name, "").split(":") if t and not t.startswith("glibc.malloc.arena_max=")]
+    return {**env, MALLOC.name: ":".join([*tunables, ONE_MALLOC_ARENA])}
 
 
 def password() -> str:

@@ -17,6 +17,8 @@ import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect
 
+from caltech_core import settings
+
 REPO = Path(__file__).resolve().parent.parent
 SHOTS = REPO / "test-output" / "screenshots"
 DOC_SHOTS = REPO / "docs" / "screenshots"
@@ -44,8 +46,9 @@ def start_server(root: Path, home: Path, log_path: Path, port: int | None = None
     `address` None: the checked-in .streamlit/config.toml decides where it listens."""
     port = port or free_port()
     # One torch thread: tiny batches gain nothing from more, and on a shared 2-core machine they lose a lot.
-    env = {**os.environ, "CALTECH101_ROOT": str(root), "CALTECH_STUDIO_HOME": str(home), "OMP_NUM_THREADS": "1",
-           **(env or {})}
+    # One malloc arena, as `make run` starts the dashboard.
+    env = settings.with_one_malloc_arena({**os.environ, "CALTECH101_ROOT": str(root), "CALTECH_STUDIO_HOME": str(home),
+                                          "OMP_NUM_THREADS": "1", **(env or {})})
     listen = [] if address is None else ["--server.address", address]
     with log_path.open("a") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen(

@@ -8,7 +8,8 @@ import pytest
 
 from caltech_core import settings
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+REPO = Path(__file__).resolve().parent.parent
+README = REPO / "README.md"
 
 
 def test_readme_lists_every_environment_variable_as_settings_defines_it() -> None:
@@ -46,3 +47,22 @@ def test_readers_follow_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert settings.feature_runtime() == "auto"
     monkeypatch.delenv(settings.HOME.name)
     assert settings.studio_home() == Path.home() / ".caltech_studio"
+
+
+def test_make_run_starts_the_dashboard_with_one_malloc_arena() -> None:
+    """The Makefile cannot import settings: its `run` line spells ONE_MALLOC_ARENA itself, and this keeps them equal."""
+    recipe = (REPO / "Makefile").read_text().split("\nrun:", 1)[1].split("\n\n", 1)[0]
+    assert f"GLIBC_TUNABLES=$${{GLIBC_TUNABLES:+$$GLIBC_TUNABLES:}}{settings.ONE_MALLOC_ARENA} " in recipe
+    assert "streamlit run streamlit_app.py" in recipe
+
+
+def test_one_malloc_arena_is_read_from_glibc_tunables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(settings.MALLOC.name, raising=False)
+    assert not settings.one_malloc_arena()
+    env = settings.with_one_malloc_arena({"PATH": "/bin", settings.MALLOC.name: "glibc.malloc.arena_max=4:"
+                                          "glibc.malloc.trim_threshold=1"})
+    assert env == {"PATH": "/bin", settings.MALLOC.name: "glibc.malloc.trim_threshold=1:glibc.malloc.arena_max=1"}
+    monkeypatch.setenv(settings.MALLOC.name, env[settings.MALLOC.name])
+    assert settings.one_malloc_arena()
+    monkeypatch.setenv(settings.MALLOC.name, "glibc.malloc.arena_max=16")
+    assert not settings.one_malloc_arena()

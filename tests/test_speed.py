@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from caltech_core import settings
 from caltech_core.training import engine, speed
 from caltech_core.training.speed import SpeedMode
 
@@ -52,45 +53,68 @@ def test_a_bf16_run_records_its_mode_and_follows_the_fp32_curves(
 
 _HEAP_CHECK = """
 import json, resource, sys
+from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import nn
 from caltech_core.training import speed
 
-torch.manual_seed(0)
-net = nn.Sequential(nn.Linear(2048, 4096), nn.ReLU(), nn.Linear(4096, 4096))
-optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
-x = torch.randn(8, 2048)
+def check():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2048, 4096), nn.ReLU(), nn.Linear(4096, 4096))
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(8, 2048)
 
-def faults_of(steps):
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(steps):
-        optimizer.zero_grad(set_to_none=True)
-        net(x).square().mean().backward()
-        optimizer.step()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    def faults_of(steps):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            net(x).square().mean().backward()
+            optimizer.step()
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
-kept = speed.reuse_freed_memory()
-faults_of(5)  # momentum buffers, the first gradients: the heap grows until freed blocks fit the next step
-reused = min(faults_of(3) for _ in range(3))  # now and then one window faults 64 MB in (1 process in 8)
-speed.release_freed_memory()
-print(json.dumps({"kept": kept, "reused": reused, "released": faults_of(1)}))
+    kept = speed.reuse_freed_memory()
+    faults_of(5)  # momentum buffers, the first gradients: the heap grows until freed blocks fit the next step
+    reused = min(faults_of(3) for _ in range(3))  # now and then one window faults 64 MB in (1 process in 8)
+    speed.release_freed_memory()
+    return {"kept": kept, "reused": reused, "released": faults_of(1)}
+
+if sys.argv[1] == "worker":
+    with ThreadPoolExecutor(1) as worker:
+        print(json.dumps(worker.submit(check).result()))
+else:
+    print(json.dumps(check()))
 """
 
 
-def test_training_steps_reuse_freed_memory_instead_of_fresh_pages() -> None:
+@pytest.mark.parametrize("thread", ["main", "worker"])
+def test_training_steps_reuse_freed_memory_instead_of_fresh_pages(thread: str) -> None:
     """After `reuse_freed_memory` (glibc, as on Linux CI) SGD steps of layers with 32 and 64 MB weights reuse
     their freed gradients and temporaries: (almost) no page faults, where glibc's default (a fresh mmap for every
     block over 32 MiB, bench/cpu_heap.py) takes ~150,000 in 3 steps. After `release_freed_memory` (the end of a
     run) the memory is the kernel's again, and the next step faults it back in. In a fresh process, as a run's
     CLI process starts (earlier tests' runs leave this one's heap fragmented and trimmed), after 5 warm-up
-    steps, the quietest of three 3-step windows: one window in about eight processes faulted 16,384 pages."""
+    steps, the quietest of three 3-step windows: one window in about eight processes faulted 16,384 pages.
+    "worker": the steps on a worker thread of a process started with one malloc arena, as `make run` starts the
+    dashboard (its thread backend's runs)."""
     import json
+    import os
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", _HEAP_CHECK], check=True, capture_output=True, text=True).stdout
+    env = settings.with_one_malloc_arena(dict(os.environ)) if thread == "worker" else None
+    out = subprocess.run([sys.executable, "-c", _HEAP_CHECK, thread], check=True, capture_output=True, text=True,
+                         env=env).stdout
     found = json.loads(out.splitlines()[-1])
     pages = (2048 * 4096 + 4096 + 4096 * 4096 + 4096) * 4 // 4096  # the weights' pages: 24,584
     assert found["kept"]
     assert found["reused"] < pages // 10, found
     assert found["released"] > pages // 4, found
+
+
+def test_a_worker_thread_keeps_glibc_s_defaults_without_one_malloc_arena(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its blocks over 64 MB would be mapped on their own whatever is set: nothing is changed there."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.delenv(settings.MALLOC.name, raising=False)
+    with ThreadPoolExecutor(1) as worker:
+        assert worker.submit(speed.reuse_freed_memory).result() is False

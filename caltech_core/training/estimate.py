@@ -86,6 +86,17 @@ def estimate_epoch_seconds(
     progress: ProgressFn | None = None, splits: Splits | None = None,
 ) -> EpochEstimate:
     """Time a short run of `cfg` on the dataset at `root` (or the given `splits`) and extrapolate."""
+    try:
+        return _estimate(cfg, root, cache_dir=cache_dir, batches=batches, progress=progress, splits=splits)
+    finally:
+        # The probe's steps kept their freed memory for reuse (`speed.prepare`), in the dashboard's server too.
+        speed.release_freed_memory()
+
+
+def _estimate(
+    cfg: TrainConfig, root: str | Path | None, *, cache_dir: str | Path, batches: int, progress: ProgressFn | None,
+    splits: Splits | None,
+) -> EpochEstimate:
     splits = splits or Splits.from_config(cfg, root)
     if not splits.train:
         raise ValueError("the split has no training images")

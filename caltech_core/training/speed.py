@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from caltech_core import settings
 from caltech_core.config import TrainConfig
 from caltech_core.nets.architectures import get_spec
 from caltech_core.training import openvino_features
@@ -100,8 +101,8 @@ def _openvino_applies(cfg: TrainConfig) -> bool:
 
 
 def prepare(model: nn.Module, mode: SpeedMode, device: torch.device) -> None:
-    """Put the model's weights in the mode's memory format (in place); on the CPU, keep freed memory (on the main
-    thread: the engine's runs and the time estimate alike)."""
+    """Put the model's weights in the mode's memory format (in place); on the CPU, keep freed memory where that
+    helps (`reuse_freed_memory`; the engine's runs and the time estimate alike)."""
     if mode.channels_last:
         model.to(memory_format=torch.channels_last)
     if device.type == "cpu":
@@ -112,10 +113,11 @@ def prepare(model: nn.Module, mode: SpeedMode, device: torch.device) -> None:
 # kernel hands out and zeroes fresh pages for the big gradients again (AlexNet's fc6 gradient alone is 151 MB):
 # the reduced protocol spent more CPU time in the kernel (954 s) than in PyTorch (840 s). Served from the heap
 # and kept there when freed, the next step reuses them: bench/cpu_heap.py, docs/benchmarks.md ("The CPU heap").
-# `train` gives the memory back when the run ends (`release_freed_memory`). Only the main thread's allocations
-# come from that heap: glibc maps a worker thread's blocks over 64 MB on their own whatever is set (measured:
-# the same 442,000 page faults in 3 steps either way), so the thread backend's runs do not gain (the study
-# planner times its probe on a worker thread for that reason: study/plan.probe_estimator).
+# `train` gives the memory back when the run ends (`release_freed_memory`). Only allocations from the main heap
+# gain: glibc gives a worker thread an arena of its own, whose heaps are at most 64 MB, and maps bigger blocks on
+# their own whatever is set (measured: the same 442,000 page faults in 3 steps either way). A process started
+# with one arena (settings.ONE_MALLOC_ARENA, which `make run` sets for the dashboard) serves every thread from the
+# main heap, so there the thread backend's runs gain too; elsewhere they train as before.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt's parameter numbers (malloc.h)
 
 
@@ -131,10 +133,12 @@ def _glibc() -> Any:
 
 
 def reuse_freed_memory() -> bool:
-    """On the main thread (the CLI's foreground runs, a Ray worker's task): have glibc's malloc serve large blocks
-    from its heap and never trim it (process-wide, applied once). False, and nothing changed, on another thread
-    (where it would not help) or without glibc."""
-    return threading.current_thread() is threading.main_thread() and _keep_heap()
+    """On the main thread (the CLI's foreground runs, a Ray worker's task), or on any thread of a process started
+    with one malloc arena (the dashboard by `make run`): have glibc's malloc serve large blocks from its heap and
+    never trim it (process-wide, applied once). False, and nothing changed, on another thread (where it would not
+    help) or without glibc."""
+    main_heap = threading.current_thread() is threading.main_thread() or settings.one_malloc_arena()
+    return main_heap and _keep_heap()
 
 
 @functools.cache
