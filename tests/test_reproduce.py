@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,6 +28,7 @@ from caltech_core.study.plan import (
     queue_plan,
     run_plan,
 )
+from caltech_core.training import engine
 
 # One preset at a tiny scale: more-epochs (LR 1e-2, 5e-2), two runs of a second.
 TINY = Scale("tiny", ("more-epochs",), {"arch": "mobilenet_v3_small", "image_size": 64, "epochs": 1,
@@ -92,6 +94,20 @@ def test_full_scale_lists_rows_needing_weights_instead_of_running_them(tmp_path:
     assert retrain.seconds == (60 + 120) * 1.0  # the train+val retrain is counted
 
 
+def later_runs_wait_for_the_shutdown() -> Callable[..., Any]:
+    """`engine.train` for the first run; a later one starts only once it is asked to stop (the shutdown), so the
+    shutdown finds it unfinished however fast a tiny run trains and however late the test's thread looks."""
+    started: list[str] = []
+
+    def runner(cfg: TrainConfig, data: Any, callbacks: Any, **kwargs: Any) -> Any:
+        started.append(cfg.name)
+        while len(started) > 1 and not callbacks.should_stop():
+            time.sleep(0.01)
+        return engine.train(cfg, data, callbacks, **kwargs)
+
+    return runner
+
+
 def test_run_resume_after_a_kill_and_never_repeat(mini_root: Path, tmp_path: Path,
                                                   wait_until: Callable[..., None]) -> None:
     store = RunStore(tmp_path / "store")
@@ -99,7 +115,7 @@ def test_run_resume_after_a_kill_and_never_repeat(mini_root: Path, tmp_path: Pat
     plan = plan_study(store, estimate, scale=TINY)
     assert [r.state for r in plan.runs] == [TO_RUN] * 2 and all(r.epoch_seconds > 0 for r in plan.runs)
 
-    manager = ThreadJobManager(store, data_root=mini_root)
+    manager = ThreadJobManager(store, data_root=mini_root, runner=later_runs_wait_for_the_shutdown())
     first, *_ = queue_plan(plan, manager)
     wait_until(lambda: store.get_run(first).status == RunStatus.FINISHED)
     manager.shutdown(wait=True)  # as a killed `reproduce` leaves them: the others interrupted (resumable)
