@@ -7,6 +7,7 @@ the reader here, so the name, the default and the meaning of each variable live 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,9 +37,9 @@ RAY_CPUS = EnvVar("CALTECH_STUDIO_RAY_CPUS", "CPUs a Ray worker reserves per run
 FEATURE_RUNTIME = EnvVar("CALTECH_STUDIO_FEATURE_RUNTIME", "frozen features on the CPU: auto (OpenVINO where "
                          "installed, on x86-64), openvino or onnxruntime", "auto")
 PASSWORD = EnvVar("CALTECH_STUDIO_PASSWORD", "dashboard password (Streamlit secrets take precedence)", "no gate")
-MALLOC = EnvVar("GLIBC_TUNABLES", "glibc's malloc settings, read as a process starts; `make run` adds "
-                "glibc.malloc.arena_max=1: one heap for every thread, so the dashboard's training thread reuses freed "
-                "memory as the CLI's runs do", "glibc's defaults")
+MALLOC = EnvVar("GLIBC_TUNABLES", "glibc's malloc settings, read as a process starts; `make run` (and `reproduce`, "
+                "`sweep`, which start over with it) add glibc.malloc.arena_max=1: one heap for every thread, so a "
+                "training thread reuses freed memory as the CLI's foreground runs do", "glibc's defaults")
 
 ALL: tuple[EnvVar, ...] = (DATASET_ROOT, HOME, THREADS, OFFLINE, RAY, RAY_STORE, RAY_CPUS, FEATURE_RUNTIME, PASSWORD,
                            MALLOC)
@@ -113,8 +114,10 @@ def one_malloc_arena() -> bool:
     return ONE_MALLOC_ARENA in MALLOC.get().split(":")
 
 
-def with_one_malloc_arena(env: dict[str, str]) -> dict[str, str]:
-    """`env` for a process to start with glibc's malloc held to one arena, its other tunables kept."""
+def with_one_malloc_arena(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`env` (default: this process's environment) for a process to start with glibc's malloc held to one arena,
+    its other tunables kept."""
+    env = dict(os.environ if env is None else env)
     tunables = [t for t in env.get(MALLOC.name, "").split(":") if t and not t.startswith("glibc.malloc.arena_max=")]
     return {**env, MALLOC.name: ":".join([*tunables, ONE_MALLOC_ARENA])}
 

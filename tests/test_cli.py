@@ -524,3 +524,35 @@ def test_the_parser_and_the_run_store_import_no_torch(tmp_path: Path) -> None:
     assert done.stdout.splitlines() == ["AlexNet []", "[]"]
     lr_find = run_module("lr-find", "--help")
     assert lr_find.returncode == 0 and "(default 100;" in lr_find.stdout  # the range test's defaults, torch-free
+
+
+def test_commands_training_on_a_thread_start_over_with_one_malloc_arena(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`reproduce` and `sweep` replace their process (exec) with the same command line and one malloc arena, once
+    (cli/restart.py); a command that trains on the main thread, or `main(argv)` called by code, does not."""
+    from caltech_core.cli import restart
+
+    monkeypatch.delenv(settings.MALLOC.name, raising=False)
+    monkeypatch.setattr(restart, "_glibc", lambda: True)  # the real check and exec: test_sweeps.py's kill-9 test
+    calls: list[tuple[str, list[str], dict[str, str]]] = []
+
+    def execve(path: str, args: list[str], env: dict[str, str]) -> None:
+        calls.append((path, args, env))
+        raise SystemExit(0)  # exec does not return
+
+    monkeypatch.setattr(restart.os, "execve", execve)
+    for command in (["reproduce", "--dry-run"], ["sweep", "list"]):
+        monkeypatch.setattr(sys, "argv", ["caltech-studio", *command, "--store", str(tmp_path)])
+        with pytest.raises(SystemExit):
+            main()
+    assert [(path, args) for path, args, _ in calls] == [(sys.executable, [sys.executable, *sys.orig_argv[1:]])] * 2
+    assert all(env[settings.MALLOC.name] == settings.ONE_MALLOC_ARENA for _, _, env in calls)
+
+    calls.clear()
+    monkeypatch.setattr(sys, "argv", ["caltech-studio", "runs", "--store", str(tmp_path), "--json"])
+    assert main() == 0
+    assert main(["sweep", "list", "--store", str(tmp_path), "--json"]) == 0
+    monkeypatch.setenv(settings.MALLOC.name, settings.ONE_MALLOC_ARENA)  # the process after the exec
+    monkeypatch.setattr(sys, "argv", ["caltech-studio", "sweep", "list", "--store", str(tmp_path), "--json"])
+    assert main() == 0
+    assert calls == []

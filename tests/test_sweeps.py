@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from caltech_core import layout
+from caltech_core import layout, settings
 from caltech_core.cli.app import main
 from caltech_core.config import ConfigError
 from caltech_core.runs.store import RunStore
@@ -69,7 +69,8 @@ def test_sweep_prunes_and_survives_kill_9(mini_root, tmp_path, wait_until, capsy
     spec_file = tmp_path / "sweep.json"
     spec_file.write_text(json.dumps(SPEC))
     # One torch thread in the child: the test process polls beside it on two cores.
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CALTECH_STUDIO_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**{k: v for k, v in os.environ.items() if k != settings.MALLOC.name}, "PYTHONPATH": str(REPO),
+           "CALTECH_STUDIO_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     child = subprocess.Popen([sys.executable, "-m", "caltech_core", "sweep", str(spec_file), "--store", str(home),
                               "--root", str(mini_root)], env=env, cwd=tmp_path,
                              stdout=subprocess.DEVNULL, stderr=(tmp_path / "sweep.log").open("w"))
@@ -85,6 +86,9 @@ def test_sweep_prunes_and_survives_kill_9(mini_root, tmp_path, wait_until, capsy
         wait_until(third_trial_training, timeout=240)
     except AssertionError:
         raise AssertionError((tmp_path / "sweep.log").read_text()[-2000:]) from None
+    else:  # its trials train on a worker thread: the command started over with one malloc arena (cli/restart.py)
+        environ = Path(f"/proc/{child.pid}/environ").read_bytes().split(b"\0")
+        assert f"{settings.MALLOC.name}={settings.ONE_MALLOC_ARENA}".encode() in environ
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from caltech_core import settings
-from caltech_core.cli import data, lrfind, reproduce, runs, study, sweep, train, trust, use
+from caltech_core.cli import data, lrfind, reproduce, restart, runs, study, sweep, train, trust, use
 from caltech_core.cli.common import CliError, shared_options
 from caltech_core.config import ConfigError
 
@@ -30,6 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m caltech_core` and `caltech-studio`; returns the exit code."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
+    if argv is None and getattr(args, "trains_on_a_thread", False):  # the program itself, not a test's call
+        restart.restart_with_one_malloc_arena()
     if getattr(args, "offline", False):
         settings.set_offline()  # read by weights.fetch in this process's runs
     try:

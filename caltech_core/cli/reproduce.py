@@ -27,7 +27,7 @@ def register(sub: Any, parents: Parents) -> None:
     p.add_argument("--dry-run", action="store_true", help="show the plan and stop")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="where the estimate's timing step runs (default auto)")
-    p.set_defaults(func=cmd_reproduce)
+    p.set_defaults(func=cmd_reproduce, trains_on_a_thread=True)  # cli/restart.py
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:

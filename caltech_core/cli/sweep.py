@@ -22,7 +22,7 @@ def register(sub: Any, parents: Parents) -> None:
                        description=__doc__.split("\n\n")[0])
     p.add_argument("spec", nargs="?", metavar="SPEC", help="a .yaml/.yml or .json sweep spec, or `list`")
     p.add_argument("--resume", type=int, metavar="ID", help="continue sweep ID where it stopped")
-    p.set_defaults(func=cmd_sweep)
+    p.set_defaults(func=cmd_sweep, trains_on_a_thread=True)  # cli/restart.py
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

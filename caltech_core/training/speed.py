@@ -116,8 +116,8 @@ def prepare(model: nn.Module, mode: SpeedMode, device: torch.device) -> None:
 # `train` gives the memory back when the run ends (`release_freed_memory`). Only allocations from the main heap
 # gain: glibc gives a worker thread an arena of its own, whose heaps are at most 64 MB, and maps bigger blocks on
 # their own whatever is set (measured: the same 442,000 page faults in 3 steps either way). A process started
-# with one arena (settings.ONE_MALLOC_ARENA, which `make run` sets for the dashboard) serves every thread from the
-# main heap, so there the thread backend's runs gain too; elsewhere they train as before.
+# with one arena (settings.ONE_MALLOC_ARENA: `make run` starts the dashboard so, and `reproduce` and `sweep` start
+# over so, cli/restart.py) serves every thread from the main heap, so there the thread backend's runs gain too.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt's parameter numbers (malloc.h)
 
 
@@ -134,7 +134,7 @@ def _glibc() -> Any:
 
 def reuse_freed_memory() -> bool:
     """On the main thread (the CLI's foreground runs, a Ray worker's task), or on any thread of a process started
-    with one malloc arena (the dashboard by `make run`): have glibc's malloc serve large blocks from its heap and
+    with one malloc arena (the dashboard by `make run`, `reproduce`, `sweep`): have glibc's malloc serve large blocks from its heap and
     never trim it (process-wide, applied once). False, and nothing changed, on another thread (where it would not
     help) or without glibc."""
     main_heap = threading.current_thread() is threading.main_thread() or settings.one_malloc_arena()
