@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -93,7 +92,7 @@ def _measure(case: str, setup: str, steps: int) -> dict[str, float]:
 
 
 def in_process(case: str, setup: str, steps: int) -> dict[str, float]:
-    env = settings.with_one_malloc_arena(dict(os.environ)) if setup == "arena" else None
+    env = settings.with_one_malloc_arena() if setup == "arena" else None
     out = subprocess.run([sys.executable, __file__, "--one", case, "--setup", setup, "--steps", str(steps)],
                          check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.splitlines()[-1])

@@ -97,11 +97,10 @@ def test_training_steps_reuse_freed_memory_instead_of_fresh_pages(thread: str) -
     "worker": the steps on a worker thread of a process started with one malloc arena, as `make run` starts the
     dashboard (its thread backend's runs)."""
     import json
-    import os
     import subprocess
     import sys
 
-    env = settings.with_one_malloc_arena(dict(os.environ)) if thread == "worker" else None
+    env = settings.with_one_malloc_arena() if thread == "worker" else None
     out = subprocess.run([sys.executable, "-c", _HEAP_CHECK, thread], check=True, capture_output=True, text=True,
                          env=env).stdout
     found = json.loads(out.splitlines()[-1])

@@ -1,5 +1,5 @@
-"""Commands whose runs train on a worker thread (`reproduce`, `sweep` on the thread backend) start over, once, in
-a process with glibc's malloc held to one arena, as `make run` starts the dashboard: that thread then reuses freed
+"""Commands whose runs train on a worker thread (`reproduce`, `sweep`: their default thread backend) start over,
+once, in a process with glibc's malloc held to one arena, as `make run` starts the dashboard: that thread then reuses freed
 memory as a main thread does (training/speed.reuse_freed_memory; 1.17-1.29x, docs/benchmarks.md "The CPU heap").
 glibc reads the setting only as a process starts, so the command is run again in its place (`exec`: same process
 id, same arguments), before it has done anything."""
@@ -12,14 +12,10 @@ import sys
 from caltech_core import settings
 
 
-def wanted() -> bool:
-    """This process is not yet held to one arena, and its C library is glibc (which reads the setting)."""
-    return not settings.one_malloc_arena() and _glibc()
-
-
 def restart_with_one_malloc_arena() -> None:
-    """Replace this process with the same command line, started with one malloc arena; returns only if not wanted."""
-    if not wanted():
+    """Replace this process with the same command line, started with one malloc arena; returns where it already
+    has one, or its C library is not glibc (which alone reads the setting)."""
+    if settings.one_malloc_arena() or not _glibc():
         return
     sys.stdout.flush()
     sys.stderr.flush()

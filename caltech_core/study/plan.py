@@ -305,8 +305,8 @@ def probe_estimator(
                 log(f"timing {cfg.arch} ({cfg.train} layers) at {cfg.image_size or 'its native'} px, "
                     f"batch {cfg.batch_size}…")
             # On a worker thread, where the thread backend trains: unless the process has one malloc arena (the
-            # dashboard started by `make run`, `reproduce`), the main thread's CPU heap is faster (training/speed.reuse_freed_memory),
-            # so a probe there would promise the thread backend too much.
+            # dashboard started by `make run`, `reproduce`), the main thread's CPU heap is faster
+            # (training/speed.reuse_freed_memory), so a probe there would promise the thread backend too much.
             with ThreadPoolExecutor(1) as worker:
                 measured[key] = worker.submit(estimate_epoch_seconds, replace(cfg, device=device), data_root,
                                               cache_dir=cache).result()
