@@ -27,7 +27,8 @@ Needs no Streamlit or Plotly.
 
 This file runs the parts; beside it: gpu_pack.py (the dataset in parts), gpu_plans.py (what each plan runs),
 gpu_report.py (the Markdown summary, the CUDA tests' counts, the candidate chosen per group), gpu_throughput.py
-(the throughput measurements).
+(the throughput measurements). A little over 400 lines: `Check` is one run's parts in the order they spend the
+budget, and reads best in one place.
 """
 
 from __future__ import annotations
