@@ -6,7 +6,7 @@ Layout read here (the course's published split): ``ROOT/101_ObjectCategories/<cl
 `data.scan`, the archive download in `data.download`.
 
 Any other folder of labelled images (`data.folders` reads its layout, `data.registry` files it in the store) is
-split here too (`load_folder_splits`), so every split rule lives in this one module (hence its over 400 lines).
+split here too (`load_folder_splits`), so every split rule lives in this one module (hence its length: over 400 lines).
 """
 
 from __future__ import annotations
