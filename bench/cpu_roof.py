@@ -60,7 +60,8 @@ def roofs(square: int, rounds: int) -> dict[str, float]:
     x = torch.randn(16, 256, 56, 56).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         return {f"matrix multiply {square}^3": 2 * square**3 / timed(lambda: torch.mm(a, b), rounds) / 1e9,
-                "3x3 convolution, 256 channels, 56 px, batch 16": flops(lambda: conv(x)) / timed(lambda: conv(x), rounds) / 1e9}
+                "3x3 convolution, 256 channels, 56 px, batch 16":
+                    flops(lambda: conv(x)) / timed(lambda: conv(x), rounds) / 1e9}
 
 
 def flops(work: Callable[[], object]) -> int:

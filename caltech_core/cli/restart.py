@@ -1,6 +1,7 @@
 """Commands whose runs train on a worker thread (`reproduce`, `sweep`: their default thread backend) start over,
-once, in a process with glibc's malloc held to one arena, as `make run` starts the dashboard: that thread then reuses freed
-memory as a main thread does (training/speed.reuse_freed_memory; 1.17-1.29x, docs/benchmarks.md "The CPU heap").
+once, in a process with glibc's malloc held to one arena, as `make run` starts the dashboard: that thread then
+reuses freed memory as a main thread does (training/speed.reuse_freed_memory; 1.17-1.29x, docs/benchmarks.md
+"The CPU heap").
 glibc reads the setting only as a process starts, so the command is run again in its place (`exec`: same process
 id, same arguments), before it has done anything."""
 

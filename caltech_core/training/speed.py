@@ -135,8 +135,8 @@ def _glibc() -> Any:
 def reuse_freed_memory() -> bool:
     """On the main thread (the CLI's foreground runs, a Ray worker's task), or on any thread of a process started
     with one malloc arena (the dashboard by `make run`, `reproduce`, `sweep`): have glibc's malloc serve large
-    blocks from its heap and never trim it (process-wide, applied once). False, and nothing changed, on another thread (where it would not
-    help) or without glibc."""
+    blocks from its heap and never trim it (process-wide, applied once). False, and nothing changed, on another
+    thread (where it would not help) or without glibc."""
     main_heap = threading.current_thread() is threading.main_thread() or settings.one_malloc_arena()
     return main_heap and _keep_heap()
 
